@@ -1,0 +1,58 @@
+"""``lowbit.quantize``: the whole pipeline as one call (prepare -> calibrate -> optimize -> freeze)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.algorithms import get_algorithm, make_options
+from lowbit.calibrate import calibrate, freeze
+from lowbit.config import QuantConfig
+from lowbit.data.calibration import calibration_batches
+from lowbit.errors import LowbitError
+from lowbit.graph import activation_quantizers, prepare
+from lowbit.spec import Bits
+
+log = logging.getLogger(__name__)
+
+
+def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = None, *,
+             weights_bits: Bits = 8, activation_bits: Bits | None = 8, method: str = "nearest",
+             calib_images: int = 1024, batch_size: int = 64, seed: int = 0, progress: bool = False,
+             device: str | torch.device | None = None, **options: Any) -> nn.Module:
+    """Quantize ``model`` and return the quantized ``nn.Module`` (the input model is left untouched).
+
+    ``data`` is calibration input: a tensor, an iterable of tensors or ``(input, label)`` pairs (labels are
+    ignored), a Dataset, or a dataset name. It may be ``None`` only when nothing needs calibrating (weights
+    only, or fp16/dynamic activations) and the method needs no data. Either pass a :class:`QuantConfig`, or
+    the keywords (``weights_bits``, ``activation_bits``, ``method``; other keywords are the config's
+    ``from_bits`` options such as ``first_last_bits`` or the method's own options such as ``iters``).
+    """
+    if config is None:
+        config_keys = {"weights_observer", "activation_observer", "symmetric_weights", "per_channel",
+                       "dynamic_activations", "first_last_bits", "overrides"}
+        config_kwargs = {k: options.pop(k) for k in list(options) if k in config_keys}
+        config = QuantConfig.from_bits(weights_bits, activation_bits, method=method, method_options=options,
+                                       calib_images=calib_images, batch_size=batch_size, seed=seed, **config_kwargs)
+    elif options:
+        config = replace(config, method_options={**config.method_options, **options})
+    algorithm = get_algorithm(config.method)
+    method_options = make_options(config.method, config.method_options)
+    torch.manual_seed(config.seed)
+    if device is not None:
+        model = model.to(device)
+    qmodel = prepare(model, config)
+    needs_data = any(q.needs_calibration for _, q in activation_quantizers(qmodel)) or config.method != "nearest"
+    if data is None and needs_data:
+        raise LowbitError("calibration data is required for static activation quantization or learned rounding; "
+                          "pass data (a tensor, a DataLoader or a dataset name), or activation_bits=None")
+    batches = calibration_batches(data, config.calib_images, config.batch_size, config.seed) if data is not None else []
+    calibrate(qmodel, batches, progress)
+    algorithm.run(qmodel, batches, method_options, progress)
+    freeze(qmodel)
+    return qmodel
+

@@ -1,0 +1,49 @@
+"""The ``lowbit`` command line: a thin layer over the Python API.
+
+Problems with the user's input end with one line on stderr and exit status 2; Ctrl-C exits with 130 and,
+like every write in lowbit, leaves no partial output file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from lowbit import __version__
+from lowbit.errors import LowbitError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lowbit.cli import files, quantize, train
+
+    parser = argparse.ArgumentParser(prog="lowbit", description="Post-training quantization for PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    quantize.add_parsers(sub)
+    files.add_parsers(sub)
+    train.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    warnings.simplefilter("once")
+    if args.command is None:
+        args = parser.parse_args(["demo", *(argv or [])])
+    try:
+        return args.func(args)
+    except LowbitError as exc:
+        print(f"lowbit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lowbit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Arguments and helpers shared by the CLI commands: model, weights, data and bit options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from safetensors.torch import save_file
+from torch import nn
+
+from lowbit.config import Override, QuantConfig
+from lowbit.data import DATASET_NAMES, DatasetInfo, load_dataset
+from lowbit.errors import LowbitError
+from lowbit.models import MODEL_NAMES, build_model, bundled_checkpoint, load_checkpoint
+from lowbit.spec import OBSERVERS, check_bits, default_observer
+
+
+def add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=default, help=f"one of {', '.join(DATASET_NAMES)} (default: %(default)s)")
+    g.add_argument("--data-dir", help="folder holding the dataset files (default: $LOWBIT_DATA, then system paths)")
+    g.add_argument("--train-data-path", help="ImageNet-style folder of class sub-folders used for calibration")
+    g.add_argument("--val-data-path", help="ImageNet-style folder of class sub-folders used for evaluation")
+    g.add_argument("--image-size", type=int, default=224, help="crop size for image folders (default: %(default)s)")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("-m", "--model", default="resnet20", help=f"architecture: {', '.join(MODEL_NAMES)} (default: %(default)s)")
+    g.add_argument("--checkpoint", help="local weights (.safetensors, or a torch state dict loaded with weights_only)")
+    g.add_argument("--pretrained", action="store_true", help="download the library's pretrained weights (needs internet)")
+
+
+def add_quant_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quantization")
+    g.add_argument("--weights-bits", default="8", help="2-16 or fp16 (default: %(default)s)")
+    g.add_argument("--activation-bits", default="8", help="2-16, fp16, or none for weights only (default: %(default)s)")
+    g.add_argument("--dynamic-activations", action="store_true", help="per-batch activation ranges (e.g. 16-bit dynamic)")
+    g.add_argument("--weights-observer", choices=OBSERVERS, help="default: mse below 8 bits, minmax otherwise")
+    g.add_argument("--activation-observer", choices=OBSERVERS, help="default: mse below 8 bits, minmax otherwise")
+    g.add_argument("--symmetric-weights", action="store_true", help="signed symmetric weight grids (default: affine)")
+    g.add_argument("--per-tensor-weights", action="store_true", help="one weight grid per layer instead of per channel")
+    g.add_argument("--first-last-bits", help="keep the first and last weight layers (and their inputs) at these bits")
+    g.add_argument("--override", action="append", default=[], metavar="GLOB=W[:A]",
+                   help="per-layer bits by module-name glob, e.g. 'layer1.*=8' or 'fc=8:8' (repeatable)")
+    g.add_argument("--method", default="nearest", help="rounding method (default: %(default)s)")
+    g.add_argument("--calib-images", type=int, default=1024, help="calibration images from the training split")
+    g.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def parse_bits(value: str | None, what: str, allow_none: bool = False):
+    if value is None or (allow_none and str(value).lower() == "none"):
+        return None
+    return check_bits(value, what)
+
+
+def parse_override(text: str, config: QuantConfig) -> Override:
+    """``GLOB=W`` or ``GLOB=W:A`` into an :class:`Override` derived from the config's default specs."""
+    pattern, sep, bits = text.partition("=")
+    if not sep or not pattern or not bits:
+        raise LowbitError(f"bad --override {text!r}; write GLOB=BITS or GLOB=WBITS:ABITS, e.g. 'fc=8'")
+    wbits, _, abits = bits.partition(":")
+    w = check_bits(wbits, "override weight bits")
+    weights = replace(config.weights, bits=w, observer=default_observer(w))
+    acts = None
+    if abits and config.activations is not None:
+        a = check_bits(abits, "override activation bits")
+        acts = replace(config.activations, bits=a, observer=default_observer(a))
+    return Override(pattern, weights, acts)
+
+
+def config_from_args(args: argparse.Namespace, method_options: dict | None = None) -> QuantConfig:
+    config = QuantConfig.from_bits(
+        parse_bits(args.weights_bits, "--weights-bits"), parse_bits(args.activation_bits, "--activation-bits", True),
+        weights_observer=args.weights_observer, activation_observer=args.activation_observer,
+        symmetric_weights=args.symmetric_weights, per_channel=not args.per_tensor_weights,
+        dynamic_activations=args.dynamic_activations, first_last_bits=parse_bits(args.first_last_bits, "--first-last-bits"),
+        method=args.method, method_options=method_options or {}, calib_images=args.calib_images,
+        batch_size=args.batch_size, seed=args.seed)
+    overrides = tuple(parse_override(o, config) for o in args.override)
+    return replace(config, overrides=overrides + config.overrides) if overrides else config
+
+
+def load_data(args: argparse.Namespace, split: str):
+    return load_dataset(args.dataset, split, data_dir=args.data_dir, train_path=args.train_data_path,
+                        val_path=args.val_data_path, image_size=args.image_size)
+
+
+def load_float_model(args: argparse.Namespace, info: DatasetInfo | None) -> nn.Module:
+    """Build the architecture for the dataset and load its weights (checkpoint, bundled, or pretrained)."""
+    kwargs = {}
+    if info is not None and not args.pretrained:
+        kwargs = {"num_classes": info.num_classes, "in_channels": info.input_shape[0]}
+        if args.model in ("deit_base_patch16_224", "mixer_b16_224", "vit_small"):
+            kwargs["image_size"] = info.input_shape[1]
+    model = build_model(args.model, pretrained=args.pretrained, **kwargs)
+    checkpoint = args.checkpoint
+    if checkpoint is None and not args.pretrained and info is not None and info.name == "fashion-mnist":
+        checkpoint = bundled_checkpoint(args.model)
+    if checkpoint is None and not args.pretrained:
+        raise LowbitError(f"no weights for {args.model}: pass --checkpoint FILE or --pretrained")
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def float_file_size(model: nn.Module) -> int:
+    """Bytes of the float32 model saved as safetensors (the baseline of every size ratio)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "float.safetensors")
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path)
+        return Path(path).stat().st_size

@@ -1,0 +1,80 @@
+"""``lowbit eval`` and ``lowbit info``: evaluate or describe a saved ``.lowbit`` file."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from pathlib import Path
+
+from lowbit.cli.common import add_data_args, load_data
+from lowbit.cli.quantize import write_json
+from lowbit.evaluate import evaluate
+from lowbit.io.lowbit_file import load, read_metadata
+from lowbit.report import METRIC_HEADERS, human_bytes, metrics_row, table
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("eval", help="evaluate a .lowbit file on a dataset's test split")
+    e.add_argument("file")
+    add_data_args(e, default=None)
+    e.add_argument("--json", help="write the metrics to this JSON file")
+    e.add_argument("--per-class", action="store_true", help="also print per-class precision, recall and F1")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=run_eval)
+    i = sub.add_parser("info", help="print what a .lowbit file contains")
+    i.add_argument("file")
+    i.set_defaults(func=run_info)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    meta = read_metadata(args.file)
+    if args.dataset is None:
+        args.dataset = (meta.get("dataset") or {}).get("name") or "fashion-mnist"
+    qmodel = load(args.file)
+    test_set, info = load_data(args, "test")
+    start = time.perf_counter()
+    metrics = evaluate(qmodel, test_set, class_names=info.classes, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    rows = []
+    if meta.get("float_metrics"):
+        rows.append(metrics_row("float32 (at quantization)", meta["float_metrics"], None, None, None))
+    rows.append(metrics_row(Path(args.file).name, metrics.to_dict(), Path(args.file).stat().st_size, seconds, None))
+    print(table(METRIC_HEADERS, rows))
+    if args.per_class:
+        print()
+        print(table(("class", "precision %", "recall %", "F1 %", "support"),
+                    [[c.name or c.index, 100 * c.precision, 100 * c.recall, 100 * c.f1, c.support]
+                     for c in metrics.per_class]))
+    if args.json:
+        write_json(args.json, {"file": args.file, "dataset": info.name, "metrics": metrics.to_dict(),
+                               "eval_seconds": seconds})
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    meta = read_metadata(args.file)
+    cfg = meta["config"]
+    acts = cfg.get("activations")
+    bits = Counter(str(b) for b in meta["bits"].values())
+    arch = meta.get("arch") or {}
+    lines = [
+        ("file", f"{args.file} ({human_bytes(Path(args.file).stat().st_size)})"),
+        ("lowbit version", meta.get("lowbit_version")),
+        ("architecture", f"{arch.get('name', 'custom (pass model= to load)')} {arch.get('kwargs', '')}".strip()),
+        ("graph mode", meta.get("mode")),
+        ("method", cfg.get("method")),
+        ("weights", f"{cfg['weights']['bits']} bits, {cfg['weights']['granularity']}, observer {cfg['weights']['observer']}"),
+        ("activations", "float" if not acts else
+         f"{acts['bits']} bits, {'dynamic' if acts['dynamic'] else 'static'}, observer {acts['observer']}"),
+        ("layers by bits", ", ".join(f"{n} x {b}" for b, n in sorted(bits.items()))),
+        ("overrides", ", ".join(o["pattern"] for o in cfg.get("overrides", [])) or "none"),
+    ]
+    for key in ("float_metrics", "quant_metrics"):
+        if meta.get(key):
+            lines.append((key.replace("_", " "), f"top-1 {100 * meta[key]['top1']:.2f}%, F1 {100 * meta[key]['f1']:.2f}%"))
+    width = max(len(k) for k, _ in lines)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in lines))
+    print()
+    print(table(("layer", "bits"), sorted(meta["bits"].items())))
+    return 0

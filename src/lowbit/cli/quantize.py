@@ -1,0 +1,131 @@
+"""``lowbit quantize`` and ``lowbit demo``: quantize a model, evaluate it against float, save it, print a table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from lowbit.analysis import per_layer_sqnr
+from lowbit.api import quantize
+from lowbit.cli.common import (add_data_args, add_model_args, add_quant_args, config_from_args, float_file_size,
+                               load_data, load_float_model)
+from lowbit.config import QuantConfig
+from lowbit.data import labelled_batches
+from lowbit.evaluate import evaluate
+from lowbit.io.lowbit_file import save
+from lowbit.report import METRIC_HEADERS, metrics_row, table
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="quantize a model and report float vs quantized")
+    add_model_args(p)
+    add_data_args(p)
+    add_quant_args(p)
+    add_run_args(p)
+    p.set_defaults(func=run_quantize)
+    d = sub.add_parser("demo", help="quantize the bundled Fashion-MNIST ResNet-20 at W8A8 and W4A8")
+    add_run_args(d)
+    d.set_defaults(func=run_demo)
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="where to write the .lowbit file (default: <model>_w<W>a<A>.lowbit)")
+    g.add_argument("--per-layer", action="store_true", help="also print per-layer weight and output SQNR")
+    g.add_argument("--json", help="write the reported figures to this JSON file")
+    g.add_argument("--no-eval", action="store_true", help="skip evaluation (quantize and save only)")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def default_out(model: str, config: QuantConfig) -> Path:
+    a = config.activations.bits if config.activations else "f"
+    return Path(f"{model}_w{config.weights.bits}a{a}.lowbit")
+
+
+def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
+    """The whole job for one config: returns the figures that are printed and written as JSON."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    train_set, info = load_data(args, "train")
+    model = load_float_model(args, info).to(device)
+    start = time.perf_counter()
+    qmodel = quantize(model, train_set, config, progress=not args.quiet, device=device)
+    quant_seconds = time.perf_counter() - start
+    out = Path(args.out) if args.out else default_out(args.model, config)
+    float_size = float_file_size(model)
+    result: dict = {"model": args.model, "dataset": info.name, "config": config.to_dict(), "out": str(out),
+                    "quantize_seconds": quant_seconds, "float_file_bytes": float_size}
+    if not args.no_eval:
+        test_set, _ = load_data(args, "test")
+        start = time.perf_counter()
+        result["float_metrics"] = evaluate(model, test_set, class_names=info.classes, progress=not args.quiet).to_dict()
+        result["float_eval_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        result["quant_metrics"] = evaluate(qmodel, test_set, class_names=info.classes, progress=not args.quiet).to_dict()
+        result["quant_eval_seconds"] = time.perf_counter() - start
+        if args.per_layer:
+            x, _ = next(iter(labelled_batches(test_set, 256)))
+            result["per_layer"] = [vars(r) for r in per_layer_sqnr(model, qmodel, x.to(device))]
+    extra = {"dataset": {"name": info.name, "input_shape": list(info.input_shape)}}
+    for key in ("float_metrics", "quant_metrics"):
+        if key in result:
+            extra[key] = {k: result[key][k] for k in ("top1", "top5", "precision", "recall", "f1", "n")}
+    save(qmodel, out, extra)
+    result["quant_file_bytes"] = out.stat().st_size
+    return result
+
+
+def print_report(result: dict, label: str) -> None:
+    ratio = result["quant_file_bytes"] / result["float_file_bytes"]
+    rows = [metrics_row("float32", result.get("float_metrics"), result["float_file_bytes"],
+                        result.get("float_eval_seconds"), 1.0),
+            metrics_row(label, result.get("quant_metrics"), result["quant_file_bytes"], result["quantize_seconds"], ratio)]
+    print(table(METRIC_HEADERS, rows))
+    print(f"(time: evaluation for float32, quantization incl. calibration for {label}; saved to {result['out']})")
+    if "per_layer" in result:
+        print()
+        print(table(("layer", "bits", "params", "weight SQNR dB", "output SQNR dB"),
+                    [[r["name"], r["bits"], r["params"], r["weight_sqnr"], r["output_sqnr"]] for r in result["per_layer"]]))
+
+
+def label_of(config: QuantConfig) -> str:
+    a = "" if config.activations is None else f"A{config.activations.bits}" + ("dyn" if config.activations.dynamic else "")
+    return f"W{config.weights.bits}{a} {config.method}"
+
+
+def write_json(path: str, payload: object) -> None:
+    tmp = Path(path).with_suffix(".part")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    result = quantize_and_report(args, config)
+    print_report(result, label_of(config))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The bundled ResNet-20 on Fashion-MNIST, quantized at W8A8 and W4A8 (1024 calibration images)."""
+    results = []
+    base = vars(args).copy()
+    for wbits, abits in ((8, 8), (4, 8)):
+        ns = argparse.Namespace(**{**base, "model": "resnet20", "checkpoint": None, "pretrained": False,
+                                   "dataset": "fashion-mnist", "data_dir": None, "train_data_path": None,
+                                   "val_data_path": None, "image_size": 28,
+                                   "out": args.out and str(Path(args.out).with_suffix(f".w{wbits}a{abits}.lowbit"))})
+        config = QuantConfig.from_bits(wbits, abits)
+        result = quantize_and_report(ns, config)
+        print_report(result, label_of(config))
+        print()
+        results.append(result)
+    if args.json:
+        write_json(args.json, results)
+    return 0

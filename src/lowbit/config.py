@@ -1,0 +1,146 @@
+"""``QuantConfig``: everything that defines a quantization run, serializable so a run can be reproduced."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from lowbit.errors import LowbitError
+from lowbit.spec import Bits, ObserverName, QuantSpec, activation_spec, check_bits, default_observer, weight_spec
+
+CONFIG_VERSION = 1
+# Placeholders for "the first/last weight layer", replaced by real names once the model is traced.
+FIRST_LAYER = "<first>"
+LAST_LAYER = "<last>"
+
+
+@dataclass(frozen=True)
+class Override:
+    """Specs for the layers whose qualified module name matches ``pattern`` (fnmatch glob, e.g. ``"layer1.*"``).
+
+    ``weights``/``activations`` left as ``None`` keep the default. For activations the pattern is matched
+    against the module that produces the activation (e.g. ``"conv1"``) or the graph node's name (``"add_3"``).
+    """
+
+    pattern: str
+    weights: QuantSpec | None = None
+    activations: QuantSpec | None = None
+
+    def matches(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+    def to_dict(self) -> dict:
+        return {"pattern": self.pattern,
+                "weights": self.weights.to_dict() if self.weights else None,
+                "activations": self.activations.to_dict() if self.activations else None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Override":
+        return cls(d["pattern"], QuantSpec.from_dict(d["weights"]) if d.get("weights") else None,
+                   QuantSpec.from_dict(d["activations"]) if d.get("activations") else None)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """A full quantization recipe.
+
+    ``activations=None`` quantizes weights only. ``method`` names a rounding algorithm and
+    ``method_options`` holds that algorithm's options (validated by the algorithm itself).
+    """
+
+    weights: QuantSpec = field(default_factory=lambda: weight_spec(8))
+    activations: QuantSpec | None = field(default_factory=lambda: activation_spec(8))
+    overrides: tuple[Override, ...] = ()
+    method: str = "nearest"
+    method_options: Mapping[str, Any] = field(default_factory=dict)
+    calib_images: int = 1024
+    batch_size: int = 64
+    seed: int = 0
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if self.calib_images < 1:
+            raise LowbitError(f"calib_images must be at least 1, got {self.calib_images}")
+        if self.batch_size < 1:
+            raise LowbitError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.version > CONFIG_VERSION:
+            raise LowbitError(f"config version {self.version} is newer than this lowbit ({CONFIG_VERSION}); upgrade lowbit")
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+        object.__setattr__(self, "method_options", dict(self.method_options))
+
+    @classmethod
+    def from_bits(cls, weights_bits: Bits = 8, activation_bits: Bits | None = 8, *,
+                  weights_observer: ObserverName | None = None, activation_observer: ObserverName | None = None,
+                  symmetric_weights: bool = False, per_channel: bool = True, dynamic_activations: bool = False,
+                  first_last_bits: Bits | None = None, **kwargs: Any) -> "QuantConfig":
+        """The keyword form behind ``lowbit.quantize(model, data, weights_bits=4, activation_bits=8)``.
+
+        ``first_last_bits`` adds overrides keeping the first and last weight layers (and their input
+        activations) at that width; they are resolved when the model is prepared (see ``FIRST_LAYER``).
+        """
+        wbits = check_bits(weights_bits, "weights_bits")
+        weights = weight_spec(wbits, weights_observer, symmetric_weights, per_channel)
+        activations = None
+        if activation_bits is not None:
+            abits = check_bits(activation_bits, "activation_bits")
+            activations = activation_spec(abits, activation_observer, dynamic_activations)
+        overrides = tuple(kwargs.pop("overrides", ()))
+        if first_last_bits is not None:
+            fl = check_bits(first_last_bits, "first_last_bits")
+            overrides += tuple(Override(p, weights=replace(weights, bits=fl, observer=weights_observer or default_observer(fl)),
+                                        activations=(replace(activations, bits=fl, observer=activation_observer or default_observer(fl))
+                                                     if activations else None))
+                               for p in (FIRST_LAYER, LAST_LAYER))
+        return cls(weights=weights, activations=activations, overrides=overrides, **kwargs)
+
+    def weight_spec_for(self, name: str) -> QuantSpec:
+        """Spec of the weights of module ``name`` (the first matching override wins)."""
+        for o in self.overrides:
+            if o.weights is not None and o.matches(name):
+                return o.weights
+        return self.weights
+
+    def activation_spec_for(self, *names: str) -> QuantSpec | None:
+        """Spec of an activation known under any of ``names`` (producer module, node name)."""
+        for o in self.overrides:
+            if o.activations is not None and any(o.matches(n) for n in names if n):
+                return o.activations
+        return self.activations
+
+    def resolve(self, first: str | None, last: str | None) -> "QuantConfig":
+        """Replace the first/last-layer placeholders in overrides by the model's real layer names."""
+        subst = {FIRST_LAYER: first, LAST_LAYER: last}
+        overrides = tuple(replace(o, pattern=subst[o.pattern]) if o.pattern in subst else o
+                          for o in self.overrides if o.pattern not in subst or subst[o.pattern])
+        return replace(self, overrides=overrides)
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "weights": self.weights.to_dict(),
+                "activations": self.activations.to_dict() if self.activations else None,
+                "overrides": [o.to_dict() for o in self.overrides], "method": self.method,
+                "method_options": dict(self.method_options), "calib_images": self.calib_images,
+                "batch_size": self.batch_size, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
+        try:
+            return cls(weights=QuantSpec.from_dict(d["weights"]),
+                       activations=QuantSpec.from_dict(d["activations"]) if d.get("activations") else None,
+                       overrides=tuple(Override.from_dict(o) for o in d.get("overrides", ())),
+                       method=d.get("method", "nearest"), method_options=d.get("method_options", {}),
+                       calib_images=d.get("calib_images", 1024), batch_size=d.get("batch_size", 64),
+                       seed=d.get("seed", 0), version=d.get("version", CONFIG_VERSION))
+        except (KeyError, TypeError) as exc:
+            raise LowbitError(f"malformed quantization config ({exc}); regenerate it with lowbit") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "QuantConfig":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise LowbitError(f"config is not valid JSON ({exc}); check the file") from None

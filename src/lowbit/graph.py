@@ -1,0 +1,244 @@
+"""Graph preparation: trace with torch.fx, fold batch-norm, swap in quantized layers, place activation quantizers.
+
+Activation quantizers go where an integer runtime would requantize:
+- the model inputs;
+- the outputs of conv/linear layers, after the ReLU-like activation that follows them when there is one
+  (runtimes fuse conv+ReLU);
+- the outputs of residual adds, concatenations, tensor products and attention matmuls (again after a
+  directly following ReLU);
+- any other value that feeds a weight layer or a matmul (a GELU, LayerNorm, softmax or average-pool output),
+  so that every multiply-accumulate sees quantized inputs.
+Shape-only operations (flatten, reshape, permute, max-pool, dropout, indexing) keep their input's grid and
+are looked through. When tracing fails, :func:`prepare` falls back to swapping modules in place: weights and
+the inputs of every conv/linear are quantized, and batch-norm is left unfolded.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import operator
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from lowbit.config import QuantConfig
+from lowbit.layers import QuantLayer, is_quantizable, to_quantized
+from lowbit.quantizer import Quantizer
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["fx", "swap"]
+ACT_QUANT = "act_quant"
+RELU_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+RELU_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, torch.clamp}
+RELU_METHODS = {"relu", "relu_", "clamp"}
+PASSTHROUGH_MODULES = (nn.Flatten, nn.Unflatten, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Identity)
+PASSTHROUGH_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze,
+                         torch.unsqueeze, F.max_pool2d, F.adaptive_max_pool2d, F.dropout, operator.getitem,
+                         torch.chunk, torch.split}
+PASSTHROUGH_METHODS = {"flatten", "reshape", "view", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
+                       "expand", "chunk", "split", "unbind", "__getitem__"}
+PRODUCER_FUNCTIONS = {operator.add, operator.iadd, torch.add, torch.cat, torch.concat, torch.matmul,
+                      operator.matmul, torch.bmm, operator.mul, torch.mul, F.scaled_dot_product_attention}
+PRODUCER_METHODS = {"add", "add_", "matmul", "bmm", "mul"}
+MATMUL_FUNCTIONS = {torch.matmul, operator.matmul, torch.bmm, F.scaled_dot_product_attention}
+MATMUL_METHODS = {"matmul", "bmm"}
+
+
+@dataclass
+class QuantInfo:
+    """What :func:`prepare` did, kept on the prepared model as ``lowbit_info`` (saved with it)."""
+
+    config: QuantConfig
+    mode: Mode
+    arch: dict | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps timm's untraceable helpers opaque, as timm's own feature extraction does."""
+
+    def __init__(self) -> None:
+        self._leaf_types: tuple[type, ...] = ()
+        autowrap: tuple = ()
+        try:
+            from timm.layers import get_notrace_functions, get_notrace_modules
+            self._leaf_types = tuple(get_notrace_modules())
+            autowrap = tuple(get_notrace_functions())
+        except ImportError:
+            pass
+        super().__init__(autowrap_functions=autowrap)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self._leaf_types + (Quantizer,)) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace ``model`` (raises whatever torch.fx raises)."""
+    graph = _Tracer().trace(model)
+    return fx.GraphModule(model, graph, model.__class__.__name__)
+
+
+def fold_batchnorm(gm: fx.GraphModule) -> int:
+    """Fold every BatchNorm that directly follows a conv/linear (whose output it alone uses). Returns the count."""
+    modules = dict(gm.named_modules())
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(node.target), (nn.BatchNorm1d, nn.BatchNorm2d)):
+            continue
+        src = node.args[0]
+        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
+            continue
+        layer, bn = modules[src.target], modules[node.target]
+        if isinstance(layer, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+            fused = fuse_conv_bn_eval(layer.eval(), bn.eval())
+        elif isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats:
+            fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
+        else:
+            continue
+        _set_module(gm, src.target, fused)
+        modules[src.target] = fused
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        folded += 1
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return folded
+
+
+def _set_module(root: nn.Module, qualname: str, module: nn.Module) -> None:
+    parent, _, name = qualname.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """Classify a node: 'weight', 'relu', 'pass', 'producer', 'matmul' or 'other'."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, QuantLayer):
+            return "weight"
+        if isinstance(m, RELU_MODULES):
+            return "relu"
+        if isinstance(m, PASSTHROUGH_MODULES):
+            return "pass"
+        return "other"
+    if node.op == "call_function":
+        if node.target in RELU_FUNCTIONS:
+            return "relu"
+        if node.target in PASSTHROUGH_FUNCTIONS:
+            return "pass"
+        if node.target in PRODUCER_FUNCTIONS and _tensor_args(node) >= 2:
+            return "matmul" if node.target in MATMUL_FUNCTIONS else "producer"
+        return "other"
+    if node.op == "call_method":
+        if node.target in RELU_METHODS:
+            return "relu"
+        if node.target in PASSTHROUGH_METHODS:
+            return "pass"
+        if node.target in PRODUCER_METHODS and _tensor_args(node) >= 2:
+            return "matmul" if node.target in MATMUL_METHODS else "producer"
+    return "other"
+
+
+def _tensor_args(node: fx.Node) -> int:
+    return len(node.all_input_nodes)
+
+
+def _requant_points(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes whose outputs get an activation quantizer, in graph order."""
+    modules = dict(gm.named_modules())
+    kinds = {n: _kind(n, modules) for n in gm.graph.nodes}
+    points: set[fx.Node] = set()
+
+    def after_relu(n: fx.Node) -> fx.Node:
+        users = list(n.users)
+        return users[0] if len(users) == 1 and kinds[users[0]] == "relu" else n
+
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" or kinds[n] in ("weight", "producer", "matmul"):
+            points.add(after_relu(n))
+    for n in gm.graph.nodes:  # every multiply-accumulate must read quantized inputs
+        if kinds[n] in ("weight", "matmul"):
+            for arg in n.all_input_nodes:
+                src = arg
+                while kinds[src] == "pass" and src.all_input_nodes and src not in points:
+                    src = src.all_input_nodes[0]
+                if src not in points and src.op not in ("get_attr",):
+                    points.add(src)
+    return [n for n in gm.graph.nodes if n in points and n.op != "output"]
+
+
+def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> None:
+    modules = dict(gm.named_modules())
+    store = nn.ModuleDict()
+    gm.add_submodule(ACT_QUANT, store)
+    for node in _requant_points(gm):
+        consumers = [u.target for u in node.users if u.op == "call_module" and isinstance(modules[u.target], QuantLayer)]
+        producer = node.target if node.op == "call_module" else ""
+        spec = config.activation_spec_for(producer, node.name, *consumers)
+        if spec is None:
+            continue
+        store[node.name] = Quantizer(spec, config.seed)
+        with gm.graph.inserting_after(node):
+            q = gm.graph.call_module(f"{ACT_QUANT}.{node.name}", (node,))
+        node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+
+
+def _prepare_fx(gm: fx.GraphModule, config: QuantConfig) -> QuantConfig:
+    fold_batchnorm(gm)
+    modules = dict(gm.named_modules())
+    layer_names = [n.target for n in gm.graph.nodes if n.op == "call_module" and is_quantizable(modules[n.target])]
+    config = config.resolve(layer_names[0] if layer_names else None, layer_names[-1] if layer_names else None)
+    for name in dict.fromkeys(layer_names):
+        _set_module(gm, name, to_quantized(modules[name], config.weight_spec_for(name), seed=config.seed))
+    if config.activations is not None or any(o.activations for o in config.overrides):
+        _insert_activation_quantizers(gm, config)
+    gm.graph.lint()
+    gm.recompile()
+    return config
+
+
+def _prepare_swap(model: nn.Module, config: QuantConfig) -> QuantConfig:
+    names = [n for n, m in model.named_modules() if is_quantizable(m)]
+    config = config.resolve(names[0] if names else None, names[-1] if names else None)
+    for name in names:
+        module = model.get_submodule(name)
+        _set_module(model, name, to_quantized(module, config.weight_spec_for(name),
+                                              config.activation_spec_for(name), config.seed))
+    return config
+
+
+def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """A copy of ``model`` ready for calibration: BN folded, quantized layers and quantizers in place.
+
+    The original model is not modified. The result carries a :class:`QuantInfo` as ``lowbit_info``.
+    """
+    arch = getattr(model, "lowbit_arch", None)
+    model = copy.deepcopy(model).eval()
+    try:
+        gm = trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure falls back, with the reason in the warning
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        warnings.warn(
+            f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {reason}); falling back to "
+            "module swapping: weights and conv/linear inputs are quantized, batch-norm is not folded. To get full "
+            "graph quantization, move data-dependent Python control flow out of forward() or mark that submodule "
+            "as a leaf with torch.fx.wrap.", stacklevel=2)
+        resolved = _prepare_swap(model, config)
+        model.lowbit_info = QuantInfo(resolved, "swap", arch)
+        return model
+    resolved = _prepare_fx(gm, config)
+    gm.lowbit_info = QuantInfo(resolved, "fx", arch)
+    return gm
+
+
+def activation_quantizers(model: nn.Module) -> list[tuple[str, Quantizer]]:
+    """Quantizers of activations (graph-placed ones and module-swap input quantizers), with names."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, Quantizer) and not n.endswith("weight_quant")]

@@ -1,0 +1,142 @@
+"""Quantized weight layers: ``QConv2d`` and ``QLinear``.
+
+They subclass the float layers (so ``isinstance(m, nn.Conv2d)`` still holds) and keep the float weight
+until :meth:`QuantLayer.freeze`, which stores the integer codes in ``qweight`` and replaces ``weight`` by
+their dequantized values. How the weight is rounded onto the grid is pluggable: ``rounding=None`` is
+round-to-nearest; learned-rounding methods install a module ``rounding(weight, scale, zero_point, qmin, qmax)``
+that returns the fake-quantized weight, and only that module is optimized.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit import qmath
+from lowbit.quantizer import Quantizer
+from lowbit.spec import QuantSpec
+
+WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
+
+
+class QuantLayer:
+    """Behaviour shared by the quantized conv and linear layers (a mixin over the torch layer)."""
+
+    weight: nn.Parameter
+    weight_quant: Quantizer
+    input_quant: Quantizer | None
+    rounding: nn.Module | None
+    qweight: torch.Tensor | None
+
+    def _init_quant(self, weight_spec: QuantSpec, input_spec: QuantSpec | None, seed: int) -> None:
+        self.weight_quant = Quantizer(weight_spec, seed)
+        self.input_quant = Quantizer(input_spec, seed) if input_spec is not None else None
+        self.rounding = None
+        self.register_buffer("qweight", None)  # type: ignore[attr-defined]
+
+    @property
+    def frozen(self) -> bool:
+        """True once the weight has been replaced by its quantized value (see :meth:`freeze`)."""
+        return self.qweight is not None
+
+    def calibrate_weights(self) -> None:
+        """Choose the weight grid from the weight itself (no data needed)."""
+        self.weight_quant.calibrate_to(self.weight)
+
+    def fake_quant_weight(self) -> torch.Tensor:
+        """The weight as the quantized layer sees it, with gradients for the optimizing methods."""
+        wq = self.weight_quant
+        if self.frozen or wq.state != "quantize":
+            return self.weight
+        if wq.spec.is_fp16:
+            return qmath.fake_quantize_fp16(self.weight)
+        scale, zp = wq.grid(self.weight.dim())
+        qmin, qmax = wq.qrange
+        if self.rounding is not None:
+            return self.rounding(self.weight, scale, zp, qmin, qmax)
+        return qmath.fake_quantize(self.weight, scale, zp, qmin, qmax)
+
+    def integer_weight(self) -> torch.Tensor:
+        """Integer codes of the current (possibly learned) rounding, as int32."""
+        wq = self.weight_quant
+        scale, zp = wq.grid(self.weight.dim())
+        with torch.no_grad():
+            w = self.fake_quant_weight()
+            return qmath.quantize(w, scale, zp, *wq.qrange)
+
+    def freeze(self) -> None:
+        """Fix the weight on its grid: store the codes and make ``weight`` exactly their dequantized value."""
+        if self.frozen or self.weight_quant.state != "quantize":
+            return
+        with torch.no_grad():
+            if self.weight_quant.spec.is_fp16:
+                self.qweight = self.weight.detach().to(torch.float16)
+                self.weight.data = self.qweight.float()
+            else:
+                self.qweight = self.integer_weight().to(torch.int16)
+                scale, zp = self.weight_quant.grid(self.weight.dim())
+                self.weight.data = qmath.dequantize(self.qweight, scale, zp)
+        self.rounding = None
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.input_quant(x) if self.input_quant is not None else x
+
+
+class QConv2d(QuantLayer, nn.Conv2d):
+    """``nn.Conv2d`` with quantized weights (and, in module-swap mode, a quantized input)."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_spec: QuantSpec, input_spec: QuantSpec | None = None,
+                   seed: int = 0) -> "QConv2d":
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, conv.bias is not None, conv.padding_mode, device=conv.weight.device,
+                dtype=conv.weight.dtype)
+        q.weight, q.bias = conv.weight, conv.bias
+        q._init_quant(weight_spec, input_spec, seed)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantize_input(x), self.fake_quant_weight(), self.bias)
+
+
+class QLinear(QuantLayer, nn.Linear):
+    """``nn.Linear`` with quantized weights (and, in module-swap mode, a quantized input)."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_spec: QuantSpec, input_spec: QuantSpec | None = None,
+                   seed: int = 0) -> "QLinear":
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device,
+                dtype=linear.weight.dtype)
+        q.weight, q.bias = linear.weight, linear.bias
+        q._init_quant(weight_spec, input_spec, seed)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantize_input(x), self.fake_quant_weight(), self.bias)
+
+
+_QUANTIZED: dict[type, Callable[..., QuantLayer]] = {nn.Conv2d: QConv2d.from_float, nn.Linear: QLinear.from_float}
+
+
+def to_quantized(module: nn.Module, weight_spec: QuantSpec, input_spec: QuantSpec | None = None,
+                 seed: int = 0) -> nn.Module:
+    """The quantized counterpart of a float conv/linear layer."""
+    for float_type, make in _QUANTIZED.items():
+        if type(module) is float_type:
+            return make(module, weight_spec, input_spec, seed)  # type: ignore[return-value]
+    raise TypeError(f"no quantized version of {type(module).__name__}")
+
+
+def is_quantizable(module: nn.Module) -> bool:
+    """Exactly the float layers lowbit replaces (subclasses with custom forwards are left alone)."""
+    return type(module) in _QUANTIZED
+
+
+def quant_layers(model: nn.Module) -> Iterator[tuple[str, QuantLayer]]:
+    """All quantized weight layers of a model, with their qualified names, in registration order."""
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLayer):
+            yield name, m

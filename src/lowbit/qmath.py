@@ -1,0 +1,81 @@
+"""Uniform quantization math as pure functions.
+
+Conventions: ``q = clamp(round(x / scale) + zero_point, qmin, qmax)`` and ``x_hat = (q - zero_point) * scale``.
+Symmetric specs use a signed grid and a zero point of 0; affine specs use an unsigned grid. ``scale`` and
+``zero_point`` broadcast against ``x`` (see :func:`channel_view`). Rounding is half-to-even (``torch.round``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Smallest scale we ever produce: a constant (zero-range) tensor must not yield 0, NaN or Inf scales.
+MIN_SCALE = 1e-8
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer grid of ``bits``: signed ``[-2^(b-1), 2^(b-1)-1]`` when symmetric, else ``[0, 2^b - 1]``."""
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def channel_view(t: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    """Reshape a per-channel vector so that it broadcasts along ``axis`` of an ``ndim``-dimensional tensor."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def choose_qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point whose grid covers ``[lo, hi]`` (extended to include 0 so zero is exact)."""
+    qmin, qmax = qrange(bits, symmetric)
+    lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
+    hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
+    if symmetric:
+        amax = torch.maximum(-lo, hi)
+        scale = (amax / ((qmax - qmin) / 2)).clamp_min(MIN_SCALE)
+        return scale, torch.zeros_like(scale, dtype=torch.int32)
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(MIN_SCALE)
+    zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax).to(torch.int32)
+    return scale, zero_point
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Integer codes of ``x`` (as int32)."""
+    return (torch.round(x / scale) + zero_point).clamp(qmin, qmax).to(torch.int32)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """Real values of integer codes. The one place codes become floats, so save/load is bit-exact."""
+    return (q.float() - zero_point.float()) * scale
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass (straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Quantize-dequantize with straight-through rounding.
+
+    Gradients reach ``x`` inside the clipping range and ``scale`` everywhere (as in LSQ), which is what
+    the learned-rounding and step-size methods need.
+    """
+    zp = zero_point.to(x.dtype)
+    q = torch.clamp(round_ste(x / scale) + zp, qmin, qmax)
+    return (q - zp) * scale
+
+
+def fake_quantize_fp16(x: torch.Tensor) -> torch.Tensor:
+    """Round to IEEE half precision and back (values beyond the fp16 range saturate instead of becoming inf)."""
+    limit = torch.finfo(torch.float16).max
+    return x.clamp(-limit, limit).to(torch.float16).to(x.dtype)
+
+
+def quantization_error(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+                       reduce_dims: tuple[int, ...] | None = None, p: float = 2.0) -> torch.Tensor:
+    """Mean ``|x - fq(x)|^p``, over all elements or over ``reduce_dims`` (used by the MSE observer)."""
+    with torch.no_grad():
+        err = (fake_quantize(x, scale, zero_point, qmin, qmax) - x).abs().pow(p)
+        return err.mean() if reduce_dims is None else err.mean(dim=reduce_dims)

@@ -1,0 +1,98 @@
+"""``Quantizer``: a module that fake-quantizes one tensor according to a ``QuantSpec``.
+
+It has an explicit state: ``observe`` (record statistics, pass values through), ``quantize`` (apply the
+grid) or ``off`` (pass through). Scale and zero point are buffers so they travel with ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lowbit import qmath
+from lowbit.observers import ActivationObserver, static_qparams
+from lowbit.spec import QuantSpec
+
+State = Literal["observe", "quantize", "off"]
+
+
+class Quantizer(nn.Module):
+    """Fake-quantizer for activations (observer-calibrated or dynamic) and the grid holder for weights."""
+
+    def __init__(self, spec: QuantSpec, seed: int = 0) -> None:
+        super().__init__()
+        self.spec = spec
+        self.state: State = "off"
+        self.seed = seed
+        self.observer: ActivationObserver | None = None
+        self.register_buffer("scale", torch.ones(1))
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
+
+    @property
+    def bits(self) -> int | str:
+        return self.spec.bits
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        return qmath.qrange(int(self.spec.bits), self.spec.symmetric)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Static integer grids need observed ranges; fp16 casts and dynamic ranges do not."""
+        return not (self.spec.is_fp16 or self.spec.dynamic)
+
+    def set_state(self, state: State) -> None:
+        if state == "observe" and self.needs_calibration and self.observer is None:
+            self.observer = ActivationObserver(self.spec, self.seed)
+        self.state = state
+
+    def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Install a grid (shapes may differ from the placeholders: per-channel grids are vectors)."""
+        self.scale = scale.detach().float().reshape(-1).to(self.scale.device)
+        self.zero_point = zero_point.detach().to(torch.int32).reshape(-1).to(self.scale.device)
+
+    def finish_calibration(self) -> bool:
+        """Turn observed statistics into a grid and start quantizing. False if nothing was observed."""
+        if self.needs_calibration:
+            if self.observer is None or not self.observer.seen:
+                return False
+            self.set_qparams(*self.observer.qparams())
+        self.observer = None
+        self.state = "quantize"
+        return True
+
+    def calibrate_to(self, x: torch.Tensor) -> None:
+        """Set the grid directly from a fully known tensor (weights)."""
+        if self.needs_calibration:
+            self.set_qparams(*static_qparams(x, self.spec))
+        self.state = "quantize"
+
+    def grid(self, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point shaped to broadcast against an ``ndim``-dimensional tensor."""
+        if self.spec.granularity == "per_channel" and self.scale.numel() > 1:
+            axis = self.spec.axis % ndim
+            return qmath.channel_view(self.scale, axis, ndim), qmath.channel_view(self.zero_point, axis, ndim)
+        return self.scale, self.zero_point
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.state == "off":
+            return x
+        if self.state == "observe":
+            if self.observer is not None:
+                self.observer.observe(x)
+            return x
+        if self.spec.is_fp16:
+            return qmath.fake_quantize_fp16(x)
+        qmin, qmax = self.qrange
+        if self.spec.dynamic:
+            with torch.no_grad():
+                scale, zp = qmath.choose_qparams(x.min(), x.max(), int(self.spec.bits), self.spec.symmetric)
+            return qmath.fake_quantize(x, scale, zp, qmin, qmax)
+        scale, zp = self.grid(x.dim())
+        return qmath.fake_quantize(x, scale, zp, qmin, qmax)
+
+    def extra_repr(self) -> str:
+        kind = "dynamic" if self.spec.dynamic else self.spec.granularity
+        return f"bits={self.spec.bits}, {kind}, symmetric={self.spec.symmetric}, state={self.state}"

@@ -1,0 +1,84 @@
+"""What to quantize and how: ``QuantSpec`` (one tensor) and its validation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Literal, Union
+
+from lowbit.errors import LowbitError
+
+Bits = Union[int, Literal["fp16"]]
+Granularity = Literal["per_tensor", "per_channel"]
+ObserverName = Literal["minmax", "percentile", "mse"]
+OBSERVERS: tuple[str, ...] = ("minmax", "percentile", "mse")
+MIN_BITS, MAX_BITS = 2, 16
+
+
+def check_bits(bits: object, what: str = "bits") -> Bits:
+    """Validate a bit width (2-16 or "fp16"), accepting numeric strings from the CLI."""
+    if isinstance(bits, str) and bits.isdigit():
+        bits = int(bits)
+    if bits == "fp16" or (isinstance(bits, int) and not isinstance(bits, bool) and MIN_BITS <= bits <= MAX_BITS):
+        return bits  # type: ignore[return-value]
+    raise LowbitError(f"{what} must be an integer from {MIN_BITS} to {MAX_BITS} or 'fp16', got {bits!r}")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor (a layer's weights, or an activation) is quantized.
+
+    ``bits="fp16"`` means a cast to half precision (no grid, no observer). ``dynamic`` activations compute
+    their range from every batch at run time instead of from calibration.
+    """
+
+    bits: Bits = 8
+    symmetric: bool = False
+    granularity: Granularity = "per_tensor"
+    axis: int = 0
+    observer: ObserverName = "minmax"
+    dynamic: bool = False
+    percentile: float = 99.99
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", check_bits(self.bits))
+        if self.granularity not in ("per_tensor", "per_channel"):
+            raise LowbitError(f"granularity must be 'per_tensor' or 'per_channel', got {self.granularity!r}")
+        if self.observer not in OBSERVERS:
+            raise LowbitError(f"observer must be one of {', '.join(OBSERVERS)}, got {self.observer!r}")
+        if self.dynamic and self.granularity != "per_tensor":
+            raise LowbitError("dynamic quantization is per-tensor only; use granularity='per_tensor'")
+        if not 50.0 < self.percentile <= 100.0:
+            raise LowbitError(f"percentile must be in (50, 100], got {self.percentile}")
+
+    @property
+    def is_fp16(self) -> bool:
+        return self.bits == "fp16"
+
+    def with_bits(self, bits: Bits) -> "QuantSpec":
+        """The same spec at another width (observer defaults follow the width, see :func:`default_observer`)."""
+        return replace(self, bits=bits)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantSpec":
+        return cls(**d)
+
+
+def default_observer(bits: Bits) -> ObserverName:
+    """MSE range search below 8 bits (where clipping pays), plain min/max from 8 bits up."""
+    return "mse" if isinstance(bits, int) and bits < 8 else "minmax"
+
+
+def weight_spec(bits: Bits, observer: ObserverName | None = None, symmetric: bool = False,
+                per_channel: bool = True) -> QuantSpec:
+    """Default weight spec: per-channel (output axis), affine, MSE observer below 8 bits."""
+    return QuantSpec(bits=bits, symmetric=symmetric, granularity="per_channel" if per_channel else "per_tensor",
+                     axis=0, observer=observer or default_observer(bits))
+
+
+def activation_spec(bits: Bits, observer: ObserverName | None = None, dynamic: bool = False) -> QuantSpec:
+    """Default activation spec: per-tensor, affine, MSE observer below 8 bits (unused when dynamic)."""
+    return QuantSpec(bits=bits, symmetric=False, granularity="per_tensor",
+                     observer=observer or default_observer(bits), dynamic=dynamic)

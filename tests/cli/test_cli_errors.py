@@ -1,0 +1,84 @@
+"""Bad input: one line on stderr, exit status 2, no traceback, no output file."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lowbit.cli import main
+from lowbit.models import build_model
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def assert_clean_error(code, err, pattern, tmp_path):
+    assert code == 2
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert pattern in err, err
+    assert not list(tmp_path.glob("*.lowbit")) and not list(tmp_path.glob("*.part"))
+
+
+@pytest.fixture
+def out(tmp_path):
+    return str(tmp_path / "q.lowbit")
+
+
+def test_missing_checkpoint(capsys, tmp_path, out):
+    code, err = run(capsys, "quantize", "--checkpoint", str(tmp_path / "nope.safetensors"), "--out", out)
+    assert_clean_error(code, err, "not found", tmp_path)
+
+
+def test_corrupt_checkpoint(capsys, tmp_path, out):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    code, err = run(capsys, "quantize", "--checkpoint", str(bad), "--out", out)
+    assert_clean_error(code, err, "bad.safetensors", tmp_path)
+
+
+def test_checkpoint_of_another_architecture(capsys, tmp_path, out):
+    ckpt = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model("mobilenet_v2_small", num_classes=10, in_channels=1)
+               .state_dict().items()}, str(ckpt))
+    code, err = run(capsys, "quantize", "--model", "resnet20", "--checkpoint", str(ckpt), "--out", out)
+    assert_clean_error(code, err, "--model", tmp_path)
+
+
+@pytest.mark.parametrize("bits", ["1", "17", "four"])
+def test_bits_out_of_range(capsys, tmp_path, out, bits):
+    code, err = run(capsys, "quantize", "--weights-bits", bits, "--out", out)
+    assert_clean_error(code, err, "2 to 16", tmp_path)
+
+
+def test_unknown_model(capsys, tmp_path, out):
+    code, err = run(capsys, "quantize", "--model", "resnet1000", "--out", out)
+    assert_clean_error(code, err, "resnet1000", tmp_path)
+
+
+def test_unknown_dataset(capsys, tmp_path, out):
+    code, err = run(capsys, "quantize", "--dataset", "mnist-ish", "--out", out)
+    assert_clean_error(code, err, "mnist-ish", tmp_path)
+
+
+def test_empty_data_folder(capsys, tmp_path, out):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ckpt = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model("resnet18", num_classes=10).state_dict().items()}, str(ckpt))
+    code, err = run(capsys, "quantize", "--model", "resnet18", "--checkpoint", str(ckpt), "--dataset", "imagefolder",
+                    "--train-data-path", str(empty), "--val-data-path", str(empty), "--out", out)
+    assert_clean_error(code, err, str(empty), tmp_path)
+
+
+def test_truncated_lowbit_file(capsys, tmp_path):
+    f = tmp_path / "t.lowbit"
+    f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    code, err = run(capsys, "eval", str(f))
+    assert code == 2 and "Traceback" not in err and "truncated" in err
+
+
+def test_lowbit_file_info_of_missing_file(capsys, tmp_path):
+    code, err = run(capsys, "info", str(tmp_path / "none.lowbit"))
+    assert code == 2 and "not found" in err

@@ -1,0 +1,109 @@
+"""Tiny models and data shared by the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class ConvBNReLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.bn(self.conv(x)))), 1))
+
+
+class ResidualNet(nn.Module):
+    """Stem, two residual blocks (one with a 1x1 projection), a concatenation, and a linear head."""
+
+    def __init__(self, in_channels: int = 3, classes: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.b1 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.b2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.proj = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
+        self.side = nn.Conv2d(8, 4, 1, stride=2)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(20, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.relu(self.b1(x) + x)
+        y = self.relu(self.b2(x) + self.proj(x))
+        y = torch.cat([y, self.side(x)], dim=1)
+        return self.head(y.mean(dim=(2, 3)))
+
+
+class TinyViT(nn.Module):
+    """Two pre-norm transformer blocks with explicit attention matmuls."""
+
+    def __init__(self, dim: int = 16, heads: int = 2, classes: int = 3) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Conv2d(1, dim, 4, stride=4)
+        self.pos = nn.Parameter(torch.randn(1, 16, dim) * 0.02)
+        self.blocks = nn.ModuleList()
+        for _ in range(2):
+            self.blocks.append(nn.ModuleDict({
+                "norm1": nn.LayerNorm(dim), "qkv": nn.Linear(dim, 3 * dim), "proj": nn.Linear(dim, dim),
+                "norm2": nn.LayerNorm(dim), "fc1": nn.Linear(dim, 2 * dim), "act": nn.GELU(),
+                "fc2": nn.Linear(2 * dim, dim)}))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        for blk in self.blocks:
+            b, n, c = x.shape
+            qkv = blk["qkv"](blk["norm1"](x)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            attn = (q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(dim=-1)
+            x = x + blk["proj"]((attn @ v).transpose(1, 2).reshape(b, n, c))
+            x = x + blk["fc2"](blk["act"](blk["fc1"](blk["norm2"](x))))
+        return self.head(self.norm(x).mean(1))
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give batch-norm layers non-trivial statistics so that folding is actually exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+@pytest.fixture
+def residual_net() -> nn.Module:
+    torch.manual_seed(0)
+    return randomize_bn(ResidualNet())
+
+
+@pytest.fixture
+def tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyViT().eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    return request.param

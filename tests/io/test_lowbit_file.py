@@ -1,0 +1,87 @@
+import os
+
+import pytest
+import torch
+
+import lowbit
+from conftest import ResidualNet, TinyViT, randomize_bn
+from lowbit import LowbitError
+from lowbit.io.lowbit_file import read_metadata
+
+
+def _roundtrip(model, data, tmp_path, **kw):
+    q = lowbit.quantize(model, data, **kw)
+    path = lowbit.save(q, tmp_path / "m.lowbit")
+    return q, lowbit.load(path, model=type(model)()), path
+
+
+@pytest.mark.parametrize("wbits,abits", [(2, 4), (3, 8), (4, 8), (8, 8), (12, 16), ("fp16", "fp16"), (4, None)])
+def test_reload_gives_identical_outputs(residual_net, images, tmp_path, wbits, abits):
+    q, r, _ = _roundtrip(residual_net, images, tmp_path, weights_bits=wbits, activation_bits=abits)
+    with torch.no_grad():
+        assert torch.equal(q(images), r(images))
+
+
+def test_reload_vit_and_dynamic_activations(tiny_vit, tmp_path):
+    x = torch.randn(8, 1, 16, 16)
+    q, r, _ = _roundtrip(tiny_vit, x, tmp_path, weights_bits=8, activation_bits=16, dynamic_activations=True)
+    with torch.no_grad():
+        assert torch.equal(q(x), r(x))
+
+
+def test_symmetric_weights_store_no_zero_points(residual_net, images, tmp_path):
+    q, r, path = _roundtrip(residual_net, images, tmp_path, weights_bits=4, activation_bits=8, symmetric_weights=True)
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        assert not any(k.endswith("zero_point") and not k.startswith("activations.") for k in f.keys())
+    with torch.no_grad():
+        assert torch.equal(q(images), r(images))
+
+
+def test_metadata_records_config_and_bits(residual_net, images, tmp_path):
+    _, _, path = _roundtrip(residual_net, images, tmp_path, weights_bits=3, activation_bits=8)
+    meta = read_metadata(path)
+    assert meta["config"]["weights"]["bits"] == 3 and set(meta["bits"].values()) == {3}
+    assert meta["lowbit_version"] == lowbit.__version__
+
+
+def test_truncated_file_is_a_clear_error(residual_net, images, tmp_path):
+    _, _, path = _roundtrip(residual_net, images, tmp_path, weights_bits=4, activation_bits=8)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LowbitError, match="truncated"):
+        lowbit.load(path, model=ResidualNet())
+
+
+def test_file_from_another_architecture_is_a_clear_error(residual_net, images, tmp_path):
+    _, _, path = _roundtrip(residual_net, images, tmp_path, weights_bits=4, activation_bits=8)
+    with pytest.raises(LowbitError, match="does not match this architecture"):
+        lowbit.load(path, model=TinyViT())
+
+
+def test_custom_architecture_needs_model(residual_net, images, tmp_path):
+    _, _, path = _roundtrip(residual_net, images, tmp_path, weights_bits=4, activation_bits=8)
+    with pytest.raises(LowbitError, match="pass model="):
+        lowbit.load(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(LowbitError, match="not found"):
+        lowbit.load(tmp_path / "nope.lowbit")
+
+
+def test_failed_save_leaves_no_partial_file(residual_net, images, tmp_path, monkeypatch):
+    q = lowbit.quantize(residual_net, images, weights_bits=4, activation_bits=8)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lowbit.io.lowbit_file.save_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        lowbit.save(q, tmp_path / "m.lowbit")
+    assert os.listdir(tmp_path) == []
+
+
+def test_saving_an_unquantized_model_is_a_clear_error(residual_net, tmp_path):
+    with pytest.raises(LowbitError, match="quantize it first"):
+        lowbit.save(residual_net, tmp_path / "m.lowbit")

@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+import lowbit
+from conftest import ResidualNet, randomize_bn
+from lowbit import LowbitError, QuantConfig
+from lowbit.graph import activation_quantizers
+from lowbit.layers import quant_layers
+
+
+def test_keyword_form_and_config_form_agree(residual_net, images):
+    a = lowbit.quantize(residual_net, images, weights_bits=4, activation_bits=8)
+    b = lowbit.quantize(residual_net, images, QuantConfig.from_bits(4, 8))
+    with torch.no_grad():
+        assert torch.equal(a(images), b(images))
+
+
+def test_calibration_accepts_pairs_and_ignores_labels(residual_net, images):
+    labels = torch.randint(0, 5, (len(images),))
+    pairs = [(images[i:i + 16], labels[i:i + 16]) for i in range(0, 64, 16)]
+    a = lowbit.quantize(residual_net, pairs, weights_bits=8, activation_bits=8)
+    b = lowbit.quantize(residual_net, [x for x, _ in pairs], weights_bits=8, activation_bits=8)
+    with torch.no_grad():
+        assert torch.equal(a(images), b(images))
+
+
+def test_lower_bits_give_larger_error(residual_net, images):
+    with torch.no_grad():
+        ref = residual_net(images)
+        errs = [(lowbit.quantize(residual_net, images, weights_bits=b, activation_bits=b)(images) - ref).norm().item()
+                for b in (8, 4, 2)]
+    assert errs[0] < errs[1] < errs[2]
+
+
+def test_weights_only_needs_no_data(residual_net, images):
+    q = lowbit.quantize(residual_net, None, weights_bits=4, activation_bits=None)
+    assert all(l.frozen for _, l in quant_layers(q))
+    with torch.no_grad():
+        assert torch.isfinite(q(images)).all()
+
+
+def test_static_activations_without_data_is_a_clear_error(residual_net):
+    with pytest.raises(LowbitError, match="calibration data is required"):
+        lowbit.quantize(residual_net, None, weights_bits=8, activation_bits=8)
+
+
+def test_nan_in_calibration_data_is_rejected(residual_net, images):
+    bad = images.clone()
+    bad[3, 0, 0, 0] = float("nan")
+    with pytest.raises(LowbitError, match="NaN"):
+        lowbit.quantize(residual_net, bad)
+
+
+def test_unknown_method_is_rejected(residual_net, images):
+    with pytest.raises(LowbitError, match="unknown method"):
+        lowbit.quantize(residual_net, images, method="magic")
+
+
+def test_fp16_and_dynamic_int8_recipes(residual_net, images):
+    with torch.no_grad():
+        ref = residual_net(images)
+        fp16 = lowbit.quantize(residual_net, None, weights_bits="fp16", activation_bits="fp16")
+        assert (fp16(images) - ref).norm() / ref.norm() < 1e-3
+        dyn = lowbit.quantize(residual_net, None, weights_bits=8, activation_bits=16, dynamic_activations=True)
+        assert all(q.spec.dynamic for _, q in activation_quantizers(dyn))
+        assert (dyn(images) - ref).norm() / ref.norm() < 0.02
+
+
+def test_first_last_bits_keep_outer_layers_wide(images):
+    torch.manual_seed(0)
+    q = lowbit.quantize(randomize_bn(ResidualNet()), images, weights_bits=2, activation_bits=4, first_last_bits=8)
+    bits = {n: l.weight_quant.spec.bits for n, l in quant_layers(q)}
+    assert bits["stem.0"] == 8 and bits["head"] == 8 and bits["b1.0"] == 2
+    assert dict(activation_quantizers(q))["act_quant.x"].spec.bits == 8
+
+
+def test_constant_channel_does_not_produce_nan(residual_net, images):
+    with torch.no_grad():
+        residual_net.b1[0].weight[3].fill_(0.25)
+        residual_net.b1[0].weight[4].zero_()
+    q = lowbit.quantize(residual_net, images, weights_bits=4, activation_bits=4)
+    for _, layer in quant_layers(q):
+        assert torch.isfinite(layer.weight_quant.scale).all()
+    with torch.no_grad():
+        assert torch.isfinite(q(images)).all()
+
+
+def test_zero_activations_do_not_produce_nan(images):
+    torch.manual_seed(0)
+    model = randomize_bn(ResidualNet())
+    q = lowbit.quantize(model, torch.zeros_like(images), weights_bits=8, activation_bits=8)
+    for _, aq in activation_quantizers(q):
+        assert torch.isfinite(aq.scale).all() and (aq.scale > 0).all()

@@ -1,0 +1,101 @@
+import warnings
+
+import pytest
+import torch
+from torch import fx, nn
+
+from conftest import ResidualNet, TinyViT, randomize_bn
+from lowbit.calibrate import calibrate, freeze
+from lowbit.config import QuantConfig
+from lowbit.graph import activation_quantizers, fold_batchnorm, prepare, trace
+from lowbit.layers import QConv2d, QLinear, quant_layers
+
+
+def test_fold_batchnorm_preserves_outputs(residual_net, images):
+    gm = trace(residual_net)
+    assert fold_batchnorm(gm) == 6
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in gm.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(gm(images), residual_net(images), rtol=1e-4, atol=1e-5)
+
+
+def test_prepare_leaves_original_model_untouched(residual_net):
+    before = {k: v.clone() for k, v in residual_net.state_dict().items()}
+    prepare(residual_net, QuantConfig.from_bits(4, 4))
+    assert all(torch.equal(before[k], v) for k, v in residual_net.state_dict().items())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in residual_net.modules())
+
+
+def _requant_sources(qmodel) -> dict[str, str]:
+    """Map each activation quantizer to the op whose output it quantizes."""
+    out = {}
+    for node in qmodel.graph.nodes:
+        if node.op == "call_module" and str(node.target).startswith("act_quant."):
+            src = node.args[0]
+            out[node.target] = src.op if src.op in ("placeholder",) else str(src.target)
+    return out
+
+
+def test_activation_quantizers_at_requantization_points(residual_net):
+    q = prepare(residual_net, QuantConfig.from_bits(8, 8))
+    sources = set(_requant_sources(q).values())
+    assert "placeholder" in sources                 # model input
+    assert "b1.2" in sources                        # conv+BN+ReLU fused: after the ReLU
+    assert "b1.3" in sources                        # conv output before the residual add
+    assert "relu" in sources                        # add+ReLU: after the ReLU
+    assert any("cat" in s for s in sources)         # concatenation
+    assert any("mean" in s for s in sources)        # pooled features feeding the head
+    assert all(isinstance(m, (QConv2d, QLinear)) for m in q.modules() if type(m) in (nn.Conv2d, nn.Linear))
+
+
+def test_vit_attention_matmuls_and_norm_outputs_are_quantized(tiny_vit):
+    q = prepare(tiny_vit, QuantConfig.from_bits(8, 8))
+    sources = list(_requant_sources(q).values())
+    assert sum("matmul" in s for s in sources) == 4  # q@k and attn@v in two blocks
+    assert any("norm1" in s for s in sources) and any("act" in s for s in sources)  # LayerNorm, GELU feed linears
+    assert any("softmax" in s for s in sources)
+
+
+@pytest.mark.parametrize("make", [lambda: randomize_bn(ResidualNet()), lambda: TinyViT().eval()])
+def test_8bit_stays_close_to_float(make, device):
+    torch.manual_seed(0)
+    model = make().to(device)
+    x = torch.randn(32, model.embed.in_channels if hasattr(model, "embed") else 3, 16, 16, device=device)
+    q = prepare(model, QuantConfig.from_bits(8, 8))
+    calibrate(q, [x[:16], x[16:]])
+    freeze(q)
+    with torch.no_grad():
+        ref, out = model(x), q(x)
+    assert (out - ref).norm() / ref.norm() < 0.05
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow breaks symbolic tracing
+            x = x * 2
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_untraceable_model_falls_back_with_one_warning(images):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = prepare(Untraceable(), QuantConfig.from_bits(8, 8))
+    messages = [str(w.message) for w in caught if "torch.fx could not trace" in str(w.message)]
+    assert len(messages) == 1 and "Untraceable" in messages[0] and "module swapping" in messages[0]
+    assert q.lowbit_info.mode == "swap"
+    layers = dict(quant_layers(q))
+    assert set(layers) == {"conv", "fc"} and all(l.input_quant is not None for l in layers.values())
+    calibrate(q, [images])
+    freeze(q)
+    assert torch.isfinite(q(images)).all()
+
+
+def test_weights_only_config_places_no_activation_quantizers(residual_net):
+    q = prepare(residual_net, QuantConfig.from_bits(4, None))
+    assert activation_quantizers(q) == []
+    assert isinstance(q, fx.GraphModule)
