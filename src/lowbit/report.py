@@ -35,11 +35,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines + [fmt(r) for r in cells])
 
 
-def metrics_row(label: str, metrics: dict | None, size: int | None, seconds: float | None, ratio: float | None) -> list:
+def metrics_row(label: str, metrics: dict | None, size: int | None, ratio: float | None,
+                quantize_seconds: float | None, eval_seconds: float | None) -> list:
     """One row of the float-vs-quantized table (metrics as fractions, shown as percentages)."""
     m = metrics or {}
     pct = [100 * m[k] if k in m else None for k in ("top1", "top5", "precision", "recall", "f1")]
-    return [label, *pct, human_bytes(size), None if ratio is None else round(ratio, 3), seconds]
+    return [label, *pct, human_bytes(size), None if ratio is None else f"{ratio:.3f}x", quantize_seconds, eval_seconds]
 
 
-METRIC_HEADERS = ("model", "top1 %", "top5 %", "precision %", "recall %", "F1 %", "file", "x float", "time s")
+METRIC_HEADERS = ("model", "top1 %", "top5 %", "precision %", "recall %", "F1 %", "file", "size", "quantize s", "eval s")

@@ -38,8 +38,8 @@ def run_eval(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     rows = []
     if meta.get("float_metrics"):
-        rows.append(metrics_row("float32 (at quantization)", meta["float_metrics"], None, None, None))
-    rows.append(metrics_row(Path(args.file).name, metrics.to_dict(), Path(args.file).stat().st_size, seconds, None))
+        rows.append(metrics_row("float32 (at quantization)", meta["float_metrics"], None, None, None, None))
+    rows.append(metrics_row(Path(args.file).name, metrics.to_dict(), Path(args.file).stat().st_size, None, None, seconds))
     print(table(METRIC_HEADERS, rows))
     if args.per_class:
         print()

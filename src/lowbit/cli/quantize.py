@@ -81,11 +81,12 @@ def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
 
 def print_report(result: dict, label: str) -> None:
     ratio = result["quant_file_bytes"] / result["float_file_bytes"]
-    rows = [metrics_row("float32", result.get("float_metrics"), result["float_file_bytes"],
-                        result.get("float_eval_seconds"), 1.0),
-            metrics_row(label, result.get("quant_metrics"), result["quant_file_bytes"], result["quantize_seconds"], ratio)]
+    rows = [metrics_row("float32", result.get("float_metrics"), result["float_file_bytes"], 1.0, None,
+                        result.get("float_eval_seconds")),
+            metrics_row(label, result.get("quant_metrics"), result["quant_file_bytes"], ratio,
+                        result["quantize_seconds"], result.get("quant_eval_seconds"))]
     print(table(METRIC_HEADERS, rows))
-    print(f"(time: evaluation for float32, quantization incl. calibration for {label}; saved to {result['out']})")
+    print(f"saved {result['out']} (quantize s: calibration and rounding; eval s: the whole test split)")
     if "per_layer" in result:
         print()
         print(table(("layer", "bits", "params", "weight SQNR dB", "output SQNR dB"),
