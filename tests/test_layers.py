@@ -19,7 +19,7 @@ def test_freeze_stores_codes_and_exact_dequantized_weight():
     q.calibrate_weights()
     fq = q.fake_quant_weight().detach().clone()
     q.freeze()
-    assert q.frozen and q.qweight.dtype == torch.int16
+    assert q.frozen and q.qweight.dtype == torch.int32
     qmin, qmax = q.weight_quant.qrange
     assert q.qweight.min() >= qmin and q.qweight.max() <= qmax
     torch.testing.assert_close(q.weight.detach(), fq, rtol=0, atol=1e-6)

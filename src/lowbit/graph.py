@@ -85,6 +85,18 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, model.__class__.__name__)
 
 
+def _batchnorm_tail(bn: nn.Module) -> nn.Module | None:
+    """What remains of a norm layer once its affine part is folded: nothing for a plain BatchNorm, the
+    activation for timm's BatchNormAct (a BatchNorm subclass that also applies dropout and an activation),
+    or None (do not fold) for any other subclass."""
+    if type(bn) in (nn.BatchNorm1d, nn.BatchNorm2d):
+        return nn.Identity()
+    act, drop = getattr(bn, "act", None), getattr(bn, "drop", None)
+    if isinstance(act, nn.Module) and isinstance(drop, (nn.Identity, nn.Dropout, type(None))):
+        return act
+    return None
+
+
 def fold_batchnorm(gm: fx.GraphModule) -> int:
     """Fold every BatchNorm that directly follows a conv/linear (whose output it alone uses). Returns the count."""
     modules = dict(gm.named_modules())
@@ -92,20 +104,26 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target), (nn.BatchNorm1d, nn.BatchNorm2d)):
             continue
-        src = node.args[0]
-        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
+        src, bn = node.args[0], modules[node.target]
+        tail = _batchnorm_tail(bn)
+        if tail is None or not bn.track_running_stats or not isinstance(src, fx.Node) or src.op != "call_module" \
+                or len(src.users) != 1:
             continue
-        layer, bn = modules[src.target], modules[node.target]
-        if isinstance(layer, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+        layer = modules[src.target]
+        if type(layer) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
             fused = fuse_conv_bn_eval(layer.eval(), bn.eval())
-        elif isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats:
+        elif type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d):
             fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
         else:
             continue
         _set_module(gm, src.target, fused)
         modules[src.target] = fused
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
+        if isinstance(tail, nn.Identity):
+            node.replace_all_uses_with(src)
+            gm.graph.erase_node(node)
+        else:  # the activation takes the norm layer's place in the graph
+            _set_module(gm, node.target, tail)
+            modules[node.target] = tail
         folded += 1
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -161,7 +179,7 @@ def _requant_points(gm: fx.GraphModule) -> list[fx.Node]:
         return users[0] if len(users) == 1 and kinds[users[0]] == "relu" else n
 
     for n in gm.graph.nodes:
-        if n.op == "placeholder" or kinds[n] in ("weight", "producer", "matmul"):
+        if (n.op == "placeholder" and not n.args) or kinds[n] in ("weight", "producer", "matmul"):  # args: a default
             points.add(after_relu(n))
     for n in gm.graph.nodes:  # every multiply-accumulate must read quantized inputs
         if kinds[n] in ("weight", "matmul"):
@@ -169,7 +187,7 @@ def _requant_points(gm: fx.GraphModule) -> list[fx.Node]:
                 src = arg
                 while kinds[src] == "pass" and src.all_input_nodes and src not in points:
                     src = src.all_input_nodes[0]
-                if src not in points and src.op not in ("get_attr",):
+                if src not in points and src.op != "get_attr" and not (src.op == "placeholder" and src.args):
                     points.add(src)
     return [n for n in gm.graph.nodes if n in points and n.op != "output"]
 

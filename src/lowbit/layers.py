@@ -76,7 +76,7 @@ class QuantLayer:
                 self.qweight = self.weight.detach().to(torch.float16)
                 self.weight.data = self.qweight.float()
             else:
-                self.qweight = self.integer_weight().to(torch.int16)
+                self.qweight = self.integer_weight()
                 scale, zp = self.weight_quant.grid(self.weight.dim())
                 self.weight.data = qmath.dequantize(self.qweight, scale, zp)
         self.rounding = None

@@ -77,7 +77,7 @@ class Quantizer(nn.Module):
         return self.scale, self.zero_point
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.state == "off":
+        if self.state == "off" or not isinstance(x, torch.Tensor) or not x.is_floating_point():
             return x
         if self.state == "observe":
             if self.observer is not None:

@@ -15,7 +15,7 @@ def _roundtrip(model, data, tmp_path, **kw):
     return q, lowbit.load(path, model=type(model)()), path
 
 
-@pytest.mark.parametrize("wbits,abits", [(2, 4), (3, 8), (4, 8), (8, 8), (12, 16), ("fp16", "fp16"), (4, None)])
+@pytest.mark.parametrize("wbits,abits", [(2, 4), (3, 8), (4, 8), (8, 8), (12, 16), (16, 16), ("fp16", "fp16"), (4, None)])
 def test_reload_gives_identical_outputs(residual_net, images, tmp_path, wbits, abits):
     q, r, _ = _roundtrip(residual_net, images, tmp_path, weights_bits=wbits, activation_bits=abits)
     with torch.no_grad():

@@ -17,8 +17,8 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 FOLDER = "cifar-10-batches-py"
 # The batches are pickles of numpy arrays and lists; nothing else may be constructed while reading them.
-ALLOWED_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                   ("numpy", "ndarray"), ("numpy", "dtype")}
+ALLOWED_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+ALLOWED_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype")}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -34,7 +34,17 @@ from lowbit.quantizer import Quantizer
 FORMAT = "lowbit"
 FORMAT_VERSION = 1
 META_KEY = "lowbit"
+INT16_OFFSET = 2**15
 ACT_SCALES, ACT_ZERO_POINTS = "activations.scale", "activations.zero_point"
+
+
+def _to_int16(codes: torch.Tensor, qmin: int) -> torch.Tensor:
+    """9-16 bit codes as int16: shifted to ``[0, 2^b)`` then centred on zero (16-bit affine codes reach 65535)."""
+    return (codes.to(torch.int32) - qmin - INT16_OFFSET).to(torch.int16).contiguous()
+
+
+def _from_int16(stored: torch.Tensor, qmin: int) -> torch.Tensor:
+    return stored.to(torch.int32) + INT16_OFFSET + qmin
 
 
 def _weight_tensors(name: str, layer: QuantLayer) -> dict[str, torch.Tensor]:
@@ -51,9 +61,9 @@ def _weight_tensors(name: str, layer: QuantLayer) -> dict[str, torch.Tensor]:
         if not spec.symmetric:
             out[f"{name}.zero_point"] = pack_bits((layer.weight_quant.zero_point - qmin).to(torch.uint8), bits)
     else:
-        out[f"{name}.qweight"] = layer.qweight.to(torch.int16).contiguous()
+        out[f"{name}.qweight"] = _to_int16(layer.qweight, qmin)
         if not spec.symmetric:
-            out[f"{name}.zero_point"] = layer.weight_quant.zero_point.to(torch.int16).contiguous()
+            out[f"{name}.zero_point"] = _to_int16(layer.weight_quant.zero_point, qmin)
     return out
 
 
@@ -157,16 +167,16 @@ def _load_layer(name: str, layer: QuantLayer, tensors: dict[str, torch.Tensor]) 
     if bits <= 8:
         codes = unpack_bits(packed, bits, shape.numel()).to(torch.int32) + qmin
     else:
-        codes = packed.to(torch.int32)
+        codes = _from_int16(packed, qmin)
     if wq.spec.symmetric:
         zp = torch.zeros(channels, dtype=torch.int32)
     elif bits <= 8:
         zp = unpack_bits(tensors.pop(f"{name}.zero_point"), bits, channels).to(torch.int32) + qmin
     else:
-        zp = tensors.pop(f"{name}.zero_point").to(torch.int32)
+        zp = _from_int16(tensors.pop(f"{name}.zero_point"), qmin)
     wq.set_qparams(scale, zp)
     wq.state = "quantize"
-    layer.qweight = codes.reshape(shape).to(torch.int16).to(layer.weight.device)
+    layer.qweight = codes.reshape(shape).to(layer.weight.device)
     s, z = wq.grid(layer.weight.dim())
     layer.weight.data = qmath.dequantize(layer.qweight, s, z).to(layer.weight.dtype)
 

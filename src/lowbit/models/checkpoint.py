@@ -26,7 +26,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc):
             raise LowbitError(f"checkpoint {path} contains pickled objects lowbit will not load; re-save it with "
                               "torch.save(model.state_dict()) or as safetensors") from None
         raise LowbitError(f"checkpoint {path} is corrupt or truncated ({str(exc).splitlines()[0]}); re-export it") from None

@@ -1,0 +1,43 @@
+"""The CLI's happy paths on the bundled ResNet-20 (small calibration sets keep them quick)."""
+
+import json
+
+import torch
+
+import lowbit
+from lowbit.cli import main
+
+
+def test_quantize_eval_info_round_trip(tmp_path, capsys):
+    out, report = tmp_path / "r.lowbit", tmp_path / "r.json"
+    code = main(["quantize", "--weights-bits", "4", "--activation-bits", "8", "--calib-images", "128",
+                 "--out", str(out), "--json", str(report), "--per-layer", "--quiet"])
+    text = capsys.readouterr().out
+    assert code == 0 and "W4A8 nearest" in text and "output SQNR dB" in text
+    result = json.loads(report.read_text())
+    assert result["float_metrics"]["top1"] > 0.93
+    assert result["quant_metrics"]["top1"] > result["float_metrics"]["top1"] - 0.03
+    assert result["quant_file_bytes"] < 0.14 * result["float_file_bytes"]
+    assert len(result["per_layer"]) == 22
+
+    assert main(["eval", str(out), "--quiet", "--json", str(tmp_path / "e.json")]) == 0
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert evaluated["metrics"]["top1"] == result["quant_metrics"]["top1"]  # reload is exact
+
+    assert main(["info", str(out)]) == 0
+    assert "22 x 4" in capsys.readouterr().out
+
+
+def test_python_load_without_model_uses_the_zoo(tmp_path):
+    out = tmp_path / "w8.lowbit"
+    assert main(["quantize", "--calib-images", "64", "--no-eval", "--out", str(out), "--quiet"]) == 0
+    q = lowbit.load(out)
+    assert q(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_overrides_and_weights_only(tmp_path, capsys):
+    out = tmp_path / "o.lowbit"
+    assert main(["quantize", "--weights-bits", "2", "--activation-bits", "none", "--override", "layer3.*=8",
+                 "--first-last-bits", "8", "--no-eval", "--out", str(out), "--quiet"]) == 0
+    bits = lowbit.io.lowbit_file.read_metadata(out)["bits"]
+    assert bits["conv1"] == 8 and bits["fc"] == 8 and bits["layer3.0.conv1"] == 8 and bits["layer1.0.conv1"] == 2

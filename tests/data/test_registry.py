@@ -1,0 +1,83 @@
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lowbit import LowbitError
+from lowbit.data import load_dataset
+
+
+def test_fashion_mnist_info():
+    ds, info = load_dataset("fashion-mnist", "test")
+    assert len(ds) == 10000 and info.input_shape == (1, 28, 28) and info.num_classes == 10
+    assert info.classes[0] == "T-shirt/top"
+
+
+def test_unknown_name():
+    with pytest.raises(LowbitError, match="fashion-mnist, cifar10, imagefolder"):
+        load_dataset("mnist", "test")
+
+
+def _make_folder(root, classes=("cat", "dog"), per_class=3):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_image_folder_resizes_crops_and_normalizes(tmp_path):
+    _make_folder(tmp_path / "train")
+    ds, info = load_dataset("imagefolder", "train", train_path=tmp_path / "train", image_size=32)
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and info.num_classes == 2 and info.classes == ("cat", "dog")
+    assert -3 < float(x.mean()) < 3
+
+
+@pytest.mark.parametrize("setup,pattern", [("none", "--val-data-path"), ("missing", "not found"), ("empty", "no images")])
+def test_image_folder_errors(tmp_path, setup, pattern):
+    path = None if setup == "none" else tmp_path / "val"
+    if setup == "empty":
+        path.mkdir()
+    with pytest.raises(LowbitError, match=pattern):
+        load_dataset("imagefolder", "test", val_path=path)
+
+
+def _make_cifar(root, n=6):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ["test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"labels": list(rng.integers(0, 10, n))}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    return folder
+
+
+def test_cifar10_python_batches(tmp_path):
+    _make_cifar(tmp_path)
+    train, info = load_dataset("cifar10", "train", data_dir=tmp_path)
+    test, _ = load_dataset("cifar10", "test", data_dir=tmp_path)
+    assert len(train) == 30 and len(test) == 6 and train.tensors[0].shape[1:] == (3, 32, 32)
+    assert info.classes[3] == "c3"
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_cifar10_refuses_code_in_pickles(tmp_path):
+    folder = _make_cifar(tmp_path)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": []}, f)
+    with pytest.raises(LowbitError, match="builtins.print"):
+        load_dataset("cifar10", "test", data_dir=tmp_path)
+
+
+def test_cifar10_missing(tmp_path):
+    with pytest.raises(LowbitError, match="--data-dir"):
+        load_dataset("cifar10", "test", data_dir=tmp_path)

@@ -1,0 +1,64 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from lowbit import LowbitError
+from lowbit.models import build_model, load_checkpoint
+
+
+def _resnet20():
+    return build_model("resnet20", num_classes=10, in_channels=1)
+
+
+def test_safetensors_and_torch_state_dicts_load(tmp_path):
+    src = _resnet20()
+    sd = {k: v.contiguous() for k, v in src.state_dict().items()}
+    save_file(sd, str(tmp_path / "a.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "b.pt")
+    for f in ("a.safetensors", "b.pt"):
+        dst = load_checkpoint(_resnet20(), tmp_path / f)
+        assert all(torch.equal(dst.state_dict()[k], v) for k, v in sd.items())
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(LowbitError, match="not found"):
+        load_checkpoint(_resnet20(), tmp_path / "none.pt")
+
+
+def test_truncated_safetensors(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_file({k: v.contiguous() for k, v in _resnet20().state_dict().items()}, str(path))
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(LowbitError, match="corrupt or truncated"):
+        load_checkpoint(_resnet20(), path)
+
+
+def test_garbage_torch_file(tmp_path):
+    path = tmp_path / "g.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(LowbitError, match="corrupt or truncated"):
+        load_checkpoint(_resnet20(), path)
+
+
+def test_pickled_module_is_refused(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save({"model": nn.Linear(2, 2)}, path)
+    with pytest.raises(LowbitError, match="pickled objects"):
+        load_checkpoint(_resnet20(), path)
+
+
+def test_other_architecture_names_keys_and_fix(tmp_path):
+    path = tmp_path / "other.safetensors"
+    other = build_model("mobilenet_v2_small", num_classes=10, in_channels=1)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    with pytest.raises(LowbitError, match="does not match architecture resnet20.*missing keys.*--model"):
+        load_checkpoint(_resnet20(), path)
+
+
+def test_shape_mismatch_is_reported(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model("resnet20", num_classes=7, in_channels=1).state_dict().items()},
+              str(path))
+    with pytest.raises(LowbitError, match="shape mismatch at fc.weight"):
+        load_checkpoint(_resnet20(), path)
