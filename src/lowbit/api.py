@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lowbit.algorithms import get_algorithm, make_options
+from lowbit.algorithms.bias_correction import correct_biases
 from lowbit.calibrate import calibrate, freeze
 from lowbit.config import QuantConfig
 from lowbit.data.calibration import calibration_batches
@@ -33,7 +34,7 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     ``from_bits`` options such as ``first_last_bits`` or the method's own options such as ``iters``).
     """
     if config is None:
-        config_keys = {"weights_observer", "activation_observer", "symmetric_weights", "per_channel",
+        config_keys = {"bias_correction", "weights_observer", "activation_observer", "symmetric_weights", "per_channel",
                        "dynamic_activations", "first_last_bits", "overrides"}
         config_kwargs = {k: options.pop(k) for k in list(options) if k in config_keys}
         config = QuantConfig.from_bits(weights_bits, activation_bits, method=method, method_options=options,
@@ -52,6 +53,8 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
                           "pass data (a tensor, a DataLoader or a dataset name), or activation_bits=None")
     batches = calibration_batches(data, config.calib_images, config.batch_size, config.seed) if data is not None else []
     calibrate(qmodel, batches, progress)
+    if config.bias_correction and config.method == "nearest" and batches:
+        correct_biases(qmodel, batches)
     algorithm.run(qmodel, batches, method_options, progress)
     freeze(qmodel)
     return qmodel

@@ -48,6 +48,8 @@ class QuantConfig:
 
     ``activations=None`` quantizes weights only. ``method`` names a rounding algorithm and
     ``method_options`` holds that algorithm's options (validated by the algorithm itself).
+    ``bias_correction`` removes the mean output shift of rounded weights; it applies to round-to-nearest
+    (learned rounding already minimizes the output error).
     """
 
     weights: QuantSpec = field(default_factory=lambda: weight_spec(8))
@@ -58,6 +60,7 @@ class QuantConfig:
     calib_images: int = 1024
     batch_size: int = 64
     seed: int = 0
+    bias_correction: bool = True
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -73,7 +76,7 @@ class QuantConfig:
     @classmethod
     def from_bits(cls, weights_bits: Bits = 8, activation_bits: Bits | None = 8, *,
                   weights_observer: ObserverName | None = None, activation_observer: ObserverName | None = None,
-                  symmetric_weights: bool = False, per_channel: bool = True, dynamic_activations: bool = False,
+                  symmetric_weights: bool | None = None, per_channel: bool = True, dynamic_activations: bool = False,
                   first_last_bits: Bits | None = None, **kwargs: Any) -> "QuantConfig":
         """The keyword form behind ``lowbit.quantize(model, data, weights_bits=4, activation_bits=8)``.
 
@@ -89,7 +92,7 @@ class QuantConfig:
         overrides = tuple(kwargs.pop("overrides", ()))
         if first_last_bits is not None:
             fl = check_bits(first_last_bits, "first_last_bits")
-            overrides += tuple(Override(p, weights=replace(weights, bits=fl, observer=weights_observer or default_observer(fl)),
+            overrides += tuple(Override(p, weights=weight_spec(fl, weights_observer, symmetric_weights, per_channel),
                                         activations=(replace(activations, bits=fl, observer=activation_observer or default_observer(fl))
                                                      if activations else None))
                                for p in (FIRST_LAYER, LAST_LAYER))
@@ -121,7 +124,7 @@ class QuantConfig:
                 "activations": self.activations.to_dict() if self.activations else None,
                 "overrides": [o.to_dict() for o in self.overrides], "method": self.method,
                 "method_options": dict(self.method_options), "calib_images": self.calib_images,
-                "batch_size": self.batch_size, "seed": self.seed}
+                "batch_size": self.batch_size, "seed": self.seed, "bias_correction": self.bias_correction}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
@@ -131,7 +134,8 @@ class QuantConfig:
                        overrides=tuple(Override.from_dict(o) for o in d.get("overrides", ())),
                        method=d.get("method", "nearest"), method_options=d.get("method_options", {}),
                        calib_images=d.get("calib_images", 1024), batch_size=d.get("batch_size", 64),
-                       seed=d.get("seed", 0), version=d.get("version", CONFIG_VERSION))
+                       seed=d.get("seed", 0), bias_correction=d.get("bias_correction", True),
+                       version=d.get("version", CONFIG_VERSION))
         except (KeyError, TypeError) as exc:
             raise LowbitError(f"malformed quantization config ({exc}); regenerate it with lowbit") from None
 

@@ -71,11 +71,18 @@ def default_observer(bits: Bits) -> ObserverName:
     return "mse" if isinstance(bits, int) and bits < 8 else "minmax"
 
 
-def weight_spec(bits: Bits, observer: ObserverName | None = None, symmetric: bool = False,
+def default_weight_symmetry(bits: Bits) -> bool:
+    """Signed symmetric weight grids from 4 bits up (what integer kernels use, and no zero points to store);
+    affine below 4 bits, where the few levels sit matters more than kernel convenience."""
+    return not (isinstance(bits, int) and bits < 4)
+
+
+def weight_spec(bits: Bits, observer: ObserverName | None = None, symmetric: bool | None = None,
                 per_channel: bool = True) -> QuantSpec:
-    """Default weight spec: per-channel (output axis), affine, MSE observer below 8 bits."""
-    return QuantSpec(bits=bits, symmetric=symmetric, granularity="per_channel" if per_channel else "per_tensor",
-                     axis=0, observer=observer or default_observer(bits))
+    """Default weight spec: per-channel (output axis), MSE observer below 8 bits, symmetry by width."""
+    return QuantSpec(bits=bits, symmetric=default_weight_symmetry(bits) if symmetric is None else symmetric,
+                     granularity="per_channel" if per_channel else "per_tensor", axis=0,
+                     observer=observer or default_observer(bits))
 
 
 def activation_spec(bits: Bits, observer: ObserverName | None = None, dynamic: bool = False) -> QuantSpec:

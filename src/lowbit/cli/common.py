@@ -15,7 +15,7 @@ from lowbit.config import Override, QuantConfig
 from lowbit.data import DATASET_NAMES, DatasetInfo, load_dataset
 from lowbit.errors import LowbitError
 from lowbit.models import MODEL_NAMES, build_model, bundled_checkpoint, load_checkpoint
-from lowbit.spec import OBSERVERS, check_bits, default_observer
+from lowbit.spec import OBSERVERS, check_bits, default_observer, default_weight_symmetry
 
 
 def add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
@@ -41,7 +41,8 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dynamic-activations", action="store_true", help="per-batch activation ranges (e.g. 16-bit dynamic)")
     g.add_argument("--weights-observer", choices=OBSERVERS, help="default: mse below 8 bits, minmax otherwise")
     g.add_argument("--activation-observer", choices=OBSERVERS, help="default: mse below 8 bits, minmax otherwise")
-    g.add_argument("--symmetric-weights", action="store_true", help="signed symmetric weight grids (default: affine)")
+    g.add_argument("--weights-grid", choices=("symmetric", "affine"),
+                   help="weight grid (default: symmetric from 4 bits, affine below)")
     g.add_argument("--per-tensor-weights", action="store_true", help="one weight grid per layer instead of per channel")
     g.add_argument("--first-last-bits", help="keep the first and last weight layers (and their inputs) at these bits")
     g.add_argument("--override", action="append", default=[], metavar="GLOB=W[:A]",
@@ -65,7 +66,7 @@ def parse_override(text: str, config: QuantConfig) -> Override:
         raise LowbitError(f"bad --override {text!r}; write GLOB=BITS or GLOB=WBITS:ABITS, e.g. 'fc=8'")
     wbits, _, abits = bits.partition(":")
     w = check_bits(wbits, "override weight bits")
-    weights = replace(config.weights, bits=w, observer=default_observer(w))
+    weights = replace(config.weights, bits=w, observer=default_observer(w), symmetric=default_weight_symmetry(w))
     acts = None
     if abits and config.activations is not None:
         a = check_bits(abits, "override activation bits")
@@ -77,7 +78,8 @@ def config_from_args(args: argparse.Namespace, method_options: dict | None = Non
     config = QuantConfig.from_bits(
         parse_bits(args.weights_bits, "--weights-bits"), parse_bits(args.activation_bits, "--activation-bits", True),
         weights_observer=args.weights_observer, activation_observer=args.activation_observer,
-        symmetric_weights=args.symmetric_weights, per_channel=not args.per_tensor_weights,
+        symmetric_weights=None if args.weights_grid is None else args.weights_grid == "symmetric",
+        per_channel=not args.per_tensor_weights,
         dynamic_activations=args.dynamic_activations, first_last_bits=parse_bits(args.first_last_bits, "--first-last-bits"),
         method=args.method, method_options=method_options or {}, calib_images=args.calib_images,
         batch_size=args.batch_size, seed=args.seed)

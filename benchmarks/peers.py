@@ -1,0 +1,87 @@
+"""Peer tools run side by side with lowbit in the benchmarks (same model, calibration images, test set).
+
+- Sony's Model Compression Toolkit (MCT) 2.6.1 plain PTQ. Bit widths go through its target platform
+  capabilities: the IMX500 v1 TPC's op configs with the kernel bits and activation bits replaced, rebuilt with
+  its own ``generate_tpc`` (the route its documentation gives for custom configurations). Its defaults are
+  kept otherwise: per-channel symmetric weights and power-of-two activation thresholds.
+- torch.ao FX graph-mode static int8 PTQ (the x86/fbgemm backend), a real int8 CPU model.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+def mct_version() -> str:
+    import model_compression_toolkit as mct
+
+    return mct.__version__
+
+
+def mct_tpc(weights_bits: int, activation_bits: int):
+    """The default (IMX500 v1) TPC with every kernel at ``weights_bits`` and activations at ``activation_bits``."""
+    from model_compression_toolkit.target_platform_capabilities.constants import KERNEL_ATTR, WEIGHTS_N_BITS
+    from model_compression_toolkit.target_platform_capabilities.tpc_models.imx500_tpc.v1_0 import tpc as imx500
+
+    linear, _, default = imx500.get_op_quantization_configs()
+    linear = linear.clone_and_edit(attr_to_edit={KERNEL_ATTR: {WEIGHTS_N_BITS: weights_bits}},
+                                   activation_n_bits=activation_bits, supported_input_activation_n_bits=(activation_bits,))
+    default = default.clone_and_edit(activation_n_bits=activation_bits,
+                                     supported_input_activation_n_bits=(activation_bits,))
+    return imx500.generate_tpc(default_config=default, base_config=linear, mixed_precision_cfg_list=[linear],
+                               name=f"lowbit_w{weights_bits}a{activation_bits}")
+
+
+def _representative(batches: list[torch.Tensor]):
+    def gen() -> Iterator[list[torch.Tensor]]:
+        for b in batches:
+            yield [b]
+    return gen
+
+
+def mct_ptq(model: nn.Module, calib_batches: list[torch.Tensor], weights_bits: int, activation_bits: int) -> nn.Module:
+    """MCT plain post-training quantization at a single bit configuration; returns its quantized module."""
+    import model_compression_toolkit as mct
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel, _ = mct.ptq.pytorch_post_training_quantization(
+            copy.deepcopy(model).eval(), _representative(calib_batches),
+            target_platform_capabilities=mct_tpc(weights_bits, activation_bits))
+    return qmodel.cpu().eval()
+
+
+def mct_gptq(model: nn.Module, calib_batches: list[torch.Tensor], weights_bits: int, activation_bits: int,
+             epochs: int) -> nn.Module:
+    """MCT gradient-based PTQ with Hessian-weighted loss (its EPTQ), ``epochs`` passes over the batches."""
+    import model_compression_toolkit as mct
+
+    config = mct.gptq.get_pytorch_gptq_config(n_epochs=epochs, use_hessian_based_weights=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel, _ = mct.gptq.pytorch_gradient_post_training_quantization(
+            copy.deepcopy(model).eval(), _representative(calib_batches), gptq_config=config,
+            target_platform_capabilities=mct_tpc(weights_bits, activation_bits))
+    return qmodel.cpu().eval()
+
+
+def torchao_fx_int8_ptq(model: nn.Module, calib_batches: list[torch.Tensor], backend: str = "x86") -> nn.Module:
+    """torch.ao FX static int8 PTQ (per-channel weights, per-tensor activations) as a converted int8 model."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if backend not in torch.backends.quantized.supported_engines:
+        backend = "fbgemm"
+    torch.backends.quantized.engine = backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping(backend), (calib_batches[0],))
+        with torch.no_grad():
+            for b in calib_batches:
+                prepared(b)
+        return convert_fx(prepared).eval()
