@@ -27,6 +27,8 @@ class Quantizer(nn.Module):
         self.state: State = "off"
         self.seed = seed
         self.observer: ActivationObserver | None = None
+        # QDrop: while reconstructing, each element keeps its float value with this probability
+        self.drop_prob = 0.0
         self.register_buffer("scale", torch.ones(1))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
 
@@ -50,8 +52,25 @@ class Quantizer(nn.Module):
 
     def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         """Install a grid (shapes may differ from the placeholders: per-channel grids are vectors)."""
+        if isinstance(self.scale, nn.Parameter):
+            self.fix_scale()
         self.scale = scale.detach().float().reshape(-1).to(self.scale.device)
         self.zero_point = zero_point.detach().to(torch.int32).reshape(-1).to(self.scale.device)
+
+    def learn_scale(self) -> nn.Parameter:
+        """Make the step size a trainable parameter (LSQ-style gradients flow through fake_quantize)."""
+        if not isinstance(self.scale, nn.Parameter):
+            value = self.scale.detach().clone()
+            del self._buffers["scale"]
+            self.scale = nn.Parameter(value)
+        return self.scale
+
+    def fix_scale(self) -> None:
+        """Turn a learned step size back into a buffer, kept positive."""
+        if isinstance(self.scale, nn.Parameter):
+            value = self.scale.detach().clone().clamp_min(qmath.MIN_SCALE)
+            del self._parameters["scale"]
+            self.register_buffer("scale", value)
 
     def finish_calibration(self) -> bool:
         """Turn observed statistics into a grid and start quantizing. False if nothing was observed."""
@@ -91,7 +110,10 @@ class Quantizer(nn.Module):
                 scale, zp = qmath.choose_qparams(x.min(), x.max(), int(self.spec.bits), self.spec.symmetric)
             return qmath.fake_quantize(x, scale, zp, qmin, qmax)
         scale, zp = self.grid(x.dim())
-        return qmath.fake_quantize(x, scale, zp, qmin, qmax)
+        out = qmath.fake_quantize(x, scale, zp, qmin, qmax)
+        if self.drop_prob > 0:
+            out = torch.where(torch.rand_like(x) < self.drop_prob, x, out)
+        return out
 
     def extra_repr(self) -> str:
         kind = "dynamic" if self.spec.dynamic else self.spec.granularity

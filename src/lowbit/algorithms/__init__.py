@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from lowbit.algorithms import nearest
+from lowbit.algorithms import adaround, brecq, eptq, nearest, qdrop
 from lowbit.errors import LowbitError
 
 
@@ -26,6 +26,10 @@ class Algorithm:
 
 ALGORITHMS: dict[str, Algorithm] = {
     "nearest": Algorithm(nearest.NearestOptions, nearest.run),
+    "adaround": Algorithm(adaround.AdaRoundOptions, adaround.run),
+    "brecq": Algorithm(brecq.BrecqOptions, brecq.run),
+    "qdrop": Algorithm(qdrop.QDropOptions, qdrop.run),
+    "eptq": Algorithm(eptq.EptqOptions, eptq.run),
 }
 
 

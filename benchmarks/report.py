@@ -1,0 +1,56 @@
+"""Shared benchmark plumbing: machine description, markdown tables, and BENCHMARKS.md sections."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    """CPU model and core count (or the GPU name), plus torch version."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        cpu = platform.processor() or "unknown CPU"
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        device = f"{cpu}, {os.cpu_count()} cores, CPU only"
+    return f"{device}; torch {torch.__version__}"
+
+
+def md_table(headers: list[str], rows: list[list]) -> str:
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.2f}"
+        return "-" if v is None else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(key: str, title: str, body: str) -> None:
+    """Replace (or append) the section ``key`` of docs/BENCHMARKS.md, stamped with command, machine and date."""
+    command = "python3 " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    stamp = (f"Command: `{command}`  \nMachine: {machine()}  \n"
+             f"Date: {datetime.date.today().isoformat()}\n")
+    section = f"<!-- {key} -->\n## {title}\n\n{stamp}\n{body.strip()}\n<!-- /{key} -->\n"
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# lowbit benchmarks\n\n"
+    pattern = re.compile(rf"<!-- {re.escape(key)} -->.*?<!-- /{re.escape(key)} -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    tmp = BENCHMARKS_MD.with_suffix(".part")
+    tmp.write_text(text)
+    tmp.replace(BENCHMARKS_MD)

@@ -1,0 +1,178 @@
+"""Reconstruction engine behind AdaRound, BRECQ, QDrop and EPTQ.
+
+The traced model is cut into blocks (:mod:`lowbit.algorithms.blocks`). Block by block, in order, the
+calibration inputs are pushed through the already-reconstructed quantized blocks and through a float copy;
+each block's soft rounding variables (and, optionally, its activation step sizes) are then optimized so the
+quantized block reproduces the float block's output, before its rounding is fixed. ``granularity="layer"``
+optimizes each weight layer alone on its own output instead (AdaRound). Cached block inputs live on the
+model's device when they fit in a quarter of its free memory, otherwise on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import fx, nn
+from tqdm import tqdm
+
+from lowbit.algorithms.blocks import Block, block_module, find_blocks
+from lowbit.algorithms.soft_rounding import SoftRounding, beta_schedule, install
+from lowbit.errors import LowbitError
+from lowbit.layers import QuantLayer
+from lowbit.quantizer import Quantizer
+
+log = logging.getLogger(__name__)
+
+# Per-block loss weights: (block, sample indices) -> tensor broadcasting against the block output, or None.
+Weighting = Callable[[Block, torch.Tensor], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class ReconstructionOptions:
+    """Options shared by the reconstruction methods (each method sets its own defaults)."""
+
+    iters: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    act_lr: float = 4e-5
+    reg_weight: float = 0.01
+    warmup: float = 0.2
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    drop_prob: float = 0.0
+    learn_act_scale: bool = False
+    granularity: Literal["layer", "block"] = "block"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iters < 1 or self.batch_size < 1:
+            raise LowbitError(f"iters and batch_size must be positive, got {self.iters} and {self.batch_size}")
+        if not 0.0 <= self.drop_prob < 1.0:
+            raise LowbitError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
+        if self.granularity not in ("layer", "block"):
+            raise LowbitError(f"granularity must be 'layer' or 'block', got {self.granularity!r}")
+
+
+def float_copy(qmodel: nn.Module) -> nn.Module:
+    """The same prepared model with every quantizer off: the float reference with identical structure."""
+    fp = copy.deepcopy(qmodel)
+    for m in fp.modules():
+        if isinstance(m, Quantizer):
+            m.state = "off"
+    return fp
+
+
+def _cache_device(model_device: torch.device, nbytes: int) -> torch.device:
+    if model_device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(model_device)
+        if nbytes * 3 < free // 4:
+            return model_device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def _run(module: nn.Module, x: torch.Tensor, device: torch.device, chunk: int = 128) -> torch.Tensor:
+    return torch.cat([module(x[i : i + chunk].to(device)).to(x.device) for i in range(0, len(x), chunk)])
+
+
+def _recon_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Squared error summed over channels, averaged over samples and positions (BRECQ's convention)."""
+    err = (out - target).pow(2)
+    if weight is not None:
+        err = err * weight
+    return err.sum(1).mean() if err.dim() > 1 else err.mean()
+
+
+def optimize_unit(unit: nn.Module, layers: list[QuantLayer], quantizers: list[Quantizer], x_q: torch.Tensor,
+                  x_fp: torch.Tensor | None, target: torch.Tensor, options: ReconstructionOptions,
+                  weight_fn: Callable[[torch.Tensor], torch.Tensor | None], device: torch.device,
+                  gen: torch.Generator, bar: tqdm | None) -> float:
+    """Optimize one unit's rounding (and step sizes); returns the final reconstruction loss."""
+    roundings: list[SoftRounding] = [install(layer) for layer in layers]
+    groups = [{"params": [r.v for r in roundings], "lr": options.lr}]
+    scales = [q.learn_scale() for q in quantizers] if options.learn_act_scale else []
+    if scales:
+        groups.append({"params": scales, "lr": options.act_lr})
+    for q in quantizers:
+        q.drop_prob = options.drop_prob
+    opt = torch.optim.Adam(groups)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, options.iters) if scales else None
+    rec = torch.zeros(())
+    for step in range(options.iters):
+        idx = torch.randint(0, len(x_q), (min(options.batch_size, len(x_q)),), generator=gen)
+        x = x_q[idx].to(device)
+        if options.drop_prob > 0 and x_fp is not None:  # QDrop: mix float and quantized block inputs
+            keep_float = torch.rand(x.shape, generator=gen).to(device) < options.drop_prob
+            x = torch.where(keep_float, x_fp[idx].to(device), x)
+        rec = _recon_loss(unit(x), target[idx].to(device), weight_fn(idx))
+        beta = beta_schedule(step, options.iters, options.warmup, options.beta_start, options.beta_end)
+        reg = sum(r.regularizer(beta) for r in roundings) if beta is not None else torch.zeros((), device=device)
+        loss = rec + options.reg_weight * reg
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        if bar is not None and step % 50 == 0:
+            bar.set_postfix(loss=f"{rec.item():.4g}")
+    for r in roundings:
+        r.hard = True
+    for q in quantizers:
+        q.drop_prob = 0.0
+        q.fix_scale()
+    return float(rec)
+
+
+def _block_quantizers(gm: fx.GraphModule, block: Block) -> list[Quantizer]:
+    by_name = {n.name: n for n in gm.graph.nodes}
+    targets = [by_name[n].target for n in block.nodes if by_name[n].op == "call_module"]
+    return [m for t in targets if isinstance(m := gm.get_submodule(t), Quantizer) and m.needs_calibration]
+
+
+def _capture(module: nn.Module, layer: nn.Module, x: torch.Tensor, device: torch.device,
+             want: Literal["input", "output"]) -> torch.Tensor:
+    chunks: list[torch.Tensor] = []
+    hook = layer.register_forward_hook(
+        lambda m, i, o: chunks.append((i[0] if want == "input" else o).detach().to(x.device)))
+    try:
+        _run(module, x, device)
+    finally:
+        hook.remove()
+    return torch.cat(chunks)
+
+
+def reconstruct(qmodel: nn.Module, batches: list[torch.Tensor], options: ReconstructionOptions,
+                progress: bool = False, weighting: Weighting | None = None, name: str = "reconstruct") -> None:
+    """Optimize the rounding of every weight layer of a calibrated, traced ``qmodel`` in place."""
+    if not isinstance(qmodel, fx.GraphModule):
+        raise LowbitError("learned rounding needs a model torch.fx can trace; use method='nearest' for this model "
+                          "or make it traceable")
+    torch.manual_seed(options.seed)
+    gen = torch.Generator().manual_seed(options.seed)
+    device = next(qmodel.parameters()).device
+    fp = float_copy(qmodel)
+    inputs = torch.cat(batches)
+    store = _cache_device(device, inputs.numel() * inputs.element_size())
+    cur_q, cur_fp = inputs.to(store), inputs.to(store)
+    blocks = find_blocks(qmodel)
+    bar = tqdm(blocks, desc=name, disable=not progress, leave=False)
+    for block in bar:
+        bar.set_description(f"{name} {block.output}")
+        qb, fb = block_module(qmodel, block), block_module(fp, block)
+        target = _run(fb, cur_fp, device)
+        if options.granularity == "block":
+            layers = [qmodel.get_submodule(n) for n in block.layers]
+            weight_fn = (lambda idx, b=block: weighting(b, idx)) if weighting else (lambda idx: None)
+            optimize_unit(qb, layers, _block_quantizers(qmodel, block), cur_q, cur_fp, target, options,
+                          weight_fn, device, gen, bar)
+        else:
+            for layer_name in block.layers:
+                layer, fp_layer = qmodel.get_submodule(layer_name), fp.get_submodule(layer_name)
+                x_layer = _capture(qb, layer, cur_q, device, "input")
+                y_layer = _capture(fb, fp_layer, cur_fp, device, "output")
+                optimize_unit(layer, [layer], [], x_layer, None, y_layer, options, lambda idx: None, device, gen, bar)
+        cur_q, cur_fp = _run(qb, cur_q, device), target
