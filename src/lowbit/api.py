@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -42,7 +42,8 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     elif options:
         config = replace(config, method_options={**config.method_options, **options})
     algorithm = get_algorithm(config.method)
-    method_options = make_options(config.method, config.method_options)
+    method_options = make_options(config.method, config.method_options, config.seed)
+    config = replace(config, method_options=asdict(method_options))  # record every option in the saved metadata
     torch.manual_seed(config.seed)
     if device is not None:
         model = model.to(device)

@@ -6,7 +6,7 @@ receives a calibrated model (weight and activation grids set) and improves its r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
 import torch
@@ -41,9 +41,14 @@ def get_algorithm(name: str) -> Algorithm:
         raise LowbitError(f"unknown method {name!r}; choose one of: {', '.join(ALGORITHMS)}") from None
 
 
-def make_options(name: str, options: Mapping[str, Any]) -> Any:
-    """Build the options dataclass of ``name`` from keyword options, rejecting unknown keys clearly."""
+def make_options(name: str, options: Mapping[str, Any], seed: int = 0) -> Any:
+    """Build the options dataclass of ``name`` from keyword options, rejecting unknown keys clearly.
+
+    A method with a ``seed`` option takes the run's seed unless one is given explicitly.
+    """
     algo = get_algorithm(name)
+    if "seed" in {f.name for f in fields(algo.options_type)}:
+        options = {"seed": seed, **options}
     try:
         return algo.options_type(**options)
     except TypeError as exc:

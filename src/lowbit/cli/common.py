@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from dataclasses import replace
@@ -11,6 +12,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import nn
 
+from lowbit.algorithms import ALGORITHMS
 from lowbit.config import Override, QuantConfig
 from lowbit.data import DATASET_NAMES, DatasetInfo, load_dataset
 from lowbit.errors import LowbitError
@@ -47,7 +49,11 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--first-last-bits", help="keep the first and last weight layers (and their inputs) at these bits")
     g.add_argument("--override", action="append", default=[], metavar="GLOB=W[:A]",
                    help="per-layer bits by module-name glob, e.g. 'layer1.*=8' or 'fc=8:8' (repeatable)")
-    g.add_argument("--method", default="nearest", help="rounding method (default: %(default)s)")
+    g.add_argument("--method", default="nearest", choices=tuple(ALGORITHMS),
+                   help="rounding: nearest, or learned (adaround, brecq, qdrop, eptq) (default: %(default)s)")
+    g.add_argument("--iters", type=int, help="learned rounding: optimization steps per block (or layer)")
+    g.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other option of the method, e.g. drop_prob=0.5, lr=0.001, hessian_probes=8 (repeatable)")
     g.add_argument("--calib-images", type=int, default=1024, help="calibration images from the training split")
     g.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0)
@@ -74,14 +80,31 @@ def parse_override(text: str, config: QuantConfig) -> Override:
     return Override(pattern, weights, acts)
 
 
-def config_from_args(args: argparse.Namespace, method_options: dict | None = None) -> QuantConfig:
+def parse_method_options(args: argparse.Namespace) -> dict:
+    """``--iters`` and ``--method-option KEY=VALUE`` pairs (values read as JSON when they parse, else text)."""
+    options: dict = {}
+    for text in args.method_option:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise LowbitError(f"bad --method-option {text!r}; write KEY=VALUE, e.g. drop_prob=0.5")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    if args.iters is not None:
+        options["iters"] = args.iters
+    return options
+
+
+def config_from_args(args: argparse.Namespace) -> QuantConfig:
+    method_options = parse_method_options(args)
     config = QuantConfig.from_bits(
         parse_bits(args.weights_bits, "--weights-bits"), parse_bits(args.activation_bits, "--activation-bits", True),
         weights_observer=args.weights_observer, activation_observer=args.activation_observer,
         symmetric_weights=None if args.weights_grid is None else args.weights_grid == "symmetric",
         per_channel=not args.per_tensor_weights,
         dynamic_activations=args.dynamic_activations, first_last_bits=parse_bits(args.first_last_bits, "--first-last-bits"),
-        method=args.method, method_options=method_options or {}, calib_images=args.calib_images,
+        method=args.method, method_options=method_options, calib_images=args.calib_images,
         batch_size=args.batch_size, seed=args.seed)
     overrides = tuple(parse_override(o, config) for o in args.override)
     return replace(config, overrides=overrides + config.overrides) if overrides else config
