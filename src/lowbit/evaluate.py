@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lowbit.calibrate import model_device
+
 
 @dataclass(frozen=True)
 class ClassMetrics:
@@ -65,17 +67,11 @@ def metrics_from_confusion(confusion: torch.Tensor, top5_correct: int,
                    recall=macro(recall), f1=macro(f1), n=n, per_class=per_class, confusion=confusion)
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def accumulate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int | None = None,
                class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
                progress: bool = False) -> Metrics:
     """Run ``model`` over ``(x, y)`` batches and compute :class:`Metrics` (the model's mode is restored)."""
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     confusion: torch.Tensor | None = None
