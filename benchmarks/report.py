@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from lowbit.io.atomic import atomic_path
+
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 
 
@@ -51,6 +53,5 @@ def write_section(key: str, title: str, body: str) -> None:
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# lowbit benchmarks\n\n"
     pattern = re.compile(rf"<!-- {re.escape(key)} -->.*?<!-- /{re.escape(key)} -->\n", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    tmp = BENCHMARKS_MD.with_suffix(".part")
-    tmp.write_text(text)
-    tmp.replace(BENCHMARKS_MD)
+    with atomic_path(BENCHMARKS_MD) as tmp:
+        tmp.write_text(text)

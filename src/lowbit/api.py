@@ -16,6 +16,8 @@ from lowbit.config import QuantConfig
 from lowbit.data.calibration import calibration_batches
 from lowbit.errors import LowbitError
 from lowbit.graph import activation_quantizers, prepare
+from lowbit.mixed.allocate import Sensitivity, allocate
+from lowbit.mixed.budget import Budget
 from lowbit.spec import Bits
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,8 @@ log = logging.getLogger(__name__)
 def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = None, *,
              weights_bits: Bits = 8, activation_bits: Bits | None = 8, method: str = "nearest",
              calib_images: int = 1024, batch_size: int = 64, seed: int = 0, progress: bool = False,
-             device: str | torch.device | None = None, **options: Any) -> nn.Module:
+             device: str | torch.device | None = None, mixed: Budget | None = None,
+             sensitivity: Sensitivity = "hessian", sensitivity_images: int = 256, **options: Any) -> nn.Module:
     """Quantize ``model`` and return the quantized ``nn.Module`` (the input model is left untouched).
 
     ``data`` is calibration input: a tensor, an iterable of tensors or ``(input, label)`` pairs (labels are
@@ -32,6 +35,11 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     only, or fp16/dynamic activations) and the method needs no data. Either pass a :class:`QuantConfig`, or
     the keywords (``weights_bits``, ``activation_bits``, ``method``; other keywords are the config's
     ``from_bits`` options such as ``first_last_bits`` or the method's own options such as ``iters``).
+
+    ``mixed`` turns on mixed precision: each layer gets the width from ``mixed.bits`` that minimizes the total
+    ``sensitivity`` (scored on ``sensitivity_images`` calibration images) within the budget; layers fixed by
+    overrides (e.g. ``first_last_bits``) keep theirs. The chosen allocation is kept in
+    ``qmodel.lowbit_info.extra["mixed"]`` and saved with the model.
     """
     if config is None:
         config_keys = {"bias_correction", "weights_observer", "activation_observer", "symmetric_weights", "per_channel",
@@ -47,12 +55,20 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     torch.manual_seed(config.seed)
     if device is not None:
         model = model.to(device)
-    qmodel = prepare(model, config)
-    needs_data = any(q.needs_calibration for _, q in activation_quantizers(qmodel)) or config.method != "nearest"
-    if data is None and needs_data:
-        raise LowbitError("calibration data is required for static activation quantization or learned rounding; "
-                          "pass data (a tensor, a DataLoader or a dataset name), or activation_bits=None")
+    if data is None and (mixed is not None or config.method != "nearest"):
+        raise LowbitError("calibration data is required for mixed precision and learned rounding; pass data "
+                          "(a tensor, a DataLoader or a dataset name)")
     batches = calibration_batches(data, config.calib_images, config.batch_size, config.seed) if data is not None else []
+    allocation = None
+    if mixed is not None:
+        allocation = allocate(model, torch.cat(batches)[:sensitivity_images], config, mixed, sensitivity)
+        config = allocation.apply(config)
+    qmodel = prepare(model, config)
+    if allocation is not None:
+        qmodel.lowbit_info.extra["mixed"] = allocation.to_dict()
+    if data is None and any(q.needs_calibration for _, q in activation_quantizers(qmodel)):
+        raise LowbitError("calibration data is required for static activation quantization; pass data (a tensor, "
+                          "a DataLoader or a dataset name), or activation_bits=None")
     calibrate(qmodel, batches, progress)
     if config.bias_correction and config.method == "nearest" and batches:
         correct_biases(qmodel, batches)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from lowbit.errors import LowbitError
-from lowbit.spec import Bits, ObserverName, QuantSpec, activation_spec, check_bits, default_observer, weight_spec
+from lowbit.spec import (Bits, ObserverName, QuantSpec, activation_spec, check_bits, default_observer,
+                         default_weight_symmetry, weight_spec)
 
 CONFIG_VERSION = 1
 # Placeholders for "the first/last weight layer", replaced by real names once the model is traced.
@@ -21,7 +22,9 @@ class Override:
     """Specs for the layers whose qualified module name matches ``pattern`` (fnmatch glob, e.g. ``"layer1.*"``).
 
     ``weights``/``activations`` left as ``None`` keep the default. For activations the pattern is matched
-    against the module that produces the activation (e.g. ``"conv1"``) or the graph node's name (``"add_3"``).
+    against the quantizer's own module path (``"act_quant.add_3"``, or ``"conv1.input_quant"`` when modules are
+    swapped), the module that produces the activation (``"conv1"``), the graph node's name (``"add_3"``) and
+    the weight layers that consume it.
     """
 
     pattern: str
@@ -97,6 +100,18 @@ class QuantConfig:
                                                      if activations else None))
                                for p in (FIRST_LAYER, LAST_LAYER))
         return cls(weights=weights, activations=activations, overrides=overrides, **kwargs)
+
+    def weights_at(self, bits: Bits) -> QuantSpec:
+        """The default weight spec moved to another width (observer and grid symmetry follow the width)."""
+        bits = check_bits(bits, "weight bits")
+        return replace(self.weights, bits=bits, observer=default_observer(bits), symmetric=default_weight_symmetry(bits))
+
+    def activations_at(self, bits: Bits) -> QuantSpec | None:
+        """The default activation spec moved to another width (None when activations are not quantized)."""
+        if self.activations is None:
+            return None
+        bits = check_bits(bits, "activation bits")
+        return replace(self.activations, bits=bits, observer=default_observer(bits))
 
     def weight_spec_for(self, name: str) -> QuantSpec:
         """Spec of the weights of module ``name`` (the first matching override wins)."""

@@ -199,7 +199,7 @@ def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> No
     for node in _requant_points(gm):
         consumers = [u.target for u in node.users if u.op == "call_module" and isinstance(modules[u.target], QuantLayer)]
         producer = node.target if node.op == "call_module" else ""
-        spec = config.activation_spec_for(producer, node.name, *consumers)
+        spec = config.activation_spec_for(f"{ACT_QUANT}.{node.name}", producer, node.name, *consumers)
         if spec is None:
             continue
         store[node.name] = Quantizer(spec, config.seed)
@@ -228,7 +228,7 @@ def _prepare_swap(model: nn.Module, config: QuantConfig) -> QuantConfig:
     for name in names:
         module = model.get_submodule(name)
         _set_module(model, name, to_quantized(module, config.weight_spec_for(name),
-                                              config.activation_spec_for(name), config.seed))
+                                              config.activation_spec_for(f"{name}.input_quant", name), config.seed))
     return config
 
 
@@ -260,3 +260,22 @@ def activation_quantizers(model: nn.Module) -> list[tuple[str, Quantizer]]:
     """Quantizers of activations (graph-placed ones and module-swap input quantizers), with names."""
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, Quantizer) and not n.endswith("weight_quant")]
+
+
+def layer_input_quantizers(model: nn.Module) -> dict[str, str]:
+    """For each quantized weight layer, the module path of the activation quantizer that feeds it
+    (looking through shape-only operations). Layers whose input is not quantized are left out."""
+    if not isinstance(model, fx.GraphModule):
+        return {name: f"{name}.input_quant" for name, m in model.named_modules()
+                if isinstance(m, QuantLayer) and m.input_quant is not None}
+    modules = dict(model.named_modules())
+    found: dict[str, str] = {}
+    for node in model.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], QuantLayer) or not node.args:
+            continue
+        src = node.args[0]
+        while isinstance(src, fx.Node) and _kind(src, modules) == "pass" and src.all_input_nodes:
+            src = src.all_input_nodes[0]
+        if isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules[src.target], Quantizer):
+            found.setdefault(node.target, src.target)
+    return found

@@ -95,13 +95,8 @@ class Quantizer(nn.Module):
             return qmath.channel_view(self.scale, axis, ndim), qmath.channel_view(self.zero_point, axis, ndim)
         return self.scale, self.zero_point
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.state == "off" or not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            return x
-        if self.state == "observe":
-            if self.observer is not None:
-                self.observer.observe(x)
-            return x
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` fake-quantized on this quantizer's grid, whatever its state (for weights, the nearest grid point)."""
         if self.spec.is_fp16:
             return qmath.fake_quantize_fp16(x)
         qmin, qmax = self.qrange
@@ -110,8 +105,17 @@ class Quantizer(nn.Module):
                 scale, zp = qmath.choose_qparams(x.min(), x.max(), int(self.spec.bits), self.spec.symmetric)
             return qmath.fake_quantize(x, scale, zp, qmin, qmax)
         scale, zp = self.grid(x.dim())
-        out = qmath.fake_quantize(x, scale, zp, qmin, qmax)
-        if self.drop_prob > 0:
+        return qmath.fake_quantize(x, scale, zp, qmin, qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.state == "off" or not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return x
+        if self.state == "observe":
+            if self.observer is not None:
+                self.observer.observe(x)
+            return x
+        out = self.apply(x)
+        if self.drop_prob > 0 and not (self.spec.is_fp16 or self.spec.dynamic):
             out = torch.where(torch.rand_like(x) < self.drop_prob, x, out)
         return out
 

@@ -1,7 +1,6 @@
 """Bad input: one line on stderr, exit status 2, no traceback, no output file."""
 
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from lowbit.cli import main

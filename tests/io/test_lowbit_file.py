@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lowbit
-from conftest import ResidualNet, TinyViT, randomize_bn
+from conftest import ResidualNet, TinyViT
 from lowbit import LowbitError
 from lowbit.io.lowbit_file import read_metadata
 

@@ -16,13 +16,14 @@ from lowbit.errors import LowbitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lowbit.cli import files, quantize, train
+    from lowbit.cli import files, mixed, quantize, train
 
     parser = argparse.ArgumentParser(prog="lowbit", description="Post-training quantization for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     quantize.add_parsers(sub)
+    mixed.add_parsers(sub)
     files.add_parsers(sub)
     train.add_parsers(sub)
     return parser

@@ -17,7 +17,7 @@ from lowbit.config import Override, QuantConfig
 from lowbit.data import DATASET_NAMES, DatasetInfo, load_dataset
 from lowbit.errors import LowbitError
 from lowbit.models import MODEL_NAMES, build_model, bundled_checkpoint, load_checkpoint
-from lowbit.spec import OBSERVERS, check_bits, default_observer, default_weight_symmetry
+from lowbit.spec import OBSERVERS, check_bits
 
 
 def add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
@@ -71,12 +71,8 @@ def parse_override(text: str, config: QuantConfig) -> Override:
     if not sep or not pattern or not bits:
         raise LowbitError(f"bad --override {text!r}; write GLOB=BITS or GLOB=WBITS:ABITS, e.g. 'fc=8'")
     wbits, _, abits = bits.partition(":")
-    w = check_bits(wbits, "override weight bits")
-    weights = replace(config.weights, bits=w, observer=default_observer(w), symmetric=default_weight_symmetry(w))
-    acts = None
-    if abits and config.activations is not None:
-        a = check_bits(abits, "override activation bits")
-        acts = replace(config.activations, bits=a, observer=default_observer(a))
+    weights = config.weights_at(check_bits(wbits, "override weight bits"))
+    acts = config.activations_at(check_bits(abits, "override activation bits")) if abits else None
     return Override(pattern, weights, acts)
 
 

@@ -13,10 +13,13 @@ from lowbit.analysis import per_layer_sqnr
 from lowbit.api import quantize
 from lowbit.cli.common import (add_data_args, add_model_args, add_quant_args, config_from_args, float_file_size,
                                load_data, load_float_model)
+from lowbit.cli.mixed import add_mixed_args, budget_from_args, print_allocation, write_allocation
 from lowbit.config import QuantConfig
 from lowbit.data import labelled_batches
 from lowbit.evaluate import evaluate
+from lowbit.io.atomic import atomic_path
 from lowbit.io.lowbit_file import save
+from lowbit.mixed import Allocation, Budget
 from lowbit.report import METRIC_HEADERS, metrics_row, table
 
 
@@ -25,6 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_data_args(p)
     add_quant_args(p)
+    add_mixed_args(p, flag=True)
     add_run_args(p)
     p.set_defaults(func=run_quantize)
     d = sub.add_parser("demo", help="quantize the bundled Fashion-MNIST ResNet-20 at W8A8 and W4A8")
@@ -42,8 +46,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def default_out(model: str, config: QuantConfig) -> Path:
+def default_out(model: str, config: QuantConfig, budget: Budget | None = None) -> Path:
     a = config.activations.bits if config.activations else "f"
+    if budget is not None:
+        target = "_".join(f"{k}{v:g}" for k, v in (("cr", budget.weights_cr), ("mib", budget.model_size_mb),
+                                                     ("gbops", budget.gbops)) if v)
+        return Path(f"{model}_mixed_{target}.lowbit")
     return Path(f"{model}_w{config.weights.bits}a{a}.lowbit")
 
 
@@ -53,9 +61,12 @@ def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
     train_set, info = load_data(args, "train")
     model = load_float_model(args, info).to(device)
     start = time.perf_counter()
-    qmodel = quantize(model, train_set, config, progress=not args.quiet, device=device)
+    budget = budget_from_args(args)
+    mixed = {} if budget is None else {"mixed": budget, "sensitivity": args.sensitivity,
+                                       "sensitivity_images": args.sensitivity_images}
+    qmodel = quantize(model, train_set, config, progress=not args.quiet, device=device, **mixed)
     quant_seconds = time.perf_counter() - start
-    out = Path(args.out) if args.out else default_out(args.model, config)
+    out = Path(args.out) if args.out else default_out(args.model, config, budget)
     float_size = float_file_size(model)
     result: dict = {"model": args.model, "dataset": info.name, "config": config.to_dict(), "out": str(out),
                     "quantize_seconds": quant_seconds, "float_file_bytes": float_size}
@@ -76,6 +87,10 @@ def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
             extra[key] = {k: result[key][k] for k in ("top1", "top5", "precision", "recall", "f1", "n")}
     save(qmodel, out, extra)
     result["quant_file_bytes"] = out.stat().st_size
+    if "mixed" in qmodel.lowbit_info.extra:
+        result["mixed"] = qmodel.lowbit_info.extra["mixed"]
+        csv_path, png_path = write_allocation(Allocation.from_dict(result["mixed"]), out, f"{args.model}, {info.name}")
+        result["allocation_files"] = [str(csv_path), str(png_path)]
     return result
 
 
@@ -93,21 +108,27 @@ def print_report(result: dict, label: str) -> None:
                     [[r["name"], r["bits"], r["params"], r["weight_sqnr"], r["output_sqnr"]] for r in result["per_layer"]]))
 
 
-def label_of(config: QuantConfig) -> str:
+def label_of(config: QuantConfig, mixed: dict | None = None) -> str:
     a = "" if config.activations is None else f"A{config.activations.bits}" + ("dyn" if config.activations.dynamic else "")
+    if mixed is not None:
+        a = "" if config.activations is None else "Amixed" if mixed["activations"] else a
+        return f"W{'/'.join(map(str, mixed['budget']['bits']))}{a} {config.method}"
     return f"W{config.weights.bits}{a} {config.method}"
 
 
 def write_json(path: str, payload: object) -> None:
-    tmp = Path(path).with_suffix(".part")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
 
 
 def run_quantize(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     result = quantize_and_report(args, config)
-    print_report(result, label_of(config))
+    print_report(result, label_of(config, result.get("mixed")))
+    if "mixed" in result:
+        print()
+        print_allocation(Allocation.from_dict(result["mixed"]))
+        print(f"allocation written to {' and '.join(result['allocation_files'])}")
     if args.json:
         write_json(args.json, result)
     return 0

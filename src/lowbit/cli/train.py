@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from safetensors.torch import save_file
 
 from lowbit.cli.common import add_data_args, load_data
 from lowbit.evaluate import evaluate
+from lowbit.io.atomic import atomic_path
 from lowbit.models import build_model
 from lowbit.train import TrainOptions, train
 
@@ -49,15 +48,8 @@ def run_train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     metrics = evaluate(model, test_set, class_names=info.classes, progress=not args.quiet)
     out = Path(args.out or f"{args.model}_{info.name.replace('-', '')}.safetensors")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".part")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(out) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     recipe = {"model": args.model, "model_kwargs": kwargs, "dataset": info.name, "options": options.to_dict(),
               "test_top1": metrics.top1, "test_f1": metrics.f1, "train_seconds": round(seconds, 1),
               "torch": torch.__version__}

@@ -6,7 +6,6 @@ import gzip
 import logging
 import os
 import struct
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Literal
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from lowbit.io.atomic import atomic_path
 from lowbit.errors import LowbitError
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,8 @@ def _download(target: Path, names: tuple[str, str]) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for name in names:
         log.info("downloading %s%s", OFFICIAL_URL, name)
-        fd, tmp = tempfile.mkstemp(dir=target, suffix=".part")
-        os.close(fd)
-        try:
+        with atomic_path(target / name) as tmp:
             urllib.request.urlretrieve(OFFICIAL_URL + name, tmp)
-            os.replace(tmp, target / name)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
 
 def load_fashion_mnist(split: Literal["train", "test"], data_dir: str | Path | None = None,

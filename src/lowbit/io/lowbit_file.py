@@ -13,8 +13,6 @@ config, and dequantizes the codes with the same function the quantizer used, so 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from lowbit import __version__, qmath
 from lowbit.config import QuantConfig
 from lowbit.errors import LowbitError
 from lowbit.graph import QuantInfo, activation_quantizers, prepare
+from lowbit.io.atomic import atomic_path
 from lowbit.io.pack import pack_bits, unpack_bits
 from lowbit.layers import QuantLayer, quant_layers
 from lowbit.quantizer import Quantizer
@@ -114,15 +113,8 @@ def save(qmodel: nn.Module, path: str | Path, extra: dict[str, Any] | None = Non
             "bits": {n: l.weight_quant.spec.bits for n, l in quant_layers(qmodel)},
             "calibrated_activations": act_names, **info.extra, **(extra or {})}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, separators=(",", ":"))})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, separators=(",", ":"))})
     return path
 
 
@@ -221,5 +213,5 @@ def load(path: str | Path, model: nn.Module | None = None, device: str | torch.d
     if missing or unexpected:
         raise LowbitError(f"{path} does not match this architecture (missing {missing[:3]}, unexpected "
                           f"{unexpected[:3]}); load it with the model it was saved from")
-    qmodel.lowbit_info.extra = {k: v for k, v in meta.items() if k in ("float_metrics", "quant_metrics", "dataset")}
+    qmodel.lowbit_info.extra = {k: v for k, v in meta.items() if k in ("float_metrics", "quant_metrics", "dataset", "mixed")}
     return qmodel.to(device).eval()

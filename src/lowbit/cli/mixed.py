@@ -1,0 +1,100 @@
+"""``lowbit mixed`` (and ``lowbit quantize --mixed-precision``): bit allocation under a size or BOPs budget.
+
+Besides the quantized model it writes the per-layer allocation as CSV and a bar chart of bits per layer (PNG)
+beside the model, and prints the allocation table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+from lowbit.errors import LowbitError
+from lowbit.io.atomic import atomic_path
+from lowbit.mixed import SENSITIVITIES, Allocation, Budget
+from lowbit.mixed.plot import plot_allocation
+from lowbit.report import human_bytes, table
+
+ALLOCATION_HEADERS = ("layer", "params", "weight bits", "input bits", "sensitivity", "bytes", "MACs", "pinned")
+
+
+def add_mixed_args(p: argparse.ArgumentParser, flag: bool) -> None:
+    """Budget options; ``flag`` adds ``--mixed-precision`` (for ``quantize``, where mixing is opt-in)."""
+    g = p.add_argument_group("mixed precision")
+    if flag:
+        g.add_argument("--mixed-precision", action="store_true", help="choose bits per layer under the budget below")
+    g.add_argument("--weights-cr", type=float, help="weights compression against float32, e.g. 8")
+    g.add_argument("--model-size", type=float, metavar="MIB", help="weights size cap in MiB (OMPQ's Mb), e.g. 4.5")
+    g.add_argument("--gbops", type=float, help="cap on 10^9 bit operations (MACs x weight bits x input bits)")
+    g.add_argument("--bits", default="2,4,8", help="weight bit options (default: %(default)s)")
+    g.add_argument("--activation-candidates", metavar="BITS",
+                   help="also mix layer-input activations over these bits, e.g. 4,8 (default: --activation-bits)")
+    g.add_argument("--sensitivity", choices=tuple(SENSITIVITIES), default="hessian",
+                   help="layer sensitivity metric (default: %(default)s)")
+    g.add_argument("--sensitivity-images", type=int, default=256,
+                   help="calibration images used to score layers (default: %(default)s)")
+
+
+def _bit_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise LowbitError(f"bad {option} {text!r}; write comma-separated integers, e.g. 2,4,8") from None
+
+
+def budget_from_args(args: argparse.Namespace) -> Budget | None:
+    """The budget asked for on the command line, or None when mixed precision is off."""
+    if not hasattr(args, "sensitivity"):  # a command without mixed-precision options
+        return None
+    if not getattr(args, "mixed_precision", True):
+        if args.weights_cr or args.model_size or args.gbops:
+            raise LowbitError("a budget was given without --mixed-precision; add it (or use `lowbit mixed`)")
+        return None
+    if args.sensitivity_images < 2:
+        raise LowbitError(f"--sensitivity-images must be at least 2, got {args.sensitivity_images}")
+    if not (args.weights_cr or args.model_size or args.gbops):
+        raise LowbitError("mixed precision needs a budget: --weights-cr, --model-size or --gbops")
+    acts = _bit_list(args.activation_candidates, "--activation-candidates") if args.activation_candidates else None
+    return Budget(args.weights_cr, args.model_size, args.gbops, _bit_list(args.bits, "--bits"), acts)
+
+
+def allocation_rows(allocation: Allocation) -> list[list]:
+    return [[c.name, c.params, c.weight_bits, c.input_bits, c.sensitivity, c.weight_bytes, c.macs,
+             "yes" if c.pinned else ""] for c in allocation.layers]
+
+
+def print_allocation(allocation: Allocation) -> None:
+    rows = [[*r[:4], f"{r[4]:.3g}", *r[5:]] for r in allocation_rows(allocation)]
+    print(table(ALLOCATION_HEADERS, rows))
+    print(f"weights {human_bytes(allocation.weight_bytes)} of {human_bytes(allocation.float_bytes)} float32 "
+          f"({allocation.compression:.2f}x smaller), {allocation.bops / 1e9:.3f} GBOPs; {allocation.sensitivity} "
+          f"sensitivity in {allocation.seconds.get('sensitivity', 0):.1f} s, solved in "
+          f"{allocation.seconds.get('solve', 0):.3f} s")
+
+
+def write_allocation(allocation: Allocation, model_path: Path, title: str = "") -> tuple[Path, Path]:
+    """``<model>.allocation.csv`` and ``<model>.allocation.png`` beside the model file (written atomically)."""
+    csv_path = model_path.with_suffix(".allocation.csv")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(ALLOCATION_HEADERS)
+    writer.writerows(allocation_rows(allocation))
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buffer.getvalue())
+    png_path = plot_allocation(allocation, model_path.with_suffix(".allocation.png"), title)
+    return csv_path, png_path
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from lowbit.cli.common import add_data_args, add_model_args, add_quant_args
+    from lowbit.cli.quantize import add_run_args, run_quantize
+
+    p = sub.add_parser("mixed", help="mixed precision: bits per layer under a size or BOPs budget")
+    add_model_args(p)
+    add_data_args(p)
+    add_quant_args(p)
+    add_mixed_args(p, flag=False)
+    add_run_args(p)
+    p.set_defaults(func=run_quantize)

@@ -1,0 +1,177 @@
+"""Mixed precision end to end: score every candidate width, solve the integer program, turn it into overrides."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+from torch import nn
+
+from lowbit.calibrate import calibrate
+from lowbit.config import Override, QuantConfig
+from lowbit.errors import LowbitError
+from lowbit.graph import prepare
+from lowbit.mixed.budget import Budget
+from lowbit.mixed.costs import FLOAT_BITS, LayerCost, describe_layers, weight_bytes
+from lowbit.mixed.hessian_sensitivity import hessian_scores
+from lowbit.mixed.orthogonality import orthogonality_scores
+from lowbit.mixed.sensitivity import Scores, measured_scores
+from lowbit.mixed.solver import Problem, solve
+
+Sensitivity = Literal["hessian", "orthogonality", "measured"]
+SENSITIVITIES: dict[str, Callable[..., Scores]] = {
+    "hessian": hessian_scores, "orthogonality": orthogonality_scores, "measured": measured_scores}
+
+
+@dataclass
+class LayerChoice:
+    """One row of the allocation table."""
+
+    name: str
+    params: int
+    weight_bits: int
+    input_bits: int | None  # None: the input is not quantized
+    sensitivity: float  # score of the chosen weight width
+    weight_bytes: int
+    macs: int
+    pinned: bool = False
+
+
+@dataclass
+class Allocation:
+    """The chosen widths, with the totals the budget was checked against."""
+
+    budget: Budget
+    sensitivity: str
+    layers: list[LayerChoice]
+    activations: dict[str, int]  # mixed activation quantizer -> bits
+    weight_bytes: int
+    float_bytes: int
+    bops: float
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def compression(self) -> float:
+        return self.float_bytes / self.weight_bytes
+
+    def overrides(self, config: QuantConfig) -> tuple[Override, ...]:
+        """Per-layer and per-activation overrides realizing this allocation on top of ``config``."""
+        out = [Override(c.name, weights=config.weights_at(c.weight_bits)) for c in self.layers if not c.pinned]
+        out += [Override(name, activations=config.activations_at(bits)) for name, bits in self.activations.items()]
+        return tuple(out)
+
+    def apply(self, config: QuantConfig) -> QuantConfig:
+        """``config`` with this allocation's overrides taking precedence over its own."""
+        return replace(config, overrides=self.overrides(config) + tuple(config.overrides))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Allocation":
+        return cls(Budget.from_dict(d["budget"]), d["sensitivity"], [LayerChoice(**c) for c in d["layers"]],
+                   dict(d["activations"]), d["weight_bytes"], d["float_bytes"], d["bops"], dict(d.get("seconds", {})))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget.to_dict(), "sensitivity": self.sensitivity,
+                "layers": [vars(c) for c in self.layers], "activations": self.activations,
+                "weight_bytes": self.weight_bytes, "float_bytes": self.float_bytes,
+                "compression": self.compression, "bops": self.bops, "seconds": self.seconds}
+
+
+def calibrated_copies(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: Iterable[int],
+                       mixed_acts: bool, chunk: int) -> dict[int, nn.Module]:
+    copies = {}
+    for b in sorted(set(bits)):
+        cfg = replace(config, weights=config.weights_at(b),
+                      activations=config.activations_at(b) if mixed_acts else config.activations)
+        qmodel = prepare(model, cfg)
+        calibrate(qmodel, [images[i : i + chunk] for i in range(0, len(images), chunk)])
+        copies[b] = qmodel
+    return copies
+
+
+def _pinned_widths(copies: dict[int, nn.Module], layers: list[LayerCost]) -> tuple[dict[str, int], dict[str, int]]:
+    """Layers and activations whose width the config fixes (an override wins over every candidate width)."""
+    weights, acts = {}, {}
+    for b, qmodel in copies.items():
+        modules = dict(qmodel.named_modules())
+        for cost in layers:
+            wbits = modules[cost.name].weight_quant.spec.bits
+            if wbits != b:
+                weights[cost.name] = wbits
+            if cost.input is not None and modules[cost.input].spec.bits != b:
+                acts[cost.input] = modules[cost.input].spec.bits
+    return weights, acts
+
+
+def allocate(model: nn.Module, images: torch.Tensor, config: QuantConfig, budget: Budget,
+             sensitivity: Sensitivity = "hessian", chunk: int = 64) -> Allocation:
+    """Choose a width per layer (and per layer input when ``budget.activation_bits`` is set) for ``model``.
+
+    ``images`` is a calibration batch used both to calibrate each candidate width and to score it. Layers that
+    ``config``'s overrides fix (``first_last_bits``, ``--override``) keep their width and still count in the
+    budget.
+    """
+    if sensitivity not in SENSITIVITIES:
+        raise LowbitError(f"unknown sensitivity {sensitivity!r}; choose one of {', '.join(SENSITIVITIES)}")
+    mixed_acts = budget.activation_bits is not None
+    if mixed_acts and config.activations is None:
+        raise LowbitError("mixed activation widths need quantized activations; set activation bits, or drop "
+                          "activation_bits from the budget")
+    act_bits = budget.activation_bits or ()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    copies = calibrated_copies(model, images, config, set(budget.bits) | set(act_bits), mixed_acts, chunk)
+    any_copy = next(iter(copies.values()))
+    layers = describe_layers(any_copy, images)
+    pinned_w, pinned_a = _pinned_widths(copies, layers)
+    names = [c.name for c in layers if c.name not in pinned_w]
+    acts = sorted({c.input for c in layers if c.input is not None and c.input not in pinned_a}) if mixed_acts else []
+    timings["calibrate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    kwargs = {"inputs": {c.name: c.input for c in layers}} if sensitivity == "orthogonality" else {}
+    scores = SENSITIVITIES[sensitivity](copies, images, names, budget.bits, acts, act_bits, seed=config.seed, **kwargs)
+    timings["sensitivity"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    problem = _problem(layers, scores, pinned_w, pinned_a, copies, config, budget, mixed_acts)
+    float_bytes = sum(4 * c.params for c in layers)
+    solution = solve(problem, budget.max_weight_bytes(float_bytes), budget.max_bops())
+    timings["solve"] = time.perf_counter() - start
+    rows = []
+    for c in layers:
+        w = solution.weights[c.name]
+        rows.append(LayerChoice(c.name, c.params, w, solution.activations.get(c.input) if c.input else None,
+                                scores.weights.get(c.name, {}).get(w, 0.0), problem.weight_bytes[c.name][w], c.macs,
+                                c.name in pinned_w))
+    chosen_acts = {q: a for q, a in solution.activations.items() if q in acts}
+    return Allocation(budget, sensitivity, rows, chosen_acts, solution.weight_bytes, float_bytes, solution.bops,
+                      timings)
+
+
+def _width(bits: int | str) -> int:
+    """Bits counted for BOPs (fp16 counts as 16)."""
+    return 16 if bits == "fp16" else int(bits)
+
+
+def _problem(layers: list[LayerCost], scores: Scores, pinned_w: dict[str, int], pinned_a: dict[str, int],
+             copies: dict[int, nn.Module], config: QuantConfig, budget: Budget, mixed_acts: bool) -> Problem:
+    any_copy = next(iter(copies.values()))
+    modules = dict(any_copy.named_modules())
+    weight_scores, sizes, inputs, act_scores = {}, {}, {}, {}
+    for c in layers:
+        if c.name in pinned_w:
+            spec = modules[c.name].weight_quant.spec
+            weight_scores[c.name] = {_width(spec.bits): 0.0}
+            sizes[c.name] = {_width(spec.bits): weight_bytes(c.params, c.channels, spec)}
+        else:
+            weight_scores[c.name] = dict(scores.weights[c.name])
+            sizes[c.name] = {b: weight_bytes(c.params, c.channels, config.weights_at(b)) for b in budget.bits}
+        inputs[c.name] = c.input
+        if c.input is None or c.input in act_scores:
+            continue
+        if mixed_acts and c.input not in pinned_a:
+            act_scores[c.input] = dict(scores.activations[c.input])
+        else:
+            act_scores[c.input] = {_width(modules[c.input].spec.bits): 0.0}
+    return Problem(weight_scores, sizes, {c.name: c.macs for c in layers}, inputs, act_scores, FLOAT_BITS)

@@ -1,0 +1,73 @@
+"""``Budget``: what a mixed-precision allocation must fit in, and which bit-widths it may choose from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from lowbit.errors import LowbitError
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Targets for :func:`lowbit.mixed.allocate` (give at least one of the first three).
+
+    - ``weights_cr``: compression of the quantized layers' weights against float32 (8 means on average a
+      little under 4 bits once scales are counted);
+    - ``model_size_mb``: size of those weights in MiB (2^20 bytes, the "Mb" of OMPQ and HAWQ tables);
+    - ``gbops``: bit operations in units of 10^9, the sum over layers of MACs x weight bits x input bits.
+
+    Sizes count exactly what the saved ``.lowbit`` file stores: packed codes plus scales and zero points.
+    ``bits`` are the weight options; ``activation_bits`` makes the input activations of weight layers mixed
+    too (None keeps the config's activation width everywhere).
+    """
+
+    weights_cr: float | None = None
+    model_size_mb: float | None = None
+    gbops: float | None = None
+    bits: tuple[int, ...] = (2, 4, 8)
+    activation_bits: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights_cr is None and self.model_size_mb is None and self.gbops is None:
+            raise LowbitError("a mixed-precision budget needs a target: weights_cr, model_size_mb or gbops")
+        for name in ("weights_cr", "model_size_mb", "gbops"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise LowbitError(f"budget {name} must be positive, got {value}")
+        object.__setattr__(self, "bits", _options(self.bits, "bits"))
+        if self.activation_bits is not None:
+            object.__setattr__(self, "activation_bits", _options(self.activation_bits, "activation_bits"))
+
+    def max_weight_bytes(self, float_bytes: int) -> float | None:
+        """The tighter of the compression-ratio and size targets, in bytes (None if neither is set)."""
+        limits = []
+        if self.weights_cr is not None:
+            limits.append(float_bytes / self.weights_cr)
+        if self.model_size_mb is not None:
+            limits.append(self.model_size_mb * MIB)
+        return min(limits) if limits else None
+
+    def max_bops(self) -> float | None:
+        return None if self.gbops is None else self.gbops * 1e9
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Budget":
+        acts = d.get("activation_bits")
+        return cls(d.get("weights_cr"), d.get("model_size_mb"), d.get("gbops"), tuple(d.get("bits", (2, 4, 8))),
+                   tuple(acts) if acts is not None else None)
+
+
+def _options(values: Any, what: str) -> tuple[int, ...]:
+    try:
+        options = tuple(sorted({int(v) for v in values}))
+    except (TypeError, ValueError):
+        raise LowbitError(f"budget {what} must be integers, e.g. (2, 4, 8); got {values!r}") from None
+    if not options or any(not 2 <= b <= 16 for b in options):
+        raise LowbitError(f"budget {what} must be between 2 and 16 bits, got {values!r}")
+    return options

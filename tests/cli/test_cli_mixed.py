@@ -1,0 +1,47 @@
+"""``lowbit mixed`` and ``lowbit quantize --mixed-precision`` on the bundled ResNet-20."""
+
+import csv
+import json
+
+from lowbit.cli import main
+from lowbit.io.lowbit_file import read_metadata
+
+
+def test_mixed_writes_model_allocation_table_and_chart(tmp_path, capsys):
+    out, report = tmp_path / "m.lowbit", tmp_path / "m.json"
+    code = main(["mixed", "--weights-cr", "8", "--first-last-bits", "8", "--calib-images", "128",
+                 "--sensitivity-images", "64", "--out", str(out), "--json", str(report), "--quiet"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "weight bits" in text and "8.0" in text and "smaller" in text
+    rows = list(csv.DictReader((tmp_path / "m.allocation.csv").read_text().splitlines()))
+    assert len(rows) == 22 and rows[0]["pinned"] == "yes" and rows[-1]["weight bits"] == "8"
+    png = (tmp_path / "m.allocation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = read_metadata(out)
+    assert meta["mixed"]["compression"] >= 8
+    assert {int(r["weight bits"]) for r in rows} == set(meta["bits"].values())
+    result = json.loads(report.read_text())
+    assert result["quant_metrics"]["top1"] > result["float_metrics"]["top1"] - 0.01
+
+
+def test_quantize_mixed_precision_flag_with_bops_and_orthogonality(tmp_path):
+    out = tmp_path / "o.lowbit"
+    assert main(["quantize", "--mixed-precision", "--gbops", "0.9", "--activation-candidates", "4,8",
+                 "--sensitivity", "orthogonality", "--calib-images", "64", "--sensitivity-images", "64",
+                 "--no-eval", "--out", str(out), "--quiet"]) == 0
+    mixed = read_metadata(out)["mixed"]
+    assert mixed["bops"] <= 0.9e9 and mixed["sensitivity"] == "orthogonality"
+
+
+def test_mixed_errors_exit_2(tmp_path, capsys):
+    out = tmp_path / "e.lowbit"
+    assert main(["mixed", "--out", str(out), "--no-eval", "--quiet"]) == 2
+    assert "needs a budget" in capsys.readouterr().err
+    assert main(["mixed", "--weights-cr", "40", "--calib-images", "64", "--out", str(out), "--no-eval",
+                 "--quiet"]) == 2
+    assert "infeasible" in capsys.readouterr().err
+    assert main(["quantize", "--weights-cr", "8", "--out", str(out), "--no-eval", "--quiet"]) == 2
+    assert "--mixed-precision" in capsys.readouterr().err
+    assert main(["mixed", "--weights-cr", "8", "--bits", "2,x", "--out", str(out), "--quiet"]) == 2
+    assert not out.exists() and not list(tmp_path.iterdir())

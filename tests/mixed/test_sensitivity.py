@@ -1,0 +1,70 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit.config import QuantConfig
+from lowbit.mixed.allocate import SENSITIVITIES, calibrated_copies
+from lowbit.mixed.orthogonality import layer_importance, orthogonality_matrix, centred_gram
+
+FRAGILE = "2"
+
+
+def fragile_mlp(seed: int = 0) -> nn.Module:
+    """An MLP whose layer '2' has one input column scaled up 40x (and the unit feeding it scaled down, so the
+    function is unchanged): its per-channel grids are set by that column and crush every other weight."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                        nn.Linear(32, 4))
+    with torch.no_grad():
+        net[0].weight[5] /= 40
+        net[0].bias[5] /= 40
+        net[2].weight[:, 5] *= 40
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(128, 16, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("metric", ["measured", "hessian"])
+def test_fragile_layer_ranks_first(metric, images):
+    scores = _scores(metric, images)
+    for bits in (2, 4):
+        ranked = sorted(scores.weights, key=lambda n: scores.weights[n][bits], reverse=True)
+        assert ranked[0] == FRAGILE, (bits, {n: s[bits] for n, s in scores.weights.items()})
+
+
+def _scores(metric, images):
+    copies = calibrated_copies(fragile_mlp(), images, QuantConfig.from_bits(8, 8), (2, 4, 8), True, 64)
+    acts = [n for n, _ in copies[8].named_modules() if n.startswith("act_quant.")]
+    return SENSITIVITIES[metric](copies, images, ["0", "2", "4", "6"], (2, 4, 8), acts, (2, 4, 8))
+
+
+@pytest.mark.parametrize("metric", ["measured", "hessian", "orthogonality"])
+def test_scores_are_finite_and_fall_with_bits(metric, images):
+    scores = _scores(metric, images)
+    for table in (scores.weights, scores.activations):
+        assert table
+        for name, by_bits in table.items():
+            assert all(math.isfinite(v) and v >= 0 for v in by_bits.values()), (name, by_bits)
+            assert by_bits[2] >= by_bits[4] >= by_bits[8], (name, by_bits)
+            if metric != "orthogonality":
+                assert by_bits[2] > by_bits[8], (name, by_bits)
+
+
+def test_orthogonal_layer_is_most_important():
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randn(64, 8, generator=g)
+    feats = [shared + 0.1 * torch.randn(64, 8, generator=g) for _ in range(3)]
+    feats.insert(1, torch.randn(64, 8, generator=g))  # unrelated to the others
+    orm = orthogonality_matrix([centred_gram(f) for f in feats])
+    assert torch.allclose(orm.diagonal(), torch.ones(4, dtype=orm.dtype))
+    assert orm[0, 2] > 0.9 and orm[0, 1] < 0.5
+    # importance is averaged with later layers, so compare the raw exp(-beta*gamma) via the last-layer order
+    gamma = orm.sum(1) - 1
+    assert int(gamma.argmin()) == 1
+    theta = layer_importance(orm)
+    assert theta.max() == 1 and (theta > 0).all()

@@ -1,0 +1,99 @@
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from lowbit import LowbitError
+from lowbit.mixed import Problem, solve
+
+
+def _random_problem(rng: np.random.Generator, n_layers: int, n_acts: int, act_bits=(4, 8)) -> Problem:
+    layers = [f"l{i}" for i in range(n_layers)]
+    acts = [f"a{i}" for i in range(n_acts)]
+    inputs = {l: (acts[rng.integers(n_acts)] if n_acts and rng.random() < 0.8 else None) for l in layers}
+    scores, sizes, macs = {}, {}, {}
+    for l in layers:
+        params = int(rng.integers(10, 1000))
+        # sensitivities fall with bits, as real ones do, but with layer-specific slopes
+        base = rng.random() * 10
+        scores[l] = {b: base * 2.0 ** (-b) * rng.uniform(0.5, 1.5) for b in (2, 4, 8)}
+        sizes[l] = {b: params * b // 8 + 4 for b in (2, 4, 8)}
+        macs[l] = int(rng.integers(100, 10_000))
+    act_scores = {a: {b: rng.random() * 2.0 ** (-b) for b in act_bits} for a in acts if a in inputs.values()}
+    return Problem(scores, sizes, macs, inputs, act_scores)
+
+
+def _brute_force(p: Problem, max_bytes, max_bops):
+    layers, acts = list(p.weight_scores), list(p.act_scores)
+    best = None
+    for wchoice in itertools.product(*(sorted(p.weight_scores[l]) for l in layers)):
+        for achoice in itertools.product(*(sorted(p.act_scores[a]) for a in acts)):
+            w, a = dict(zip(layers, wchoice)), dict(zip(acts, achoice))
+            size = sum(p.weight_bytes[l][w[l]] for l in layers)
+            bops = sum(p.macs[l] * w[l] * (a[p.inputs[l]] if p.inputs[l] else p.float_bits) for l in layers)
+            if (max_bytes is not None and size > max_bytes) or (max_bops is not None and bops > max_bops):
+                continue
+            obj = sum(p.weight_scores[l][w[l]] for l in layers) + sum(p.act_scores[q][a[q]] for q in acts)
+            if best is None or obj < best[0] - 1e-12:
+                best = (obj, w, a)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_solver_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    p = _random_problem(rng, n_layers=int(rng.integers(2, 6)), n_acts=int(rng.integers(0, 3)))
+    full = sum(max(s.values()) for s in p.weight_bytes.values())
+    least = p.smallest_weight_bytes()
+    max_bytes = least + rng.random() * (full - least)
+    max_bops = None
+    if seed % 2:
+        top = sum(p.macs[l] * 8 * max(p.input_options(l)) for l in p.weight_scores)
+        max_bops = p.smallest_bops() + rng.random() * (top - p.smallest_bops())
+    expected = _brute_force(p, max_bytes, max_bops)
+    if expected is None:
+        with pytest.raises(LowbitError, match="infeasible"):
+            solve(p, max_bytes, max_bops)
+        return
+    got = solve(p, max_bytes, max_bops)
+    assert got.objective == pytest.approx(expected[0], rel=1e-7, abs=1e-12)
+    assert got.weight_bytes <= max_bytes
+    if max_bops is not None:
+        assert got.bops <= max_bops * (1 + 1e-9)
+    # reported totals agree with the choices
+    assert got.weight_bytes == sum(p.weight_bytes[l][b] for l, b in got.weights.items())
+
+
+def test_shared_activation_gets_one_width():
+    p = Problem(weight_scores={"a": {4: 1.0, 8: 0.0}, "b": {4: 1.0, 8: 0.0}},
+                weight_bytes={"a": {4: 10, 8: 20}, "b": {4: 10, 8: 20}}, macs={"a": 100, "b": 100},
+                inputs={"a": "x", "b": "x"}, act_scores={"x": {4: 0.5, 8: 0.0}})
+    got = solve(p, max_weight_bytes=40, max_bops=100 * 8 * 4 + 100 * 8 * 4)
+    assert got.activations == {"x": 4} and got.weights == {"a": 8, "b": 8}
+
+
+def test_pinned_layer_keeps_its_only_option():
+    p = Problem(weight_scores={"a": {8: 0.0}, "b": {2: 5.0, 4: 1.0, 8: 0.0}},
+                weight_bytes={"a": {8: 100}, "b": {2: 10, 4: 20, 8: 40}}, macs={"a": 1, "b": 1},
+                inputs={"a": None, "b": None})
+    got = solve(p, max_weight_bytes=125)
+    assert got.weights == {"a": 8, "b": 4}
+
+
+def test_infeasible_budget_names_the_smallest_size():
+    p = Problem(weight_scores={"a": {2: 1.0, 8: 0.0}}, weight_bytes={"a": {2: 2048, 8: 8192}}, macs={"a": 1},
+                inputs={"a": None})
+    with pytest.raises(LowbitError, match=r"at least 2\.0 KiB.*allows 1\.0 KiB"):
+        solve(p, max_weight_bytes=1024)
+
+
+def test_resnet50_sized_problem_solves_fast():
+    rng = np.random.default_rng(0)
+    p = _random_problem(rng, n_layers=54, n_acts=54, act_bits=(2, 4, 8))
+    full = sum(max(s.values()) for s in p.weight_bytes.values())
+    top = sum(p.macs[l] * 8 * max(p.input_options(l)) for l in p.weight_scores)
+    start = time.perf_counter()
+    got = solve(p, max_weight_bytes=full / 2.5, max_bops=top / 6)
+    assert time.perf_counter() - start < 1.0
+    assert got.weight_bytes <= full / 2.5 and got.bops <= top / 6
