@@ -85,3 +85,19 @@ def torchao_fx_int8_ptq(model: nn.Module, calib_batches: list[torch.Tensor], bac
             for b in calib_batches:
                 prepared(b)
         return convert_fx(prepared).eval()
+
+
+def mct_mixed_precision(model: nn.Module, calib_batches: list[torch.Tensor], weights_memory_bytes: float) -> nn.Module:
+    """MCT mixed-precision PTQ over its default kernel options (8, 4, 2 bits; activations 8 bits) under a
+    weights-memory target in bytes (``ResourceUtilization(weights_memory=...)``)."""
+    import model_compression_toolkit as mct
+    from model_compression_toolkit.target_platform_capabilities.tpc_models.imx500_tpc.v1_0 import tpc as imx500
+
+    core = mct.core.CoreConfig(mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel, _ = mct.ptq.pytorch_post_training_quantization(
+            copy.deepcopy(model).eval(), _representative(calib_batches),
+            target_resource_utilization=mct.core.ResourceUtilization(weights_memory=weights_memory_bytes),
+            core_config=core, target_platform_capabilities=imx500.get_tpc())
+    return qmodel.cpu().eval()

@@ -89,3 +89,16 @@ def test_budget_validation():
     b = Budget(weights_cr=8, model_size_mb=0.001, bits=(8, 2, 4, 4))
     assert b.bits == (2, 4, 8) and b.max_weight_bytes(8000) == 1000
     assert Budget.from_dict(b.to_dict()) == b
+
+
+def test_one_analysis_serves_several_budgets(net, data):
+    from lowbit.mixed import analyze, solve_budget
+    analysis = analyze(net, data[:64], QuantConfig.from_bits(8, 8), (2, 4, 8))
+    objectives = []
+    for cr in (5, 6, 7):
+        allocation = solve_budget(analysis, Budget(weights_cr=cr))
+        assert allocation.compression >= cr
+        objectives.append(sum(c.sensitivity for c in allocation.layers))
+    assert objectives == sorted(objectives)  # tighter budgets cost sensitivity
+    with pytest.raises(LowbitError, match="differ"):
+        solve_budget(analysis, Budget(weights_cr=6, bits=(4, 8)))

@@ -104,9 +104,29 @@ def _pinned_widths(copies: dict[int, nn.Module], layers: list[LayerCost]) -> tup
     return weights, acts
 
 
-def allocate(model: nn.Module, images: torch.Tensor, config: QuantConfig, budget: Budget,
-             sensitivity: Sensitivity = "hessian", chunk: int = 64) -> Allocation:
-    """Choose a width per layer (and per layer input when ``budget.activation_bits`` is set) for ``model``.
+@dataclass
+class Analysis:
+    """A model's sensitivity per layer and candidate width, with its costs: the budget-independent half of an
+    allocation, so that several budgets can be solved from one (possibly slow) analysis."""
+
+    sensitivity: str
+    bits: tuple[int, ...]
+    activation_bits: tuple[int, ...] | None
+    layers: list[LayerCost]
+    scores: Scores
+    problem: Problem
+    pinned: set[str]
+    seconds: dict[str, float]
+
+    @property
+    def float_bytes(self) -> int:
+        return sum(4 * c.params for c in self.layers)
+
+
+def analyze(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: tuple[int, ...] = (2, 4, 8),
+            activation_bits: tuple[int, ...] | None = None, sensitivity: Sensitivity = "hessian",
+            chunk: int = 64) -> Analysis:
+    """Score every layer of ``model`` at each of ``bits`` (and each layer input at ``activation_bits``).
 
     ``images`` is a calibration batch used both to calibrate each candidate width and to score it. Layers that
     ``config``'s overrides fix (``first_last_bits``, ``--override``) keep their width and still count in the
@@ -114,39 +134,55 @@ def allocate(model: nn.Module, images: torch.Tensor, config: QuantConfig, budget
     """
     if sensitivity not in SENSITIVITIES:
         raise LowbitError(f"unknown sensitivity {sensitivity!r}; choose one of {', '.join(SENSITIVITIES)}")
-    mixed_acts = budget.activation_bits is not None
+    bits = tuple(sorted(set(bits)))
+    activation_bits = None if activation_bits is None else tuple(sorted(set(activation_bits)))
+    mixed_acts = activation_bits is not None
     if mixed_acts and config.activations is None:
         raise LowbitError("mixed activation widths need quantized activations; set activation bits, or drop "
                           "activation_bits from the budget")
-    act_bits = budget.activation_bits or ()
+    act_bits = tuple(activation_bits or ())
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    copies = calibrated_copies(model, images, config, set(budget.bits) | set(act_bits), mixed_acts, chunk)
-    any_copy = next(iter(copies.values()))
-    layers = describe_layers(any_copy, images)
+    copies = calibrated_copies(model, images, config, set(bits) | set(act_bits), mixed_acts, chunk)
+    layers = describe_layers(next(iter(copies.values())), images)
     pinned_w, pinned_a = _pinned_widths(copies, layers)
     names = [c.name for c in layers if c.name not in pinned_w]
     acts = sorted({c.input for c in layers if c.input is not None and c.input not in pinned_a}) if mixed_acts else []
     timings["calibrate"] = time.perf_counter() - start
     start = time.perf_counter()
     kwargs = {"inputs": {c.name: c.input for c in layers}} if sensitivity == "orthogonality" else {}
-    scores = SENSITIVITIES[sensitivity](copies, images, names, budget.bits, acts, act_bits, seed=config.seed, **kwargs)
+    scores = SENSITIVITIES[sensitivity](copies, images, names, bits, acts, act_bits, seed=config.seed, **kwargs)
     timings["sensitivity"] = time.perf_counter() - start
+    problem = _problem(layers, scores, pinned_w, pinned_a, copies, config, bits, mixed_acts)
+    return Analysis(sensitivity, bits, activation_bits, layers, scores, problem, set(pinned_w), timings)
 
+
+def solve_budget(analysis: Analysis, budget: Budget) -> Allocation:
+    """The least-sensitivity allocation of ``analysis`` within ``budget`` (whose bit options it must share)."""
+    if tuple(budget.bits) != analysis.bits or budget.activation_bits != analysis.activation_bits:
+        raise LowbitError(f"budget bit options {budget.bits}/{budget.activation_bits} differ from the analysed "
+                          f"{analysis.bits}/{analysis.activation_bits}; analyse with the budget's options")
     start = time.perf_counter()
-    problem = _problem(layers, scores, pinned_w, pinned_a, copies, config, budget, mixed_acts)
-    float_bytes = sum(4 * c.params for c in layers)
-    solution = solve(problem, budget.max_weight_bytes(float_bytes), budget.max_bops())
-    timings["solve"] = time.perf_counter() - start
+    problem = analysis.problem
+    solution = solve(problem, budget.max_weight_bytes(analysis.float_bytes), budget.max_bops())
+    seconds = {**analysis.seconds, "solve": time.perf_counter() - start}
     rows = []
-    for c in layers:
+    for c in analysis.layers:
         w = solution.weights[c.name]
         rows.append(LayerChoice(c.name, c.params, w, solution.activations.get(c.input) if c.input else None,
-                                scores.weights.get(c.name, {}).get(w, 0.0), problem.weight_bytes[c.name][w], c.macs,
-                                c.name in pinned_w))
-    chosen_acts = {q: a for q, a in solution.activations.items() if q in acts}
-    return Allocation(budget, sensitivity, rows, chosen_acts, solution.weight_bytes, float_bytes, solution.bops,
-                      timings)
+                                analysis.scores.weights.get(c.name, {}).get(w, 0.0), problem.weight_bytes[c.name][w],
+                                c.macs, c.name in analysis.pinned))
+    chosen_acts = {q: a for q, a in solution.activations.items() if q in analysis.scores.activations}
+    return Allocation(budget, analysis.sensitivity, rows, chosen_acts, solution.weight_bytes, analysis.float_bytes,
+                      solution.bops, seconds)
+
+
+def allocate(model: nn.Module, images: torch.Tensor, config: QuantConfig, budget: Budget,
+             sensitivity: Sensitivity = "hessian", chunk: int = 64) -> Allocation:
+    """Choose a width per layer (and per layer input when ``budget.activation_bits`` is set) for ``model``:
+    :func:`analyze`, then :func:`solve_budget`."""
+    analysis = analyze(model, images, config, budget.bits, budget.activation_bits, sensitivity, chunk)
+    return solve_budget(analysis, budget)
 
 
 def _width(bits: int | str) -> int:
@@ -155,7 +191,7 @@ def _width(bits: int | str) -> int:
 
 
 def _problem(layers: list[LayerCost], scores: Scores, pinned_w: dict[str, int], pinned_a: dict[str, int],
-             copies: dict[int, nn.Module], config: QuantConfig, budget: Budget, mixed_acts: bool) -> Problem:
+             copies: dict[int, nn.Module], config: QuantConfig, bits: tuple[int, ...], mixed_acts: bool) -> Problem:
     any_copy = next(iter(copies.values()))
     modules = dict(any_copy.named_modules())
     weight_scores, sizes, inputs, act_scores = {}, {}, {}, {}
@@ -166,7 +202,7 @@ def _problem(layers: list[LayerCost], scores: Scores, pinned_w: dict[str, int], 
             sizes[c.name] = {_width(spec.bits): weight_bytes(c.params, c.channels, spec)}
         else:
             weight_scores[c.name] = dict(scores.weights[c.name])
-            sizes[c.name] = {b: weight_bytes(c.params, c.channels, config.weights_at(b)) for b in budget.bits}
+            sizes[c.name] = {b: weight_bytes(c.params, c.channels, config.weights_at(b)) for b in bits}
         inputs[c.name] = c.input
         if c.input is None or c.input in act_scores:
             continue
