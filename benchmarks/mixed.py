@@ -56,7 +56,8 @@ def run_model(name: str, args, train, test) -> tuple[list[list], list[dict]]:
     for method in ("nearest", args.method):
         for bits in (8, 4, 3, 2):
             start = time.perf_counter()
-            q = lowbit.quantize(model, calib, weights_bits=bits, activation_bits=8, method=method, iters=args.iters)
+            options = {"iters": args.iters} if method != "nearest" else {}
+            q = lowbit.quantize(model, calib, weights_bits=bits, activation_bits=8, method=method, **options)
             record(f"uniform W{bits}A8", "-", method, q, time.perf_counter() - start, None)
     config = QuantConfig.from_bits(8, 8)
     for sensitivity in args.sensitivities:
