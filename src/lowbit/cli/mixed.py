@@ -90,11 +90,13 @@ def write_allocation(allocation: Allocation, model_path: Path, title: str = "") 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lowbit.cli.common import add_data_args, add_model_args, add_quant_args
     from lowbit.cli.quantize import add_run_args, run_quantize
+    from lowbit.cli.synth import add_calib_args
 
     p = sub.add_parser("mixed", help="mixed precision: bits per layer under a size or BOPs budget")
     add_model_args(p)
-    add_data_args(p)
+    add_data_args(p, default=None)
     add_quant_args(p)
+    add_calib_args(p)
     add_mixed_args(p, flag=False)
     add_run_args(p)
     p.set_defaults(func=run_quantize)

@@ -12,7 +12,8 @@ import torch
 from lowbit.analysis import per_layer_sqnr
 from lowbit.api import quantize
 from lowbit.cli.common import (add_data_args, add_model_args, add_quant_args, config_from_args, float_file_size,
-                               load_data, load_float_model)
+                               load_data, load_float_model, resolve_dataset)
+from lowbit.cli.synth import add_calib_args, calibration_data
 from lowbit.cli.mixed import add_mixed_args, budget_from_args, print_allocation, write_allocation
 from lowbit.config import QuantConfig
 from lowbit.data import labelled_batches
@@ -26,8 +27,9 @@ from lowbit.report import METRIC_HEADERS, metrics_row, table
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="quantize a model and report float vs quantized")
     add_model_args(p)
-    add_data_args(p)
+    add_data_args(p, default=None)
     add_quant_args(p)
+    add_calib_args(p)
     add_mixed_args(p, flag=True)
     add_run_args(p)
     p.set_defaults(func=run_quantize)
@@ -58,19 +60,21 @@ def default_out(model: str, config: QuantConfig, budget: Budget | None = None) -
 def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
     """The whole job for one config: returns the figures that are printed and written as JSON."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    train_set, info = load_data(args, "train")
+    resolve_dataset(args)
+    train_set, info = load_data(args, "train") if args.dataset else (None, None)
     model = load_float_model(args, info).to(device)
-    start = time.perf_counter()
+    calib, calib_record = calibration_data(args, model, train_set, info, config.calib_images)
     budget = budget_from_args(args)
     mixed = {} if budget is None else {"mixed": budget, "sensitivity": args.sensitivity,
                                        "sensitivity_images": args.sensitivity_images}
-    qmodel = quantize(model, train_set, config, progress=not args.quiet, device=device, **mixed)
+    start = time.perf_counter()
+    qmodel = quantize(model, calib, config, progress=not args.quiet, device=device, **mixed)
     quant_seconds = time.perf_counter() - start
     out = Path(args.out) if args.out else default_out(args.model, config, budget)
     float_size = float_file_size(model)
-    result: dict = {"model": args.model, "dataset": info.name, "config": config.to_dict(), "out": str(out),
-                    "quantize_seconds": quant_seconds, "float_file_bytes": float_size}
-    if not args.no_eval:
+    result: dict = {"model": args.model, "dataset": info.name if info else None, "config": config.to_dict(),
+                    "out": str(out), "quantize_seconds": quant_seconds, "float_file_bytes": float_size, **calib_record}
+    if not args.no_eval and info is not None:
         test_set, _ = load_data(args, "test")
         start = time.perf_counter()
         result["float_metrics"] = evaluate(model, test_set, class_names=info.classes, progress=not args.quiet).to_dict()
@@ -81,7 +85,8 @@ def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
         if args.per_layer:
             x, _ = next(iter(labelled_batches(test_set, 256)))
             result["per_layer"] = [vars(r) for r in per_layer_sqnr(model, qmodel, x.to(device))]
-    extra = {"dataset": {"name": info.name, "input_shape": list(info.input_shape)}}
+    extra = {"dataset": {"name": info.name, "input_shape": list(info.input_shape)} if info else None,
+             **calib_record}
     for key in ("float_metrics", "quant_metrics"):
         if key in result:
             extra[key] = {k: result[key][k] for k in ("top1", "top5", "precision", "recall", "f1", "n")}
@@ -141,7 +146,7 @@ def run_demo(args: argparse.Namespace) -> int:
     for wbits, abits in ((8, 8), (4, 8)):
         ns = argparse.Namespace(**{**base, "model": "resnet20", "checkpoint": None, "pretrained": False,
                                    "dataset": "fashion-mnist", "data_dir": None, "train_data_path": None,
-                                   "val_data_path": None, "image_size": 28,
+                                   "val_data_path": None, "image_size": 28, "calib_data": "train",
                                    "out": args.out and str(Path(args.out).with_suffix(f".w{wbits}a{abits}.lowbit"))})
         config = QuantConfig.from_bits(wbits, abits)
         result = quantize_and_report(ns, config)

