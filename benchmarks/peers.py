@@ -101,3 +101,44 @@ def mct_mixed_precision(model: nn.Module, calib_batches: list[torch.Tensor], wei
             target_resource_utilization=mct.core.ResourceUtilization(weights_memory=weights_memory_bytes),
             core_config=core, target_platform_capabilities=imx500.get_tpc())
     return qmodel.cpu().eval()
+
+
+class _FromImageNetPixels(nn.Module):
+    """Feeds a model images normalized the torchvision way (MCT's data generation only makes those, with 3
+    channels): back to [0, 1] pixels, to grey when the model takes one channel, then the model's normalization."""
+
+    IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __init__(self, model: nn.Module, channels: int, mean, std) -> None:
+        super().__init__()
+        self.model, self.channels = model, channels
+        self.register_buffer("in_mean", torch.tensor(self.IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("in_std", torch.tensor(self.IMAGENET_STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def convert(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = x * self.in_std + self.in_mean
+        if self.channels == 1:
+            pixels = pixels.mean(dim=1, keepdim=True)
+        return (pixels - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.convert(x))
+
+
+def mct_generate(model: nn.Module, n_images: int, input_shape, mean, std, n_iter: int,
+                 batch_size: int = 32) -> torch.Tensor:
+    """MCT's data generation (``mct.data_generation``, its DGH implementation) with its defaults except the
+    number of iterations; images are returned in the model's own input space."""
+    import model_compression_toolkit as mct
+
+    wrapper = _FromImageNetPixels(model, input_shape[0], mean, std).eval()
+    config = mct.data_generation.get_pytorch_data_generation_config(
+        n_iter=n_iter, data_gen_batch_size=batch_size, extra_pixels=max(1, round(input_shape[1] / 7)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        images = mct.data_generation.pytorch_data_generation_experimental(wrapper, n_images, input_shape[1], config)
+    images = torch.cat(images) if isinstance(images, (list, tuple)) else images
+    with torch.no_grad():
+        return wrapper.convert(images.cpu().float())

@@ -8,13 +8,14 @@ from lowbit.models import MODEL_NAMES, build_model, rebuild
 
 SMALL_INPUT = {"resnet20": (1, 28, 28), "mobilenet_v2_small": (1, 28, 28), "vit_small": (1, 28, 28),
                "resnet18": (3, 64, 64), "resnet50": (3, 64, 64), "mobilenet_v2": (3, 64, 64),
-               "regnetx_006": (3, 64, 64), "deit_base_patch16_224": (3, 32, 32), "mixer_b16_224": (3, 32, 32)}
+               "regnetx_006": (3, 64, 64), "efficientnet_lite0": (3, 64, 64), "deit_base_patch16_224": (3, 32, 32),
+               "mixer_b16_224": (3, 32, 32)}
 
 
 def _build(name):
     shape = SMALL_INPUT[name]
     kwargs = {"num_classes": 10, "in_channels": shape[0]}
-    if name in ("deit_base_patch16_224", "mixer_b16_224", "vit_small"):
+    if name in ("deit_base_patch16_224", "mixer_b16_224", "vit_small", "efficientnet_lite0"):
         kwargs["image_size"] = shape[1]
     torch.manual_seed(0)
     model, x = build_model(name, **kwargs), torch.randn(8, *shape)

@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 class SynthOptions:
     """Options of :func:`synthesize` (recorded with the generated images)."""
 
-    iters: int = 100  # optimization steps per image (each step updates one batch)
+    iters: int = 40  # optimization steps per image (each step updates one batch)
     batch_size: int = 128
-    lr: float = 0.2
-    output_loss_factor: float = 0.01
+    lr: float = 0.25
+    output_loss_factor: float = 0.05
     extra_pixels: int | None = None  # default: input size / 7, as 32 pixels for 224 x 224
     flip: bool = True
     smoothing_size: int | None = None  # default: 3 from 64 x 64 inputs up, off below (it would blur away detail)
