@@ -59,3 +59,13 @@ def test_synth_for_a_model_without_batch_norm_says_why(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "batch-norm" in err, err
     assert not (tmp_path / "s").exists()
+
+
+def test_pretrained_imagenet_model_needs_no_data_at_all(tmp_path, capsys):
+    out = tmp_path / "effnet.lowbit"
+    assert main(["quantize", "--model", "efficientnet_lite0", "--pretrained", "--calib-data", "synthetic",
+                 "--n-images", "8", "--synth-iters", "2", "--image-size", "64", "--weights-bits", "4",
+                 "--out", str(out), "--quiet"]) == 0
+    meta = read_metadata(out)
+    assert meta["dataset"] is None and meta["calib_data"] == "synthetic" and "quant_metrics" not in meta
+    assert out.stat().st_size < 0.15 * 4 * 4.7e6  # 4.7M float32 parameters, 4-bit codes plus scales

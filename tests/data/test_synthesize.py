@@ -59,7 +59,7 @@ def test_synthetic_calibration_keeps_w8a8_close_to_float():
     model = load_checkpoint(build_model("resnet20", num_classes=10, in_channels=1), bundled_checkpoint("resnet20"))
     test, _ = load_dataset("fashion-mnist", "test")
     subset = torch.utils.data.Subset(test, range(1000))
-    images = synthesize(model, 64, (1, 28, 28), MEAN, STD, iters=8, batch_size=64)
+    images = lowbit.synthesize(model, n_images=64, input_shape=(1, 28, 28), mean=MEAN, std=STD, iters=8)
     q = lowbit.quantize(model, images, weights_bits=8, activation_bits=8)
     float_top1, q_top1 = lowbit.evaluate(model, subset).top1, lowbit.evaluate(q, subset).top1
     assert q_top1 > float_top1 - 0.01

@@ -5,7 +5,8 @@ calibration inputs are pushed through the already-reconstructed quantized blocks
 each block's soft rounding variables (and, optionally, its activation step sizes) are then optimized so the
 quantized block reproduces the float block's output, before its rounding is fixed. ``granularity="layer"``
 optimizes each weight layer alone on its own output instead (AdaRound). Cached block inputs live on the
-model's device when they fit in a quarter of its free memory, otherwise on the CPU.
+model's device, in CPU memory or in memory-mapped files, whichever is the fastest they fit in
+(:mod:`lowbit.algorithms.activation_cache`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Callable, Literal
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 from tqdm import tqdm
 
+from lowbit.algorithms.activation_cache import CACHE_SETTINGS, ActivationCache, CacheSetting
 from lowbit.algorithms.blocks import Block, block_module, find_blocks
 from lowbit.algorithms.soft_rounding import SoftRounding, beta_schedule, install
 from lowbit.errors import LowbitError
@@ -50,6 +53,7 @@ class ReconstructionOptions:
     drop_prob: float = 0.0
     learn_act_scale: bool = False
     granularity: Literal["layer", "block"] = "block"
+    cache: CacheSetting = "auto"  # where cached block inputs live: auto, device, cpu or disk (memory-mapped)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -59,6 +63,8 @@ class ReconstructionOptions:
             raise LowbitError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
         if self.granularity not in ("layer", "block"):
             raise LowbitError(f"granularity must be 'layer' or 'block', got {self.granularity!r}")
+        if self.cache not in CACHE_SETTINGS:
+            raise LowbitError(f"cache must be one of {', '.join(CACHE_SETTINGS)}, got {self.cache!r}")
 
 
 def float_copy(qmodel: nn.Module) -> nn.Module:
@@ -70,17 +76,27 @@ def float_copy(qmodel: nn.Module) -> nn.Module:
     return fp
 
 
-def _cache_device(model_device: torch.device, nbytes: int) -> torch.device:
-    if model_device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(model_device)
-        if nbytes * 3 < free // 4:
-            return model_device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
-def _run(module: nn.Module, x: torch.Tensor, device: torch.device, chunk: int = 128) -> torch.Tensor:
-    return torch.cat([module(x[i : i + chunk].to(device)).to(x.device) for i in range(0, len(x), chunk)])
+def _run(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device, cache: ActivationCache,
+         chunk: int = 128) -> torch.Tensor:
+    out = None
+    for i in range(0, len(x), chunk):
+        y = module(x[i : i + chunk].to(device))
+        if out is None:
+            out = cache.empty((len(x), *y.shape[1:]), y.dtype)
+        out[i : i + len(y)].copy_(y)
+    return out
+
+
+def _largest_activation_bytes(fp: fx.GraphModule, blocks: list[Block], inputs: torch.Tensor,
+                              device: torch.device) -> int:
+    """Bytes of the largest block output (or input) over all samples: what one cached tensor needs."""
+    ShapeProp(fp).propagate(inputs[:1].to(device))
+    meta = {n.name: n.meta.get("tensor_meta") for n in fp.graph.nodes}
+    per_sample = [inputs[0].numel() * inputs.element_size()]
+    per_sample += [m.shape.numel() * m.dtype.itemsize for b in blocks
+                   if hasattr(m := meta.get(b.output), "shape")]
+    return max(per_sample) * len(inputs)
 
 
 def _recon_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -158,15 +174,18 @@ def _block_quantizers(gm: fx.GraphModule, block: Block) -> list[Quantizer]:
 
 
 def _capture(module: nn.Module, layer: nn.Module, x: torch.Tensor, device: torch.device,
-             want: Literal["input", "output"]) -> torch.Tensor:
-    chunks: list[torch.Tensor] = []
-    hook = layer.register_forward_hook(
-        lambda m, i, o: chunks.append((i[0] if want == "input" else o).detach().to(x.device)))
+             want: Literal["input", "output"], cache: ActivationCache) -> torch.Tensor:
+    captured: list[torch.Tensor] = []
+    hook = layer.register_forward_hook(lambda m, i, o: captured.append((i[0] if want == "input" else o).detach()))
+
+    def layer_value(chunk: torch.Tensor) -> torch.Tensor:
+        module(chunk)
+        return captured.pop()
+
     try:
-        _run(module, x, device)
+        return _run(layer_value, x, device, cache)
     finally:
         hook.remove()
-    return torch.cat(chunks)
 
 
 def reconstruct(qmodel: nn.Module, batches: list[torch.Tensor], options: ReconstructionOptions,
@@ -180,14 +199,16 @@ def reconstruct(qmodel: nn.Module, batches: list[torch.Tensor], options: Reconst
     device = next(qmodel.parameters()).device
     fp = float_copy(qmodel)
     inputs = torch.cat(batches)
-    store = _cache_device(device, inputs.numel() * inputs.element_size())
-    cur_q, cur_fp = inputs.to(store), inputs.to(store)
     blocks = find_blocks(qmodel)
+    cache = ActivationCache.choose(options.cache, device, _largest_activation_bytes(fp, blocks, inputs, device))
+    log.info("%s: block inputs cached on %s", name, cache.kind)
+    cur_q = cache.copy(inputs)
+    cur_fp = cur_q
     bar = tqdm(blocks, desc=name, disable=not progress, leave=False)
     for block in bar:
         bar.set_description(f"{name} {block.output}")
         qb, fb = block_module(qmodel, block), block_module(fp, block)
-        target = _run(fb, cur_fp, device)
+        target = _run(fb, cur_fp, device, cache)
         if options.granularity == "block":
             layers = [qmodel.get_submodule(n) for n in block.layers]
             weight_fn = (lambda idx, b=block: weighting(b, idx)) if weighting else (lambda idx: None)
@@ -196,7 +217,7 @@ def reconstruct(qmodel: nn.Module, batches: list[torch.Tensor], options: Reconst
         else:
             for layer_name in block.layers:
                 layer, fp_layer = qmodel.get_submodule(layer_name), fp.get_submodule(layer_name)
-                x_layer = _capture(qb, layer, cur_q, device, "input")
-                y_layer = _capture(fb, fp_layer, cur_fp, device, "output")
+                x_layer = _capture(qb, layer, cur_q, device, "input", cache)
+                y_layer = _capture(fb, fp_layer, cur_fp, device, "output", cache)
                 optimize_unit(layer, [layer], [], x_layer, None, y_layer, options, lambda idx: None, device, gen, bar)
-        cur_q, cur_fp = _run(qb, cur_q, device), target
+        cur_q, cur_fp = _run(qb, cur_q, device, cache), target
