@@ -20,6 +20,7 @@ import torch
 import lowbit
 import peers
 from lowbit.config import QuantConfig
+from lowbit.errors import LowbitError
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.layers import quant_layers
 from lowbit.mixed import Budget, analyze, solve_budget
@@ -35,7 +36,7 @@ def stored_weight_bytes(q: torch.nn.Module) -> int:
     return sum(weight_bytes(l.weight.numel(), l.weight.shape[0], l.weight_quant.spec) for _, l in quant_layers(q))
 
 
-def run_model(name: str, args, train, test) -> tuple[list[list], list[dict]]:
+def run_model(name: str, args, train, test) -> tuple[list[list], list[dict], dict[float, str]]:
     model = load_checkpoint(build_model(name, num_classes=10, in_channels=1), bundled_checkpoint(name)).eval()
     calib = calibration_batches(train, args.calib_images, 64, seed=0)
     images = torch.cat(calib)[: args.sensitivity_images]
@@ -43,6 +44,7 @@ def run_model(name: str, args, train, test) -> tuple[list[list], list[dict]]:
     float_bytes = sum(4 * m.weight.numel() for m in model.modules() if type(m) in (torch.nn.Conv2d, torch.nn.Linear))
     rows = [[name, "float32", "-", "-", float_bytes / 1024, 1.0, 100 * float_metrics.top1, 100 * float_metrics.f1, 0.0]]
     points: list[dict] = []
+    infeasible: dict[float, str] = {}
 
     def record(setting: str, sensitivity: str, method: str, q, seconds: float, size: int | None) -> None:
         m = lowbit.evaluate(q, test)
@@ -66,7 +68,11 @@ def run_model(name: str, args, train, test) -> tuple[list[list], list[dict]]:
         analysis_seconds = time.perf_counter() - start
         print(f"{name} {sensitivity}: analysis {analysis_seconds:.1f} s", flush=True)
         for cr in args.crs:
-            allocation = solve_budget(analysis, Budget(weights_cr=cr))
+            try:
+                allocation = solve_budget(analysis, Budget(weights_cr=cr))
+            except LowbitError as exc:  # stored scales put some compression ratios out of reach
+                infeasible[cr] = str(exc)
+                continue
             methods = ("nearest", args.method) if sensitivity == "hessian" else ("nearest",)
             for method in methods:
                 start = time.perf_counter()
@@ -81,7 +87,7 @@ def run_model(name: str, args, train, test) -> tuple[list[list], list[dict]]:
             q = peers.mct_mixed_precision(model, calib, float_bytes / cr)
             record(f"MCT {peers.mct_version()} mixed CR {cr}", "MCT", "MCT", q, time.perf_counter() - start,
                    int(float_bytes / cr))
-    return rows, points
+    return rows, points, infeasible
 
 
 def pareto_plot(name: str, rows: list[list], points: list[dict], path: Path) -> None:
@@ -125,13 +131,14 @@ def main() -> None:
     train, _ = load_dataset("fashion-mnist", "train")
     test, _ = load_dataset("fashion-mnist", "test")
     for name in args.models:
-        rows, points = run_model(name, args, train, test)
+        rows, points, infeasible = run_model(name, args, train, test)
         plot = DOCS / f"mixed_{name}.png"
         pareto_plot(name, rows, points, plot)
         body = (md_table(HEADERS, rows) + f"\n\n![accuracy against size]({plot.name})\n\n"
                 "`x smaller` is float32 weight bytes over stored bytes (lowbit counts codes, scales and zero "
                 "points exactly as the file stores them; MCT rows show its weights-memory target, which counts "
-                "weight bits only). `seconds` include the sensitivity analysis for mixed rows.")
+                "weight bits only). `seconds` include the sensitivity analysis for mixed rows."
+                + "".join(f"\n\nlowbit at CR {cr:g}: {why}." for cr, why in infeasible.items()))
         print(body)
         if not args.no_write:
             write_section(f"mixed-{name}", f"Mixed precision: {name} on Fashion-MNIST", body)
