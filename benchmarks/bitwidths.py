@@ -19,7 +19,7 @@ import peers
 from lowbit.cli.common import float_file_size
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
-from report import md_table, write_section
+from report import md_table, publish
 
 HEADERS = ["tool", "weights", "activations", "top-1 %", "precision %", "recall %", "F1 %", "file", "x float32",
            "quantize s"]
@@ -95,9 +95,8 @@ def main() -> None:
             "set in the same run; MCT keeps its default methods (per-channel symmetric weights, power-of-two "
             "activation thresholds) with bits set through its target platform capabilities. Peer files are not "
             "saved (no packed format).")
-    print(body)
-    if not args.no_write:
-        write_section("bitwidths", "Bit widths: ResNet-20 on Fashion-MNIST (lowbit, torch.ao, MCT)", body)
+    publish("bitwidths", "Bit widths: ResNet-20 on Fashion-MNIST (lowbit, torch.ao, MCT)", body,
+            write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ import torch
 import lowbit
 import peers
 from lowbit.config import QuantConfig
-from lowbit.errors import LowbitError
 from lowbit.data import calibration_batches, load_dataset
+from lowbit.errors import LowbitError
 from lowbit.layers import quant_layers
 from lowbit.mixed import Budget, analyze, solve_budget
 from lowbit.mixed.costs import weight_bytes
 from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
-from report import md_table, write_section
+from report import md_table, publish
 
 HEADERS = ["model", "setting", "sensitivity", "rounding", "weights KB", "x smaller", "top-1 %", "F1 %", "seconds"]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -139,9 +139,7 @@ def main() -> None:
                 "points exactly as the file stores them; MCT rows show its weights-memory target, which counts "
                 "weight bits only). `seconds` include the sensitivity analysis for mixed rows."
                 + "".join(f"\n\nlowbit at CR {cr:g}: {why}." for cr, why in infeasible.items()))
-        print(body)
-        if not args.no_write:
-            write_section(f"mixed-{name}", f"Mixed precision: {name} on Fashion-MNIST", body)
+        publish(f"mixed-{name}", f"Mixed precision: {name} on Fashion-MNIST", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

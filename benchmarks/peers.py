@@ -16,6 +16,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from lowbit.models.zoo import IMAGENET_MEAN, IMAGENET_STD
+
 
 def mct_version() -> str:
     import model_compression_toolkit as mct
@@ -107,13 +109,11 @@ class _FromImageNetPixels(nn.Module):
     """Feeds a model images normalized the torchvision way (MCT's data generation only makes those, with 3
     channels): back to [0, 1] pixels, to grey when the model takes one channel, then the model's normalization."""
 
-    IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
     def __init__(self, model: nn.Module, channels: int, mean, std) -> None:
         super().__init__()
         self.model, self.channels = model, channels
-        self.register_buffer("in_mean", torch.tensor(self.IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("in_std", torch.tensor(self.IMAGENET_STD).view(1, 3, 1, 1))
+        self.register_buffer("in_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("in_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 

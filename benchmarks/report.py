@@ -55,3 +55,10 @@ def write_section(key: str, title: str, body: str) -> None:
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     with atomic_path(BENCHMARKS_MD) as tmp:
         tmp.write_text(text)
+
+
+def publish(key: str, title: str, body: str, write: bool = True) -> None:
+    """Print a benchmark's results and, unless ``write`` is off, put them in docs/BENCHMARKS.md."""
+    print(body)
+    if write:
+        write_section(key, title, body)

@@ -15,7 +15,7 @@ import lowbit
 import peers
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
-from report import md_table, write_section
+from report import md_table, publish
 
 METHODS = ("nearest", "adaround", "brecq", "qdrop", "eptq")
 
@@ -60,9 +60,8 @@ def main() -> None:
     body = md_table(["model", "bits", "method", "top-1 %", "vs float", "wall s"], rows) + (
         f"\n\n{args.iters} optimization steps per block (per layer for adaround), batch 32; first and last layers at "
         "8 bits; wall time includes calibration and, for eptq, the Hessian estimation.")
-    print(body)
-    if not args.no_write:
-        write_section(f"rounding-{args.model}", f"Rounding methods: {args.model} on Fashion-MNIST", body)
+    publish(f"rounding-{args.model}", f"Rounding methods: {args.model} on Fashion-MNIST", body,
+            write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -26,36 +26,39 @@ import peers
 from lowbit.cli.common import float_file_size
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.data.fashion_mnist import MEAN, STD
-from lowbit.data.synthesize import SynthOptions, synthesize, valid_range
+from lowbit.data.synthesize import SynthOptions, noise_images, synthesize
 from lowbit.evaluate import sqnr_db
 from lowbit.models import build_model, bundled_checkpoint, default_normalization, load_checkpoint
-from report import md_table, write_section
+from report import md_table, publish
 
 SETTINGS = [("W8A8", dict(weights_bits=8, activation_bits=8)), ("W4A8", dict(weights_bits=4, activation_bits=8)),
             ("W4A4 brecq", dict(weights_bits=4, activation_bits=4, method="brecq", first_last_bits=8))]
 OUTPUT_LOSS_ABLATION = 0.05  # DGH's output loss switched on, to show what it does on these models
 
 
-def fashion_rows(name: str, args, train, test) -> tuple[list[list], list[list]]:
+def fashion_rows(name: str, args, train, test) -> tuple[list[list], list[list], list[str]]:
+    """Accuracy rows per setting, generation timings, and the calibration sources in column order."""
     model = load_checkpoint(build_model(name, num_classes=10, in_channels=1), bundled_checkpoint(name)).eval()
     float_top1 = 100 * lowbit.evaluate(model, test).top1
+    shape = (1, 28, 28)
     sources: dict[str, torch.Tensor] = {"real": torch.cat(calibration_batches(train, args.n_images, 64, seed=0))}
     timings = []
-    start = time.perf_counter()
-    sources["lowbit synthetic"] = synthesize(model, args.n_images, (1, 28, 28), MEAN, STD, SynthOptions(seed=0))
-    timings.append([name, "lowbit", args.n_images, SynthOptions().iters, time.perf_counter() - start])
-    start = time.perf_counter()
-    with_output_loss = SynthOptions(seed=0, output_loss_factor=OUTPUT_LOSS_ABLATION)
-    sources["lowbit + output loss"] = synthesize(model, args.n_images, (1, 28, 28), MEAN, STD, with_output_loss)
-    timings.append([name, f"lowbit, output loss {OUTPUT_LOSS_ABLATION}", args.n_images, SynthOptions().iters,
-                    time.perf_counter() - start])
-    low, high = valid_range(MEAN, STD)
-    noise = torch.randn(args.n_images, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    sources["Gaussian noise"] = noise.clamp(float(low), float(high))
-    if args.mct:
+
+    def generate(source: str, generator: str, steps: int, make) -> None:
         start = time.perf_counter()
-        sources["MCT generated"] = peers.mct_generate(model, args.n_images, (1, 28, 28), MEAN, STD, args.mct_iters)
-        timings.append([name, f"MCT {peers.mct_version()}", args.n_images, args.mct_iters, time.perf_counter() - start])
+        sources[source] = make()
+        timings.append([name, generator, args.n_images, steps, time.perf_counter() - start])
+
+    steps = SynthOptions().iters
+    generate("lowbit synthetic", "lowbit", steps,
+             lambda: synthesize(model, args.n_images, shape, MEAN, STD, SynthOptions(seed=0)))
+    with_output_loss = SynthOptions(seed=0, output_loss_factor=OUTPUT_LOSS_ABLATION)
+    generate("lowbit + output loss", f"lowbit, output loss {OUTPUT_LOSS_ABLATION}", steps,
+             lambda: synthesize(model, args.n_images, shape, MEAN, STD, with_output_loss))
+    sources["Gaussian noise"] = noise_images(args.n_images, shape, MEAN, STD, seed=0)
+    if args.mct:
+        generate("MCT generated", f"MCT {peers.mct_version()}", args.mct_iters,
+                 lambda: peers.mct_generate(model, args.n_images, shape, MEAN, STD, args.mct_iters))
     print(timings, flush=True)
     rows = []
     for label, kw in SETTINGS:
@@ -66,7 +69,7 @@ def fashion_rows(name: str, args, train, test) -> tuple[list[list], list[list]]:
             row.append(100 * lowbit.evaluate(q, test).top1)
             print(name, label, source, row[-1], flush=True)
         rows.append(row)
-    return rows, timings
+    return rows, timings, list(sources)
 
 
 def verdicts(rows: list[list], sources: list[str]) -> list[str]:
@@ -142,10 +145,9 @@ def main() -> None:
         test, _ = load_dataset("fashion-mnist", "test")
         rows, timings = [], []
         for name in args.models:
-            r, t = fashion_rows(name, args, train, test)
+            r, t, sources = fashion_rows(name, args, train, test)
             rows += r
             timings += t
-        sources = ["real", "lowbit synthetic", "lowbit + output loss", "Gaussian noise"] + (["MCT generated"] if args.mct else [])
         body = (md_table(["model", "setting", "float %"] + [f"{s} %" for s in sources], rows) + "\n\n"
                 + md_table(["model", "generator", "images", "steps per image", "seconds"], timings) + "\n\n"
                 f"{args.n_images} calibration images of each kind; top-1 on the full test split. W4A4 uses BRECQ "
@@ -153,9 +155,7 @@ def main() -> None:
                 "MCT's generator runs with its defaults except the steps per image, set to lowbit's. MCT's default "
                 "schedule is 500 steps per image, 6.25x the steps timed here.\n\n"
                 + "\n".join(verdicts(rows, sources)))
-        print(body)
-        if not args.no_write:
-            write_section("synthetic-fmnist", "Data-free calibration on Fashion-MNIST", body)
+        publish("synthetic-fmnist", "Data-free calibration on Fashion-MNIST", body, write=not args.no_write)
     if args.effnet:
         rows, seconds = effnet_rows(args)
         body = (md_table(["setting", "photos top-1 agreement %", "photos SQNR dB", "held-out synthetic agreement %",
@@ -167,9 +167,7 @@ def main() -> None:
                 "Round-to-nearest at 4 bits does not hold up on EfficientNet-Lite0 (depthwise convolutions; see the W4A8 "
                 "row). Learned rounding (`--method brecq`) on synthetic data is the route for it; that run is not in "
                 "this table (block reconstruction at 224x224 is a GPU-sized job, not measured here).")
-        print(body)
-        if not args.no_write:
-            write_section("synthetic-effnet", "Data-free EfficientNet-Lite0", body)
+        publish("synthetic-effnet", "Data-free EfficientNet-Lite0", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ it is mapped: the space goes back when the tensor is freed, even if the process 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import tempfile
 from typing import Literal
@@ -21,6 +22,11 @@ from lowbit.errors import LowbitError
 CacheSetting = Literal["auto", "device", "cpu", "disk"]
 CACHE_SETTINGS = ("auto", "device", "cpu", "disk")
 _LIVE_TENSORS = 3
+
+
+def check_cache_setting(setting: str) -> None:
+    if setting not in CACHE_SETTINGS:
+        raise LowbitError(f"cache must be one of {', '.join(CACHE_SETTINGS)}, got {setting!r}")
 
 
 def available_ram() -> int:
@@ -44,8 +50,7 @@ class ActivationCache:
     def choose(cls, setting: CacheSetting, model_device: torch.device, nbytes_per_tensor: int,
                directory: str | None = None) -> "ActivationCache":
         """The storage ``setting`` asks for; ``auto`` takes the fastest one the tensors fit in."""
-        if setting not in CACHE_SETTINGS:
-            raise LowbitError(f"cache must be one of {', '.join(CACHE_SETTINGS)}, got {setting!r}")
+        check_cache_setting(setting)
         need = nbytes_per_tensor * _LIVE_TENSORS
         if setting == "auto":
             if model_device.type == "cuda" and need < torch.cuda.mem_get_info(model_device)[0] // 4:
@@ -62,9 +67,7 @@ class ActivationCache:
         """An uninitialized tensor on this storage."""
         if self.kind != "disk":
             return torch.empty(shape, dtype=dtype, device=self.device)
-        numel = 1
-        for s in shape:
-            numel *= int(s)
+        numel = math.prod(shape)
         path = os.path.join(self.directory, f"lowbit-cache-{os.getpid()}-{next(self._names)}.bin")
         try:
             mapped = torch.from_file(path, shared=True, size=max(numel, 1), dtype=dtype)

@@ -21,7 +21,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from tqdm import tqdm
 
-from lowbit.algorithms.activation_cache import CACHE_SETTINGS, ActivationCache, CacheSetting
+from lowbit.algorithms.activation_cache import ActivationCache, CacheSetting, check_cache_setting
 from lowbit.algorithms.blocks import Block, block_module, find_blocks
 from lowbit.algorithms.soft_rounding import SoftRounding, beta_schedule, install
 from lowbit.errors import LowbitError
@@ -63,8 +63,7 @@ class ReconstructionOptions:
             raise LowbitError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
         if self.granularity not in ("layer", "block"):
             raise LowbitError(f"granularity must be 'layer' or 'block', got {self.granularity!r}")
-        if self.cache not in CACHE_SETTINGS:
-            raise LowbitError(f"cache must be one of {', '.join(CACHE_SETTINGS)}, got {self.cache!r}")
+        check_cache_setting(self.cache)
 
 
 def float_copy(qmodel: nn.Module) -> nn.Module:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lowbit.data import DatasetInfo
-from lowbit.data.synthesize import SynthOptions, synthesize, valid_range
+from lowbit.data.synthesize import SynthOptions, noise_images, synthesize
 from lowbit.data.synthetic_files import load_synthetic, save_synthetic
 from lowbit.errors import LowbitError
 from lowbit.models import default_input_shape, default_normalization
@@ -80,9 +80,7 @@ def calibration_data(args: argparse.Namespace, model: nn.Module, train_set: Any,
     shape, mean, std = input_description(args, info)
     n = args.n_images or n_default
     if source == "noise":
-        low, high = valid_range(mean, std)
-        noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(args.seed))
-        return torch.maximum(torch.minimum(noise, high.view(1, -1, 1, 1)), low.view(1, -1, 1, 1)), {"calib_data": "noise"}
+        return noise_images(n, shape, mean, std, args.seed), {"calib_data": "noise"}
     start = time.perf_counter()
     options = synth_options(args)
     images = synthesize(model, n, shape, mean, std, options, progress=not args.quiet)

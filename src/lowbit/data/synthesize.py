@@ -81,6 +81,14 @@ def valid_range(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tens
     return (0 - m) / s, (1 - m) / s
 
 
+def noise_images(n_images: int, input_shape: Sequence[int], mean: Sequence[float], std: Sequence[float],
+                 seed: int = 0) -> torch.Tensor:
+    """Gaussian noise clipped to the valid input range: the baseline synthetic images are measured against."""
+    low, high = valid_range(mean, std)
+    noise = torch.randn((n_images, *input_shape), generator=torch.Generator().manual_seed(seed))
+    return noise.clamp(low.view(1, -1, 1, 1), high.view(1, -1, 1, 1))
+
+
 def synthesize(model: nn.Module, n_images: int = 1024, input_shape: Sequence[int] = (3, 224, 224),
                mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
                options: SynthOptions | None = None, progress: bool = False, **kwargs) -> torch.Tensor:
