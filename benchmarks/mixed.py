@@ -4,7 +4,8 @@ For each model: uniform W8/W4/W3/W2 (activations 8 bits), then mixed precision o
 weights compression 6, 8, 10, 12 and 14 (A8) with each sensitivity metric and round-to-nearest, and with the
 learned rounding method (``--method``) for the ``hessian`` metric; MCT 2.6.1 mixed precision at the same
 budgets (``--mct``). Calibration: 1024 training images (sensitivities on the first 256); metrics: the full test
-split. Sizes are the bytes the .lowbit file stores for the quantized layers (codes, scales, zero points).
+split. Sizes are the bytes the .lowbit file stores for the quantized layers (codes, scales, zero points), or
+with ``--size-measure codes`` weight bits only, the measure of MCT's weights-memory target.
 Writes a table and a Pareto plot per model. Run: python3 benchmarks/mixed.py --mct
 """
 
@@ -24,15 +25,25 @@ from lowbit.data import calibration_batches, load_dataset
 from lowbit.errors import LowbitError
 from lowbit.layers import quant_layers
 from lowbit.mixed import Budget, analyze, solve_budget
-from lowbit.mixed.costs import weight_bytes
+from lowbit.mixed.costs import code_bytes, weight_bytes
 from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
 from report import md_table, publish
 
 HEADERS = ["model", "setting", "sensitivity", "rounding", "weights KB", "x smaller", "top-1 %", "F1 %", "seconds"]
+MEASURE_NOTES = {
+    "file": "`x smaller` is float32 weight bytes over stored bytes (lowbit counts codes, scales and zero points "
+            "exactly as the file stores them; MCT rows show its weights-memory target, which counts weight bits "
+            "only).",
+    "codes": "`x smaller` is float32 weight bytes over weight-code bytes (parameters x bits / 8, no scales) for "
+             "every row, lowbit's budgets included (`--size-measure codes`): the measure of MCT's weights-memory "
+             "target, so both tools solve the same budget."}
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def stored_weight_bytes(q: torch.nn.Module) -> int:
+def counted_weight_bytes(q: torch.nn.Module, size_measure: str) -> int:
+    """Weight bytes of a uniformly quantized model as the file stores them, or codes only."""
+    if size_measure == "codes":
+        return sum(code_bytes(l.weight.numel(), int(l.weight_quant.spec.bits)) for _, l in quant_layers(q))
     return sum(weight_bytes(l.weight.numel(), l.weight.shape[0], l.weight_quant.spec) for _, l in quant_layers(q))
 
 
@@ -48,7 +59,7 @@ def run_model(name: str, args, train, test) -> tuple[list[list], list[dict], dic
 
     def record(setting: str, sensitivity: str, method: str, q, seconds: float, size: int | None) -> None:
         m = lowbit.evaluate(q, test)
-        size = size or stored_weight_bytes(q)
+        size = size or counted_weight_bytes(q, args.size_measure)
         rows.append([name, setting, sensitivity, method, size / 1024, float_bytes / size, 100 * m.top1, 100 * m.f1,
                      seconds])
         points.append({"label": f"{sensitivity}/{method}" if sensitivity != "-" else f"{setting.split()[0]} {method}",
@@ -69,7 +80,7 @@ def run_model(name: str, args, train, test) -> tuple[list[list], list[dict], dic
         print(f"{name} {sensitivity}: analysis {analysis_seconds:.1f} s", flush=True)
         for cr in args.crs:
             try:
-                allocation = solve_budget(analysis, Budget(weights_cr=cr))
+                allocation = solve_budget(analysis, Budget(weights_cr=cr, size_measure=args.size_measure))
             except LowbitError as exc:  # stored scales put some compression ratios out of reach
                 infeasible[cr] = str(exc)
                 continue
@@ -123,6 +134,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--calib-images", type=int, default=1024)
     parser.add_argument("--sensitivity-images", type=int, default=256)
+    parser.add_argument("--size-measure", choices=("file", "codes"), default="file",
+                        help="what sizes count: the file's codes, scales and zero points, or weight codes only")
     parser.add_argument("--mct", action="store_true", help="also run MCT mixed precision at the same budgets")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -132,14 +145,14 @@ def main() -> None:
     test, _ = load_dataset("fashion-mnist", "test")
     for name in args.models:
         rows, points, infeasible = run_model(name, args, train, test)
-        plot = DOCS / f"mixed_{name}.png"
+        suffix = "" if args.size_measure == "file" else "_codes"
+        plot = DOCS / f"mixed_{name}{suffix}.png"
         pareto_plot(name, rows, points, plot)
         body = (md_table(HEADERS, rows) + f"\n\n![accuracy against size]({plot.name})\n\n"
-                "`x smaller` is float32 weight bytes over stored bytes (lowbit counts codes, scales and zero "
-                "points exactly as the file stores them; MCT rows show its weights-memory target, which counts "
-                "weight bits only). `seconds` include the sensitivity analysis for mixed rows."
+                + (MEASURE_NOTES[args.size_measure] + " `seconds` include the sensitivity analysis for mixed rows.")
                 + "".join(f"\n\nlowbit at CR {cr:g}: {why}." for cr, why in infeasible.items()))
-        publish(f"mixed-{name}", f"Mixed precision: {name} on Fashion-MNIST", body, write=not args.no_write)
+        title = f"Mixed precision: {name} on Fashion-MNIST" + (", weight codes only" if suffix else "")
+        publish(f"mixed-{name}{suffix.replace('_', '-')}", title, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Training recipe for the reference models: SGD with Nesterov momentum, cosine schedule, crop + flip.
+"""Training recipe for the reference models: SGD with Nesterov momentum (AdamW for transformers), one-cycle
+cosine schedule, crop + flip.
 
 It exists so anyone can reproduce the bundled checkpoints (``lowbit train resnet20 --dataset fashion-mnist``).
 """
@@ -14,7 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from lowbit.errors import LowbitError
+
 log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,11 @@ class TrainOptions:
     crop_padding: int = 2
     flip: bool = True
     seed: int = 0
+    optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise LowbitError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +62,19 @@ def augment(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> 
     return x
 
 
+def make_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, or AdamW (``momentum`` is then its beta1) without weight decay on biases,
+    normalization weights and embeddings, the usual setting for vision transformers."""
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=options.lr, momentum=options.momentum,
+                               weight_decay=options.weight_decay, nesterov=True)
+    decay = [p for p in model.parameters() if p.dim() >= 2 and p.shape[0] > 1]
+    kept = {id(p) for p in decay}
+    no_decay = [p for p in model.parameters() if id(p) not in kept]
+    groups = [{"params": decay, "weight_decay": options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=options.lr, betas=(options.momentum, 0.999))
+
+
 def train(model: nn.Module, train_set: Dataset, options: TrainOptions = TrainOptions(),
           device: str | torch.device = "cpu", quiet: bool = False) -> nn.Module:
     """Train ``model`` in place with the reference recipe and return it in eval mode."""
@@ -60,8 +83,7 @@ def train(model: nn.Module, train_set: Dataset, options: TrainOptions = TrainOpt
     loader = DataLoader(train_set, batch_size=options.batch_size, shuffle=True, drop_last=True, generator=gen)
     # channels_last is ~1.7x faster for small convolutions on CPU.
     model.to(device, memory_format=torch.channels_last).train()
-    opt = torch.optim.SGD(model.parameters(), lr=options.lr, momentum=options.momentum,
-                          weight_decay=options.weight_decay, nesterov=True)
+    opt = make_optimizer(model, options)
     steps = options.epochs * len(loader)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=options.lr, total_steps=steps, pct_start=0.15,
                                                 anneal_strategy="cos", div_factor=10, final_div_factor=100)

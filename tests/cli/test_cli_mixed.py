@@ -34,6 +34,16 @@ def test_quantize_mixed_precision_flag_with_bops_and_orthogonality(tmp_path):
     assert mixed["bops"] <= 0.9e9 and mixed["sensitivity"] == "orthogonality"
 
 
+def test_codes_only_size_measure(tmp_path, capsys):
+    out = tmp_path / "c.lowbit"
+    assert main(["mixed", "--weights-cr", "14", "--size-measure", "codes", "--sensitivity", "orthogonality",
+                 "--calib-images", "64", "--sensitivity-images", "64", "--no-eval", "--out", str(out)]) == 0
+    assert "weights (codes only)" in capsys.readouterr().out
+    mixed = read_metadata(out)["mixed"]
+    assert mixed["budget"]["size_measure"] == "codes" and mixed["compression"] >= 14
+    assert mixed["weight_bytes"] == sum(-(-r["params"] * r["weight_bits"] // 8) for r in mixed["layers"])
+
+
 def test_mixed_errors_exit_2(tmp_path, capsys):
     out = tmp_path / "e.lowbit"
     assert main(["mixed", "--out", str(out), "--no-eval", "--quiet"]) == 2

@@ -102,3 +102,19 @@ def test_one_analysis_serves_several_budgets(net, data):
     assert objectives == sorted(objectives)  # tighter budgets cost sensitivity
     with pytest.raises(LowbitError, match="differ"):
         solve_budget(analysis, Budget(weights_cr=6, bits=(4, 8)))
+
+
+def test_codes_only_measure_counts_weight_bits_and_reaches_further(net, data):
+    from lowbit.mixed import analyze, solve_budget
+    analysis = analyze(net, data[:64], QuantConfig.from_bits(8, 8), (2, 4, 8))
+    file_cr = solve_budget(analysis, Budget(weights_cr=8)).compression
+    codes = solve_budget(analysis, Budget(weights_cr=8, size_measure="codes"))
+    assert codes.weight_bytes == sum(-(-c.params * c.weight_bits // 8) for c in codes.layers)
+    assert codes.compression >= 8 and file_cr >= 8
+    # all layers at 2 bits is 16x in codes, less once scales count: only the codes measure reaches it
+    with pytest.raises(LowbitError, match="infeasible"):
+        solve_budget(analysis, Budget(weights_cr=15.9))
+    assert all(c.weight_bits == 2 for c in solve_budget(analysis, Budget(weights_cr=15.9, size_measure="codes")).layers)
+    with pytest.raises(LowbitError, match="size measure"):
+        Budget(weights_cr=8, size_measure="bits")
+    assert Budget.from_dict(codes.budget.to_dict()).size_measure == "codes"

@@ -14,6 +14,7 @@ from pathlib import Path
 from lowbit.errors import LowbitError
 from lowbit.io.atomic import atomic_path
 from lowbit.mixed import SENSITIVITIES, Allocation, Budget
+from lowbit.mixed.budget import SIZE_MEASURES
 from lowbit.mixed.plot import plot_allocation
 from lowbit.report import human_bytes, table
 
@@ -28,6 +29,9 @@ def add_mixed_args(p: argparse.ArgumentParser, flag: bool) -> None:
     g.add_argument("--weights-cr", type=float, help="weights compression against float32, e.g. 8")
     g.add_argument("--model-size", type=float, metavar="MIB", help="weights size cap in MiB (OMPQ's Mb), e.g. 4.5")
     g.add_argument("--gbops", type=float, help="cap on 10^9 bit operations (MACs x weight bits x input bits)")
+    g.add_argument("--size-measure", choices=SIZE_MEASURES, default="file",
+                   help="what --weights-cr/--model-size count: the file's codes, scales and zero points, or weight "
+                        "codes only as MCT and OMPQ tables do (default: %(default)s)")
     g.add_argument("--bits", default="2,4,8", help="weight bit options (default: %(default)s)")
     g.add_argument("--activation-candidates", metavar="BITS",
                    help="also mix layer-input activations over these bits, e.g. 4,8 (default: --activation-bits)")
@@ -57,7 +61,8 @@ def budget_from_args(args: argparse.Namespace) -> Budget | None:
     if not (args.weights_cr or args.model_size or args.gbops):
         raise LowbitError("mixed precision needs a budget: --weights-cr, --model-size or --gbops")
     acts = _bit_list(args.activation_candidates, "--activation-candidates") if args.activation_candidates else None
-    return Budget(args.weights_cr, args.model_size, args.gbops, _bit_list(args.bits, "--bits"), acts)
+    return Budget(args.weights_cr, args.model_size, args.gbops, _bit_list(args.bits, "--bits"), acts,
+                  args.size_measure)
 
 
 def allocation_rows(allocation: Allocation) -> list[list]:
@@ -68,7 +73,8 @@ def allocation_rows(allocation: Allocation) -> list[list]:
 def print_allocation(allocation: Allocation) -> None:
     rows = [[*r[:4], f"{r[4]:.3g}", *r[5:]] for r in allocation_rows(allocation)]
     print(table(ALLOCATION_HEADERS, rows))
-    print(f"weights {human_bytes(allocation.weight_bytes)} of {human_bytes(allocation.float_bytes)} float32 "
+    counted = "codes only" if allocation.budget.size_measure == "codes" else "as stored"
+    print(f"weights ({counted}) {human_bytes(allocation.weight_bytes)} of {human_bytes(allocation.float_bytes)} float32 "
           f"({allocation.compression:.2f}x smaller), {allocation.bops / 1e9:.3f} GBOPs; {allocation.sensitivity} "
           f"sensitivity in {allocation.seconds.get('sensitivity', 0):.1f} s, solved in "
           f"{allocation.seconds.get('solve', 0):.3f} s")

@@ -14,11 +14,11 @@ from lowbit.cli.common import add_data_args, load_data
 from lowbit.evaluate import evaluate
 from lowbit.io.atomic import atomic_path
 from lowbit.models import build_model
-from lowbit.train import TrainOptions, train
+from lowbit.train import OPTIMIZERS, TrainOptions, train
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a reference model (SGD, one-cycle cosine, crop + flip)")
+    p = sub.add_parser("train", help="train a reference model (SGD or AdamW, one-cycle cosine, crop + flip)")
     p.add_argument("model", help="architecture name, e.g. resnet20")
     add_data_args(p)
     defaults = TrainOptions()
@@ -27,6 +27,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
+                   help="sgd (Nesterov momentum) or adamw (e.g. --lr 1e-3 --weight-decay 0.05 for vit_small)")
     p.add_argument("--out", help="checkpoint path (default: <model>_<dataset>.safetensors)")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
@@ -42,7 +44,7 @@ def run_train(args: argparse.Namespace) -> int:
         kwargs["image_size"] = info.input_shape[1]
     model = build_model(args.model, **kwargs)
     options = TrainOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                           weight_decay=args.weight_decay, seed=args.seed)
+                           weight_decay=args.weight_decay, seed=args.seed, optimizer=args.optimizer)
     start = time.perf_counter()
     train(model, train_set, options, device=device, quiet=args.quiet)
     seconds = time.perf_counter() - start

@@ -14,7 +14,7 @@ from lowbit.config import Override, QuantConfig
 from lowbit.errors import LowbitError
 from lowbit.graph import prepare
 from lowbit.mixed.budget import Budget
-from lowbit.mixed.costs import FLOAT_BITS, LayerCost, describe_layers, weight_bytes
+from lowbit.mixed.costs import FLOAT_BITS, LayerCost, code_bytes, describe_layers, weight_bytes
 from lowbit.mixed.hessian_sensitivity import hessian_scores
 from lowbit.mixed.orthogonality import orthogonality_scores
 from lowbit.mixed.sensitivity import Scores, measured_scores
@@ -163,7 +163,7 @@ def solve_budget(analysis: Analysis, budget: Budget) -> Allocation:
         raise LowbitError(f"budget bit options {budget.bits}/{budget.activation_bits} differ from the analysed "
                           f"{analysis.bits}/{analysis.activation_bits}; analyse with the budget's options")
     start = time.perf_counter()
-    problem = analysis.problem
+    problem = _sized_problem(analysis, budget.size_measure)
     solution = solve(problem, budget.max_weight_bytes(analysis.float_bytes), budget.max_bops())
     seconds = {**analysis.seconds, "solve": time.perf_counter() - start}
     rows = []
@@ -175,6 +175,16 @@ def solve_budget(analysis: Analysis, budget: Budget) -> Allocation:
     chosen_acts = {q: a for q, a in solution.activations.items() if q in analysis.scores.activations}
     return Allocation(budget, analysis.sensitivity, rows, chosen_acts, solution.weight_bytes, analysis.float_bytes,
                       solution.bops, seconds)
+
+
+def _sized_problem(analysis: Analysis, size_measure: str) -> Problem:
+    """The analysis's problem with sizes in the budget's measure (file bytes as analysed, or codes only)."""
+    if size_measure == "file":
+        return analysis.problem
+    params = {c.name: c.params for c in analysis.layers}
+    sizes = {name: {w: code_bytes(params[name], w) for w in options}
+             for name, options in analysis.problem.weight_bytes.items()}
+    return replace(analysis.problem, weight_bytes=sizes)
 
 
 def allocate(model: nn.Module, images: torch.Tensor, config: QuantConfig, budget: Budget,

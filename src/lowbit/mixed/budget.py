@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from lowbit.errors import LowbitError
 
 MIB = 2**20
+SIZE_MEASURES = ("file", "codes")
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,10 @@ class Budget:
     - ``model_size_mb``: size of those weights in MiB (2^20 bytes, the "Mb" of OMPQ and HAWQ tables);
     - ``gbops``: bit operations in units of 10^9, the sum over layers of MACs x weight bits x input bits.
 
-    Sizes count exactly what the saved ``.lowbit`` file stores: packed codes plus scales and zero points.
+    ``size_measure`` says what a size counts. ``"file"`` (the default) is exactly what the saved ``.lowbit``
+    file stores: packed codes plus scales and zero points. ``"codes"`` counts weight bits only (parameters x
+    bits / 8), the measure of HAWQ/OMPQ tables and of MCT's ``weights_memory``, for like-for-like comparisons;
+    the saved file is then larger than the budget by its scales.
     ``bits`` are the weight options; ``activation_bits`` makes the input activations of weight layers mixed
     too (None keeps the config's activation width everywhere).
     """
@@ -29,6 +33,7 @@ class Budget:
     gbops: float | None = None
     bits: tuple[int, ...] = (2, 4, 8)
     activation_bits: tuple[int, ...] | None = None
+    size_measure: str = "file"
 
     def __post_init__(self) -> None:
         if self.weights_cr is None and self.model_size_mb is None and self.gbops is None:
@@ -37,6 +42,8 @@ class Budget:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise LowbitError(f"budget {name} must be positive, got {value}")
+        if self.size_measure not in SIZE_MEASURES:
+            raise LowbitError(f"unknown size measure {self.size_measure!r}; choose one of {', '.join(SIZE_MEASURES)}")
         object.__setattr__(self, "bits", _options(self.bits, "bits"))
         if self.activation_bits is not None:
             object.__setattr__(self, "activation_bits", _options(self.activation_bits, "activation_bits"))
@@ -60,7 +67,7 @@ class Budget:
     def from_dict(cls, d: Mapping[str, Any]) -> "Budget":
         acts = d.get("activation_bits")
         return cls(d.get("weights_cr"), d.get("model_size_mb"), d.get("gbops"), tuple(d.get("bits", (2, 4, 8))),
-                   tuple(acts) if acts is not None else None)
+                   tuple(acts) if acts is not None else None, d.get("size_measure", "file"))
 
 
 def _options(values: Any, what: str) -> tuple[int, ...]:

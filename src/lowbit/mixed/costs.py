@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,11 @@ def weight_bytes(numel: int, channels: int, spec: QuantSpec) -> int:
     else:
         codes, zero_points = 2 * numel, 2 * grids
     return codes + 4 * grids + (0 if spec.symmetric else zero_points)
+
+
+def code_bytes(numel: int, bits: int) -> int:
+    """Bytes of the weight codes alone (no scales), the size measure of HAWQ/OMPQ tables and MCT."""
+    return math.ceil(numel * bits / 8)
 
 
 @dataclass(frozen=True)
