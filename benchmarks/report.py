@@ -17,7 +17,7 @@ BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md
 
 
 def machine() -> str:
-    """CPU model and core count (or the GPU name), plus torch version."""
+    """CPU model and core count (or the GPU name), plus torch version and the threads torch computes with."""
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
@@ -30,7 +30,7 @@ def machine() -> str:
         except OSError:
             pass
         device = f"{cpu}, {os.cpu_count()} cores, CPU only"
-    return f"{device}; torch {torch.__version__}"
+    return f"{device}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:

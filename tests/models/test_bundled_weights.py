@@ -1,0 +1,27 @@
+"""Every bundled checkpoint loads into its architecture and still scores what its recipe file records."""
+
+import json
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.data import load_dataset
+from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
+from lowbit.models.zoo import WEIGHTS_DIR
+
+RECIPES = sorted(WEIGHTS_DIR.glob("*.json"))
+
+
+def test_each_model_has_weights_and_a_recipe():
+    assert {p.stem for p in RECIPES} == {p.stem for p in WEIGHTS_DIR.glob("*.safetensors")}
+    assert {"resnet20_fmnist", "mobilenet_v2_small_fmnist", "vit_small_fmnist"} <= {p.stem for p in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_bundled_accuracy_matches_its_recipe(recipe):
+    info = json.loads(recipe.read_text())
+    model = load_checkpoint(build_model(info["model"], **info["model_kwargs"]), bundled_checkpoint(info["model"]))
+    test, _ = load_dataset(info["dataset"], "test")
+    subset = torch.utils.data.Subset(test, range(2000))
+    assert abs(lowbit.evaluate(model.eval(), subset).top1 - info["test_top1"]) < 0.03
