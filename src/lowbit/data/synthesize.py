@@ -24,6 +24,7 @@ from tqdm import tqdm
 from lowbit.calibrate import model_device
 from lowbit.data.bn_statistics import LayerWeighting, SetStatistics
 from lowbit.data.image_pipeline import ImagePipeline
+from lowbit.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from lowbit.errors import LowbitError
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def noise_images(n_images: int, input_shape: Sequence[int], mean: Sequence[float
 
 
 def synthesize(model: nn.Module, n_images: int = 1024, input_shape: Sequence[int] = (3, 224, 224),
-               mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                options: SynthOptions | None = None, progress: bool = False, **kwargs) -> torch.Tensor:
     """Generate ``n_images`` calibration inputs of ``input_shape`` (C, H, W) for ``model``, returned on the CPU
     in the model's normalized input space (pixels in [0, 1] normalized by ``mean`` and ``std``).

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from lowbit.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from lowbit.errors import LowbitError
 from lowbit.models.efficientnet_lite0 import MEAN as EFFNET_MEAN, STD as EFFNET_STD, efficientnet_lite0
 from lowbit.models.resnet20 import resnet20
@@ -22,7 +23,6 @@ TIMM = ("regnetx_006", "deit_base_patch16_224", "mixer_b16_224")
 PACKAGED = ("efficientnet_lite0",)
 TAKES_IMAGE_SIZE = ("vit_small", "deit_base_patch16_224", "mixer_b16_224")
 MODEL_NAMES: tuple[str, ...] = SMALL + TORCHVISION + TIMM + PACKAGED
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _small(name: str, num_classes: int, in_channels: int, image_size: int | None) -> nn.Module:
