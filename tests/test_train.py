@@ -3,13 +3,12 @@ checkpoint and its recipe."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
+from conftest import make_image_folder
 from lowbit import LowbitError
 from lowbit.cli import main
 from lowbit.models import build_model
@@ -57,17 +56,9 @@ def test_unknown_optimizer_is_an_error():
         TrainOptions(optimizer="adam")
 
 
-def _folder(root, classes=("cat", "dog"), per_class=4):
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-
-
 def test_cli_train_saves_checkpoint_and_recipe(tmp_path):
-    _folder(tmp_path / "train")
-    _folder(tmp_path / "val")
+    make_image_folder(tmp_path / "train", per_class=4, size=(20, 20))
+    make_image_folder(tmp_path / "val", per_class=4, size=(20, 20))
     out = tmp_path / "vit.safetensors"
     assert main(["train", "vit_small", "--dataset", "imagefolder", "--train-data-path", str(tmp_path / "train"),
                  "--val-data-path", str(tmp_path / "val"), "--image-size", "16", "--epochs", "1",

@@ -2,8 +2,8 @@ import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from conftest import make_image_folder
 from lowbit import LowbitError
 from lowbit.data import load_dataset
 
@@ -19,16 +19,8 @@ def test_unknown_name():
         load_dataset("mnist", "test")
 
 
-def _make_folder(root, classes=("cat", "dog"), per_class=3):
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-
-
 def test_image_folder_resizes_crops_and_normalizes(tmp_path):
-    _make_folder(tmp_path / "train")
+    make_image_folder(tmp_path / "train")
     ds, info = load_dataset("imagefolder", "train", train_path=tmp_path / "train", image_size=32)
     x, y = ds[0]
     assert x.shape == (3, 32, 32) and info.num_classes == 2 and info.classes == ("cat", "dog")
