@@ -94,7 +94,8 @@ def main() -> None:
                "Hessian-weighted loss, its IMX500 TPC with the kernel and activation widths set to the row's; "
                "wall-time ratios are measured in this run." if args.mct else "")
             + ("\n\n" + "\n".join(f"- {v}" for v in verdicts) if verdicts else ""))
-        publish(f"rounding-{name}", f"Rounding methods: {name} on Fashion-MNIST", body, write=not args.no_write)
+        publish(f"rounding-{name}-{args.iters}", f"Rounding methods: {name} on Fashion-MNIST, {args.iters} steps", body,
+                write=not args.no_write)
 
 
 if __name__ == "__main__":

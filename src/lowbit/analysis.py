@@ -33,8 +33,11 @@ def float_reference(float_model: nn.Module, qmodel: nn.Module) -> nn.Module:
 
 def _capture(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     outputs: dict[str, torch.Tensor] = {}
-    hooks = [layer.register_forward_hook(lambda m, i, o, n=name: outputs.__setitem__(n, o.detach().float()))
-             for name, layer in quant_layers(model)]
+
+    def keep(name: str, out: torch.Tensor) -> None:
+        outputs[name] = out.detach().to(torch.float32, copy=True)  # before an in-place activation rewrites it
+
+    hooks = [layer.register_forward_hook(lambda m, i, o, n=name: keep(n, o)) for name, layer in quant_layers(model)]
     try:
         with torch.no_grad():
             model(x)

@@ -175,7 +175,12 @@ def _block_quantizers(gm: fx.GraphModule, block: Block) -> list[Quantizer]:
 def _capture(module: nn.Module, layer: nn.Module, x: torch.Tensor, device: torch.device,
              want: Literal["input", "output"], cache: ActivationCache) -> torch.Tensor:
     captured: list[torch.Tensor] = []
-    hook = layer.register_forward_hook(lambda m, i, o: captured.append((i[0] if want == "input" else o).detach()))
+
+    def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        # a copy: an in-place operation further on (ReLU(inplace=True)) would otherwise rewrite it
+        captured.append((inputs[0] if want == "input" else output).detach().clone())
+
+    hook = layer.register_forward_hook(keep)
 
     def layer_value(chunk: torch.Tensor) -> torch.Tensor:
         module(chunk)
