@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Callable
 
 import torch
 
@@ -29,7 +30,10 @@ def mct_epochs(steps: int, batches: int) -> int:
     return max(1, round(steps / batches))
 
 
-def run_model(name: str, args, train, test) -> tuple[list[list], list[str]]:
+def run_model(name: str, args, train, test,
+              report: Callable[[list[list], list[str], list[str]], None]) -> None:
+    """Run every bit-width pair; ``report(rows, verdicts, pairs_left)`` after each, so a long run that is
+    stopped keeps the widths it finished."""
     torch.manual_seed(0)
     model = load_checkpoint(build_model(name, num_classes=10, in_channels=1), bundled_checkpoint(name)).eval()
     calib = calibration_batches(train, args.calib_images, CALIB_BATCH, seed=0)
@@ -43,7 +47,7 @@ def run_model(name: str, args, train, test) -> tuple[list[list], list[str]]:
         print(rows[-1], flush=True)
         return top1
 
-    for pair in args.bits:
+    for k, pair in enumerate(args.bits):
         w, a = (int(v) for v in pair.split("/"))
         best = (-1.0, "", 0.0)
         for method in args.methods:
@@ -54,20 +58,23 @@ def run_model(name: str, args, train, test) -> tuple[list[list], list[str]]:
             seconds = time.perf_counter() - start
             best = max(best, (record(f"W{w}A{a}", method, q, seconds), method, seconds))
         if args.mct:
-            label = f"MCT {peers.mct_version()} GPTQ+Hessian"
-            start = time.perf_counter()
-            try:
-                q = peers.mct_gptq(model, calib, w, a, epochs=mct_epochs(args.iters, len(calib)))
-            except Exception as exc:  # a peer that cannot take the model is reported, not fatal
-                verdicts.append(f"W{w}A{a}: MCT GPTQ failed on {name} ({type(exc).__name__}: {str(exc)[:200]})")
-                print(verdicts[-1], flush=True)
-                continue
-            seconds = time.perf_counter() - start
-            mct_top1 = record(f"W{w}A{a}", label, q, seconds)
-            verdicts.append(f"W{w}A{a}: best lowbit method ({best[1]}, {best[0]:.2f}%) is "
-                            f"{'at least as accurate as' if best[0] >= mct_top1 else 'less accurate than'} MCT "
-                            f"({mct_top1:.2f}%) in {best[2] / seconds:.2f}x its wall time")
-    return rows, verdicts
+            verdicts.append(run_mct(model, calib, w, a, best, args, record))
+            print(verdicts[-1], flush=True)
+        report(rows, verdicts, args.bits[k + 1 :])
+
+
+def run_mct(model, calib, w: int, a: int, best: tuple[float, str, float], args, record) -> str:
+    """MCT GPTQ at the row's widths; the verdict line comparing it with lowbit's best method."""
+    start = time.perf_counter()
+    try:
+        q = peers.mct_gptq(model, calib, w, a, epochs=mct_epochs(args.iters, len(calib)))
+    except Exception as exc:  # a peer that cannot take the model is reported, not fatal
+        return f"W{w}A{a}: MCT GPTQ failed ({type(exc).__name__}: {str(exc)[:200]})"
+    seconds = time.perf_counter() - start
+    mct_top1 = record(f"W{w}A{a}", f"MCT {peers.mct_version()} GPTQ+Hessian", q, seconds)
+    return (f"W{w}A{a}: best lowbit method ({best[1]}, {best[0]:.2f}%) is "
+            f"{'at least as accurate as' if best[0] >= mct_top1 else 'less accurate than'} MCT "
+            f"({mct_top1:.2f}%) in {best[2] / seconds:.2f}x its wall time")
 
 
 def main() -> None:
@@ -84,18 +91,22 @@ def main() -> None:
     train, _ = load_dataset("fashion-mnist", "train")
     test, _ = load_dataset("fashion-mnist", "test")
     for name in args.models:
-        rows, verdicts = run_model(name, args, train, test)
         batches = -(-args.calib_images // CALIB_BATCH)
         mct_steps = mct_epochs(args.iters, batches) * batches
-        body = md_table(["model", "bits", "method", "top-1 %", "vs float", "wall s"], rows) + (
-            f"\n\n{args.iters} optimization steps per block (per layer for adaround), batch 32; first and last "
-            "layers at 8 bits; wall time includes calibration and, for eptq, the Hessian estimation."
-            + (f" MCT GPTQ: {mct_steps} steps over the whole network (epochs x {CALIB_BATCH}-image batches), "
-               "Hessian-weighted loss, its IMX500 TPC with the kernel and activation widths set to the row's; "
-               "wall-time ratios are measured in this run." if args.mct else "")
-            + ("\n\n" + "\n".join(f"- {v}" for v in verdicts) if verdicts else ""))
-        publish(f"rounding-{name}-{args.iters}", f"Rounding methods: {name} on Fashion-MNIST, {args.iters} steps", body,
-                write=not args.no_write)
+
+        def report(rows: list[list], verdicts: list[str], left: list[str], name: str = name) -> None:
+            body = md_table(["model", "bits", "method", "top-1 %", "vs float", "wall s"], rows) + (
+                f"\n\n{args.iters} optimization steps per block (per layer for adaround), batch 32; first and last "
+                "layers at 8 bits; wall time includes calibration and, for eptq, the Hessian estimation."
+                + (f" MCT GPTQ: {mct_steps} steps over the whole network (epochs x {CALIB_BATCH}-image batches), "
+                   "Hessian-weighted loss, its IMX500 TPC with the kernel and activation widths set to the row's; "
+                   "wall-time ratios are measured in this run." if args.mct else "")
+                + ("\n\n" + "\n".join(f"- {v}" for v in verdicts) if verdicts else "")
+                + (f"\n\nNot yet measured when this was written: {', '.join('W{}A{}'.format(*p.split('/')) for p in left)}." if left else ""))
+            publish(f"rounding-{name}-{args.iters}", f"Rounding methods: {name} on Fashion-MNIST, {args.iters} steps",
+                    body, write=not args.no_write)
+
+        run_model(name, args, train, test, report)
 
 
 if __name__ == "__main__":

@@ -97,13 +97,14 @@ def test_bad_method_option_is_a_clear_error(setup):
         lowbit.quantize(model, calib, method="qdrop", drop_prob=1.5)
 
 
-def test_in_place_activations_do_not_change_layer_wise_rounding(setup):
-    model, calib, test = setup
+@pytest.mark.parametrize("method", ["adaround", "qdrop"])
+def test_in_place_activations_do_not_change_learned_rounding(setup, method):
+    model, calib, _ = setup
     inplace = copy.deepcopy(model)
     for m in inplace.modules():
         if isinstance(m, torch.nn.ReLU):
             m.inplace = True  # rewrites each conv's output tensor right after the layer has produced it
-    common = dict(weights_bits=4, activation_bits=8, first_last_bits=8, method="adaround", iters=50)
+    common = dict(weights_bits=4, activation_bits=8, first_last_bits=8, method=method, iters=50)
     a, b = lowbit.quantize(model, calib, **common), lowbit.quantize(inplace, calib, **common)
     for (_, la), (_, lb) in zip(quant_layers(a), quant_layers(b)):
         assert torch.equal(la.qweight, lb.qweight)

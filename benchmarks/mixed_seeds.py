@@ -1,0 +1,112 @@
+"""Mixed precision's close calls, repeated over calibration draws: mixed against uniform W4 and against MCT.
+
+At weights compression 6 and 8 every contender sits within a few tenths of a point of float, where one run's
+order depends on which 1024 training images calibrate it. For each seed, a fresh draw of calibration images
+(and the methods' seed) feeds, on the same images: uniform W4A8 with nearest and learned rounding, mixed
+precision (``hessian`` sensitivity, bit options 2/4/8, A8) with both, and MCT 2.6.1's mixed precision at the
+same budgets. Sizes count weight codes only (MCT's weights-memory measure). Reports each run, the mean and
+standard deviation per setting, and paired differences. Metrics: the full test split.
+Run: python3 benchmarks/mixed_seeds.py --models resnet20 mobilenet_v2_small --seeds 0 1 2 --mct
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+
+import torch
+
+import lowbit
+import peers
+from lowbit.config import QuantConfig
+from lowbit.data import calibration_batches, load_dataset
+from lowbit.mixed import Budget, analyze, solve_budget
+from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
+from report import md_table, publish
+
+SENSITIVITY_IMAGES = 256
+
+
+def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: int) -> dict[str, float]:
+    """Top-1 (%) of every setting with calibration draw ``seed``."""
+    calib = calibration_batches(train, args.calib_images, 64, seed=seed)
+    results: dict[str, float] = {}
+
+    def record(setting: str, q: torch.nn.Module) -> None:
+        results[setting] = 100 * lowbit.evaluate(q, test).top1
+        print(f"seed {seed} {setting}: {results[setting]:.2f}", flush=True)
+
+    def options(method: str) -> dict:
+        return {} if method == "nearest" else {"iters": args.iters}
+
+    for method in ("nearest", args.method):
+        record(f"uniform W4A8 {method}",
+               lowbit.quantize(model, calib, weights_bits=4, activation_bits=8, method=method, seed=seed,
+                               **options(method)))
+    analysis = analyze(model, torch.cat(calib)[:SENSITIVITY_IMAGES], QuantConfig.from_bits(8, 8, seed=seed),
+                       (2, 4, 8), None, "hessian")
+    for cr in args.crs:
+        allocation = solve_budget(analysis, Budget(weights_cr=cr, size_measure="codes"))
+        for method in ("nearest", args.method):
+            config = allocation.apply(QuantConfig.from_bits(8, 8, method=method, method_options=options(method),
+                                                            seed=seed))
+            record(f"mixed CR {cr:g} {method}", lowbit.quantize(model, calib, config))
+        if args.mct:
+            record(f"MCT {peers.mct_version()} mixed CR {cr:g}", peers.mct_mixed_precision(model, calib, float_bytes / cr))
+    return results
+
+
+def verdicts(means: dict[str, float], runs: dict[str, list[float]], args) -> list[str]:
+    """Paired differences (mean over seeds, and in how many seeds ahead) for the comparisons the targets name."""
+
+    def paired(a: str, b: str) -> str:
+        diffs = [x - y for x, y in zip(runs[a], runs[b])]
+        ahead = sum(d >= 0 for d in diffs)
+        return (f"{a} vs {b}: {statistics.mean(diffs):+.2f} points on average, at least as accurate in {ahead} "
+                f"of {len(diffs)} draws")
+
+    lines = [paired(f"mixed CR 8 {m}", f"uniform W4A8 {m}") for m in ("nearest", args.method) if 8 in args.crs]
+    if args.mct:
+        for cr in args.crs:
+            mct = f"MCT {peers.mct_version()} mixed CR {cr:g}"
+            lines += [paired(f"mixed CR {cr:g} {m}", mct) for m in ("nearest", args.method)]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenet_v2_small"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--crs", nargs="+", type=float, default=[6, 8])
+    parser.add_argument("--method", default="brecq", help="learned rounding method beside nearest")
+    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--calib-images", type=int, default=1024)
+    parser.add_argument("--mct", action="store_true", help="also run MCT mixed precision at the same budgets")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    train, _ = load_dataset("fashion-mnist", "train")
+    test, _ = load_dataset("fashion-mnist", "test")
+    for name in args.models:
+        model = load_checkpoint(build_model(name, num_classes=10, in_channels=1), bundled_checkpoint(name)).eval()
+        float_top1 = 100 * lowbit.evaluate(model, test).top1
+        float_bytes = sum(4 * m.weight.numel() for m in model.modules()
+                          if type(m) in (torch.nn.Conv2d, torch.nn.Linear))
+        runs: dict[str, list[float]] = {}
+        for seed in args.seeds:
+            for setting, top1 in run_seed(model, seed, args, train, test, float_bytes).items():
+                runs.setdefault(setting, []).append(top1)
+        means = {s: statistics.mean(v) for s, v in runs.items()}
+        headers = ["setting", *[f"seed {s}" for s in args.seeds], "mean", "std", "mean vs float"]
+        rows = [[s, *v, means[s], statistics.stdev(v) if len(v) > 1 else 0.0, means[s] - float_top1]
+                for s, v in runs.items()]
+        body = (f"Float top-1: {float_top1:.2f}%. {args.iters} reconstruction steps per block for {args.method}; "
+                f"sizes in weight codes (parameters x bits / 8).\n\n" + md_table(headers, rows) + "\n\n"
+                + "\n".join(f"- {line}" for line in verdicts(means, runs, args)))
+        publish(f"mixed-seeds-{name}", f"Mixed precision over calibration draws: {name} on Fashion-MNIST", body,
+                write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
