@@ -26,8 +26,7 @@ from lowbit.errors import LowbitError
 from lowbit.layers import quant_layers
 from lowbit.mixed import Budget, analyze, solve_budget
 from lowbit.mixed.costs import code_bytes, weight_bytes
-from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
-from report import md_table, publish
+from report import bundled_model, float_weight_bytes, md_table, publish
 
 HEADERS = ["model", "setting", "sensitivity", "rounding", "weights KB", "x smaller", "top-1 %", "F1 %", "seconds"]
 MEASURE_NOTES = {
@@ -48,11 +47,11 @@ def counted_weight_bytes(q: torch.nn.Module, size_measure: str) -> int:
 
 
 def run_model(name: str, args, train, test) -> tuple[list[list], list[dict], dict[float, str]]:
-    model = load_checkpoint(build_model(name, num_classes=10, in_channels=1), bundled_checkpoint(name)).eval()
+    model = bundled_model(name)
     calib = calibration_batches(train, args.calib_images, 64, seed=0)
     images = torch.cat(calib)[: args.sensitivity_images]
     float_metrics = lowbit.evaluate(model, test)
-    float_bytes = sum(4 * m.weight.numel() for m in model.modules() if type(m) in (torch.nn.Conv2d, torch.nn.Linear))
+    float_bytes = float_weight_bytes(model)
     rows = [[name, "float32", "-", "-", float_bytes / 1024, 1.0, 100 * float_metrics.top1, 100 * float_metrics.f1, 0.0]]
     points: list[dict] = []
     infeasible: dict[float, str] = {}
@@ -147,7 +146,8 @@ def main() -> None:
         rows, points, infeasible = run_model(name, args, train, test)
         suffix = "" if args.size_measure == "file" else "_codes"
         plot = DOCS / f"mixed_{name}{suffix}.png"
-        pareto_plot(name, rows, points, plot)
+        if not args.no_write:  # the plot belongs to the docs section, written only with it
+            pareto_plot(name, rows, points, plot)
         body = (md_table(HEADERS, rows) + f"\n\n![accuracy against size]({plot.name})\n\n"
                 + (MEASURE_NOTES[args.size_measure] + " `seconds` include the sensitivity analysis for mixed rows.")
                 + "".join(f"\n\nlowbit at CR {cr:g}: {why}." for cr, why in infeasible.items()))

@@ -22,8 +22,7 @@ import peers
 from lowbit.config import QuantConfig
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.mixed import Budget, analyze, solve_budget
-from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
-from report import md_table, publish
+from report import bundled_model, float_weight_bytes, md_table, publish
 
 SENSITIVITY_IMAGES = 256
 
@@ -57,7 +56,7 @@ def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: 
     return results
 
 
-def verdicts(means: dict[str, float], runs: dict[str, list[float]], args) -> list[str]:
+def verdicts(runs: dict[str, list[float]], args) -> list[str]:
     """Paired differences (mean over seeds, and in how many seeds ahead) for the comparisons the targets name."""
 
     def paired(a: str, b: str) -> str:
@@ -89,10 +88,9 @@ def main() -> None:
     train, _ = load_dataset("fashion-mnist", "train")
     test, _ = load_dataset("fashion-mnist", "test")
     for name in args.models:
-        model = load_checkpoint(build_model(name, num_classes=10, in_channels=1), bundled_checkpoint(name)).eval()
+        model = bundled_model(name)
         float_top1 = 100 * lowbit.evaluate(model, test).top1
-        float_bytes = sum(4 * m.weight.numel() for m in model.modules()
-                          if type(m) in (torch.nn.Conv2d, torch.nn.Linear))
+        float_bytes = float_weight_bytes(model)
         runs: dict[str, list[float]] = {}
         for seed in args.seeds:
             for setting, top1 in run_seed(model, seed, args, train, test, float_bytes).items():
@@ -103,7 +101,7 @@ def main() -> None:
                 for s, v in runs.items()]
         body = (f"Float top-1: {float_top1:.2f}%. {args.iters} reconstruction steps per block for {args.method}; "
                 f"sizes in weight codes (parameters x bits / 8).\n\n" + md_table(headers, rows) + "\n\n"
-                + "\n".join(f"- {line}" for line in verdicts(means, runs, args)))
+                + "\n".join(f"- {line}" for line in verdicts(runs, args)))
         publish(f"mixed-seeds-{name}", f"Mixed precision over calibration draws: {name} on Fashion-MNIST", body,
                 write=not args.no_write)
 

@@ -1,4 +1,5 @@
-"""Shared benchmark plumbing: machine description, markdown tables, and BENCHMARKS.md sections."""
+"""Shared benchmark plumbing: the bundled models, machine description, markdown tables, and BENCHMARKS.md
+sections."""
 
 from __future__ import annotations
 
@@ -10,10 +11,22 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lowbit.io.atomic import atomic_path
+from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+
+
+def bundled_model(name: str) -> nn.Module:
+    """A zoo model with its bundled Fashion-MNIST weights, in eval mode."""
+    return load_checkpoint(build_model(name, num_classes=10, in_channels=1), bundled_checkpoint(name)).eval()
+
+
+def float_weight_bytes(model: nn.Module) -> int:
+    """float32 bytes of the conv and linear weights: the baseline of weights-compression ratios."""
+    return sum(4 * m.weight.numel() for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear))
 
 
 def machine() -> str:

@@ -18,8 +18,7 @@ import torch
 import lowbit
 import peers
 from lowbit.data import calibration_batches, load_dataset
-from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
-from report import md_table, publish
+from report import bundled_model, md_table, publish
 
 METHODS = ("nearest", "adaround", "brecq", "qdrop", "eptq")
 CALIB_BATCH = 64
@@ -35,7 +34,7 @@ def run_model(name: str, args, train, test,
     """Run every bit-width pair; ``report(rows, verdicts, pairs_left)`` after each, so a long run that is
     stopped keeps the widths it finished."""
     torch.manual_seed(0)
-    model = load_checkpoint(build_model(name, num_classes=10, in_channels=1), bundled_checkpoint(name)).eval()
+    model = bundled_model(name)
     calib = calibration_batches(train, args.calib_images, CALIB_BATCH, seed=0)
     float_top1 = 100 * lowbit.evaluate(model, test).top1
     rows = [[name, "float32", "-", float_top1, 0.0, 0.0]]
@@ -95,6 +94,7 @@ def main() -> None:
         mct_steps = mct_epochs(args.iters, batches) * batches
 
         def report(rows: list[list], verdicts: list[str], left: list[str], name: str = name) -> None:
+            widths = ["W{}A{}".format(*pair.split("/")) for pair in left]
             body = md_table(["model", "bits", "method", "top-1 %", "vs float", "wall s"], rows) + (
                 f"\n\n{args.iters} optimization steps per block (per layer for adaround), batch 32; first and last "
                 "layers at 8 bits; wall time includes calibration and, for eptq, the Hessian estimation."
@@ -102,7 +102,7 @@ def main() -> None:
                    "Hessian-weighted loss, its IMX500 TPC with the kernel and activation widths set to the row's; "
                    "wall-time ratios are measured in this run." if args.mct else "")
                 + ("\n\n" + "\n".join(f"- {v}" for v in verdicts) if verdicts else "")
-                + (f"\n\nNot yet measured when this was written: {', '.join('W{}A{}'.format(*p.split('/')) for p in left)}." if left else ""))
+                + (f"\n\nNot yet measured when this was written: {', '.join(widths)}." if widths else ""))
             publish(f"rounding-{name}-{args.iters}", f"Rounding methods: {name} on Fashion-MNIST, {args.iters} steps",
                     body, write=not args.no_write)
 

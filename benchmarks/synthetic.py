@@ -28,8 +28,8 @@ from lowbit.data import calibration_batches, load_dataset
 from lowbit.data.fashion_mnist import MEAN, STD
 from lowbit.data.synthesize import SynthOptions, noise_images, synthesize
 from lowbit.evaluate import sqnr_db
-from lowbit.models import build_model, bundled_checkpoint, default_normalization, load_checkpoint
-from report import md_table, publish
+from lowbit.models import build_model, default_normalization
+from report import bundled_model, md_table, publish
 
 SETTINGS = [("W8A8", dict(weights_bits=8, activation_bits=8)), ("W4A8", dict(weights_bits=4, activation_bits=8)),
             ("W4A4 brecq", dict(weights_bits=4, activation_bits=4, method="brecq", first_last_bits=8))]
@@ -38,7 +38,7 @@ OUTPUT_LOSS_ABLATION = 0.05  # DGH's output loss switched on, to show what it do
 
 def fashion_rows(name: str, args, train, test) -> tuple[list[list], list[list], list[str]]:
     """Accuracy rows per setting, generation timings, and the calibration sources in column order."""
-    model = load_checkpoint(build_model(name, num_classes=10, in_channels=1), bundled_checkpoint(name)).eval()
+    model = bundled_model(name)
     float_top1 = 100 * lowbit.evaluate(model, test).top1
     shape = (1, 28, 28)
     sources: dict[str, torch.Tensor] = {"real": torch.cat(calibration_batches(train, args.n_images, 64, seed=0))}
