@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -108,6 +110,15 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+def with_inplace_relus(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose ReLUs work in place: each rewrites the output of the layer before it."""
+    inplace = copy.deepcopy(model)
+    for m in inplace.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = True
+    return inplace
 
 
 def make_image_folder(root, classes=("cat", "dog"), per_class=3, size=(40, 50)) -> None:

@@ -1,12 +1,10 @@
 """Learned rounding on a tiny residual network: better than nearest, binary rounding, exact reload, deterministic."""
 
-import copy
-
 import pytest
 import torch
 
 import lowbit
-from conftest import ResidualNet, randomize_bn
+from conftest import ResidualNet, randomize_bn, with_inplace_relus
 from lowbit.algorithms.blocks import block_module, find_blocks
 from lowbit.algorithms.hessian import activation_hessian_diagonals
 from lowbit.algorithms.reconstruct import float_copy
@@ -100,10 +98,7 @@ def test_bad_method_option_is_a_clear_error(setup):
 @pytest.mark.parametrize("method", ["adaround", "qdrop"])
 def test_in_place_activations_do_not_change_learned_rounding(setup, method):
     model, calib, _ = setup
-    inplace = copy.deepcopy(model)
-    for m in inplace.modules():
-        if isinstance(m, torch.nn.ReLU):
-            m.inplace = True  # rewrites each conv's output tensor right after the layer has produced it
+    inplace = with_inplace_relus(model)
     common = dict(weights_bits=4, activation_bits=8, first_last_bits=8, method=method, iters=50)
     a, b = lowbit.quantize(model, calib, **common), lowbit.quantize(inplace, calib, **common)
     for (_, la), (_, lb) in zip(quant_layers(a), quant_layers(b)):
