@@ -21,6 +21,7 @@ from lowbit.data import calibration_batches, load_dataset
 from report import bundled_model, md_table, publish
 
 METHODS = ("nearest", "adaround", "brecq", "qdrop", "eptq")
+DEFAULT_BITS = ["4/8", "4/4", "3/3", "2/4"]
 CALIB_BATCH = 64
 
 
@@ -79,7 +80,7 @@ def run_mct(model, calib, w: int, a: int, best: tuple[float, str, float], args, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenet_v2_small", "vit_small"])
-    parser.add_argument("--bits", nargs="+", default=["4/8", "4/4", "3/3", "2/4"], help="W/A pairs")
+    parser.add_argument("--bits", nargs="+", default=DEFAULT_BITS, help="W/A pairs")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--calib-images", type=int, default=1024)
@@ -89,6 +90,8 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")  # MCT's per-iteration progress bars would flood the log
     train, _ = load_dataset("fashion-mnist", "train")
     test, _ = load_dataset("fashion-mnist", "test")
+    # A run over other widths than the default set gets a section of its own rather than replacing the full table.
+    subset = "" if args.bits == DEFAULT_BITS else "-" + "-".join("W{}A{}".format(*p.split("/")) for p in args.bits)
     for name in args.models:
         batches = -(-args.calib_images // CALIB_BATCH)
         mct_steps = mct_epochs(args.iters, batches) * batches
@@ -103,8 +106,8 @@ def main() -> None:
                    "wall-time ratios are measured in this run." if args.mct else "")
                 + ("\n\n" + "\n".join(f"- {v}" for v in verdicts) if verdicts else "")
                 + (f"\n\nNot yet measured when this was written: {', '.join(widths)}." if widths else ""))
-            publish(f"rounding-{name}-{args.iters}", f"Rounding methods: {name} on Fashion-MNIST, {args.iters} steps",
-                    body, write=not args.no_write)
+            publish(f"rounding-{name}-{args.iters}{subset}", f"Rounding methods: {name} on Fashion-MNIST, "
+                    f"{args.iters} steps{subset.replace('-', ', ')}", body, write=not args.no_write)
 
         run_model(name, args, train, test, report)
 
