@@ -1,8 +1,8 @@
 """Mixed precision against uniform widths and against MCT's mixed precision, on Fashion-MNIST models.
 
 For each model: uniform W8/W4/W3/W2 (activations 8 bits), then mixed precision over weight options 2/4/8 at
-weights compression 6, 8, 10, 12 and 14 (A8) with each sensitivity metric and round-to-nearest, and with the
-learned rounding method (``--method``) for the ``hessian`` metric; MCT 2.6.1 mixed precision at the same
+weights compression 6, 8, 10, 12 and 14 (A8) with each sensitivity metric, each with round-to-nearest and with
+the learned rounding method (``--method``); MCT 2.6.1 mixed precision at the same
 budgets (``--mct``). Calibration: 1024 training images (sensitivities on the first 256); metrics: the full test
 split. Sizes are the bytes the .lowbit file stores for the quantized layers (codes, scales, zero points), or
 with ``--size-measure codes`` weight bits only, the measure of MCT's weights-memory target.
@@ -83,8 +83,7 @@ def run_model(name: str, args, train, test) -> tuple[list[list], list[dict], dic
             except LowbitError as exc:  # stored scales put some compression ratios out of reach
                 infeasible[cr] = str(exc)
                 continue
-            methods = ("nearest", args.method) if sensitivity == "hessian" else ("nearest",)
-            for method in methods:
+            for method in ("nearest", args.method):
                 start = time.perf_counter()
                 cfg = allocation.apply(QuantConfig.from_bits(8, 8, method=method,
                                                              method_options={"iters": args.iters} if method != "nearest" else {}))

@@ -102,7 +102,8 @@ def main() -> None:
         body = (f"Float top-1: {float_top1:.2f}%. {args.iters} reconstruction steps per block for {args.method}; "
                 f"sizes in weight codes (parameters x bits / 8).\n\n" + md_table(headers, rows) + "\n\n"
                 + "\n".join(f"- {line}" for line in verdicts(runs, args)))
-        publish(f"mixed-seeds-{name}", f"Mixed precision over calibration draws: {name} on Fashion-MNIST", body,
+        publish(f"mixed-seeds-{name}-{args.iters}",
+                f"Mixed precision over calibration draws: {name} on Fashion-MNIST, {args.iters} steps", body,
                 write=not args.no_write)
 
 

@@ -124,13 +124,12 @@ def load_data(args: argparse.Namespace, split: str):
 
 def load_float_model(args: argparse.Namespace, info: DatasetInfo | None) -> nn.Module:
     """Build the architecture for the dataset and load its weights (checkpoint, bundled, or pretrained)."""
+    size = info.input_shape[1] if info is not None else args.image_size
     kwargs = {}
-    if info is not None and not args.pretrained:
-        kwargs = {"num_classes": info.num_classes, "in_channels": info.input_shape[0]}
-        if args.model in ("deit_base_patch16_224", "mixer_b16_224", "vit_small"):
-            kwargs["image_size"] = info.input_shape[1]
-    if args.model == "efficientnet_lite0":  # its "same" padding is fixed for one input size
-        kwargs["image_size"] = info.input_shape[1] if info is not None else args.image_size
+    if info is not None and not args.pretrained:  # sized for the data; architectures without a size ignore it
+        kwargs = {"num_classes": info.num_classes, "in_channels": info.input_shape[0], "image_size": size}
+    elif args.model == "efficientnet_lite0":  # its "same" padding is fixed for one input size, pretrained or not
+        kwargs["image_size"] = size
     model = build_model(args.model, pretrained=args.pretrained, **kwargs)
     checkpoint = args.checkpoint
     if checkpoint is None and not args.pretrained and info is not None and info.name == "fashion-mnist":
