@@ -39,8 +39,8 @@ def run_train(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     train_set, info = load_data(args, "train")
     test_set, _ = load_data(args, "test")
-    model = build_model(args.model, num_classes=info.num_classes, in_channels=info.input_shape[0],
-                        image_size=info.input_shape[1])
+    kwargs = {"num_classes": info.num_classes, "in_channels": info.input_shape[0], "image_size": info.input_shape[1]}
+    model = build_model(args.model, **kwargs)
     options = TrainOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                            weight_decay=args.weight_decay, seed=args.seed, optimizer=args.optimizer)
     start = time.perf_counter()
