@@ -25,6 +25,11 @@ DEFAULT_BITS = ["4/8", "4/4", "3/3", "2/4"]
 CALIB_BATCH = 64
 
 
+def width_label(pair: str) -> str:
+    """``"4/8"`` -> ``"W4A8"``."""
+    return "W{}A{}".format(*pair.split("/"))
+
+
 def mct_epochs(steps: int, batches: int) -> int:
     """Passes over the calibration batches giving MCT about ``steps`` optimizer steps."""
     return max(1, round(steps / batches))
@@ -91,13 +96,13 @@ def main() -> None:
     train, _ = load_dataset("fashion-mnist", "train")
     test, _ = load_dataset("fashion-mnist", "test")
     # A run over other widths than the default set gets a section of its own rather than replacing the full table.
-    subset = "" if args.bits == DEFAULT_BITS else "-" + "-".join("W{}A{}".format(*p.split("/")) for p in args.bits)
+    subset = "" if args.bits == DEFAULT_BITS else "-" + "-".join(width_label(p) for p in args.bits)
     for name in args.models:
         batches = -(-args.calib_images // CALIB_BATCH)
         mct_steps = mct_epochs(args.iters, batches) * batches
 
         def report(rows: list[list], verdicts: list[str], left: list[str], name: str = name) -> None:
-            widths = ["W{}A{}".format(*pair.split("/")) for pair in left]
+            widths = [width_label(pair) for pair in left]
             body = md_table(["model", "bits", "method", "top-1 %", "vs float", "wall s"], rows) + (
                 f"\n\n{args.iters} optimization steps per block (per layer for adaround), batch 32; first and last "
                 "layers at 8 bits; wall time includes calibration and, for eptq, the Hessian estimation."

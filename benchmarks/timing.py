@@ -53,7 +53,7 @@ def main() -> None:
     for method in args.methods:
         seconds = timed(lambda m=method: lowbit.quantize(model, images, weights_bits=w, activation_bits=a,
                                                          first_last_bits=8, method=m, iters=args.iters,
-                                                         calib_images=args.images, device=device))
+                                                         calib_images=args.images))
         rows.append([f"lowbit {method}", f"{args.iters} per block", seconds])
         print(rows[-1], flush=True)
     if args.mct:
