@@ -68,3 +68,31 @@ def test_orthogonal_layer_is_most_important():
     assert int(gamma.argmin()) == 1
     theta = layer_importance(orm)
     assert theta.max() == 1 and (theta > 0).all()
+
+
+class ScaledResidual(nn.Module):
+    """Linear layers around a residual sum that is scaled either in place or out of place."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.in_place = in_place
+        self.a, self.b, self.c = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        z = self.b(y) + y
+        return self.c(z.mul_(3) if self.in_place else z * 3)
+
+
+@pytest.mark.parametrize("metric", ["measured", "hessian", "orthogonality"])
+def test_in_place_operations_do_not_change_scores(metric, images):
+    def scores(in_place: bool):
+        copies = calibrated_copies(ScaledResidual(in_place).eval(), images, QuantConfig.from_bits(8, 8), (2, 4, 8),
+                                   True, 64)
+        acts = sorted(n for n, _ in copies[8].named_modules() if n.startswith("act_quant."))
+        s = SENSITIVITIES[metric](copies, images, ["a", "b", "c"], (2, 4, 8), acts, (2, 4, 8))
+        tables = [s.weights[n] for n in ("a", "b", "c")] + [s.activations[n] for n in acts]  # same order in both
+        return [score for table in tables for score in table.values()]
+
+    assert scores(True) == pytest.approx(scores(False), rel=1e-4)

@@ -31,8 +31,14 @@ def hessian_scores(copies: dict[int, nn.Module], images: torch.Tensor, layers: l
     act_scores: dict[str, dict[int, float]] = {name: {b: 0.0 for b in act_bits} for name in acts}
     act_quantizers = {b: {name: dict(copies[b].named_modules())[name] for name in acts} for b in act_bits}
     captured: dict[str, torch.Tensor] = {}
-    hooks = [modules[name].register_forward_hook(lambda m, i, out, n=name: captured.__setitem__(n, out))
-             for name in acts]
+
+    def capture(name: str, out: torch.Tensor) -> torch.Tensor:
+        # keep the quantizer's output and hand the network a copy: an in-place operation further on
+        # (torch.relu_) would otherwise change the captured values and the tensor the gradient is taken for
+        captured[name] = out
+        return out.clone()
+
+    hooks = [modules[name].register_forward_hook(lambda m, i, out, n=name: capture(n, out)) for name in acts]
     try:
         with float_mode(base):
             for start in range(0, len(images), chunk):
