@@ -5,7 +5,8 @@ order depends on which 1024 training images calibrate it. For each seed, a fresh
 (and the methods' seed) feeds, on the same images: uniform W4A8 with nearest and learned rounding, mixed
 precision (``hessian`` sensitivity, bit options 2/4/8, A8) with both, and MCT 2.6.1's mixed precision at the
 same budgets. Sizes count weight codes only (MCT's weights-memory measure). Reports each run, the mean and
-standard deviation per setting, and paired differences. Metrics: the full test split.
+standard deviation per setting, and paired differences. Metrics: the full test split. ``--method nearest``
+runs round-to-nearest alone, cheap enough for many draws.
 Run: python3 benchmarks/mixed_seeds.py --models resnet20 mobilenet_v2_small --seeds 0 1 2 --mct
 """
 
@@ -25,6 +26,19 @@ from lowbit.mixed import Budget, analyze, solve_budget
 from report import bundled_model, float_weight_bytes, md_table, publish
 
 SENSITIVITY_IMAGES = 256
+DEFAULT_CRS = [6.0, 8.0]
+
+
+def methods(args) -> list[str]:
+    """Round-to-nearest, then the learned rounding method unless that is nearest too."""
+    return list(dict.fromkeys(("nearest", args.method)))
+
+
+def section_key(name: str, args) -> str:
+    """One section per model, step count and budget list, so a longer or narrower run keeps its own table."""
+    steps = "nearest" if args.method == "nearest" else str(args.iters)
+    crs = "" if args.crs == DEFAULT_CRS else "-CR" + "-".join(f"{cr:g}" for cr in args.crs)
+    return f"mixed-seeds-{name}-{steps}{crs}"
 
 
 def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: int) -> dict[str, float]:
@@ -39,7 +53,7 @@ def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: 
     def options(method: str) -> dict:
         return {} if method == "nearest" else {"iters": args.iters}
 
-    for method in ("nearest", args.method):
+    for method in methods(args):
         record(f"uniform W4A8 {method}",
                lowbit.quantize(model, calib, weights_bits=4, activation_bits=8, method=method, seed=seed,
                                **options(method)))
@@ -47,7 +61,7 @@ def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: 
                        (2, 4, 8), None, "hessian")
     for cr in args.crs:
         allocation = solve_budget(analysis, Budget(weights_cr=cr, size_measure="codes"))
-        for method in ("nearest", args.method):
+        for method in methods(args):
             config = allocation.apply(QuantConfig.from_bits(8, 8, method=method, method_options=options(method),
                                                             seed=seed))
             record(f"mixed CR {cr:g} {method}", lowbit.quantize(model, calib, config))
@@ -65,11 +79,11 @@ def verdicts(runs: dict[str, list[float]], args) -> list[str]:
         return (f"{a} vs {b}: {statistics.mean(diffs):+.2f} points on average, at least as accurate in {ahead} "
                 f"of {len(diffs)} draws")
 
-    lines = [paired(f"mixed CR 8 {m}", f"uniform W4A8 {m}") for m in ("nearest", args.method) if 8 in args.crs]
+    lines = [paired(f"mixed CR 8 {m}", f"uniform W4A8 {m}") for m in methods(args) if 8 in args.crs]
     if args.mct:
         for cr in args.crs:
             mct = f"MCT {peers.mct_version()} mixed CR {cr:g}"
-            lines += [paired(f"mixed CR {cr:g} {m}", mct) for m in ("nearest", args.method)]
+            lines += [paired(f"mixed CR {cr:g} {m}", mct) for m in methods(args)]
     return lines
 
 
@@ -77,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenet_v2_small"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--crs", nargs="+", type=float, default=[6, 8])
+    parser.add_argument("--crs", nargs="+", type=float, default=DEFAULT_CRS)
     parser.add_argument("--method", default="brecq", help="learned rounding method beside nearest")
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--calib-images", type=int, default=1024)
@@ -99,11 +113,12 @@ def main() -> None:
         headers = ["setting", *[f"seed {s}" for s in args.seeds], "mean", "std", "mean vs float"]
         rows = [[s, *v, means[s], statistics.stdev(v) if len(v) > 1 else 0.0, means[s] - float_top1]
                 for s, v in runs.items()]
-        body = (f"Float top-1: {float_top1:.2f}%. {args.iters} reconstruction steps per block for {args.method}; "
-                f"sizes in weight codes (parameters x bits / 8).\n\n" + md_table(headers, rows) + "\n\n"
+        steps = "" if args.method == "nearest" else f"{args.iters} reconstruction steps per block for {args.method}; "
+        body = (f"Float top-1: {float_top1:.2f}%. {steps}sizes in weight codes (parameters x bits / 8).\n\n" + md_table(headers, rows) + "\n\n"
                 + "\n".join(f"- {line}" for line in verdicts(runs, args)))
-        publish(f"mixed-seeds-{name}-{args.iters}",
-                f"Mixed precision over calibration draws: {name} on Fashion-MNIST, {args.iters} steps", body,
+        title = f"Mixed precision over calibration draws: {name} on Fashion-MNIST"
+        title += ", round-to-nearest" if args.method == "nearest" else f", {args.iters} steps"
+        publish(section_key(name, args), title, body,
                 write=not args.no_write)
 
 
