@@ -114,12 +114,11 @@ def main() -> None:
         rows = [[s, *v, means[s], statistics.stdev(v) if len(v) > 1 else 0.0, means[s] - float_top1]
                 for s, v in runs.items()]
         steps = "" if args.method == "nearest" else f"{args.iters} reconstruction steps per block for {args.method}. "
-        body = (f"Float top-1: {float_top1:.2f}%. {steps}Sizes in weight codes (parameters x bits / 8).\n\n" + md_table(headers, rows) + "\n\n"
-                + "\n".join(f"- {line}" for line in verdicts(runs, args)))
+        body = (f"Float top-1: {float_top1:.2f}%. {steps}Sizes in weight codes (parameters x bits / 8).\n\n"
+                + md_table(headers, rows) + "\n\n" + "\n".join(f"- {line}" for line in verdicts(runs, args)))
         title = f"Mixed precision over calibration draws: {name} on Fashion-MNIST"
         title += ", round-to-nearest" if args.method == "nearest" else f", {args.iters} steps"
-        publish(section_key(name, args), title, body,
-                write=not args.no_write)
+        publish(section_key(name, args), title, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

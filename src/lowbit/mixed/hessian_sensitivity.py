@@ -34,7 +34,7 @@ def hessian_scores(copies: dict[int, nn.Module], images: torch.Tensor, layers: l
 
     def capture(name: str, out: torch.Tensor) -> torch.Tensor:
         # keep the quantizer's output and hand the network a copy: an in-place operation further on
-        # (torch.relu_) would otherwise change the captured values and the tensor the gradient is taken for
+        # (``x.mul_(3)``) would otherwise change the captured values and the tensor the gradient is taken for
         captured[name] = out
         return out.clone()
 
