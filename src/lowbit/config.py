@@ -102,16 +102,26 @@ class QuantConfig:
         return cls(weights=weights, activations=activations, overrides=overrides, **kwargs)
 
     def weights_at(self, bits: Bits) -> QuantSpec:
-        """The default weight spec moved to another width (observer and grid symmetry follow the width)."""
+        """The default weight spec moved to another width (for mixed precision and overrides).
+
+        Observer and grid symmetry follow the new width where the default spec has its own width's defaults;
+        a choice that departs from them (``weights_observer="mse"`` at 8 bits) is kept at every width.
+        """
         bits = check_bits(bits, "weight bits")
-        return replace(self.weights, bits=bits, observer=default_observer(bits), symmetric=default_weight_symmetry(bits))
+        w = self.weights
+        observer = default_observer(bits) if w.observer == default_observer(w.bits) else w.observer
+        symmetric = default_weight_symmetry(bits) if w.symmetric == default_weight_symmetry(w.bits) else w.symmetric
+        return replace(w, bits=bits, observer=observer, symmetric=symmetric)
 
     def activations_at(self, bits: Bits) -> QuantSpec | None:
-        """The default activation spec moved to another width (None when activations are not quantized)."""
+        """The default activation spec moved to another width (None when activations are not quantized); the
+        observer follows the width unless the default spec departs from its own width's default."""
         if self.activations is None:
             return None
         bits = check_bits(bits, "activation bits")
-        return replace(self.activations, bits=bits, observer=default_observer(bits))
+        a = self.activations
+        observer = default_observer(bits) if a.observer == default_observer(a.bits) else a.observer
+        return replace(a, bits=bits, observer=observer)
 
     def weight_spec_for(self, name: str) -> QuantSpec:
         """Spec of the weights of module ``name`` (the first matching override wins)."""

@@ -61,6 +61,14 @@ def test_pinned_first_and_last_layers_and_size_in_mib(net, data):
     assert bits["stem.0"] == 8 and bits["head"] == 8
 
 
+def test_explicit_weight_observer_and_grid_hold_on_every_mixed_layer(net, data):
+    q = lowbit.quantize(net, data, weights_bits=8, activation_bits=8, weights_observer="mse",
+                        symmetric_weights=False, mixed=Budget(weights_cr=6), sensitivity_images=64)
+    specs = [l.weight_quant.spec for _, l in quant_layers(q)]
+    assert len({s.bits for s in specs}) > 1
+    assert all(s.observer == "mse" and not s.symmetric for s in specs)
+
+
 def test_mixed_activations_under_a_bops_budget(net, data):
     config = QuantConfig.from_bits(8, 8)
     full = allocate(net, data[:64], config, Budget(gbops=1e3, activation_bits=(4, 8)))
