@@ -6,7 +6,8 @@ order depends on which 1024 training images calibrate it. For each seed, a fresh
 precision (``hessian`` sensitivity, bit options 2/4/8, A8) with both, and MCT 2.6.1's mixed precision at the
 same budgets. Sizes count weight codes only (MCT's weights-memory measure). Reports each run, the mean and
 standard deviation per setting, and paired differences. Metrics: the full test split. ``--method nearest``
-runs round-to-nearest alone, cheap enough for many draws.
+runs round-to-nearest alone, cheap enough for many draws; ``--weights-observer mse`` picks every weight range by
+MSE, 8-bit layers included (MCT's threshold rule), where lowbit's default takes min/max from 8 bits up.
 Run: python3 benchmarks/mixed_seeds.py --models resnet20 mobilenet_v2_small --seeds 0 1 2 --mct
 """
 
@@ -23,6 +24,7 @@ import peers
 from lowbit.config import QuantConfig
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.mixed import Budget, analyze, solve_budget
+from lowbit.spec import OBSERVERS
 from report import bundled_model, float_weight_bytes, md_table, publish
 
 SENSITIVITY_IMAGES = 256
@@ -35,10 +37,11 @@ def methods(args) -> list[str]:
 
 
 def section_key(name: str, args) -> str:
-    """One section per model, step count and budget list, so a longer or narrower run keeps its own table."""
+    """One section per model, step count, budget list and weight observer, so each variant keeps its own table."""
     steps = "nearest" if args.method == "nearest" else str(args.iters)
     crs = "" if args.crs == DEFAULT_CRS else "-CR" + "-".join(f"{cr:g}" for cr in args.crs)
-    return f"mixed-seeds-{name}-{steps}{crs}"
+    observer = f"-{args.weights_observer}-weights" if args.weights_observer else ""
+    return f"mixed-seeds-{name}-{steps}{crs}{observer}"
 
 
 def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: int) -> dict[str, float]:
@@ -56,14 +59,14 @@ def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: 
     for method in methods(args):
         record(f"uniform W4A8 {method}",
                lowbit.quantize(model, calib, weights_bits=4, activation_bits=8, method=method, seed=seed,
-                               **options(method)))
-    analysis = analyze(model, torch.cat(calib)[:SENSITIVITY_IMAGES], QuantConfig.from_bits(8, 8, seed=seed),
-                       (2, 4, 8), None, "hessian")
+                               weights_observer=args.weights_observer, **options(method)))
+    base = QuantConfig.from_bits(8, 8, seed=seed, weights_observer=args.weights_observer)
+    analysis = analyze(model, torch.cat(calib)[:SENSITIVITY_IMAGES], base, (2, 4, 8), None, "hessian")
     for cr in args.crs:
         allocation = solve_budget(analysis, Budget(weights_cr=cr, size_measure="codes"))
         for method in methods(args):
             config = allocation.apply(QuantConfig.from_bits(8, 8, method=method, method_options=options(method),
-                                                            seed=seed))
+                                                            seed=seed, weights_observer=args.weights_observer))
             record(f"mixed CR {cr:g} {method}", lowbit.quantize(model, calib, config))
         if args.mct:
             record(f"MCT {peers.mct_version()} mixed CR {cr:g}", peers.mct_mixed_precision(model, calib, float_bytes / cr))
@@ -95,6 +98,8 @@ def main() -> None:
     parser.add_argument("--method", default="brecq", help="learned rounding method beside nearest")
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--calib-images", type=int, default=1024)
+    parser.add_argument("--weights-observer", choices=OBSERVERS,
+                        help="one weight observer at every width (default: lowbit's, mse below 8 bits, minmax from 8)")
     parser.add_argument("--mct", action="store_true", help="also run MCT mixed precision at the same budgets")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -118,6 +123,7 @@ def main() -> None:
                 + md_table(headers, rows) + "\n\n" + "\n".join(f"- {line}" for line in verdicts(runs, args)))
         title = f"Mixed precision over calibration draws: {name} on Fashion-MNIST"
         title += ", round-to-nearest" if args.method == "nearest" else f", {args.iters} steps"
+        title += f", {args.weights_observer} weight ranges at every width" if args.weights_observer else ""
         publish(section_key(name, args), title, body, write=not args.no_write)
 
 
