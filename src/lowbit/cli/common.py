@@ -45,9 +45,11 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activation-bits", default="8", help="2-16, fp16, or none for weights only (default: %(default)s)")
     g.add_argument("--dynamic-activations", action="store_true", help="per-batch activation ranges (e.g. 16-bit dynamic)")
     g.add_argument("--weights-observer", choices=OBSERVERS,
-                   help="default: mse below 8 bits, minmax otherwise; a choice holds at every width, mixed included")
+                   help="default: mse below 8 bits, minmax otherwise; a departure from the default "
+                        "holds at every width, mixed included")
     g.add_argument("--activation-observer", choices=OBSERVERS,
-                   help="default: mse below 8 bits, minmax otherwise; a choice holds at every width, mixed included")
+                   help="default: mse below 8 bits, minmax otherwise; a departure from the default "
+                        "holds at every width, mixed included")
     g.add_argument("--weights-grid", choices=("symmetric", "affine"),
                    help="weight grid (default: symmetric from 4 bits, affine below)")
     g.add_argument("--per-tensor-weights", action="store_true", help="one weight grid per layer instead of per channel")
