@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from lowbit.errors import LowbitError
 from lowbit.spec import (Bits, ObserverName, QuantSpec, activation_spec, check_bits, default_observer,
@@ -15,6 +15,12 @@ CONFIG_VERSION = 1
 # Placeholders for "the first/last weight layer", replaced by real names once the model is traced.
 FIRST_LAYER = "<first>"
 LAST_LAYER = "<last>"
+
+
+def _moved(value: Any, default: Callable[[Bits], Any], old: Bits, new: Bits) -> Any:
+    """A spec setting taken from width ``old`` to width ``new``: the old width's default becomes the new width's,
+    a departure from it (an explicit choice) is kept."""
+    return default(new) if value == default(old) else value
 
 
 @dataclass(frozen=True)
@@ -109,9 +115,8 @@ class QuantConfig:
         """
         bits = check_bits(bits, "weight bits")
         w = self.weights
-        observer = default_observer(bits) if w.observer == default_observer(w.bits) else w.observer
-        symmetric = default_weight_symmetry(bits) if w.symmetric == default_weight_symmetry(w.bits) else w.symmetric
-        return replace(w, bits=bits, observer=observer, symmetric=symmetric)
+        return replace(w, bits=bits, observer=_moved(w.observer, default_observer, w.bits, bits),
+                       symmetric=_moved(w.symmetric, default_weight_symmetry, w.bits, bits))
 
     def activations_at(self, bits: Bits) -> QuantSpec | None:
         """The default activation spec moved to another width (None when activations are not quantized); the
@@ -120,8 +125,7 @@ class QuantConfig:
             return None
         bits = check_bits(bits, "activation bits")
         a = self.activations
-        observer = default_observer(bits) if a.observer == default_observer(a.bits) else a.observer
-        return replace(a, bits=bits, observer=observer)
+        return replace(a, bits=bits, observer=_moved(a.observer, default_observer, a.bits, bits))
 
     def weight_spec_for(self, name: str) -> QuantSpec:
         """Spec of the weights of module ``name`` (the first matching override wins)."""
