@@ -6,8 +6,8 @@ order depends on which 1024 training images calibrate it. For each seed, a fresh
 precision (``hessian`` sensitivity, bit options 2/4/8, A8) with both, and MCT 2.6.1's mixed precision at the
 same budgets. Sizes count weight codes only (MCT's weights-memory measure). Reports each run, the mean and
 standard deviation per setting, and paired differences. Metrics: the full test split. ``--method nearest``
-runs round-to-nearest alone, cheap enough for many draws; ``--weights-observer mse`` picks every weight range by
-MSE, 8-bit layers included (MCT's threshold rule), where lowbit's default takes min/max from 8 bits up.
+runs round-to-nearest alone, cheap enough for many draws; ``--weights-observer minmax`` (or ``percentile``) sets
+every weight range another way than lowbit's default MSE search, to compare range rules.
 Run: python3 benchmarks/mixed_seeds.py --models resnet20 mobilenet_v2_small --seeds 0 1 2 --mct
 """
 
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--calib-images", type=int, default=1024)
     parser.add_argument("--weights-observer", choices=OBSERVERS,
-                        help="one weight observer at every width (default: lowbit's, mse below 8 bits, minmax from 8)")
+                        help="one weight observer at every width (default: lowbit's, mse)")
     parser.add_argument("--mct", action="store_true", help="also run MCT mixed precision at the same budgets")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()

@@ -3,17 +3,17 @@ from lowbit.config import QuantConfig
 
 def test_default_specs_follow_the_width():
     cfg = QuantConfig.from_bits(8, 8)
-    assert cfg.weights.observer == "minmax" and cfg.weights_at(4).observer == "mse"
+    assert cfg.weights.observer == "mse" and cfg.weights_at(4).observer == "mse"
     assert cfg.weights_at(4).symmetric and not cfg.weights_at(2).symmetric
     assert cfg.activations_at(4).observer == "mse" and cfg.activations_at(8).observer == "minmax"
 
 
 def test_explicit_choices_are_kept_at_every_width():
-    cfg = QuantConfig.from_bits(8, 8, weights_observer="mse", activation_observer="percentile",
+    cfg = QuantConfig.from_bits(8, 8, weights_observer="minmax", activation_observer="percentile",
                                 symmetric_weights=False)
     for bits in (2, 4, 8):
         w = cfg.weights_at(bits)
-        assert (w.bits, w.observer, w.symmetric) == (bits, "mse", False)
+        assert (w.bits, w.observer, w.symmetric) == (bits, "minmax", False)
         a = cfg.activations_at(bits)
         assert (a.bits, a.observer) == (bits, "percentile")
 

@@ -54,3 +54,16 @@ def test_activation_observer_sample_is_bounded():
     assert obs.n_sampled <= 1 << 20
     scale, _ = obs.qparams()
     assert torch.isfinite(scale)
+
+
+def test_default_8_bit_weight_ranges_never_lose_to_minmax_per_channel():
+    from lowbit.spec import weight_spec
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(16, 2048, generator=g) ** 5
+    default, minmax = weight_spec(8), weight_spec(8, observer="minmax")
+    errors = []
+    for spec in (default, minmax):
+        scale, zp = static_qparams(w, spec)
+        qmin, qmax = qmath.qrange(spec.bits, spec.symmetric)
+        errors.append(qmath.quantization_error(w, scale.view(-1, 1), zp.view(-1, 1), qmin, qmax, (1,)))
+    assert torch.all(errors[0] <= errors[1]) and errors[0].sum() < 0.99 * errors[1].sum()

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from lowbit.errors import LowbitError
-from lowbit.spec import (Bits, ObserverName, QuantSpec, activation_spec, check_bits, default_observer,
-                         default_weight_symmetry, weight_spec)
+from lowbit.spec import (Bits, ObserverName, QuantSpec, activation_spec, check_bits, default_activation_observer,
+                         default_weight_observer, default_weight_symmetry, weight_spec)
 
 CONFIG_VERSION = 1
 # Placeholders for "the first/last weight layer", replaced by real names once the model is traced.
@@ -102,7 +102,7 @@ class QuantConfig:
         if first_last_bits is not None:
             fl = check_bits(first_last_bits, "first_last_bits")
             overrides += tuple(Override(p, weights=weight_spec(fl, weights_observer, symmetric_weights, per_channel),
-                                        activations=(replace(activations, bits=fl, observer=activation_observer or default_observer(fl))
+                                        activations=(replace(activations, bits=fl, observer=activation_observer or default_activation_observer(fl))
                                                      if activations else None))
                                for p in (FIRST_LAYER, LAST_LAYER))
         return cls(weights=weights, activations=activations, overrides=overrides, **kwargs)
@@ -111,11 +111,12 @@ class QuantConfig:
         """The default weight spec moved to another width (for mixed precision and overrides).
 
         Observer and grid symmetry follow the new width where the default spec has its own width's defaults;
-        a choice that departs from them (``weights_observer="mse"`` at 8 bits) is kept at every width.
+        a choice that departs from them (``weights_observer="minmax"``, ``symmetric_weights=False`` at 4 bits) is
+        kept at every width.
         """
         bits = check_bits(bits, "weight bits")
         w = self.weights
-        return replace(w, bits=bits, observer=_moved(w.observer, default_observer, w.bits, bits),
+        return replace(w, bits=bits, observer=_moved(w.observer, default_weight_observer, w.bits, bits),
                        symmetric=_moved(w.symmetric, default_weight_symmetry, w.bits, bits))
 
     def activations_at(self, bits: Bits) -> QuantSpec | None:
@@ -125,7 +126,7 @@ class QuantConfig:
             return None
         bits = check_bits(bits, "activation bits")
         a = self.activations
-        return replace(a, bits=bits, observer=_moved(a.observer, default_observer, a.bits, bits))
+        return replace(a, bits=bits, observer=_moved(a.observer, default_activation_observer, a.bits, bits))
 
     def weight_spec_for(self, name: str) -> QuantSpec:
         """Spec of the weights of module ``name`` (the first matching override wins)."""

@@ -45,8 +45,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activation-bits", default="8", help="2-16, fp16, or none for weights only (default: %(default)s)")
     g.add_argument("--dynamic-activations", action="store_true", help="per-batch activation ranges (e.g. 16-bit dynamic)")
     g.add_argument("--weights-observer", choices=OBSERVERS,
-                   help="default: mse below 8 bits, minmax otherwise; a departure from the default "
-                        "holds at every width, mixed included")
+                   help="default: mse at every width; a choice holds at every width, mixed included")
     g.add_argument("--activation-observer", choices=OBSERVERS,
                    help="default: mse below 8 bits, minmax otherwise; a departure from the default "
                         "holds at every width, mixed included")
