@@ -2,7 +2,7 @@ import torch
 
 from lowbit import qmath
 from lowbit.observers import ActivationObserver, static_qparams
-from lowbit.spec import QuantSpec
+from lowbit.spec import QuantSpec, weight_spec
 
 
 def _err(x, spec, scale, zp):
@@ -57,7 +57,6 @@ def test_activation_observer_sample_is_bounded():
 
 
 def test_default_8_bit_weight_ranges_never_lose_to_minmax_per_channel():
-    from lowbit.spec import weight_spec
     g = torch.Generator().manual_seed(1)
     w = torch.randn(16, 2048, generator=g) ** 5
     default, minmax = weight_spec(8), weight_spec(8, observer="minmax")

@@ -62,11 +62,11 @@ def test_pinned_first_and_last_layers_and_size_in_mib(net, data):
 
 
 def test_explicit_weight_observer_and_grid_hold_on_every_mixed_layer(net, data):
-    q = lowbit.quantize(net, data, weights_bits=8, activation_bits=8, weights_observer="mse",
+    q = lowbit.quantize(net, data, weights_bits=8, activation_bits=8, weights_observer="minmax",
                         symmetric_weights=False, mixed=Budget(weights_cr=6), sensitivity_images=64)
     specs = [l.weight_quant.spec for _, l in quant_layers(q)]
     assert len({s.bits for s in specs}) > 1
-    assert all(s.observer == "mse" and not s.symmetric for s in specs)
+    assert all(s.observer == "minmax" and not s.symmetric for s in specs)
 
 
 def test_mixed_activations_under_a_bops_budget(net, data):
