@@ -38,8 +38,8 @@ def hessian_scores(copies: dict[int, nn.Module], images: torch.Tensor, layers: l
     with torch.no_grad():
         weight_errors = [{b: dict(copies[b].named_modules())[name].weight_quant.apply(w.detach()) - w.detach()
                           for b in weight_bits} for name, w in zip(layers, params)]
-    weight_sums = [{b: 0.0 for b in weight_bits} for _ in layers]
-    act_sums: dict[str, dict[int, float]] = {name: {b: 0.0 for b in act_bits} for name in acts}
+    weight_sums: list[dict[int, torch.Tensor | float]] = [{b: 0.0 for b in weight_bits} for _ in layers]
+    act_sums: dict[str, dict[int, torch.Tensor | float]] = {name: {b: 0.0 for b in act_bits} for name in acts}
     act_quantizers = {b: {name: dict(copies[b].named_modules())[name] for name in acts} for b in act_bits}
     captured: dict[str, torch.Tensor] = {}
 
@@ -70,10 +70,14 @@ def hessian_scores(copies: dict[int, nn.Module], images: torch.Tensor, layers: l
                                                    weight_errors + act_errors, grads):
                             if g is not None:
                                 for b, d in errors.items():
-                                    sums[b] += float((g * d).sum()) ** 2
+                                    sums[b] += (g * d).sum().double().square()  # a tensor: no device sync
     finally:
         for h in hooks:
             h.remove()
     per_image = 0.5 / (n_probes * len(images))
-    weights = {name: {b: s * per_image for b, s in sums.items()} for name, sums in zip(layers, weight_sums)}
-    return Scores(weights, {name: {b: s * per_image for b, s in sums.items()} for name, sums in act_sums.items()})
+
+    def scores(sums: dict[int, torch.Tensor | float]) -> dict[int, float]:
+        return {b: float(s) * per_image for b, s in sums.items()}
+
+    return Scores({name: scores(sums) for name, sums in zip(layers, weight_sums)},
+                  {name: scores(sums) for name, sums in act_sums.items()})
