@@ -7,9 +7,9 @@ from torch.func import functional_call, jvp
 
 from lowbit.config import QuantConfig
 from lowbit.mixed.allocate import SENSITIVITIES, calibrated_copies
-from lowbit.mixed.sensitivity import float_mode
 from lowbit.mixed.hessian_sensitivity import hessian_scores
 from lowbit.mixed.orthogonality import layer_importance, orthogonality_matrix, centred_gram
+from lowbit.mixed.sensitivity import float_mode
 
 FRAGILE = "2"
 

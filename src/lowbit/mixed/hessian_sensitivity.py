@@ -36,11 +36,11 @@ def hessian_scores(copies: dict[int, nn.Module], images: torch.Tensor, layers: l
     modules = dict(base.named_modules())
     params = [modules[name].weight for name in layers]
     with torch.no_grad():
-        weight_errors = [{b: dict(copies[b].named_modules())[name].weight_quant.apply(w.detach()) - w.detach()
+        weight_errors = [{b: copies[b].get_submodule(name).weight_quant.apply(w.detach()) - w.detach()
                           for b in weight_bits} for name, w in zip(layers, params)]
     weight_sums: list[dict[int, torch.Tensor | float]] = [{b: 0.0 for b in weight_bits} for _ in layers]
     act_sums: dict[str, dict[int, torch.Tensor | float]] = {name: {b: 0.0 for b in act_bits} for name in acts}
-    act_quantizers = {b: {name: dict(copies[b].named_modules())[name] for name in acts} for b in act_bits}
+    act_quantizers = {b: {name: copies[b].get_submodule(name) for name in acts} for b in act_bits}
     captured: dict[str, torch.Tensor] = {}
 
     def capture(name: str, out: torch.Tensor) -> torch.Tensor:
