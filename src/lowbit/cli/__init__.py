@@ -16,7 +16,7 @@ from lowbit.errors import LowbitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lowbit.cli import files, mixed, quantize, synth, train
+    from lowbit.cli import deploy, files, mixed, quantize, synth, train
 
     parser = argparse.ArgumentParser(prog="lowbit", description="Post-training quantization for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     mixed.add_parsers(sub)
     synth.add_parsers(sub)
     files.add_parsers(sub)
+    deploy.add_parsers(sub)
     train.add_parsers(sub)
     return parser
 

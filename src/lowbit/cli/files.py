@@ -1,4 +1,5 @@
-"""``lowbit eval`` and ``lowbit info``: evaluate or describe a saved ``.lowbit`` file."""
+"""``lowbit eval`` and ``lowbit info``: evaluate or describe a saved ``.lowbit`` file (eval also takes exported
+``.onnx`` files, run by onnxruntime)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import onnx
+
 from lowbit.cli.common import add_data_args, load_data
 from lowbit.cli.quantize import write_json
+from lowbit.deploy.runtime import OnnxClassifier
 from lowbit.evaluate import evaluate
 from lowbit.io.lowbit_file import load, read_metadata
 from lowbit.report import METRIC_HEADERS, human_bytes, metrics_row, table
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("eval", help="evaluate a .lowbit file on a dataset's test split")
-    e.add_argument("file")
+    e = sub.add_parser("eval", help="evaluate a .lowbit file (or an exported .onnx file) on a dataset's test split")
+    e.add_argument("file", help="a .lowbit file, or an .onnx file run by onnxruntime")
     add_data_args(e, default=None)
     e.add_argument("--json", help="write the metrics to this JSON file")
     e.add_argument("--per-class", action="store_true", help="also print per-class precision, recall and F1")
@@ -27,12 +31,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(func=run_info)
 
 
+def _load_onnx(args: argparse.Namespace) -> OnnxClassifier:
+    """An exported file under onnxruntime, evaluated on the dataset named in it unless --dataset says otherwise."""
+    model = OnnxClassifier(args.file)
+    props = {p.key: p.value for p in onnx.load(args.file, load_external_data=False).metadata_props}
+    args.dataset = args.dataset or props.get("lowbit.dataset") or "fashion-mnist"
+    return model
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    meta = read_metadata(args.file)
-    if args.dataset is None:
-        args.dataset = (meta.get("dataset") or {}).get("name") or "fashion-mnist"
-    qmodel = load(args.file)
+    if Path(args.file).suffix.lower() == ".onnx":
+        qmodel, meta = _load_onnx(args), {}
+    else:
+        meta = read_metadata(args.file)
+        args.dataset = args.dataset or (meta.get("dataset") or {}).get("name") or "fashion-mnist"
+        qmodel = load(args.file)
     test_set, info = load_data(args, "test")
+    if isinstance(qmodel, OnnxClassifier):
+        qmodel.check_input(info.input_shape, info.num_classes)
     start = time.perf_counter()
     metrics = evaluate(qmodel, test_set, class_names=info.classes, progress=not args.quiet)
     seconds = time.perf_counter() - start

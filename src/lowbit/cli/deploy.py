@@ -1,0 +1,126 @@
+"""``lowbit export`` and ``lowbit bench``: a ``.lowbit`` file as ONNX for onnxruntime, and how fast each form runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lowbit.cli.common import add_data_args, load_data
+from lowbit.cli.quantize import write_json
+from lowbit.data import labelled_batches
+from lowbit.deploy import export, export_float
+from lowbit.deploy.bench import FORMS, bench_model, float_view
+from lowbit.deploy.runtime import OnnxClassifier, kernel_summary, optimized_op_counts
+from lowbit.errors import LowbitError
+from lowbit.io.lowbit_file import load, read_metadata
+from lowbit.models import default_input_shape
+from lowbit.report import human_bytes, table
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("export", help="write a .lowbit file as ONNX (QDQ form) for onnxruntime and other runtimes")
+    e.add_argument("file", help="a .lowbit file")
+    e.add_argument("--out", help="the .onnx file to write (default: beside the input, with .onnx)")
+    e.add_argument("--signed-weights", action="store_true",
+                   help="keep 8-bit weight codes as int8 (TensorRT) instead of uint8 (onnxruntime on x86 CPUs)")
+    e.add_argument("--input-shape", help="C,H,W of one input (default: the shape recorded at quantization)")
+    e.add_argument("--check-images", type=int, default=1000,
+                   help="test images on which the ONNX and PyTorch outputs are compared (0: no check)")
+    add_data_args(e, default=None)
+    e.set_defaults(func=run_export)
+    b = sub.add_parser("bench", help="latency and throughput: float, simulated, onnxruntime fp32 and int8")
+    b.add_argument("file", help="a .lowbit file")
+    b.add_argument("--batch-size", type=int, nargs="+", default=[1, 64], help="batch sizes (default: 1 64)")
+    b.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads for every form")
+    b.add_argument("--repeats", type=int, default=20, help="timed runs per form and batch size (median reported)")
+    b.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    b.add_argument("--input-shape", help="C,H,W of one input (default: the shape recorded at quantization)")
+    b.add_argument("--json", help="write the timings to this JSON file")
+    b.set_defaults(func=run_bench)
+
+
+def input_shape(args: argparse.Namespace, meta: dict) -> tuple[int, ...]:
+    """``--input-shape``, else the dataset shape saved with the model, else the architecture's usual shape."""
+    if args.input_shape:
+        try:
+            shape = tuple(int(v) for v in args.input_shape.split(","))
+        except ValueError:
+            shape = ()
+        if not shape or min(shape) < 1:
+            raise LowbitError(f"bad --input-shape {args.input_shape!r}; write C,H,W, e.g. 3,224,224")
+        return shape
+    if (meta.get("dataset") or {}).get("input_shape"):
+        return tuple(meta["dataset"]["input_shape"])
+    if (meta.get("arch") or {}).get("name"):
+        return default_input_shape(meta["arch"]["name"])
+    raise LowbitError("this file records no input shape; pass --input-shape C,H,W")
+
+
+def _check_outputs(args: argparse.Namespace, meta: dict, qmodel: torch.nn.Module, onnx_path: Path) -> str:
+    """Compare the ONNX file under onnxruntime with the PyTorch model on test images."""
+    args.dataset = args.dataset or (meta.get("dataset") or {}).get("name")
+    if not args.dataset or args.check_images <= 0:
+        return "outputs not compared (no dataset recorded; pass --dataset to compare on its test images)"
+    test_set, _ = load_data(args, "test")
+    runtime = OnnxClassifier(onnx_path)
+    agree, total, max_diff = 0, 0, 0.0
+    with torch.inference_mode():
+        for x, _ in labelled_batches(test_set, 250):
+            x = x[: args.check_images - total]
+            if len(x) == 0:
+                break
+            ours, theirs = qmodel(x), runtime(x)
+            agree += int((ours.argmax(1) == theirs.argmax(1)).sum())
+            max_diff = max(max_diff, float((ours - theirs).abs().max()))
+            total += len(x)
+    return (f"onnxruntime vs lowbit on {total} {args.dataset} test images: same top-1 class for "
+            f"{100 * agree / total:.2f}%, largest output difference {max_diff:.4f}")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    source = Path(args.file)
+    out = Path(args.out) if args.out else source.with_suffix(".onnx")
+    if out.resolve() == source.resolve():
+        raise LowbitError(f"--out {out} is the input file; choose another name, e.g. {source.with_suffix('.onnx')}")
+    meta = read_metadata(source)
+    qmodel = load(source)
+    shape = input_shape(args, meta)
+    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    report = export(qmodel, out, example, signed_weights=args.signed_weights,
+                    metadata={"lowbit.dataset": str((meta.get("dataset") or {}).get("name") or ""),
+                              "lowbit.source": source.name})
+    with tempfile.TemporaryDirectory() as tmp:
+        float_bytes = os.path.getsize(export_float(float_view(qmodel), Path(tmp) / "float.onnx", example))
+    counts = optimized_op_counts(out)
+    integer, floating = kernel_summary(counts)
+    print(f"wrote {out} ({human_bytes(report.bytes)}, {report.bytes / float_bytes:.3f}x the float ONNX file "
+          f"of {human_bytes(float_bytes)}; {report.four_bit_initializers} weight tensors in 4-bit types)")
+    kernels = ", ".join(f"{op} x{n}" for op, n in sorted(counts.items()) if n and op.startswith(("QLinear", "QGemm",
+                        "MatMulInteger", "ConvInteger", "DynamicQuantize")))
+    print(f"onnxruntime (CPU) runs {integer} integer kernels ({kernels or 'none'}) and {floating} float "
+          "convolutions/matmuls")
+    for line in report.float_compute:
+        print(f"  in float: {line}")
+    print(_check_outputs(args, meta, qmodel, out))
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    meta = read_metadata(args.file)
+    if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1:
+        raise LowbitError("--threads, --repeats and --batch-size must be at least 1 and --warmup at least 0")
+    qmodel = load(args.file)
+    timings = bench_model(qmodel, input_shape(args, meta), args.batch_size, args.threads, args.warmup, args.repeats)
+    rows = []
+    for t in timings:
+        base = next(b for b in timings if b.batch_size == t.batch_size and b.form == FORMS[0])
+        rows.append([t.form, t.batch_size, 1000 * t.median_s, t.images_per_s, f"{base.median_s / t.median_s:.2f}x"])
+    print(table(("form", "batch", "median ms", "images/s", "speed vs float"), rows))
+    print(f"{args.threads} thread(s), median of {args.repeats} runs after {args.warmup} warm-up runs")
+    if args.json:
+        write_json(args.json, {"file": args.file, "timings": [t.to_dict() for t in timings]})
+    return 0

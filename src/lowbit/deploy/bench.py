@@ -1,0 +1,90 @@
+"""Latency and throughput of one model in four forms: float PyTorch, lowbit's simulated model, onnxruntime on
+the float graph and onnxruntime on the QDQ graph (integer kernels)."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lowbit.deploy.onnx_export import export, export_float
+from lowbit.deploy.runtime import OnnxClassifier
+from lowbit.graph import activation_quantizers
+
+FORMS = ("float PyTorch", "lowbit simulated", "onnxruntime fp32", "onnxruntime int8")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median seconds per batch over ``repeats`` timed runs (after warm-up), and images per second."""
+
+    form: str
+    batch_size: int
+    median_s: float
+    images_per_s: float
+    threads: int
+    repeats: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def float_view(qmodel: nn.Module) -> nn.Module:
+    """The quantized model with every activation quantizer off: the float computation of the same graph, on the
+    dequantized weights (what a float model of this architecture costs)."""
+    model = copy.deepcopy(qmodel).cpu().eval()
+    for _, q in activation_quantizers(model):
+        q.set_state("off")
+    return model
+
+
+def bench_model(qmodel: nn.Module, input_shape: tuple[int, ...], batch_sizes: list[int], threads: int,
+                warmup: int = 3, repeats: int = 10, forms: tuple[str, ...] = FORMS,
+                work_dir: str | Path | None = None) -> list[Timing]:
+    """Time each of ``forms`` at each batch size on random inputs (timing does not depend on the values).
+
+    PyTorch and onnxruntime both run with ``threads`` intra-op threads. The ONNX files are written to
+    ``work_dir`` (a temporary folder by default).
+    """
+    torch.set_num_threads(threads)
+    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(work_dir or tmp)
+        runners: dict[str, nn.Module] = {}
+        if "float PyTorch" in forms or "onnxruntime fp32" in forms:
+            runners["float PyTorch"] = float_view(qmodel)
+        if "lowbit simulated" in forms:
+            runners["lowbit simulated"] = qmodel.cpu().eval()
+        if "onnxruntime fp32" in forms:
+            runners["onnxruntime fp32"] = OnnxClassifier(
+                export_float(runners["float PyTorch"], folder / "float.onnx", example), threads)
+        if "onnxruntime int8" in forms:
+            runners["onnxruntime int8"] = OnnxClassifier(export(qmodel, folder / "int8.onnx", example).path, threads)
+        timings = []
+        for batch in batch_sizes:
+            x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(batch))
+            for form in forms:
+                model = runners[form]
+                with torch.inference_mode():
+                    seconds = median_seconds(lambda: model(x), warmup, repeats)
+                timings.append(Timing(form, batch, seconds, batch / seconds, threads, repeats))
+        return timings

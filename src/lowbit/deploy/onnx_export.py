@@ -1,0 +1,139 @@
+"""``lowbit.deploy``: a frozen quantized model to an ONNX file in QDQ form.
+
+The graph comes from PyTorch's own exporter (torch.export, then onnxscript's translation and optimizer), with
+lowbit's quantizers translated by :mod:`lowbit.deploy.onnx_ops`. The one change made to the exporter's output:
+weight codes of 4 bits and below are stored as ONNX ``INT4``/``UINT4`` initializers (torch has no 4-bit
+tensors), each read through a ``Cast`` to 8 bits, which onnxruntime folds when the session starts so that its
+integer convolution and matmul kernels take these layers too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.deploy.onnx_modules import DequantizedWeight, ExportNotes, exportable
+from lowbit.deploy.onnx_ops import TRANSLATIONS
+from lowbit.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+OPSET = 21  # the first opset with 4-bit integer types and 16-bit QuantizeLinear
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+FOUR_BIT = {np.dtype(np.int8): ml_dtypes.int4, np.dtype(np.uint8): ml_dtypes.uint4}
+
+
+@dataclass
+class ExportReport:
+    """What was written, and what onnxruntime will compute in float rather than on integers."""
+
+    path: Path
+    bytes: int
+    four_bit_initializers: int
+    float_compute: list[str] = field(default_factory=list)
+
+
+def _four_bit_codes(model: nn.Module) -> set[str]:
+    """Names (as the exporter writes initializers) of the weight codes that fit in 4 bits."""
+    names = set()
+    for name, m in model.named_modules():
+        if isinstance(m, DequantizedWeight) and not m.float16 and m.bits[1] - m.bits[0] <= 15:
+            names.add(f"{name}.codes")
+    return names
+
+
+def store_four_bit(proto: onnx.ModelProto, names: set[str]) -> int:
+    """Retype the named 8-bit initializers as INT4/UINT4 and read each through a Cast back to its 8-bit type."""
+    graph = proto.graph
+    done = 0
+    for init in graph.initializer:
+        if init.name not in names:
+            continue
+        values = numpy_helper.to_array(init)
+        if values.dtype not in FOUR_BIT:
+            continue
+        wide = init.name
+        narrow = f"{wide}.int4"
+        init.CopyFrom(numpy_helper.from_array(values.astype(FOUR_BIT[values.dtype]), narrow))  # two codes a byte
+        cast = helper.make_node("Cast", [narrow], [wide], name=f"{wide}.cast",
+                                to=helper.np_dtype_to_tensor_dtype(values.dtype))
+        graph.node.insert(0, cast)
+        done += 1
+    return done
+
+
+def _drop_node_provenance(proto: onnx.ModelProto) -> None:
+    """Remove the exporter's per-node debugging records (Python stack traces, module paths): in a small model
+    they weigh more than the 4-bit weights, and no runtime reads them."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+
+
+def _torch_export(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1)
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), torch.no_grad():
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False,
+                                        custom_translation_table=TRANSLATIONS)
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the user needs the first line
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise LowbitError(f"the ONNX exporter could not export this model ({type(exc).__name__}: {first.strip()}); "
+                          "replace that operation or make the model traceable by torch.export") from None
+    proto = program.model_proto
+    _drop_node_provenance(proto)
+    return proto
+
+
+def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tensor, *,
+           signed_weights: bool = False, metadata: dict[str, str] | None = None) -> ExportReport:
+    """Write the frozen quantized ``qmodel`` to ``path`` as ONNX (opset 21, QDQ form) and say what runs in float.
+
+    ``example_input`` is one batch of model inputs (its batch size is not fixed in the file). The file needs
+    only onnxruntime (or any runtime that reads QDQ ONNX) to run. 8-bit weight codes are stored unsigned
+    (offset by 128, the same values) for onnxruntime's x86 kernels; ``signed_weights=True`` keeps them int8,
+    as TensorRT requires. ``metadata`` is written into the file's metadata properties.
+    """
+    if not isinstance(example_input, torch.Tensor) or not example_input.is_floating_point():
+        raise LowbitError("example_input must be a float tensor shaped like one batch of model inputs")
+    model, notes = exportable(qmodel, signed_weights)
+    example = example_input.detach().float().cpu()
+    try:
+        with torch.no_grad():
+            model(example)
+    except RuntimeError as exc:
+        raise LowbitError(f"the model does not run on an input of shape {tuple(example.shape)} ({exc}); "
+                          "pass an example input of the shape it was quantized for") from None
+    proto = _torch_export(model, example)
+    packed = store_four_bit(proto, _four_bit_codes(model))
+    onnx.helper.set_model_props(proto, {"producer": "lowbit", **(metadata or {})})
+    onnx.checker.check_model(proto, full_check=True)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return ExportReport(path, path.stat().st_size, packed, notes.float_compute)
+
+
+def export_float(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor) -> Path:
+    """The float model as ONNX (the baseline for size and speed, and the input of onnxruntime's quantizer)."""
+    proto = _torch_export(model.cpu().eval(), example_input.detach().float().cpu())
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return path
+
+
+__all__ = ["export", "export_float", "ExportReport", "ExportNotes", "OPSET"]

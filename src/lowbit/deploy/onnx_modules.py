@@ -1,0 +1,215 @@
+"""Export-time stand-ins for lowbit's quantized modules.
+
+:func:`exportable` copies a frozen quantized model and swaps every ``Quantizer`` and quantized layer for a
+module built from the custom ops of :mod:`lowbit.deploy.onnx_ops`: weights become integer buffers (the file's
+initializers) dequantized per channel, activation quantizers become quantize-dequantize pairs on their own
+grid. Everything else (the traced graph, norms, pooling, attention) is left as it is. The copy computes what
+the quantized model computes, so it is also the reference the ONNX file is checked against.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit import qmath
+from lowbit.errors import LowbitError
+from lowbit.deploy import onnx_ops  # noqa: F401 - registers torch.ops.lowbit
+from lowbit.graph import layer_input_quantizers
+from lowbit.layers import QConv2d, QLinear, QuantLayer, quant_layers
+from lowbit.quantizer import Quantizer
+
+INT32_MAX = 2**31 - 1
+INTEGER_KERNEL_GRID = (0, 255)  # the activation grid onnxruntime's CPU integer kernels take (uint8)
+UNSIGNED_OFFSET = 128
+
+
+def codes_dtype(qmin: int, qmax: int) -> torch.dtype:
+    """The torch type that stores ``[qmin, qmax]`` codes; 4-bit types are made when the ONNX file is written."""
+    if qmin >= 0:
+        return torch.uint8 if qmax <= 255 else torch.int32
+    return torch.int8 if qmin >= -128 else torch.int16
+
+
+def store_unsigned(qmin: int, qmax: int, signed_weights: bool) -> bool:
+    """Whether signed 8-bit codes are stored as uint8 with 128 added to codes and zero points (the same real
+    values). onnxruntime's x86 kernels multiply uint8 activations by int8 weights with an instruction that
+    saturates 16-bit pair sums on CPUs without VNNI, which 8-bit weight codes can reach; uint8 weights take a
+    kernel that does not. Grids of 7 bits and fewer cannot saturate, and TensorRT wants signed weights."""
+    return not signed_weights and -128 <= qmin < -64 and qmax <= 127
+
+
+@dataclass
+class ExportNotes:
+    """What the export could not express as integer computation in onnxruntime, for the user to read."""
+
+    float_compute: list[str] = field(default_factory=list)
+
+    def add(self, line: str) -> None:
+        if line not in self.float_compute:
+            self.float_compute.append(line)
+
+
+class QDQ(nn.Module):
+    """A static activation quantizer: quantize-dequantize on a calibrated per-tensor grid."""
+
+    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().float().reshape(()))
+        self.register_buffer("zero_point", zero_point.detach().to(torch.int32).reshape(()))
+        self.qmin, self.qmax = qmin, qmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.lowbit.quantize_dequantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+
+class DynamicQDQ(nn.Module):
+    """A dynamic activation quantizer: the grid comes from each input's own range."""
+
+    def __init__(self, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.qmin, self.qmax = qmin, qmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.lowbit.dynamic_quantize_dequantize(x, self.qmin, self.qmax)
+
+
+class Float16Cast(nn.Module):
+    """An fp16 activation quantizer: rounding to half precision and back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return qmath.fake_quantize_fp16(x)
+
+
+def export_quantizer(q: Quantizer | None, notes: ExportNotes) -> nn.Module:
+    """The export-time module of an activation quantizer (identity when it is off)."""
+    if q is None or q.state != "quantize":
+        return nn.Identity()
+    if q.spec.is_fp16:
+        return Float16Cast()
+    qmin, qmax = q.qrange
+    if q.spec.dynamic:
+        if (qmin, qmax) != INTEGER_KERNEL_GRID:
+            notes.add(f"{q.spec.bits}-bit dynamic activations: quantized and dequantized in the graph, then "
+                      "computed in float (onnxruntime's dynamic integer kernels take 8 bits only)")
+        return DynamicQDQ(qmin, qmax)
+    if (qmin, qmax) != INTEGER_KERNEL_GRID:
+        notes.add(f"{q.spec.bits}-bit activations: exact {q.spec.bits}-bit grid, computed in float after "
+                  "dequantization (onnxruntime has integer kernels for 8-bit activations only)")
+    return QDQ(q.scale, q.zero_point, qmin, qmax)
+
+
+class DequantizedWeight(nn.Module):
+    """Integer weight codes with their per-channel grid, and the bias (integer when the layer can run on
+    integer kernels, as onnxruntime's fused kernels need an int32 bias on the input-times-weight scale)."""
+
+    def __init__(self, layer: QuantLayer, input_grid: tuple[torch.Tensor, int, int] | None,
+                 signed_weights: bool = False) -> None:
+        super().__init__()
+        wq = layer.weight_quant
+        self.float16 = wq.spec.is_fp16
+        weight = layer.weight.detach()
+        bias = layer.bias.detach() if layer.bias is not None else None
+        if self.float16:
+            self.register_buffer("codes", layer.qweight.detach().to(torch.float16))
+            self.register_buffer("bias", bias)
+            return
+        qmin, qmax = wq.qrange
+        channels = weight.shape[0]
+        codes, zero_point = layer.qweight.detach(), wq.zero_point.detach()
+        if store_unsigned(qmin, qmax, signed_weights):
+            qmin, qmax = qmin + UNSIGNED_OFFSET, qmax + UNSIGNED_OFFSET
+            codes, zero_point = codes + UNSIGNED_OFFSET, zero_point + UNSIGNED_OFFSET
+        dtype = codes_dtype(qmin, qmax)
+        self.register_buffer("codes", codes.to(dtype))
+        self.register_buffer("scale", wq.scale.detach().float().expand(channels).contiguous())
+        self.register_buffer("zero_point", zero_point.to(dtype).expand(channels).contiguous())
+        self.bits = (qmin, qmax)
+        self.bias_codes = bias is not None and input_grid is not None
+        if self.bias_codes:
+            input_scale = input_grid[0].detach().float().reshape(())
+            bias_scale = (input_scale * self.scale).clamp_min(qmath.MIN_SCALE)
+            codes = torch.round(bias.float() / bias_scale).clamp(-INT32_MAX, INT32_MAX).to(torch.int32)
+            self.register_buffer("bias_q", codes)
+            self.register_buffer("bias_scale", bias_scale)
+            self.register_buffer("bias_zero_point", torch.zeros(channels, dtype=torch.int32))
+        else:
+            self.register_buffer("bias", bias)
+
+    def weight(self) -> torch.Tensor:
+        if self.float16:
+            return self.codes.float()
+        return torch.ops.lowbit.dequantize(self.codes, self.scale, self.zero_point, 0)
+
+    def bias_value(self) -> torch.Tensor | None:
+        if not self.float16 and self.bias_codes:
+            return torch.ops.lowbit.dequantize(self.bias_q, self.bias_scale, self.bias_zero_point, 0)
+        return self.bias
+
+
+class ExportedConv2d(nn.Module):
+    def __init__(self, layer: QConv2d, weight: DequantizedWeight, input_quant: nn.Module) -> None:
+        super().__init__()
+        self.w, self.input_quant = weight, input_quant
+        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+        if layer.padding_mode != "zeros":
+            raise LowbitError(f"padding_mode={layer.padding_mode!r} cannot be exported; use zero padding")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.input_quant(x), self.w.weight(), self.w.bias_value(), self.stride, self.padding,
+                        self.dilation, self.groups)
+
+
+class ExportedLinear(nn.Module):
+    def __init__(self, weight: DequantizedWeight, input_quant: nn.Module) -> None:
+        super().__init__()
+        self.w, self.input_quant = weight, input_quant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quant(x), self.w.weight(), self.w.bias_value())
+
+
+def _input_grid(q: Quantizer | None) -> tuple[torch.Tensor, int, int] | None:
+    """The static 8-bit grid feeding a layer, the one case where onnxruntime runs the layer on integers."""
+    if q is None or q.state != "quantize" or q.spec.is_fp16 or q.spec.dynamic or q.qrange != INTEGER_KERNEL_GRID:
+        return None
+    return q.scale, *q.qrange
+
+
+def _set_module(root: nn.Module, qualname: str, module: nn.Module) -> None:
+    parent, _, name = qualname.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def exportable(qmodel: nn.Module, signed_weights: bool = False) -> tuple[nn.Module, ExportNotes]:
+    """A copy of the frozen ``qmodel`` made of exportable modules, and what will run in float.
+
+    ``signed_weights`` keeps 8-bit symmetric weight codes as int8 (see :func:`store_unsigned`)."""
+    notes = ExportNotes()
+    model = copy.deepcopy(qmodel).cpu().eval()
+    inputs = layer_input_quantizers(model)
+    for name, layer in list(quant_layers(model)):
+        if layer.weight_quant.state != "quantize":
+            notes.add(f"{name}: weights left in float")
+            continue
+        if not layer.frozen:
+            raise LowbitError(f"layer {name} is not frozen; export models returned by lowbit.quantize or lowbit.load")
+        feeding = model.get_submodule(inputs[name]) if name in inputs else None
+        if _input_grid(feeding) is None and not layer.weight_quant.spec.is_fp16:
+            notes.add(f"{name}: input not on an 8-bit static grid, so the layer computes in float on its "
+                      "dequantized integer weights")
+        if layer.weight_quant.spec.is_fp16:
+            notes.add("fp16 weights: stored as float16 and computed in float32 (onnxruntime's CPU kernels "
+                      "have no float16 convolution)")
+        weight = DequantizedWeight(layer, _input_grid(feeding), signed_weights)
+        own_input = export_quantizer(layer.input_quant, notes)
+        swapped = ExportedConv2d(layer, weight, own_input) if isinstance(layer, nn.Conv2d) \
+            else ExportedLinear(weight, own_input)
+        _set_module(model, name, swapped)
+    for name, q in [(n, m) for n, m in model.named_modules() if isinstance(m, Quantizer)]:
+        _set_module(model, name, export_quantizer(q, notes))
+    return model, notes

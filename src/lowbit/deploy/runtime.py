@@ -1,0 +1,93 @@
+"""Running exported files in onnxruntime: a session that behaves like a classifier module, and what
+onnxruntime's optimizer turned the graph into (integer kernels or float ones)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from lowbit.errors import LowbitError
+
+# Kernels that compute on integers (onnxruntime's fused forms of QDQ groups, and ONNX's own integer ops)
+INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm",
+                         "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul",
+                         "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid",
+                         "QLinearLeakyRelu", "QLinearSoftmax", "NhwcQLinearConv"})
+FLOAT_COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm"})
+
+
+def session_options(threads: int | None = None,
+                    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.log_severity_level = 3  # errors only: the optimizer's notes are not the user's concern
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def open_session(path: str | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session on ``path``, with one clear error for a file that is not a usable model."""
+    path = Path(path)
+    if not path.is_file():
+        raise LowbitError(f"file not found: {path}; check the path")
+    try:
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise LowbitError(f"{path} is not an ONNX model onnxruntime can run ({first.strip()[:200]}); "
+                          "pass a file written by `lowbit export`") from None
+
+
+class OnnxClassifier(nn.Module):
+    """An onnxruntime session behind ``nn.Module``'s call, so lowbit's evaluation runs it unchanged."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.session = open_session(path, threads)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) not in (2, 4):
+            raise LowbitError(f"{path} is not an image classifier (it takes {len(inputs)} inputs and gives "
+                              f"{len(outputs)} outputs); pass a file written by `lowbit export`")
+        self.input_name = inputs[0].name
+        self.input_shape = inputs[0].shape
+
+    def check_input(self, shape: tuple[int, ...], num_classes: int) -> None:
+        """One line if the dataset's images or classes do not fit this model."""
+        expected = [d if isinstance(d, int) else None for d in self.input_shape[1:]]
+        if len(expected) != len(shape) or any(e is not None and e != s for e, s in zip(expected, shape)):
+            raise LowbitError(f"{self.path} takes inputs of shape {self.input_shape[1:]} but the dataset's images are "
+                              f"{list(shape)}; evaluate it on the dataset it was exported for")
+        out = self.session.get_outputs()[0].shape
+        if len(out) != 2 or (isinstance(out[1], int) and out[1] != num_classes):
+            raise LowbitError(f"{self.path} gives outputs of shape {out}, not scores for {num_classes} classes; "
+                              "evaluate it on the dataset it was exported for")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (out,) = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})
+        return torch.from_numpy(out)
+
+
+def optimized_op_counts(path: str | os.PathLike) -> Counter[str]:
+    """The operators of the graph onnxruntime actually runs on this CPU (after its QDQ fusions)."""
+    with tempfile.TemporaryDirectory() as d:
+        options = session_options(1, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+        options.optimized_model_filepath = os.path.join(d, "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+        return Counter(node.op_type for node in graph.node)
+
+
+def kernel_summary(counts: Counter[str]) -> tuple[int, int]:
+    """(integer compute kernels, float convolutions/matmuls) in an optimized graph."""
+    return (sum(n for op, n in counts.items() if op in INTEGER_OPS),
+            sum(n for op, n in counts.items() if op in FLOAT_COMPUTE_OPS))
