@@ -88,3 +88,16 @@ def test_fp16_rounding_saturates():
     y = qmath.fake_quantize_fp16(x)
     assert y[0] == torch.tensor(1.0 + 1e-4).half().float()
     assert torch.isfinite(y).all()
+
+
+@settings(deadline=None)
+@given(values_st, bits_st, st.booleans(), st.floats(2**-10, 8.0, width=32), st.integers(-3, 3))
+def test_inference_path_matches_the_trainable_one(values, bits, symmetric, scale, zp_offset):
+    x = torch.tensor(values)
+    qmin, qmax = qmath.qrange(bits, symmetric)
+    zp = torch.tensor([min(max(qmin + 2**(bits - 1) + zp_offset, qmin), qmax) if not symmetric else 0],
+                      dtype=torch.int32)
+    s = torch.tensor([scale])
+    expected = torch.tensor(naive_fake_quant(values, scale, int(zp), qmin, qmax), dtype=torch.float32)
+    assert torch.equal(qmath.fake_quantize_no_grad(x.clone(), s, zp, qmin, qmax), qmath.fake_quantize(x, s, zp, qmin, qmax))
+    assert torch.allclose(qmath.fake_quantize_no_grad(x, s, zp, qmin, qmax), expected, rtol=0, atol=1e-6 * (1 + scale))

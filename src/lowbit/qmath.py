@@ -67,6 +67,20 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     return (q - zp) * scale
 
 
+def fake_quantize_no_grad(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
+                          qmax: int) -> torch.Tensor:
+    """:func:`fake_quantize`'s values in four passes over ``x`` (one allocation) instead of eight, for inference.
+
+    ``clamp(round(v) + zp, qmin, qmax) - zp`` equals ``clamp(round(v), qmin - zp, qmax - zp)`` on integers,
+    so the zero point never touches the tensor itself. A single zero point on the CPU becomes a Python number
+    (clamping to scalars is faster, and reading it costs no device synchronization there).
+    """
+    zp = zero_point.to(x.dtype)
+    if zp.numel() == 1 and zp.device.type == "cpu":
+        zp = zp.item()
+    return torch.div(x, scale).round_().clamp_(qmin - zp, qmax - zp).mul_(scale)
+
+
 def fake_quantize_fp16(x: torch.Tensor) -> torch.Tensor:
     """Round to IEEE half precision and back (values beyond the fp16 range saturate instead of becoming inf)."""
     limit = torch.finfo(torch.float16).max

@@ -105,7 +105,9 @@ class Quantizer(nn.Module):
                 scale, zp = qmath.choose_qparams(x.min(), x.max(), int(self.spec.bits), self.spec.symmetric)
             return qmath.fake_quantize(x, scale, zp, qmin, qmax)
         scale, zp = self.grid(x.dim())
-        return qmath.fake_quantize(x, scale, zp, qmin, qmax)
+        if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+            return qmath.fake_quantize(x, scale, zp, qmin, qmax)
+        return qmath.fake_quantize_no_grad(x, scale, zp, qmin, qmax)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.state == "off" or not isinstance(x, torch.Tensor) or not x.is_floating_point():
