@@ -98,7 +98,7 @@ def run_export(args: argparse.Namespace) -> int:
     counts = optimized_op_counts(out)
     integer, floating = kernel_summary(counts)
     print(f"wrote {out} ({human_bytes(report.bytes)}, {report.bytes / float_bytes:.3f}x the float ONNX file "
-          f"of {human_bytes(float_bytes)}; {report.four_bit_initializers} weight tensors in 4-bit types)")
+          f"of {human_bytes(float_bytes)}; {report.narrowed_initializers} weight tensors in 4-bit or float16 types)")
     kernels = ", ".join(f"{op} x{n}" for op, n in sorted(counts.items()) if n and op.startswith(("QLinear", "QGemm",
                         "MatMulInteger", "ConvInteger", "DynamicQuantize")))
     print(f"onnxruntime (CPU) runs {integer} integer kernels ({kernels or 'none'}) and {floating} float "

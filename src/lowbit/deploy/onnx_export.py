@@ -4,7 +4,8 @@ The graph comes from PyTorch's own exporter (torch.export, then onnxscript's tra
 lowbit's quantizers translated by :mod:`lowbit.deploy.onnx_ops`. The one change made to the exporter's output:
 weight codes of 4 bits and below are stored as ONNX ``INT4``/``UINT4`` initializers (torch has no 4-bit
 tensors), each read through a ``Cast`` to 8 bits, which onnxruntime folds when the session starts so that its
-integer convolution and matmul kernels take these layers too.
+integer convolution and matmul kernels take these layers too; float16 weights, whose cast the exporter folds
+into float32, are stored as float16 again the same way.
 """
 
 from __future__ import annotations
@@ -41,36 +42,50 @@ class ExportReport:
 
     path: Path
     bytes: int
-    four_bit_initializers: int
+    narrowed_initializers: int
     float_compute: list[str] = field(default_factory=list)
 
 
-def _four_bit_codes(model: nn.Module) -> set[str]:
-    """Names (as the exporter writes initializers) of the weight codes that fit in 4 bits."""
-    names = set()
+def _narrow_storage(model: nn.Module) -> tuple[set[str], list[np.ndarray]]:
+    """Names (as the exporter writes initializers) of the weight codes that fit in 4 bits, and the values of the
+    float16 weights (the exporter folds their cast to float32, so they are found again by value)."""
+    names, halves = set(), []
     for name, m in model.named_modules():
-        if isinstance(m, DequantizedWeight) and not m.float16 and m.bits[1] - m.bits[0] <= 15:
+        if isinstance(m, DequantizedWeight) and m.float16:
+            halves.append(m.codes.numpy())
+        elif isinstance(m, DequantizedWeight) and m.bits[1] - m.bits[0] <= 15:
             names.add(f"{name}.codes")
-    return names
+    return names, halves
 
 
-def store_four_bit(proto: onnx.ModelProto, names: set[str]) -> int:
-    """Retype the named 8-bit initializers as INT4/UINT4 and read each through a Cast back to its 8-bit type."""
+def _store_narrow(graph: onnx.GraphProto, init: onnx.TensorProto, narrow: np.ndarray, suffix: str) -> None:
+    """Replace an initializer by its narrow-typed values, read through a Cast back to its own type."""
+    wide_type = init.data_type
+    wide = init.name
+    init.CopyFrom(numpy_helper.from_array(narrow, f"{wide}.{suffix}"))
+    graph.node.insert(0, helper.make_node("Cast", [f"{wide}.{suffix}"], [wide], name=f"{wide}.cast", to=wide_type))
+
+
+def store_narrow(proto: onnx.ModelProto, four_bit: set[str], halves: list[np.ndarray]) -> int:
+    """Store the named 8-bit codes as INT4/UINT4 (two codes a byte) and the float32 initializers equal to a
+    float16 weight as float16. Returns how many initializers were narrowed."""
     graph = proto.graph
     done = 0
-    for init in graph.initializer:
-        if init.name not in names:
-            continue
-        values = numpy_helper.to_array(init)
-        if values.dtype not in FOUR_BIT:
-            continue
-        wide = init.name
-        narrow = f"{wide}.int4"
-        init.CopyFrom(numpy_helper.from_array(values.astype(FOUR_BIT[values.dtype]), narrow))  # two codes a byte
-        cast = helper.make_node("Cast", [narrow], [wide], name=f"{wide}.cast",
-                                to=helper.np_dtype_to_tensor_dtype(values.dtype))
-        graph.node.insert(0, cast)
-        done += 1
+    for init in list(graph.initializer):
+        if init.name in four_bit and init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+            values = numpy_helper.to_array(init)
+            _store_narrow(graph, init, values.astype(FOUR_BIT[values.dtype]), "int4")
+            done += 1
+        elif init.data_type == onnx.TensorProto.FLOAT and halves:
+            dims = tuple(init.dims)
+            values = None
+            for i, half in enumerate(halves):
+                if half.shape == dims:
+                    values = numpy_helper.to_array(init) if values is None else values
+                    if np.array_equal(values, half.astype(np.float32)):
+                        _store_narrow(graph, init, halves.pop(i), "fp16")
+                        done += 1
+                        break
     return done
 
 
@@ -118,7 +133,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
         raise LowbitError(f"the model does not run on an input of shape {tuple(example.shape)} ({exc}); "
                           "pass an example input of the shape it was quantized for") from None
     proto = _torch_export(model, example)
-    packed = store_four_bit(proto, _four_bit_codes(model))
+    packed = store_narrow(proto, *_narrow_storage(model))
     onnx.helper.set_model_props(proto, {"producer": "lowbit", **(metadata or {})})
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)

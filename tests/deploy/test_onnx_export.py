@@ -1,0 +1,155 @@
+"""ONNX export: QDQ form with lowbit's own grids, integer kernels in onnxruntime, same outputs on both sides."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+import lowbit
+from conftest import randomize_bn
+from lowbit.deploy import export
+from lowbit.deploy.runtime import INTEGER_OPS, optimized_op_counts, session_options
+from lowbit.graph import activation_quantizers
+from lowbit.layers import quant_layers
+
+
+class WideNet(nn.Module):
+    """Conv-BN-ReLU layers wide enough that weights, not per-channel scales, dominate the file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
+                                  nn.Conv2d(128, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU())
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)).mean((2, 3)))
+
+
+def run_onnx(path, x, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+    session = ort.InferenceSession(str(path), session_options(1, level), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def initializers(path):
+    return {i.name: i for i in onnx.load(str(path)).graph.initializer}
+
+
+def dequantized_weights(path):
+    """codes initializer name -> (codes, scale, zero point) of every DequantizeLinear reading an initializer."""
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return {n.input[0]: tuple(inits[i] for i in n.input) for n in graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+
+
+def test_w8a8_runs_integer_kernels_and_matches_lowbit(residual_net, images, tmp_path):
+    qmodel = lowbit.quantize(residual_net, images, weights_bits=8, activation_bits=8)
+    path = export(qmodel, tmp_path / "m.onnx", images[:2]).path
+    model = onnx.load(str(path))
+    assert {n.domain for n in model.graph.node} <= {""}, "a plain onnxruntime must read the file"
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
+    counts = optimized_op_counts(path)
+    convs = sum(isinstance(layer, nn.Conv2d) for _, layer in quant_layers(qmodel))
+    assert counts["QLinearConv"] == convs and counts["Conv"] == 0, counts
+    with torch.no_grad():
+        ours = qmodel(images)
+    theirs = run_onnx(path, images)
+    assert (ours.argmax(1) == theirs.argmax(1)).float().mean() >= 0.95
+    assert (ours - theirs).abs().max() < 0.05 * ours.abs().max()
+
+
+def test_file_holds_lowbit_codes_and_grids(residual_net, images, tmp_path):
+    qmodel = lowbit.quantize(residual_net, images, weights_bits=8, activation_bits=8)
+    path = export(qmodel, tmp_path / "m.onnx", images[:2]).path
+    inits, weights = initializers(path), dequantized_weights(path)
+    for name, layer in quant_layers(qmodel):
+        codes, scale, zero_point = weights[f"{name}.w.codes"]
+        assert codes.dtype == np.uint8  # signed 8-bit codes offset by 128 (same values)
+        channel = (-1, *[1] * (codes.ndim - 1))
+        np.testing.assert_array_equal(codes.astype(np.int32) - zero_point.astype(np.int32).reshape(channel),
+                                      layer.qweight.numpy() - layer.weight_quant.zero_point.numpy().reshape(channel))
+        np.testing.assert_array_equal(scale, layer.weight_quant.scale.expand(codes.shape[0]).numpy())
+    act_scales = {float(q.scale) for _, q in activation_quantizers(qmodel)}
+    onnx_scales = {float(numpy_helper.to_array(i)) for n, i in inits.items() if n.endswith(".scale")
+                   and numpy_helper.to_array(i).ndim == 0}
+    assert act_scales <= onnx_scales
+
+
+def test_signed_weights_keep_int8(residual_net, images, tmp_path):
+    qmodel = lowbit.quantize(residual_net, images, weights_bits=8, activation_bits=8)
+    inits = initializers(export(qmodel, tmp_path / "m.onnx", images[:2], signed_weights=True).path)
+    assert inits["stem.0.w.codes"].data_type == onnx.TensorProto.INT8
+
+
+def test_w4_weights_are_stored_in_4_bit_types_and_still_run_on_integers(tmp_path):
+    torch.manual_seed(0)
+    net = randomize_bn(WideNet())
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    qmodel = lowbit.quantize(net, x, weights_bits=4, activation_bits=8)
+    report = export(qmodel, tmp_path / "w4.onnx", x[:2])
+    float_size = lowbit.deploy.export_float(net, tmp_path / "f.onnx", x[:2]).stat().st_size
+    inits = initializers(report.path)
+    assert inits["body.0.w.codes.int4"].data_type == onnx.TensorProto.INT4
+    assert report.bytes <= 0.16 * float_size
+    counts = optimized_op_counts(report.path)
+    assert counts["QLinearConv"] == 3 and counts["Conv"] == 0, counts
+    with torch.no_grad():
+        ours = qmodel(x)
+    assert (ours - run_onnx(report.path, x)).abs().max() < 0.05 * ours.abs().max()
+
+
+@pytest.mark.parametrize("activation_bits", [3, 4])
+def test_narrow_activations_keep_their_exact_range(residual_net, images, tmp_path, activation_bits):
+    qmodel = lowbit.quantize(residual_net, images, weights_bits=4, activation_bits=activation_bits)
+    report = export(qmodel, tmp_path / "a.onnx", images[:2])
+    assert any(f"{activation_bits}-bit activations" in line for line in report.float_compute)
+    with torch.no_grad():
+        ours = qmodel(images)
+    theirs = run_onnx(report.path, images, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert (ours - theirs).abs().max() < 1e-3 * ours.abs().max()
+
+
+def test_dynamic_16_bit_activations(residual_net, images, tmp_path):
+    qmodel = lowbit.quantize(residual_net, None, weights_bits=8, activation_bits=16, dynamic_activations=True)
+    report = export(qmodel, tmp_path / "d.onnx", images[:2])
+    assert any("16-bit dynamic" in line for line in report.float_compute)
+    with torch.no_grad():
+        ours = qmodel(images)
+    assert (ours - run_onnx(report.path, images)).abs().max() < 1e-3 * ours.abs().max()
+
+
+def test_dynamic_8_bit_activations_use_dynamic_integer_kernels(tiny_vit, tmp_path):
+    x = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    qmodel = lowbit.quantize(tiny_vit, None, weights_bits=8, activation_bits=8, dynamic_activations=True)
+    path = export(qmodel, tmp_path / "d8.onnx", x[:2]).path
+    assert "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert set(optimized_op_counts(path)) & INTEGER_OPS
+    with torch.no_grad():
+        ours = qmodel(x)
+    assert (ours - run_onnx(path, x)).abs().max() < 0.05 * ours.abs().max()
+
+
+def test_fp16_weights_are_stored_as_float16(residual_net, images, tmp_path):
+    qmodel = lowbit.quantize(residual_net, None, weights_bits="fp16", activation_bits="fp16")
+    report = export(qmodel, tmp_path / "h.onnx", images[:2])
+    path = report.path
+    halves = [i for i in initializers(path).values() if i.data_type == onnx.TensorProto.FLOAT16]
+    assert len(halves) == report.narrowed_initializers == len(list(quant_layers(qmodel)))
+    with torch.no_grad():
+        ours = qmodel(images)
+    assert (ours - run_onnx(path, images)).abs().max() < 2e-3 * ours.abs().max()  # half-precision steps
+
+
+def test_transformer_exports_with_integer_matmuls(tiny_vit, tmp_path):
+    x = torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    qmodel = lowbit.quantize(tiny_vit, x, weights_bits=8, activation_bits=8)
+    path = export(qmodel, tmp_path / "vit.onnx", x[:2]).path
+    assert set(optimized_op_counts(path)) & {"MatMulIntegerToFloat", "QLinearMatMul", "QGemm"}
+    with torch.no_grad():
+        ours = qmodel(x)
+    assert (ours.argmax(1) == run_onnx(path, x).argmax(1)).float().mean() >= 0.9
