@@ -1,4 +1,7 @@
-"""``lowbit export`` and ``lowbit bench``: a ``.lowbit`` file as ONNX for onnxruntime, and how fast each form runs."""
+"""``lowbit export`` and ``lowbit bench``: a ``.lowbit`` file as ONNX for onnxruntime, and how fast each form runs.
+
+The ONNX exporter and onnxruntime are imported when these commands run, not when the CLI starts.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,6 @@ import torch
 from lowbit.cli.common import add_data_args, load_data
 from lowbit.cli.quantize import write_json
 from lowbit.data import labelled_batches
-from lowbit.deploy import export, export_float
-from lowbit.deploy.bench import FORMS, bench_model, float_view
-from lowbit.deploy.runtime import OnnxClassifier, kernel_summary, optimized_op_counts
 from lowbit.errors import LowbitError
 from lowbit.io.lowbit_file import load, read_metadata
 from lowbit.models import default_input_shape
@@ -62,6 +62,8 @@ def input_shape(args: argparse.Namespace, meta: dict) -> tuple[int, ...]:
 
 def _check_outputs(args: argparse.Namespace, meta: dict, qmodel: torch.nn.Module, onnx_path: Path) -> str:
     """Compare the ONNX file under onnxruntime with the PyTorch model on test images."""
+    from lowbit.deploy.runtime import OnnxClassifier
+
     args.dataset = args.dataset or (meta.get("dataset") or {}).get("name")
     if not args.dataset or args.check_images <= 0:
         return "outputs not compared (no dataset recorded; pass --dataset to compare on its test images)"
@@ -82,6 +84,10 @@ def _check_outputs(args: argparse.Namespace, meta: dict, qmodel: torch.nn.Module
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from lowbit.deploy import export, export_float
+    from lowbit.deploy.bench import float_view
+    from lowbit.deploy.runtime import kernel_summary, optimized_op_counts
+
     source = Path(args.file)
     out = Path(args.out) if args.out else source.with_suffix(".onnx")
     if out.resolve() == source.resolve():
@@ -110,6 +116,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from lowbit.deploy.bench import FORMS, bench_model
+
     meta = read_metadata(args.file)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1:
         raise LowbitError("--threads, --repeats and --batch-size must be at least 1 and --warmup at least 0")

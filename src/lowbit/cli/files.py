@@ -8,11 +8,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import onnx
-
 from lowbit.cli.common import add_data_args, load_data
 from lowbit.cli.quantize import write_json
-from lowbit.deploy.runtime import OnnxClassifier
 from lowbit.evaluate import evaluate
 from lowbit.io.lowbit_file import load, read_metadata
 from lowbit.report import METRIC_HEADERS, human_bytes, metrics_row, table
@@ -31,23 +28,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(func=run_info)
 
 
-def _load_onnx(args: argparse.Namespace) -> OnnxClassifier:
+def _load_onnx(args: argparse.Namespace):
     """An exported file under onnxruntime, evaluated on the dataset named in it unless --dataset says otherwise."""
+    from lowbit.deploy.runtime import OnnxClassifier
+
     model = OnnxClassifier(args.file)
+    import onnx
+
     props = {p.key: p.value for p in onnx.load(args.file, load_external_data=False).metadata_props}
     args.dataset = args.dataset or props.get("lowbit.dataset") or "fashion-mnist"
     return model
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    if Path(args.file).suffix.lower() == ".onnx":
+    onnx_file = Path(args.file).suffix.lower() == ".onnx"
+    if onnx_file:
         qmodel, meta = _load_onnx(args), {}
     else:
         meta = read_metadata(args.file)
         args.dataset = args.dataset or (meta.get("dataset") or {}).get("name") or "fashion-mnist"
         qmodel = load(args.file)
     test_set, info = load_data(args, "test")
-    if isinstance(qmodel, OnnxClassifier):
+    if onnx_file:
         qmodel.check_input(info.input_shape, info.num_classes)
     start = time.perf_counter()
     metrics = evaluate(qmodel, test_set, class_names=info.classes, progress=not args.quiet)

@@ -1,0 +1,78 @@
+"""``lowbit export``, ``lowbit eval FILE.onnx`` and ``lowbit bench`` on the bundled ResNet-20."""
+
+import json
+import re
+
+import pytest
+import torch
+
+import lowbit
+from conftest import ResidualNet
+from lowbit.cli import main
+from lowbit.deploy import export
+
+
+@pytest.fixture(scope="module")
+def r20(tmp_path_factory):
+    path = tmp_path_factory.mktemp("r20") / "r20.lowbit"
+    assert main(["quantize", "--model", "resnet20", "--calib-images", "256", "--no-eval", "--quiet",
+                 "--out", str(path)]) == 0
+    return path
+
+
+def test_export_eval_and_bench(r20, capsys, tmp_path):
+    onnx_path = tmp_path / "r20.onnx"
+    assert main(["export", str(r20), "--out", str(onnx_path), "--check-images", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "QLinearConv x21" in out and "0 float convolutions" in out, out
+    agreement = float(re.search(r"same top-1 class for ([\d.]+)%", out).group(1))
+    assert agreement >= 99.0, out
+    assert main(["eval", str(onnx_path), "--quiet", "--json", str(tmp_path / "onnx.json")]) == 0
+    assert main(["eval", str(r20), "--quiet", "--json", str(tmp_path / "lowbit.json")]) == 0
+    onnx_top1 = json.loads((tmp_path / "onnx.json").read_text())["metrics"]["top1"]
+    lowbit_top1 = json.loads((tmp_path / "lowbit.json").read_text())["metrics"]["top1"]
+    assert abs(onnx_top1 - lowbit_top1) <= 0.002
+    capsys.readouterr()
+    assert main(["bench", str(r20), "--batch-size", "1", "4", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                 "--json", str(tmp_path / "bench.json")]) == 0
+    timings = json.loads((tmp_path / "bench.json").read_text())["timings"]
+    assert sorted({t["form"] for t in timings}) == sorted(lowbit.deploy.bench.FORMS)
+    assert sorted({t["batch_size"] for t in timings}) == [1, 4]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    return code, capsys.readouterr().err.strip()
+
+
+def test_export_refuses_to_overwrite_its_input(r20, capsys):
+    code, err = run(capsys, "export", str(r20), "--out", str(r20))
+    assert code == 2 and len(err.splitlines()) == 1 and "is the input file" in err
+
+
+def test_eval_of_a_file_that_is_not_onnx(capsys, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model" * 10)
+    code, err = run(capsys, "eval", str(bad))
+    assert code == 2 and len(err.splitlines()) == 1 and "not an ONNX model" in err
+
+
+def test_eval_of_a_model_for_other_images(capsys, tmp_path, residual_net, images):
+    qmodel = lowbit.quantize(residual_net, images, weights_bits=8, activation_bits=8)
+    path = export(qmodel, tmp_path / "rgb.onnx", images[:2]).path
+    code, err = run(capsys, "eval", str(path), "--dataset", "fashion-mnist")
+    assert code == 2 and len(err.splitlines()) == 1 and "takes inputs of shape" in err
+
+
+def test_unexportable_model_gives_one_line(capsys, tmp_path):
+    class Branchy(ResidualNet):
+        def forward(self, x):
+            y = super().forward(x)
+            return y if y.sum() > 0 else -y  # data-dependent control flow
+
+    with pytest.warns(UserWarning, match="could not trace"):
+        qmodel = lowbit.quantize(Branchy().eval(), torch.randn(8, 3, 16, 16), weights_bits=8, activation_bits=8)
+    with pytest.raises(lowbit.LowbitError, match="could not export") as info:
+        export(qmodel, tmp_path / "x.onnx", torch.randn(2, 3, 16, 16))
+    assert len(str(info.value).splitlines()) == 1
+    assert not list(tmp_path.iterdir())
