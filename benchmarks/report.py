@@ -57,21 +57,22 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_section(key: str, title: str, body: str) -> None:
-    """Replace (or append) the section ``key`` of docs/BENCHMARKS.md, stamped with command, machine and date."""
+def write_section(key: str, title: str, body: str, page: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the section ``key`` of ``page`` (docs/BENCHMARKS.md by default), stamped with command,
+    machine and date."""
     command = "python3 " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     stamp = (f"Command: `{command}`  \nMachine: {machine()}  \n"
              f"Date: {datetime.date.today().isoformat()}\n")
     section = f"<!-- {key} -->\n## {title}\n\n{stamp}\n{body.strip()}\n<!-- /{key} -->\n"
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# lowbit benchmarks\n\n"
+    text = page.read_text() if page.exists() else "# lowbit benchmarks\n\n"
     pattern = re.compile(rf"<!-- {re.escape(key)} -->.*?<!-- /{re.escape(key)} -->\n", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    with atomic_path(BENCHMARKS_MD) as tmp:
+    with atomic_path(page) as tmp:
         tmp.write_text(text)
 
 
-def publish(key: str, title: str, body: str, write: bool = True) -> None:
-    """Print a benchmark's results and, unless ``write`` is off, put them in docs/BENCHMARKS.md."""
+def publish(key: str, title: str, body: str, write: bool = True, page: Path = BENCHMARKS_MD) -> None:
+    """Print a benchmark's results and, unless ``write`` is off, put them in ``page``."""
     print(body)
     if write:
-        write_section(key, title, body)
+        write_section(key, title, body, page)

@@ -1,0 +1,165 @@
+"""Deployment: lowbit's ONNX files in onnxruntime against onnxruntime's own static quantization.
+
+Accuracy (full Fashion-MNIST test split) of the bundled models: lowbit's PyTorch model and its ONNX export run by
+onnxruntime (top-1, per-image top-1 agreement, largest output difference, file size against the float ONNX file),
+beside ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel, MinMax and Percentile calibrators) on the
+float ONNX export of the same model, after onnxruntime's pre-processing, with the same 1024 calibration images
+from the training split. Then speed on torchvision ResNet-18 at 224x224 (random weights and images: only time
+is measured): float PyTorch, lowbit's simulated model, onnxruntime fp32, lowbit's int8 ONNX and onnxruntime's
+own int8 model, at batch 1 and 8 with a fixed thread count.
+Run: python3 benchmarks/deploy.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+import lowbit
+from lowbit.data import calibration_batches, load_dataset
+from lowbit.deploy import export, export_float
+from lowbit.deploy.bench import float_view, median_seconds
+from lowbit.deploy.runtime import OnnxClassifier
+from report import bundled_model, md_table, publish
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "deploy.md"
+SETTINGS = {
+    "W8A8": dict(weights_bits=8, activation_bits=8),
+    "W8A8 --signed-weights": dict(weights_bits=8, activation_bits=8),
+    "W4A8": dict(weights_bits=4, activation_bits=8),
+    "mixed CR8 (2/4/8) A8": dict(weights_bits=8, activation_bits=8, mixed=lowbit.Budget(weights_cr=8)),
+    "W4A8 brecq": dict(weights_bits=4, activation_bits=8, method="brecq"),
+}
+
+
+class Batches(CalibrationDataReader):
+    """onnxruntime's calibration reader over lowbit's calibration batches."""
+
+    def __init__(self, batches: list[torch.Tensor], input_name: str) -> None:
+        self.items = iter([{input_name: b.numpy()} for b in batches])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def ort_static(float_path: Path, out: Path, batches: list[torch.Tensor], method: CalibrationMethod) -> Path:
+    """onnxruntime's recommended flow: pre-process (shape inference, graph optimization), then quantize_static."""
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(float_path), str(pre))
+    quantize_static(str(pre), str(out), Batches(batches, "input"), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method)
+    return out
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    return 100 * float((a.argmax(1) == b.argmax(1)).float().mean()), float((a - b).abs().max())
+
+
+def outputs(model, test) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([model(x) for x, _ in torch.utils.data.DataLoader(test, batch_size=500)])
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100 * float((logits.argmax(1) == labels).float().mean())
+
+
+def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path) -> str:
+    train, _ = load_dataset("fashion-mnist", "train")
+    test, _ = load_dataset("fashion-mnist", "test")
+    labels = torch.tensor([int(y) for _, y in test])
+    batches = calibration_batches(train, calib_images, 64, seed=0)
+    model = bundled_model(name)
+    example = batches[0][:2]
+    float_onnx = export_float(model, tmp / f"{name}_float.onnx", example)
+    float_size = float_onnx.stat().st_size
+    rows = [["float32 PyTorch", top1(outputs(model, test), labels), "-", "-", "-", f"{float_size / 1024:.0f} KB"]]
+    for label, kw in SETTINGS.items():
+        kw = {**kw, "iters": iters} if kw.get("method") == "brecq" else kw
+        start = time.perf_counter()
+        qmodel = lowbit.quantize(model, batches, **kw)
+        seconds = time.perf_counter() - start
+        report = export(qmodel, tmp / f"{name}_{label.replace(' ', '_')}.onnx", example,
+                        signed_weights="signed" in label)
+        ours, theirs = outputs(qmodel, test), outputs(OnnxClassifier(report.path), test)
+        agree, diff = agreement(ours, theirs)
+        rows.append([f"lowbit {label} (PyTorch | onnxruntime)", f"{top1(ours, labels):.2f} | {top1(theirs, labels):.2f}",
+                     agree, diff, seconds, f"{report.bytes / 1024:.0f} KB ({report.bytes / float_size:.3f}x)"])
+    for method in (CalibrationMethod.MinMax, CalibrationMethod.Percentile):
+        start = time.perf_counter()
+        path = ort_static(float_onnx, tmp / f"{name}_ort_{method.name}.onnx", batches, method)
+        seconds = time.perf_counter() - start
+        theirs = outputs(OnnxClassifier(path), test)
+        size = path.stat().st_size
+        rows.append([f"onnxruntime quantize_static W8A8 {method.name}", top1(theirs, labels), "-", "-", seconds,
+                     f"{size / 1024:.0f} KB ({size / float_size:.3f}x)"])
+    return md_table(["model", "top-1 %", "same top-1 as PyTorch %", "max output diff", "quantize s",
+                     "ONNX file (x float ONNX)"], rows)
+
+
+def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path) -> str:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(8, 3, 224, 224, generator=gen) for _ in range(4)]
+    example = batches[0][:2]
+    qmodel = lowbit.quantize(model, batches, weights_bits=8, activation_bits=8)
+    float_onnx = export_float(model, tmp / "r18_float.onnx", example)
+    runners = {"float PyTorch": model, "lowbit simulated (PyTorch)": qmodel,
+               "onnxruntime fp32": OnnxClassifier(float_onnx, threads),
+               "lowbit W8A8 ONNX (onnxruntime)": OnnxClassifier(export(qmodel, tmp / "r18_w8a8.onnx", example).path,
+                                                                threads),
+               "lowbit W8A8 ONNX --signed-weights (onnxruntime)": OnnxClassifier(
+                   export(qmodel, tmp / "r18_w8a8_s8.onnx", example, signed_weights=True).path, threads),
+               "onnxruntime quantize_static W8A8": OnnxClassifier(
+                   ort_static(float_onnx, tmp / "r18_ort.onnx", batches, CalibrationMethod.MinMax), threads)}
+    torch.set_num_threads(threads)
+    rows, times = [], {}
+    for batch in batch_sizes:
+        x = torch.randn(batch, 3, 224, 224, generator=gen)
+        for form, runner in runners.items():
+            with torch.inference_mode():
+                times[form, batch] = median_seconds(lambda: runner(x), 2, repeats)
+        for form in runners:
+            t = times[form, batch]
+            rows.append([form, batch, 1000 * t, batch / t, f"{times['onnxruntime fp32', batch] / t:.2f}x",
+                         f"{times['onnxruntime quantize_static W8A8', batch] / t:.2f}x"])
+    return md_table(["form", "batch", "median ms", "images/s", "speed vs onnxruntime fp32",
+                     "speed vs onnxruntime int8"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenet_v2_small", "vit_small"])
+    parser.add_argument("--calib-images", type=int, default=1024)
+    parser.add_argument("--iters", type=int, default=300, help="brecq steps per block")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
+    args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for name in args.models:
+            body = accuracy_table(name, args.calib_images, args.iters, tmp)
+            publish(f"deploy-{name}", f"ONNX export: {name} on Fashion-MNIST, onnxruntime vs lowbit",
+                    body, not args.no_write, PAGE)
+        body = speed_table(args.threads, args.batch_sizes, args.repeats, tmp)
+        publish("deploy-speed", "Speed: torchvision ResNet-18 at 224x224", body, not args.no_write, PAGE)
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    main()
