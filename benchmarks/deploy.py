@@ -93,8 +93,9 @@ def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path) -> str:
                         signed_weights="signed" in label)
         ours, theirs = outputs(qmodel, test), outputs(OnnxClassifier(report.path), test)
         agree, diff = agreement(ours, theirs)
-        rows.append([f"lowbit {label} (PyTorch | onnxruntime)", f"{top1(ours, labels):.2f} | {top1(theirs, labels):.2f}",
-                     agree, diff, seconds, f"{report.bytes / 1024:.0f} KB ({report.bytes / float_size:.3f}x)"])
+        both = f"{top1(ours, labels):.2f} / {top1(theirs, labels):.2f}"
+        size = f"{report.bytes / 1024:.0f} KB ({report.bytes / float_size:.3f}x)"
+        rows.append([f"lowbit {label} (PyTorch / onnxruntime)", both, agree, diff, seconds, size])
     for method in (CalibrationMethod.MinMax, CalibrationMethod.Percentile):
         start = time.perf_counter()
         path = ort_static(float_onnx, tmp / f"{name}_ort_{method.name}.onnx", batches, method)

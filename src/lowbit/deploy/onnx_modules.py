@@ -155,7 +155,8 @@ class ExportedConv2d(nn.Module):
     def __init__(self, layer: QConv2d, weight: DequantizedWeight, input_quant: nn.Module) -> None:
         super().__init__()
         self.w, self.input_quant = weight, input_quant
-        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+        self.stride, self.padding = layer.stride, layer.padding
+        self.dilation, self.groups = layer.dilation, layer.groups
         if layer.padding_mode != "zeros":
             raise LowbitError(f"padding_mode={layer.padding_mode!r} cannot be exported; use zero padding")
 

@@ -23,8 +23,11 @@ INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvI
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm"})
 
 
+ALL_OPTIMIZATIONS = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
 def session_options(threads: int | None = None,
-                    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.SessionOptions:
+                    level: ort.GraphOptimizationLevel = ALL_OPTIMIZATIONS) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.log_severity_level = 3  # errors only: the optimizer's notes are not the user's concern
