@@ -116,13 +116,13 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
             fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
         else:
             continue
-        _set_module(gm, src.target, fused)
+        set_module(gm, src.target, fused)
         modules[src.target] = fused
         if isinstance(tail, nn.Identity):
             node.replace_all_uses_with(src)
             gm.graph.erase_node(node)
         else:  # the activation takes the norm layer's place in the graph
-            _set_module(gm, node.target, tail)
+            set_module(gm, node.target, tail)
             modules[node.target] = tail
         folded += 1
     gm.delete_all_unused_submodules()
@@ -130,7 +130,8 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
     return folded
 
 
-def _set_module(root: nn.Module, qualname: str, module: nn.Module) -> None:
+def set_module(root: nn.Module, qualname: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted path ``qualname`` of ``root`` (replacing what is there)."""
     parent, _, name = qualname.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
@@ -214,7 +215,7 @@ def _prepare_fx(gm: fx.GraphModule, config: QuantConfig) -> QuantConfig:
     layer_names = [n.target for n in gm.graph.nodes if n.op == "call_module" and is_quantizable(modules[n.target])]
     config = config.resolve(layer_names[0] if layer_names else None, layer_names[-1] if layer_names else None)
     for name in dict.fromkeys(layer_names):
-        _set_module(gm, name, to_quantized(modules[name], config.weight_spec_for(name), seed=config.seed))
+        set_module(gm, name, to_quantized(modules[name], config.weight_spec_for(name), seed=config.seed))
     if config.activations is not None or any(o.activations for o in config.overrides):
         _insert_activation_quantizers(gm, config)
     gm.graph.lint()
@@ -227,7 +228,7 @@ def _prepare_swap(model: nn.Module, config: QuantConfig) -> QuantConfig:
     config = config.resolve(names[0] if names else None, names[-1] if names else None)
     for name in names:
         module = model.get_submodule(name)
-        _set_module(model, name, to_quantized(module, config.weight_spec_for(name),
+        set_module(model, name, to_quantized(module, config.weight_spec_for(name),
                                               config.activation_spec_for(f"{name}.input_quant", name), config.seed))
     return config
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,10 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from lowbit.errors import LowbitError
-from lowbit.deploy.onnx_modules import DequantizedWeight, ExportNotes, exportable
+from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
+from lowbit.errors import LowbitError
 from lowbit.io.atomic import atomic_path
-
-log = logging.getLogger(__name__)
 
 OPSET = 21  # the first opset with 4-bit integer types and 16-bit QuantizeLinear
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -130,7 +127,8 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
         with torch.no_grad():
             model(example)
     except RuntimeError as exc:
-        raise LowbitError(f"the model does not run on an input of shape {tuple(example.shape)} ({exc}); "
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise LowbitError(f"the model does not run on an input of shape {tuple(example.shape)} ({first.strip()}); "
                           "pass an example input of the shape it was quantized for") from None
     proto = _torch_export(model, example)
     packed = store_narrow(proto, *_narrow_storage(model))
@@ -151,4 +149,4 @@ def export_float(model: nn.Module, path: str | os.PathLike, example_input: torch
     return path
 
 
-__all__ = ["export", "export_float", "ExportReport", "ExportNotes", "OPSET"]
+__all__ = ["export", "export_float", "ExportReport", "OPSET"]

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit import qmath
-from lowbit.errors import LowbitError
 from lowbit.deploy import onnx_ops  # noqa: F401 - registers torch.ops.lowbit
-from lowbit.graph import layer_input_quantizers
-from lowbit.layers import QConv2d, QLinear, QuantLayer, quant_layers
+from lowbit.errors import LowbitError
+from lowbit.graph import layer_input_quantizers, set_module
+from lowbit.layers import QConv2d, QuantLayer, quant_layers
 from lowbit.quantizer import Quantizer
 
 INT32_MAX = 2**31 - 1
@@ -181,11 +181,6 @@ def _input_grid(q: Quantizer | None) -> tuple[torch.Tensor, int, int] | None:
     return q.scale, *q.qrange
 
 
-def _set_module(root: nn.Module, qualname: str, module: nn.Module) -> None:
-    parent, _, name = qualname.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
-
-
 def exportable(qmodel: nn.Module, signed_weights: bool = False) -> tuple[nn.Module, ExportNotes]:
     """A copy of the frozen ``qmodel`` made of exportable modules, and what will run in float.
 
@@ -210,7 +205,7 @@ def exportable(qmodel: nn.Module, signed_weights: bool = False) -> tuple[nn.Modu
         own_input = export_quantizer(layer.input_quant, notes)
         swapped = ExportedConv2d(layer, weight, own_input) if isinstance(layer, nn.Conv2d) \
             else ExportedLinear(weight, own_input)
-        _set_module(model, name, swapped)
+        set_module(model, name, swapped)
     for name, q in [(n, m) for n, m in model.named_modules() if isinstance(m, Quantizer)]:
-        _set_module(model, name, export_quantizer(q, notes))
+        set_module(model, name, export_quantizer(q, notes))
     return model, notes
