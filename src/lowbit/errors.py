@@ -8,3 +8,8 @@ and exits with status 2; anything else escaping is a bug in lowbit.
 
 class LowbitError(Exception):
     """A problem with the user's input, with a message that says how to fix it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when there is none), for one-line errors."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -28,6 +28,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from lowbit.config import QuantConfig
+from lowbit.errors import first_line
 from lowbit.layers import QuantLayer, is_quantizable, to_quantized
 from lowbit.quantizer import Quantizer
 
@@ -243,7 +244,7 @@ def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
     try:
         gm = trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure falls back, with the reason in the warning
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         warnings.warn(
             f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {reason}); falling back to "
             "module swapping: weights and conv/linear inputs are quantized, batch-norm is not folded. To get full "

@@ -25,7 +25,7 @@ from torch import nn
 
 from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, first_line
 from lowbit.io.atomic import atomic_path
 
 OPSET = 21  # the first opset with 4-bit integer types and 16-bit QuantizeLinear
@@ -102,8 +102,7 @@ def _torch_export(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
                                         output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False,
                                         custom_translation_table=TRANSLATIONS)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the user needs the first line
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise LowbitError(f"the ONNX exporter could not export this model ({type(exc).__name__}: {first.strip()}); "
+        raise LowbitError(f"the ONNX exporter could not export this model ({type(exc).__name__}: {first_line(exc)}); "
                           "replace that operation or make the model traceable by torch.export") from None
     proto = program.model_proto
     _drop_node_provenance(proto)
@@ -127,8 +126,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
         with torch.no_grad():
             model(example)
     except RuntimeError as exc:
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise LowbitError(f"the model does not run on an input of shape {tuple(example.shape)} ({first.strip()}); "
+        raise LowbitError(f"the model does not run on an input of shape {tuple(example.shape)} ({first_line(exc)}); "
                           "pass an example input of the shape it was quantized for") from None
     proto = _torch_export(model, example)
     packed = store_narrow(proto, *_narrow_storage(model))

@@ -13,7 +13,8 @@ import torch
 from onnxscript import ir
 from onnxscript import opset21 as op
 
-MIN_SCALE = 1e-8  # the same floor as lowbit.qmath: a constant tensor must not produce a zero scale
+from lowbit.qmath import MIN_SCALE
+
 
 # ONNX integer types whose full range equals a lowbit integer grid, so QuantizeLinear's saturation is the clamp
 NATIVE_TYPES: dict[tuple[int, int], ir.DataType] = {
@@ -23,10 +24,10 @@ NATIVE_TYPES: dict[tuple[int, int], ir.DataType] = {
 }
 
 
-def storage_type(qmin: int, qmax: int, four_bit: bool = True) -> ir.DataType:
-    """The narrowest ONNX integer type that holds every code of ``[qmin, qmax]`` (4-bit types only if allowed)."""
+def storage_type(qmin: int, qmax: int) -> ir.DataType:
+    """The narrowest 8- or 16-bit ONNX integer type that holds every code of ``[qmin, qmax]``."""
     for (lo, hi), dtype in sorted(NATIVE_TYPES.items(), key=lambda kv: kv[0][1] - kv[0][0]):
-        if not four_bit and hi - lo == 15:
+        if hi - lo == 15:
             continue
         if (lo < 0) == (qmin < 0) and lo <= qmin and qmax <= hi:
             return dtype
@@ -80,7 +81,7 @@ def _quantize_linear(x, scale, zp_float, qmin: int, qmax: int):
     ``qmin`` and ``qmax``, which quantize to exactly those codes (onnxruntime clips no integer type below 8
     bits)."""
     native = NATIVE_TYPES.get((qmin, qmax))
-    dtype = native or storage_type(qmin, qmax, four_bit=False)
+    dtype = native or storage_type(qmin, qmax)
     if native is None:
         lo = op.Mul(op.Sub(op.Constant(value_float=float(qmin)), zp_float), scale)
         hi = op.Mul(op.Sub(op.Constant(value_float=float(qmax)), zp_float), scale)

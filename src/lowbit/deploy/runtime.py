@@ -13,7 +13,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, first_line
 
 # Kernels that compute on integers (onnxruntime's fused forms of QDQ groups, and ONNX's own integer ops)
 INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm",
@@ -45,8 +45,7 @@ def open_session(path: str | os.PathLike, threads: int | None = None) -> ort.Inf
     try:
         return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise LowbitError(f"{path} is not an ONNX model onnxruntime can run ({first.strip()[:200]}); "
+        raise LowbitError(f"{path} is not an ONNX model onnxruntime can run ({first_line(exc)[:200]}); "
                           "pass a file written by `lowbit export`") from None
 
 
