@@ -28,7 +28,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 import lowbit
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.deploy import export, export_float
-from lowbit.deploy.bench import float_view, median_seconds
+from lowbit.deploy.bench import median_seconds
 from lowbit.deploy.runtime import OnnxClassifier
 from report import bundled_model, md_table, publish
 

@@ -1,8 +1,11 @@
 import math
 
+import pytest
+
 import torch
 from torch import nn
 
+from lowbit.errors import LowbitError
 from lowbit.evaluate import accumulate, evaluate, metrics_from_confusion, sqnr_db
 
 
@@ -61,3 +64,12 @@ def test_sqnr():
     ref = torch.ones(100)
     assert math.isclose(sqnr_db(ref, ref * 1.1), 20.0, rel_tol=1e-6)
     assert sqnr_db(ref, ref) == math.inf
+
+
+def test_nan_outputs_are_an_error_not_a_score():
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        model.bias[1] = float("nan")
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    with pytest.raises(LowbitError, match="NaN or infinite outputs"):
+        evaluate(model, (x, y))

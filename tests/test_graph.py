@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import fx, nn
 
+import lowbit
 from conftest import ResidualNet, TinyViT, randomize_bn
-from lowbit.calibrate import calibrate, freeze
+from lowbit import LowbitError
+from lowbit.calibrate import calibrate, calibrate_weights, freeze
 from lowbit.config import QuantConfig
 from lowbit.graph import activation_quantizers, fold_batchnorm, prepare, trace
 from lowbit.layers import QConv2d, QLinear, quant_layers
@@ -99,3 +101,36 @@ def test_weights_only_config_places_no_activation_quantizers(residual_net):
     q = prepare(residual_net, QuantConfig.from_bits(4, None))
     assert activation_quantizers(q) == []
     assert isinstance(q, fx.GraphModule)
+
+
+def tensor_devices(model: nn.Module) -> set[torch.device]:
+    return {t.device for t in [*model.parameters(), *model.buffers()]}
+
+
+@pytest.mark.parametrize("make", [lambda: randomize_bn(ResidualNet()), Untraceable], ids=["fx", "swap"])
+def test_every_grid_stays_on_the_model_device(make):
+    """A model on the meta device stands in for one on a GPU: any grid made on the CPU shows up here."""
+    meta = {torch.device("meta")}
+    config = QuantConfig.from_bits(4, 8, weights_observer="minmax")  # the MSE search is slow on meta tensors
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the untraceable model's fallback warning is tested above
+        q = prepare(make().to("meta"), config)
+    assert activation_quantizers(q) and tensor_devices(q) == meta
+    calibrate_weights(q)
+    assert tensor_devices(q) == meta
+    for _, aq in activation_quantizers(q):  # grids arrive from observers and files on the CPU
+        aq.set_qparams(torch.tensor([0.1]), torch.tensor([3]))
+    freeze(q)
+    assert all(layer.frozen for _, layer in quant_layers(q))
+    assert tensor_devices(q) == meta
+
+
+def test_a_quantized_model_is_not_quantized_again(residual_net, images):
+    q = lowbit.quantize(residual_net, images, weights_bits=8, activation_bits=8)
+    with pytest.raises(LowbitError, match="already quantized"):
+        lowbit.quantize(q, images)
+
+
+def test_a_model_without_weight_layers_is_a_clear_error(images):
+    with pytest.raises(LowbitError, match="no layer lowbit quantizes"):
+        lowbit.quantize(nn.Sequential(nn.ReLU(), nn.Flatten()), images)

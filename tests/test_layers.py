@@ -2,24 +2,24 @@ import torch
 from torch import nn
 
 from lowbit.layers import QConv2d, QLinear, to_quantized
-from lowbit.spec import weight_spec
+from lowbit.spec import activation_spec, weight_spec
 
 
-def test_quantized_conv_matches_float_conv_when_off():
-    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, groups=1)
+def test_quantized_conv_matches_float_conv_when_off(device):
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, groups=1, device=device)
     q = to_quantized(conv, weight_spec(4))
-    x = torch.randn(2, 3, 9, 9)
+    x = torch.randn(2, 3, 9, 9, device=device)
     assert isinstance(q, QConv2d) and isinstance(q, nn.Conv2d)
     torch.testing.assert_close(q(x), conv(x))
 
 
-def test_freeze_stores_codes_and_exact_dequantized_weight():
-    lin = nn.Linear(16, 8)
+def test_freeze_stores_codes_and_exact_dequantized_weight(device):
+    lin = nn.Linear(16, 8, device=device)
     q = to_quantized(lin, weight_spec(3))
     q.calibrate_weights()
     fq = q.fake_quant_weight().detach().clone()
     q.freeze()
-    assert q.frozen and q.qweight.dtype == torch.int32
+    assert q.frozen and q.qweight.dtype == torch.int32 and q.qweight.device == q.weight.device
     qmin, qmax = q.weight_quant.qrange
     assert q.qweight.min() >= qmin and q.qweight.max() <= qmax
     torch.testing.assert_close(q.weight.detach(), fq, rtol=0, atol=1e-6)
@@ -27,24 +27,31 @@ def test_freeze_stores_codes_and_exact_dequantized_weight():
     assert all(len(torch.unique(row)) <= 8 for row in q.weight.detach())
 
 
-def test_depthwise_conv_is_quantized_per_channel():
-    conv = nn.Conv2d(6, 6, 3, groups=6)
+def test_depthwise_conv_is_quantized_per_channel(device):
+    conv = nn.Conv2d(6, 6, 3, groups=6, device=device)
     q = to_quantized(conv, weight_spec(4))
     q.calibrate_weights()
     assert q.weight_quant.scale.shape == (6,)
 
 
-def test_fp16_weights_freeze_to_half_precision():
-    q = to_quantized(nn.Linear(4, 4), weight_spec("fp16"))
+def test_fp16_weights_freeze_to_half_precision(device):
+    q = to_quantized(nn.Linear(4, 4, device=device), weight_spec("fp16"))
     q.calibrate_weights()
     q.freeze()
     assert q.qweight.dtype == torch.float16
     torch.testing.assert_close(q.weight.detach(), q.qweight.float(), rtol=0, atol=0)
 
 
-def test_weight_gradients_flow_through_fake_quant():
-    q = to_quantized(nn.Linear(4, 3), weight_spec(4))
+def test_weight_gradients_flow_through_fake_quant(device):
+    q = to_quantized(nn.Linear(4, 3, device=device), weight_spec(4))
     q.calibrate_weights()
-    q(torch.randn(2, 4)).sum().backward()
+    q(torch.randn(2, 4, device=device)).sum().backward()
     assert q.weight.grad is not None and q.weight.grad.abs().sum() > 0
     assert isinstance(q, QLinear)
+
+
+def test_grids_of_a_swapped_layer_start_on_its_weight_device():
+    """Module swapping quantizes the layer's input too: both grids must sit where the weight does."""
+    q = to_quantized(nn.Conv2d(3, 4, 3, device="meta"), weight_spec(4), activation_spec(8))
+    tensors = [q.weight, q.bias, *q.weight_quant.buffers(), *q.input_quant.buffers()]
+    assert {t.device.type for t in tensors} == {"meta"}

@@ -4,7 +4,7 @@ from lowbit import LowbitError, Override, QuantConfig, QuantSpec
 from lowbit.config import FIRST_LAYER, LAST_LAYER
 
 
-@pytest.mark.parametrize("bits", [1, 17, 0, "int4", 3.5, True])
+@pytest.mark.parametrize("bits", [1, 17, 0, "int4", 3.5, True, "²", "٤"])
 def test_bad_bits_raise_clear_error(bits):
     with pytest.raises(LowbitError, match="2 to 16"):
         QuantSpec(bits=bits)

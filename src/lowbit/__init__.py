@@ -8,14 +8,13 @@
     images = lowbit.synthesize(model, n_images=1024, input_shape=(1, 28, 28), mean=(0.2860,), std=(0.3530,))
 """
 
-__version__ = "0.1.0"
-
-from lowbit.api import quantize  # noqa: E402
+from lowbit.version import __version__  # noqa: E402
+from lowbit.api import load, quantize  # noqa: E402
 from lowbit.config import Override, QuantConfig  # noqa: E402
 from lowbit.data.synthesize import SynthOptions, synthesize  # noqa: E402
 from lowbit.errors import LowbitError  # noqa: E402
 from lowbit.evaluate import Metrics, evaluate  # noqa: E402
-from lowbit.io.lowbit_file import load, save  # noqa: E402
+from lowbit.io.lowbit_file import save  # noqa: E402
 from lowbit.mixed import Budget  # noqa: E402
 from lowbit.spec import QuantSpec  # noqa: E402
 

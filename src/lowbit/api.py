@@ -1,4 +1,5 @@
-"""``lowbit.quantize``: the whole pipeline as one call (prepare -> calibrate -> optimize -> freeze)."""
+"""The entry points that tie the layers together: ``lowbit.quantize`` (prepare -> calibrate -> optimize ->
+freeze, one call) and ``lowbit.load`` (a saved file into a zoo architecture or the caller's own)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from lowbit.algorithms import get_algorithm, make_options
 from lowbit.algorithms.bias_correction import correct_biases
 from lowbit.calibrate import calibrate, freeze
 from lowbit.config import QuantConfig
+from lowbit.coverage import coverage
 from lowbit.data.calibration import calibration_batches
+from lowbit.data.scale_check import check_input_scale
+from lowbit.dtypes import as_float32, keep_interface_dtype, parameter_dtype
 from lowbit.errors import LowbitError
 from lowbit.graph import activation_quantizers, prepare
+from lowbit.io import lowbit_file
 from lowbit.mixed.allocate import Sensitivity, allocate
 from lowbit.mixed.budget import Budget
+from lowbit.models import rebuild
 from lowbit.spec import Bits
 
 log = logging.getLogger(__name__)
@@ -53,12 +59,16 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     method_options = make_options(config.method, config.method_options, config.seed)
     config = replace(config, method_options=asdict(method_options))  # record every option in the saved metadata
     torch.manual_seed(config.seed)
+    dtype = parameter_dtype(model)
+    model = as_float32(model)
     if device is not None:
         model = model.to(device)
     if data is None and (mixed is not None or config.method != "nearest"):
         raise LowbitError("calibration data is required for mixed precision and learned rounding; pass data "
                           "(a tensor, a DataLoader or a dataset name)")
     batches = calibration_batches(data, config.calib_images, config.batch_size, config.seed) if data is not None else []
+    if batches:
+        check_input_scale(model, batches[0])
     allocation = None
     if mixed is not None:
         allocation = allocate(model, torch.cat(batches)[:sensitivity_images], config, mixed, sensitivity)
@@ -74,5 +84,17 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
         correct_biases(qmodel, batches)
     algorithm.run(qmodel, batches, method_options, progress)
     freeze(qmodel)
-    return qmodel
+    share = coverage(qmodel)
+    if share.unquantized:
+        log.warning(share.describe())
+    return keep_interface_dtype(qmodel, dtype)
 
+
+
+def load(path: str, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a quantized model from a ``.lowbit`` file.
+
+    Zoo models are rebuilt from the file alone; for other architectures pass an instance as ``model`` (its
+    weights are ignored: only its structure is used). The file is validated before anything is allocated.
+    """
+    return lowbit_file.load(path, model if model is not None else rebuild, device)

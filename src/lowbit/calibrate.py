@@ -10,17 +10,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lowbit.graph import activation_quantizers
+from lowbit.graph import activation_quantizers, model_device  # other modules import model_device from here
 from lowbit.layers import quant_layers
 
 log = logging.getLogger(__name__)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter or buffer (CPU for an empty model)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def calibrate_weights(model: nn.Module) -> None:

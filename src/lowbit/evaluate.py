@@ -11,6 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lowbit.calibrate import model_device
+from lowbit.errors import LowbitError
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ def accumulate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Ten
         with torch.inference_mode():
             for x, y in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
                 logits = model(x.to(device)).float().cpu()
+                if not bool(torch.isfinite(logits).all()):
+                    raise LowbitError("the model produced NaN or infinite outputs, so no metric would mean anything; "
+                                      "check the model file and the input data (scale, dtype)")
                 y = y.cpu().long()
                 k = num_classes or logits.shape[1]
                 if confusion is None:

@@ -28,7 +28,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from lowbit.config import QuantConfig
-from lowbit.errors import first_line
+from lowbit.errors import LowbitError, first_line
 from lowbit.layers import QuantLayer, is_quantizable, to_quantized
 from lowbit.quantizer import Quantizer
 
@@ -78,6 +78,13 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self._leaf_types + (Quantizer,)) or super().is_leaf_module(m, qualname)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for an empty model)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -196,6 +203,7 @@ def _requant_points(gm: fx.GraphModule) -> list[fx.Node]:
 
 def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> None:
     modules = dict(gm.named_modules())
+    device = model_device(gm)  # activations flow on the model's device, so their grids live there too
     store = nn.ModuleDict()
     gm.add_submodule(ACT_QUANT, store)
     for node in _requant_points(gm):
@@ -204,7 +212,7 @@ def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> No
         spec = config.activation_spec_for(f"{ACT_QUANT}.{node.name}", producer, node.name, *consumers)
         if spec is None:
             continue
-        store[node.name] = Quantizer(spec, config.seed)
+        store[node.name] = Quantizer(spec, config.seed, device)
         with gm.graph.inserting_after(node):
             q = gm.graph.call_module(f"{ACT_QUANT}.{node.name}", (node,))
         node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
@@ -239,6 +247,11 @@ def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
 
     The original model is not modified. The result carries a :class:`QuantInfo` as ``lowbit_info``.
     """
+    if any(isinstance(m, (QuantLayer, Quantizer)) for m in model.modules()):
+        raise LowbitError("this model is already quantized; pass the float model it came from")
+    if not any(is_quantizable(m) for m in model.modules()):
+        raise LowbitError(f"{type(model).__name__} has no layer lowbit quantizes (Conv2d, Linear); pass a model "
+                          "built from them")
     arch = getattr(model, "lowbit_arch", None)
     model = copy.deepcopy(model).eval()
     try:
@@ -251,11 +264,25 @@ def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
             "graph quantization, move data-dependent Python control flow out of forward() or mark that submodule "
             "as a leaf with torch.fx.wrap.", stacklevel=2)
         resolved = _prepare_swap(model, config)
+        _check_overrides_match(model, resolved)
         model.lowbit_info = QuantInfo(resolved, "swap", arch)
         return model
     resolved = _prepare_fx(gm, config)
+    _check_overrides_match(gm, resolved)
     gm.lowbit_info = QuantInfo(resolved, "fx", arch)
     return gm
+
+
+def _check_overrides_match(prepared: nn.Module, config: QuantConfig) -> None:
+    """An override that matches nothing is almost always a typo: refuse it rather than quietly ignore it."""
+    names = {n for n, _ in prepared.named_modules()}
+    if isinstance(prepared, fx.GraphModule):
+        names |= {node.name for node in prepared.graph.nodes}
+    for o in config.overrides:
+        if not any(o.matches(n) for n in names):
+            layers = ", ".join(n for n, m in prepared.named_modules() if isinstance(m, QuantLayer))
+            raise LowbitError(f"override {o.pattern!r} matches no layer or activation; layer names are: "
+                              f"{layers[:200]}{'...' if len(layers) > 200 else ''}")
 
 
 def activation_quantizers(model: nn.Module) -> list[tuple[str, Quantizer]]:

@@ -32,8 +32,10 @@ class QuantLayer:
     qweight: torch.Tensor | None
 
     def _init_quant(self, weight_spec: QuantSpec, input_spec: QuantSpec | None, seed: int) -> None:
-        self.weight_quant = Quantizer(weight_spec, seed)
-        self.input_quant = Quantizer(input_spec, seed) if input_spec is not None else None
+        # the grids start on the weight's device: the layer's input and weight are both quantized there
+        device = self.weight.device
+        self.weight_quant = Quantizer(weight_spec, seed, device)
+        self.input_quant = Quantizer(input_spec, seed, device) if input_spec is not None else None
         self.rounding = None
         self.register_buffer("qweight", None)  # type: ignore[attr-defined]
 

@@ -21,7 +21,9 @@ State = Literal["observe", "quantize", "off"]
 class Quantizer(nn.Module):
     """Fake-quantizer for activations (observer-calibrated or dynamic) and the grid holder for weights."""
 
-    def __init__(self, spec: QuantSpec, seed: int = 0) -> None:
+    def __init__(self, spec: QuantSpec, seed: int = 0, device: torch.device | str | None = None) -> None:
+        """``device``: where the quantized tensor lives. The grid is created there so that a quantizer added
+        to a model on a GPU (or on the meta device) never holds CPU tensors next to the model's own."""
         super().__init__()
         self.spec = spec
         self.state: State = "off"
@@ -29,8 +31,8 @@ class Quantizer(nn.Module):
         self.observer: ActivationObserver | None = None
         # QDrop: while reconstructing, each element keeps its float value with this probability
         self.drop_prob = 0.0
-        self.register_buffer("scale", torch.ones(1))
-        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
+        self.register_buffer("scale", torch.ones(1, device=device))
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32, device=device))
 
     @property
     def bits(self) -> int | str:
@@ -50,12 +52,24 @@ class Quantizer(nn.Module):
             self.observer = ActivationObserver(self.spec, self.seed)
         self.state = state
 
-    def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
-        """Install a grid (shapes may differ from the placeholders: per-channel grids are vectors)."""
+    @property
+    def device(self) -> torch.device:
+        """Where the grid lives: the quantizer's buffers, which ``Module.to`` moves with the rest of the model."""
+        return self.scale.device
+
+    def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor,
+                    device: torch.device | str | None = None) -> None:
+        """Install a grid (shapes may differ from the placeholders: per-channel grids are vectors).
+
+        The grid goes to ``device``, by default this quantizer's own. Grids are often computed somewhere
+        else (observers accumulate on the CPU, files are read onto the CPU) and must land next to the
+        values they quantize, not where they were computed.
+        """
+        device = self.device if device is None else device
         if isinstance(self.scale, nn.Parameter):
             self.fix_scale()
-        self.scale = scale.detach().float().reshape(-1).to(self.scale.device)
-        self.zero_point = zero_point.detach().to(torch.int32).reshape(-1).to(self.scale.device)
+        self.scale = scale.detach().float().reshape(-1).to(device)
+        self.zero_point = zero_point.detach().to(torch.int32).reshape(-1).to(device)
 
     def learn_scale(self) -> nn.Parameter:
         """Make the step size a trainable parameter (LSQ-style gradients flow through fake_quantize)."""
@@ -83,9 +97,13 @@ class Quantizer(nn.Module):
         return True
 
     def calibrate_to(self, x: torch.Tensor) -> None:
-        """Set the grid directly from a fully known tensor (weights)."""
+        """Set the grid directly from a fully known tensor (weights).
+
+        The grid follows ``x``: a weight's grid must sit on the weight's device even if this quantizer was
+        built elsewhere, or every forward pass would mix devices.
+        """
         if self.needs_calibration:
-            self.set_qparams(*static_qparams(x, self.spec))
+            self.set_qparams(*static_qparams(x, self.spec), device=x.device)
         self.state = "quantize"
 
     def grid(self, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:

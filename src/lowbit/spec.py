@@ -16,7 +16,7 @@ MIN_BITS, MAX_BITS = 2, 16
 
 def check_bits(bits: object, what: str = "bits") -> Bits:
     """Validate a bit width (2-16 or "fp16"), accepting numeric strings from the CLI."""
-    if isinstance(bits, str) and bits.isdigit():
+    if isinstance(bits, str) and bits.isascii() and bits.isdigit():
         bits = int(bits)
     if bits == "fp16" or (isinstance(bits, int) and not isinstance(bits, bool) and MIN_BITS <= bits <= MAX_BITS):
         return bits  # type: ignore[return-value]

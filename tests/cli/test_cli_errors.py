@@ -81,3 +81,30 @@ def test_truncated_lowbit_file(capsys, tmp_path):
 def test_lowbit_file_info_of_missing_file(capsys, tmp_path):
     code, err = run(capsys, "info", str(tmp_path / "none.lowbit"))
     assert code == 2 and "not found" in err
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--weights-bits", "²"], "--weights-bits must be an integer"),
+    (["--weights-cr", "0"], "without --mixed-precision"),
+    (["--mixed-precision", "--weights-cr", "0"], "weights_cr must be a positive number"),
+    (["--mixed-precision", "--weights-cr", "nan"], "weights_cr must be a positive number"),
+    (["--override", "layer9.*=8"], "matches no layer or activation"),
+    (["--method", "brecq", "--method-option", "lr=-1"], "lr must be a finite number"),
+    (["--calib-data", "noise", "--n-images", "0"], "--n-images must be at least 1"),
+    (["--dataset", "imagefolder", "--image-size", "0"], "--image-size must be at least 1"),
+])
+def test_quantize_options_that_cannot_work(capsys, tmp_path, out, argv, pattern):
+    code, err = run(capsys, "quantize", *argv, "--calib-images", "8", "--no-eval", "--out", out, "--quiet")
+    assert_clean_error(code, err, pattern, tmp_path)
+
+
+def test_synth_with_no_images_is_refused(capsys, tmp_path):
+    code, err = run(capsys, "synth", "--n-images", "0", "--out", str(tmp_path / "s"))
+    assert_clean_error(code, err, "--n-images must be at least 1", tmp_path)
+
+
+def test_text_file_given_as_checkpoint(capsys, tmp_path, out):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello world\n")
+    code, err = run(capsys, "quantize", "--checkpoint", str(text), "--out", out)
+    assert_clean_error(code, err, "not a checkpoint", tmp_path)

@@ -29,7 +29,7 @@ def test_quantize_calibrates_on_a_synth_folder(synth_dir, tmp_path):
     out = tmp_path / "q.lowbit"
     assert main(["quantize", "--calib-data", str(synth_dir), "--no-eval", "--out", str(out), "--quiet"]) == 0
     meta = read_metadata(out)
-    assert meta["calib_data"] == str(synth_dir) and meta["synth"]["n_images"] == 48
+    assert meta["provenance"]["calib_data"] == str(synth_dir) and meta["provenance"]["synth"]["n_images"] == 48
 
 
 @pytest.mark.parametrize("source", ["synthetic", "noise"])
@@ -38,7 +38,7 @@ def test_quantize_without_real_images(source, tmp_path, capsys):
     assert main(["quantize", "--calib-data", source, "--n-images", "32", "--synth-iters", "3",
                  "--synth-batch-size", "16", "--out", str(out), "--quiet"]) == 0
     meta = read_metadata(out)
-    assert meta["calib_data"] == source
+    assert meta["provenance"]["calib_data"] == source
     assert meta["quant_metrics"]["n"] == 10000  # still evaluated on the whole test split
     assert "W8A8 nearest" in capsys.readouterr().out
 
@@ -67,5 +67,5 @@ def test_pretrained_imagenet_model_needs_no_data_at_all(tmp_path, capsys):
                  "--n-images", "8", "--synth-iters", "2", "--image-size", "64", "--weights-bits", "4",
                  "--out", str(out), "--quiet"]) == 0
     meta = read_metadata(out)
-    assert meta["dataset"] is None and meta["calib_data"] == "synthetic" and "quant_metrics" not in meta
+    assert meta["dataset"] is None and meta["provenance"]["calib_data"] == "synthetic" and meta["quant_metrics"] is None
     assert out.stat().st_size < 0.15 * 4 * 4.7e6  # 4.7M float32 parameters, 4-bit codes plus scales

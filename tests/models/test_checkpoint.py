@@ -44,7 +44,7 @@ def test_garbage_torch_file(tmp_path):
 def test_pickled_module_is_refused(tmp_path):
     path = tmp_path / "m.pt"
     torch.save({"model": nn.Linear(2, 2)}, path)
-    with pytest.raises(LowbitError, match="pickled objects"):
+    with pytest.raises(LowbitError, match="contains code"):
         load_checkpoint(_resnet20(), path)
 
 
@@ -62,3 +62,33 @@ def test_shape_mismatch_is_reported(tmp_path):
               str(path))
     with pytest.raises(LowbitError, match="shape mismatch at fc.weight"):
         load_checkpoint(_resnet20(), path)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+@pytest.mark.parametrize("content,message", [
+    (lambda p: torch.save({"w": _RunsCode()}, p), "contains code"),
+    (lambda p: p.write_text("hello world\n"), "not a checkpoint"),
+])
+def test_unreadable_or_unsafe_checkpoints_are_named(tmp_path, capsys, content, message):
+    path = tmp_path / "c.pt"
+    content(path)
+    with pytest.raises(LowbitError, match=message) as info:
+        load_checkpoint(_resnet20(), path)
+    assert "weights_only" not in str(info.value) and "this ran" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda sd: sd["conv1.weight"].view(-1).__setitem__(0, float("nan")), "NaN or infinite"),
+    (lambda sd: sd["fc.bias"].fill_(float("inf")), "NaN or infinite"),
+    (lambda sd: sd.__setitem__("fc.weight", sd["fc.weight"].long()), "torch.int64"),
+])
+def test_checkpoints_that_would_quantize_into_garbage_are_refused(tmp_path, edit, message):
+    sd = {k: v.clone() for k, v in _resnet20().state_dict().items()}
+    edit(sd)
+    torch.save(sd, tmp_path / "c.pt")
+    with pytest.raises(LowbitError, match=message):
+        load_checkpoint(_resnet20(), tmp_path / "c.pt")

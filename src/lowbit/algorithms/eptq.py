@@ -26,6 +26,11 @@ class EptqOptions(ReconstructionOptions):
     learn_act_scale: bool = True
     hessian_probes: int = 16
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.hessian_probes, bool) or not isinstance(self.hessian_probes, int) or self.hessian_probes < 1:
+            raise LowbitError(f"hessian_probes must be a positive integer, got {self.hessian_probes!r}")
+
 
 def run(qmodel: nn.Module, batches: list[torch.Tensor], options: EptqOptions, progress: bool = False) -> None:
     from torch import fx

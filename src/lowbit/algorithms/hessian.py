@@ -42,5 +42,6 @@ def activation_hessian_diagonals(stages: list[nn.Module], inputs: torch.Tensor, 
                     g2 = g.detach().pow(2)
                     sums[k] += g2.mean(dim=tuple(range(2, g2.dim()))) if g2.dim() > 2 else g2
         for k, s in enumerate(sums):
-            results[k].append((s / n_probes).cpu())
+            # (N, C) per block is small; on the model's device it weights each step's loss without a copy
+            results[k].append(s / n_probes)
     return [torch.cat(r) for r in results]

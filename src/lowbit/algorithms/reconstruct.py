@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -59,6 +60,12 @@ class ReconstructionOptions:
     def __post_init__(self) -> None:
         if self.iters < 1 or self.batch_size < 1:
             raise LowbitError(f"iters and batch_size must be positive, got {self.iters} and {self.batch_size}")
+        for name in ("lr", "act_lr", "reg_weight", "warmup", "beta_start", "beta_end", "drop_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise LowbitError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr == 0 or self.warmup > 1:
+            raise LowbitError(f"lr must be above 0 and warmup at most 1, got lr={self.lr}, warmup={self.warmup}")
         if not 0.0 <= self.drop_prob < 1.0:
             raise LowbitError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
         if self.granularity not in ("layer", "block"):

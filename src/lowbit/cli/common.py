@@ -1,15 +1,13 @@
-"""Arguments and helpers shared by the CLI commands: model, weights, data and bit options."""
+"""Arguments and helpers shared by the CLI commands: model, weights, data, bit and device options."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 
-from safetensors.torch import save_file
+import torch
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from lowbit.algorithms import ALGORITHMS
@@ -121,8 +119,54 @@ def resolve_dataset(args: argparse.Namespace) -> None:
 
 
 def load_data(args: argparse.Namespace, split: str):
+    check_count(args.image_size, "--image-size")
     return load_dataset(args.dataset, split, data_dir=args.data_dir, train_path=args.train_data_path,
                         val_path=args.val_data_path, image_size=args.image_size)
+
+
+def check_count(value: int, flag: str) -> int:
+    """A count the user typed (images, iterations) that must be at least one."""
+    if value < 1:
+        raise LowbitError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def resolve_device(requested: str | None) -> str:
+    """The device a command runs on: ``requested`` once checked, else CUDA when PyTorch sees a GPU.
+
+    Checked before any work, so that a wrong ``--device`` ends with one line naming the fix instead of a
+    traceback from deep inside PyTorch when the first tensor is moved.
+    """
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise LowbitError(f"unknown --device {requested!r}; use cpu, cuda, cuda:N or mps")
+    if device.type == "cuda":
+        _check_cuda(requested, device)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise LowbitError(f"--device {requested} needs Apple's Metal backend, which this machine lacks; "
+                          "use --device cpu")
+    return str(device)
+
+
+def _check_cuda(requested: str, device: torch.device) -> None:
+    if not torch.cuda.is_available():
+        # a CPU-only build and a CUDA build without a usable GPU need different fixes
+        fix = ("install a CUDA build of PyTorch" if torch.version.cuda is None
+               else "check the NVIDIA driver and CUDA_VISIBLE_DEVICES")
+        raise LowbitError(f"--device {requested} needs a CUDA GPU, but PyTorch {torch.__version__} sees none; "
+                          f"use --device cpu, or {fix}")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise LowbitError(f"--device {requested}: only {count} GPU(s) visible; use one of cuda:0 to cuda:{count - 1} "
+                          "or check CUDA_VISIBLE_DEVICES")
 
 
 def load_float_model(args: argparse.Namespace, info: DatasetInfo | None) -> nn.Module:
@@ -146,7 +190,4 @@ def load_float_model(args: argparse.Namespace, info: DatasetInfo | None) -> nn.M
 
 def float_file_size(model: nn.Module) -> int:
     """Bytes of the float32 model saved as safetensors (the baseline of every size ratio)."""
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "float.safetensors")
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path)
-        return Path(path).stat().st_size
+    return len(safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}))

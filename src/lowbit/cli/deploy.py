@@ -12,11 +12,13 @@ from pathlib import Path
 
 import torch
 
+from lowbit.api import load
 from lowbit.cli.common import add_data_args, load_data
+from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.quantize import write_json
 from lowbit.data import labelled_batches
 from lowbit.errors import LowbitError
-from lowbit.io.lowbit_file import load, read_metadata
+from lowbit.io.lowbit_file import read_metadata
 from lowbit.models import default_input_shape
 from lowbit.report import human_bytes, table
 
@@ -90,8 +92,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     source = Path(args.file)
     out = Path(args.out) if args.out else source.with_suffix(".onnx")
-    if out.resolve() == source.resolve():
-        raise LowbitError(f"--out {out} is the input file; choose another name, e.g. {source.with_suffix('.onnx')}")
+    check_outputs(cli_inputs(args, {"file": source}), {"--out": out})
     meta = read_metadata(source)
     qmodel = load(source)
     shape = input_shape(args, meta)
@@ -118,6 +119,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from lowbit.deploy.bench import FORMS, bench_model
 
+    check_outputs({"file": args.file}, {"--json": args.json})
     meta = read_metadata(args.file)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1:
         raise LowbitError("--threads, --repeats and --batch-size must be at least 1 and --warmup at least 0")

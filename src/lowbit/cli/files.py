@@ -8,10 +8,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from lowbit.api import load
 from lowbit.cli.common import add_data_args, load_data
+from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.quantize import write_json
+from lowbit.coverage import Coverage
 from lowbit.evaluate import evaluate
-from lowbit.io.lowbit_file import load, read_metadata
+from lowbit.io.lowbit_file import read_metadata
 from lowbit.report import METRIC_HEADERS, human_bytes, metrics_row, table
 
 
@@ -41,6 +44,7 @@ def _load_onnx(args: argparse.Namespace):
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    check_outputs(cli_inputs(args, {"file": args.file}), {"--json": args.json})
     onnx_file = Path(args.file).suffix.lower() == ".onnx"
     if onnx_file:
         qmodel, meta = _load_onnx(args), {}
@@ -87,6 +91,7 @@ def run_info(args: argparse.Namespace) -> int:
          f"{acts['bits']} bits, {'dynamic' if acts['dynamic'] else 'static'}, observer {acts['observer']}"),
         ("layers by bits", ", ".join(f"{n} x {b}" for b, n in sorted(bits.items()))),
         ("overrides", ", ".join(o["pattern"] for o in cfg.get("overrides", [])) or "none"),
+        ("float parameters", Coverage(**meta["coverage"]).describe() if meta.get("coverage") else "not recorded"),
     ]
     for key in ("float_metrics", "quant_metrics"):
         if meta.get(key):

@@ -53,12 +53,12 @@ def budget_from_args(args: argparse.Namespace) -> Budget | None:
     if not hasattr(args, "sensitivity"):  # a command without mixed-precision options
         return None
     if not getattr(args, "mixed_precision", True):
-        if args.weights_cr or args.model_size or args.gbops:
+        if any(v is not None for v in (args.weights_cr, args.model_size, args.gbops)):
             raise LowbitError("a budget was given without --mixed-precision; add it (or use `lowbit mixed`)")
         return None
     if args.sensitivity_images < 2:
         raise LowbitError(f"--sensitivity-images must be at least 2, got {args.sensitivity_images}")
-    if not (args.weights_cr or args.model_size or args.gbops):
+    if all(v is None for v in (args.weights_cr, args.model_size, args.gbops)):
         raise LowbitError("mixed precision needs a budget: --weights-cr, --model-size or --gbops")
     acts = _bit_list(args.activation_candidates, "--activation-candidates") if args.activation_candidates else None
     return Budget(args.weights_cr, args.model_size, args.gbops, _bit_list(args.bits, "--bits"), acts,
@@ -80,16 +80,21 @@ def print_allocation(allocation: Allocation) -> None:
           f"{allocation.seconds.get('solve', 0):.3f} s")
 
 
+def allocation_paths(model_path: Path) -> tuple[Path, Path]:
+    """``<model>.allocation.csv`` and ``<model>.allocation.png`` beside the model file."""
+    return model_path.with_suffix(".allocation.csv"), model_path.with_suffix(".allocation.png")
+
+
 def write_allocation(allocation: Allocation, model_path: Path, title: str = "") -> tuple[Path, Path]:
-    """``<model>.allocation.csv`` and ``<model>.allocation.png`` beside the model file (written atomically)."""
-    csv_path = model_path.with_suffix(".allocation.csv")
+    """The allocation's CSV and PNG files (see :func:`allocation_paths`), written atomically."""
+    csv_path, png_path = allocation_paths(model_path)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(ALLOCATION_HEADERS)
     writer.writerows(allocation_rows(allocation))
     with atomic_path(csv_path) as tmp:
         tmp.write_text(buffer.getvalue())
-    png_path = plot_allocation(allocation, model_path.with_suffix(".allocation.png"), title)
+    png_path = plot_allocation(allocation, png_path, title)
     return csv_path, png_path
 
 

@@ -7,21 +7,23 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from lowbit.analysis import per_layer_sqnr
 from lowbit.api import quantize
 from lowbit.cli.common import (add_data_args, add_model_args, add_quant_args, config_from_args, float_file_size,
-                               load_data, load_float_model, resolve_dataset)
+                               load_data, load_float_model, resolve_dataset, resolve_device)
+from lowbit.cli.mixed import add_mixed_args, allocation_paths, budget_from_args, print_allocation, write_allocation
+from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.synth import add_calib_args, calibration_data
-from lowbit.cli.mixed import add_mixed_args, budget_from_args, print_allocation, write_allocation
 from lowbit.config import QuantConfig
+from lowbit.coverage import coverage
 from lowbit.data import labelled_batches
 from lowbit.evaluate import evaluate
 from lowbit.io.atomic import atomic_path
 from lowbit.io.lowbit_file import save
 from lowbit.mixed import Allocation, Budget
 from lowbit.report import METRIC_HEADERS, metrics_row, table
+
+DEMO_BITS = ((8, 8), (4, 8))
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +61,7 @@ def default_out(model: str, config: QuantConfig, budget: Budget | None = None) -
 
 def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
     """The whole job for one config: returns the figures that are printed and written as JSON."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     resolve_dataset(args)
     train_set, info = load_data(args, "train") if args.dataset else (None, None)
     model = load_float_model(args, info).to(device)
@@ -70,10 +72,12 @@ def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
     start = time.perf_counter()
     qmodel = quantize(model, calib, config, progress=not args.quiet, device=device, **mixed)
     quant_seconds = time.perf_counter() - start
+    share = coverage(qmodel)
     out = Path(args.out) if args.out else default_out(args.model, config, budget)
     float_size = float_file_size(model)
     result: dict = {"model": args.model, "dataset": info.name if info else None, "config": config.to_dict(),
-                    "out": str(out), "quantize_seconds": quant_seconds, "float_file_bytes": float_size, **calib_record}
+                    "out": str(out), "quantize_seconds": quant_seconds, "float_file_bytes": float_size,
+                    "coverage": share.to_dict(), "coverage_note": share.describe(), **calib_record}
     if not args.no_eval and info is not None:
         test_set, _ = load_data(args, "test")
         start = time.perf_counter()
@@ -107,6 +111,7 @@ def print_report(result: dict, label: str) -> None:
                         result["quantize_seconds"], result.get("quant_eval_seconds"))]
     print(table(METRIC_HEADERS, rows))
     print(f"saved {result['out']} (quantize s: calibration and rounding; eval s: the whole test split)")
+    print(result["coverage_note"])
     if "per_layer" in result:
         print()
         print(table(("layer", "bits", "params", "weight SQNR dB", "output SQNR dB"),
@@ -126,8 +131,19 @@ def write_json(path: str, payload: object) -> None:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
 
 
+def planned_outputs(args: argparse.Namespace, config: QuantConfig) -> dict[str, Path | str | None]:
+    """The files a quantize or mixed run will write, keyed by the option that names them (checked up front)."""
+    budget = budget_from_args(args)
+    out = Path(args.out) if args.out else default_out(args.model, config, budget)
+    outputs: dict[str, Path | str | None] = {"--out": out, "--json": args.json}
+    if budget is not None:
+        outputs["--out (allocation CSV)"], outputs["--out (allocation PNG)"] = allocation_paths(out)
+    return outputs
+
+
 def run_quantize(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    check_outputs(cli_inputs(args), planned_outputs(args, config))
     result = quantize_and_report(args, config)
     print_report(result, label_of(config, result.get("mixed")))
     if "mixed" in result:
@@ -141,9 +157,12 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     """The bundled ResNet-20 on Fashion-MNIST, quantized at W8A8 and W4A8 (1024 calibration images)."""
+    outs = {f"--out (W{w}A{a})": Path(args.out).with_suffix(f".w{w}a{a}.lowbit") if args.out
+            else default_out("resnet20", QuantConfig.from_bits(w, a)) for w, a in DEMO_BITS}
+    check_outputs({}, {**outs, "--json": args.json})
     results = []
     base = vars(args).copy()
-    for wbits, abits in ((8, 8), (4, 8)):
+    for wbits, abits in DEMO_BITS:
         ns = argparse.Namespace(**{**base, "model": "resnet20", "checkpoint": None, "pretrained": False,
                                    "dataset": "fashion-mnist", "data_dir": None, "train_data_path": None,
                                    "val_data_path": None, "image_size": 28, "calib_data": "train",

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.data import DatasetInfo
 from lowbit.data.synthesize import SynthOptions, noise_images, synthesize
-from lowbit.data.synthetic_files import load_synthetic, save_synthetic
+from lowbit.data.synthetic_files import GRID_FILE, IMAGES_FILE, load_synthetic, save_synthetic
 from lowbit.errors import LowbitError
 from lowbit.models import default_input_shape, default_normalization
 
@@ -65,6 +67,8 @@ def input_description(args: argparse.Namespace, info: DatasetInfo | None) -> tup
 def calibration_data(args: argparse.Namespace, model: nn.Module, train_set: Any, info: DatasetInfo | None,
                      n_default: int) -> tuple[Any, dict]:
     """What ``--calib-data`` asks for, and a record of it for the report."""
+    from lowbit.cli.common import check_count
+
     source = args.calib_data
     if source == "train":
         if train_set is None:
@@ -78,7 +82,7 @@ def calibration_data(args: argparse.Namespace, model: nn.Module, train_set: Any,
                               "generate them for this model with `lowbit synth`")
         return images, {"calib_data": str(source), "synth": meta}
     shape, mean, std = input_description(args, info)
-    n = args.n_images or n_default
+    n = n_default if args.n_images is None else check_count(args.n_images, "--n-images")
     if source == "noise":
         return noise_images(n, shape, mean, std, args.seed), {"calib_data": "noise"}
     start = time.perf_counter()
@@ -103,15 +107,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from lowbit.cli.common import load_data, load_float_model, resolve_dataset
+    from lowbit.cli.common import (
+        check_count,
+        load_data,
+        load_float_model,
+        resolve_dataset,
+        resolve_device,
+    )
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_outputs(cli_inputs(args), {"--out (images)": Path(args.out) / IMAGES_FILE,
+                                     "--out (grid)": Path(args.out) / GRID_FILE})
+    device = resolve_device(args.device)
     resolve_dataset(args)
     info = load_data(args, "train")[1] if args.dataset else None
     model = load_float_model(args, info).to(device)
     shape, mean, std = input_description(args, info)
     options = synth_options(args)
-    n = args.n_images or 1024
+    n = 1024 if args.n_images is None else check_count(args.n_images, "--n-images")
     start = time.perf_counter()
     images = synthesize(model, n, shape, mean, std, options, progress=not args.quiet)
     seconds = time.perf_counter() - start

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lowbit.cli.common import add_data_args, load_data
+from lowbit.cli.common import add_data_args, load_data, resolve_device
+from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.evaluate import evaluate
 from lowbit.io.atomic import atomic_path
 from lowbit.models import build_model
@@ -36,8 +37,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     train_set, info = load_data(args, "train")
+    out = Path(args.out or f"{args.model}_{info.name.replace('-', '')}.safetensors")
+    check_outputs(cli_inputs(args), {"--out": out, "--out (recipe)": out.with_suffix(".json")})
     test_set, _ = load_data(args, "test")
     kwargs = {"num_classes": info.num_classes, "in_channels": info.input_shape[0], "image_size": info.input_shape[1]}
     model = build_model(args.model, **kwargs)
@@ -47,13 +50,13 @@ def run_train(args: argparse.Namespace) -> int:
     train(model, train_set, options, device=device, quiet=args.quiet)
     seconds = time.perf_counter() - start
     metrics = evaluate(model, test_set, class_names=info.classes, progress=not args.quiet)
-    out = Path(args.out or f"{args.model}_{info.name.replace('-', '')}.safetensors")
     with atomic_path(out) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     recipe = {"model": args.model, "model_kwargs": kwargs, "dataset": info.name, "options": options.to_dict(),
               "test_top1": metrics.top1, "test_f1": metrics.f1, "train_seconds": round(seconds, 1),
               "torch": torch.__version__}
-    out.with_suffix(".json").write_text(json.dumps(recipe, indent=2))
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(recipe, indent=2))
     print(f"{args.model} on {info.name}: test top-1 {100 * metrics.top1:.2f}%, F1 {100 * metrics.f1:.2f}% "
           f"after {args.epochs} epochs ({seconds / 60:.1f} min); saved {out}")
     return 0

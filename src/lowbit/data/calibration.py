@@ -71,7 +71,7 @@ def calibration_batches(data: Any, n_images: int = 1024, batch_size: int = 64, s
     if x.numel() == 0:
         raise LowbitError("calibration data is empty; pass at least one input batch")
     _check_batch(x, 0)
-    return list(x.split(batch_size))
+    return list(x.float().split(batch_size))  # models are calibrated in float32 (see lowbit.dtypes)
 
 
 def labelled_batches(data: Any, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

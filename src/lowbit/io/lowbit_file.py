@@ -14,27 +14,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from lowbit import __version__, qmath
-from lowbit.config import QuantConfig
+from lowbit import qmath
+from lowbit.coverage import coverage
 from lowbit.errors import LowbitError
 from lowbit.graph import QuantInfo, activation_quantizers, prepare
+from lowbit.io import payload
 from lowbit.io.atomic import atomic_path
 from lowbit.io.pack import pack_bits, unpack_bits
+from lowbit.io.payload import ACT_SCALES, ACT_ZERO_POINTS, Layout
+from lowbit.io.run_record import RunRecord
 from lowbit.layers import QuantLayer, quant_layers
-from lowbit.quantizer import Quantizer
 
-FORMAT = "lowbit"
-FORMAT_VERSION = 1
 META_KEY = "lowbit"
+DIGEST_KEY = "lowbit_sha256"
 INT16_OFFSET = 2**15
-ACT_SCALES, ACT_ZERO_POINTS = "activations.scale", "activations.zero_point"
+# An architecture to load into: an instance, or a builder from the header's architecture record
+Architecture = nn.Module | Callable[[dict], nn.Module]
 
 
 def _to_int16(codes: torch.Tensor, qmin: int) -> torch.Tensor:
@@ -76,18 +78,6 @@ def _activation_grids(qmodel: nn.Module) -> tuple[list[str], dict[str, torch.Ten
         ACT_ZERO_POINTS: torch.cat([q.zero_point.int().reshape(-1) for _, q in calibrated])}
 
 
-def _skipped_keys(model: nn.Module) -> set[str]:
-    """State-dict entries stored in packed form (or not at all) rather than as plain tensors."""
-    skip = set()
-    for name, m in model.named_modules():
-        prefix = f"{name}." if name else ""
-        if isinstance(m, QuantLayer):
-            skip |= {prefix + "weight", prefix + "qweight"}
-        if isinstance(m, Quantizer):
-            skip |= {prefix + "scale", prefix + "zero_point"}
-    return skip
-
-
 def state_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Every tensor the file stores for ``qmodel``, and the names of the calibrated activation quantizers."""
     tensors: dict[str, torch.Tensor] = {}
@@ -95,7 +85,7 @@ def state_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]
         tensors.update(_weight_tensors(name, layer))
     act_names, act_tensors = _activation_grids(qmodel)
     tensors.update(act_tensors)
-    skip = _skipped_keys(qmodel)
+    skip = payload.stored_separately(qmodel)
     for key, value in qmodel.state_dict().items():
         if key not in skip and value is not None:
             tensors[key] = value.detach().contiguous()
@@ -103,69 +93,110 @@ def state_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]
 
 
 def save(qmodel: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``qmodel`` (as returned by :func:`lowbit.quantize`) to ``path`` atomically. Returns the path."""
+    """Write ``qmodel`` (as returned by :func:`lowbit.quantize`) to ``path`` atomically. Returns the path.
+
+    ``extra`` adds what the caller measured: ``dataset``, ``float_metrics``, ``quant_metrics`` become typed
+    fields of the :class:`RunRecord`; anything else is kept as provenance.
+    """
     info: QuantInfo | None = getattr(qmodel, "lowbit_info", None)
     if info is None:
         raise LowbitError("this model was not produced by lowbit.quantize; quantize it first, then save")
     tensors, act_names = state_tensors(qmodel)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "lowbit_version": __version__,
-            "config": info.config.to_dict(), "mode": info.mode, "arch": info.arch,
-            "bits": {n: l.weight_quant.spec.bits for n, l in quant_layers(qmodel)},
-            "calibrated_activations": act_names, **info.extra, **(extra or {})}
+    payload.check_finite(tensors)
+    bits = {n: layer.weight_quant.spec.bits for n, layer in quant_layers(qmodel)}
+    extra = {"coverage": coverage(qmodel), **(extra or {})}
+    header = json.dumps(RunRecord.of(info, bits, act_names, extra).to_dict(), separators=(",", ":"))
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, separators=(",", ":"))})
+        save_file(tensors, str(tmp), metadata={META_KEY: header, DIGEST_KEY: payload.file_digest(header, tensors)})
     return path
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of a ``.lowbit`` file, with clear errors for missing, truncated or foreign files."""
-    path = Path(path)
+def _open_error(path: Path, exc: BaseException) -> LowbitError:
+    return LowbitError(f"{path} is not a readable .lowbit file ({str(exc).strip()[:200] or type(exc).__name__}); "
+                       "it may be truncated or damaged — save it again")
+
+
+def _read_index(path: Path) -> tuple[str, str, Layout]:
+    """Header text, stored digest and tensor index (dtype name and shape per tensor), reading no tensor data."""
     if not path.is_file():
         raise LowbitError(f"file not found: {path}; check the path")
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise LowbitError(f"{path} is not a readable .lowbit file ({exc}); it may be truncated — save it again") from None
-    if raw is None:
+            meta = f.metadata() or {}
+            index = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError) as exc:
+        raise _open_error(path, exc) from None
+    if META_KEY not in meta:
         raise LowbitError(f"{path} is a safetensors file without lowbit metadata; pass a file written by `lowbit quantize`")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise LowbitError(f"{path} has an unsupported format version {meta.get('format_version')}; upgrade lowbit")
-    return meta
+    return meta[META_KEY], meta.get(DIGEST_KEY, ""), index
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _parse_header(path: Path, header: str) -> RunRecord:
+    try:
+        raw = json.loads(header)
+    except (ValueError, RecursionError) as exc:
+        raise LowbitError(f"{path} has a damaged header (not JSON: {str(exc)[:100]}); save the model again") from None
+    try:
+        return RunRecord.from_dict(raw)
+    except LowbitError as exc:
+        raise LowbitError(f"{path} has an invalid header ({exc}); save the model again with this lowbit") from None
+    except RecursionError:
+        raise LowbitError(f"{path} has an invalid header (nested too deeply); save the model again") from None
+
+
+def _read_tensors(path: Path, header: str, digest: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a file whose index was already checked, verified against the stored digest."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise LowbitError(f"{path} is damaged ({exc}); it may be truncated — save it again") from None
+        raise _open_error(path, exc) from None
+    if payload.file_digest(header, tensors) != digest:
+        raise LowbitError(f"{path} fails its integrity check (its bytes changed after it was written); "
+                          "the file is damaged or was edited — save the model again")
+    return tensors
+
+
+def read_record(path: str | Path, verify: bool = True) -> RunRecord:
+    """The validated run record of a ``.lowbit`` file; ``verify`` also checks the whole file's digest."""
+    path = Path(path)
+    header, digest, _ = _read_index(path)
+    record = _parse_header(path, header)
+    if verify:
+        _read_tensors(path, header, digest)
+    return record
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The validated header of a ``.lowbit`` file as plain JSON data (for scripts; see :func:`read_record`)."""
+    return read_record(path).to_dict()
 
 
 def _load_layer(name: str, layer: QuantLayer, tensors: dict[str, torch.Tensor]) -> None:
     wq, shape = layer.weight_quant, layer.weight.shape
     if wq.spec.is_fp16:
         layer.qweight = tensors.pop(f"{name}.qweight").to(torch.float16)
+        if not bool(torch.isfinite(layer.qweight).all()):
+            raise payload.PayloadError(f"{name}.qweight holds non-finite weights; the file is damaged, save it again")
         layer.weight.data = layer.qweight.float().reshape(shape)
         wq.state = "quantize"
         return
     bits = int(wq.spec.bits)
-    qmin, _ = wq.qrange
+    qmin, qmax = wq.qrange
     scale = tensors.pop(f"{name}.scale")
+    payload.check_scales(f"{name}.scale", scale)
     channels = scale.numel()
     packed = tensors.pop(f"{name}.qweight")
-    if bits <= 8:
-        codes = unpack_bits(packed, bits, shape.numel()).to(torch.int32) + qmin
-    else:
-        codes = _from_int16(packed, qmin)
+    codes = unpack_bits(packed, bits, shape.numel()).to(torch.int32) + qmin if bits <= 8 else _from_int16(packed, qmin)
     if wq.spec.symmetric:
         zp = torch.zeros(channels, dtype=torch.int32)
     elif bits <= 8:
         zp = unpack_bits(tensors.pop(f"{name}.zero_point"), bits, channels).to(torch.int32) + qmin
     else:
         zp = _from_int16(tensors.pop(f"{name}.zero_point"), qmin)
+    payload.check_codes(f"{name}.qweight", codes, qmin, qmax)
+    payload.check_codes(f"{name}.zero_point", zp, qmin, qmax)
     wq.set_qparams(scale, zp)
     wq.state = "quantize"
     layer.qweight = codes.reshape(shape).to(layer.weight.device)
@@ -173,45 +204,70 @@ def _load_layer(name: str, layer: QuantLayer, tensors: dict[str, torch.Tensor]) 
     layer.weight.data = qmath.dequantize(layer.qweight, s, z).to(layer.weight.dtype)
 
 
-def _load_activation_grids(qmodel: nn.Module, names: list[str], tensors: dict[str, torch.Tensor]) -> None:
+def _load_activation_grids(qmodel: nn.Module, names: tuple[str, ...], tensors: dict[str, torch.Tensor]) -> None:
     quantizers = dict(activation_quantizers(qmodel))
     scales = tensors.pop(ACT_SCALES, torch.empty(0))
     zero_points = tensors.pop(ACT_ZERO_POINTS, torch.empty(0, dtype=torch.int32))
-    if len(names) != scales.numel() or len(names) != zero_points.numel():
-        raise ValueError(f"{len(names)} activation quantizers listed but {scales.numel()} grids stored")
+    payload.check_scales(ACT_SCALES, scales)
     for name, q in quantizers.items():
         # dynamic and fp16 quantizers need no grid; a calibrated one absent from the list saw no data
         q.state = "quantize" if not q.needs_calibration or name in names else "off"
     for i, name in enumerate(names):
+        payload.check_codes(f"{ACT_ZERO_POINTS}[{name}]", zero_points[i : i + 1], *quantizers[name].qrange)
         quantizers[name].set_qparams(scales[i : i + 1], zero_points[i : i + 1])
 
 
-def load(path: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a quantized model from a ``.lowbit`` file.
+def _prepared(path: Path, record: RunRecord, architecture: Architecture, device: str | torch.device) -> nn.Module:
+    if isinstance(architecture, nn.Module):
+        return prepare(architecture, record.config)
+    if record.arch is None:
+        raise LowbitError(f"{path} holds a custom architecture; pass model=YourNet() (the float architecture) to load it")
+    with torch.device(device):
+        return prepare(architecture(record.arch.to_dict()), record.config)
 
-    Zoo models are rebuilt from the file alone; for other architectures pass an instance as ``model``
-    (its weights are ignored: only its structure is used).
+
+def _check_against(path: Path, qmodel: nn.Module, record: RunRecord, index: Layout) -> None:
+    """Refuse a file whose header or tensor index does not fit the prepared architecture."""
+    layers = {n: layer.weight_quant.spec.bits for n, layer in quant_layers(qmodel)}
+    try:
+        if layers.keys() != record.bits.keys():
+            names = sorted(layers.keys() ^ record.bits.keys())
+            raise payload.PayloadError(f"does not match this architecture (layers {names[:3]} differ); load it "
+                                       "with the model it was saved from")
+        if layers != dict(record.bits):
+            raise payload.PayloadError("the header's per-layer bits differ from what its config gives each layer; "
+                                       "the file was edited, save the model again")
+        payload.check_calibrated_names(qmodel, record.calibrated_activations)
+        payload.check_layout(index, payload.expected_layout(qmodel, record.calibrated_activations))
+    except payload.PayloadError as exc:
+        raise LowbitError(f"{path}: {exc}") from None
+
+
+def load(path: str | Path, architecture: Architecture, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a quantized model from a ``.lowbit`` file into ``architecture``.
+
+    ``architecture`` is the float model's structure (an instance; its weights are ignored), or a function that
+    builds one from the header's architecture record. With a builder, the model is first built on the ``meta``
+    device, so a header that asks for more than the file holds is refused before anything is allocated. Every
+    tensor is checked against the header, the digest and the ranges a quantizer can produce.
     """
     path = Path(path)
-    meta = read_metadata(path)
-    if model is None:
-        if not meta.get("arch"):
-            raise LowbitError(f"{path} holds a custom architecture; pass model=YourNet() (the float architecture) to load it")
-        from lowbit.models import rebuild
-        model = rebuild(meta["arch"])
-    config = QuantConfig.from_dict(meta["config"])
-    qmodel = prepare(model, config)
-    tensors = _read_tensors(path)
+    header, digest, index = _read_index(path)
+    record = _parse_header(path, header)
+    if not isinstance(architecture, nn.Module):
+        _check_against(path, _prepared(path, record, architecture, "meta"), record, index)
+    qmodel = _prepared(path, record, architecture, "cpu")
+    _check_against(path, qmodel, record, index)
+    tensors = _read_tensors(path, header, digest)
     try:
+        payload.check_finite(tensors)
         for name, layer in quant_layers(qmodel):
             _load_layer(name, layer, tensors)
-        _load_activation_grids(qmodel, meta.get("calibrated_activations", []), tensors)
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise LowbitError(f"{path} does not match this architecture ({exc}); load it with the model it was saved from") from None
-    missing, unexpected = qmodel.load_state_dict(tensors, strict=False)
-    missing = [k for k in missing if k not in _skipped_keys(qmodel)]
-    if missing or unexpected:
-        raise LowbitError(f"{path} does not match this architecture (missing {missing[:3]}, unexpected "
-                          f"{unexpected[:3]}); load it with the model it was saved from")
-    qmodel.lowbit_info.extra = {k: v for k, v in meta.items() if k in ("float_metrics", "quant_metrics", "dataset", "mixed")}
+        _load_activation_grids(qmodel, record.calibrated_activations, tensors)
+    except payload.PayloadError as exc:
+        raise LowbitError(f"{path}: {exc}") from None
+    qmodel.load_state_dict(tensors, strict=False)
+    qmodel.lowbit_info.extra = {k: v for k in ("float_metrics", "quant_metrics", "dataset", "mixed", "coverage")
+                                if (v := getattr(record, k)) is not None}
+    qmodel.lowbit_record = record
     return qmodel.to(device).eval()

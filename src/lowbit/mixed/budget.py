@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -40,8 +41,8 @@ class Budget:
             raise LowbitError("a mixed-precision budget needs a target: weights_cr, model_size_mb or gbops")
         for name in ("weights_cr", "model_size_mb", "gbops"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise LowbitError(f"budget {name} must be positive, got {value}")
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise LowbitError(f"budget {name} must be a positive number, got {value}")
         if self.size_measure not in SIZE_MEASURES:
             raise LowbitError(f"unknown size measure {self.size_measure!r}; choose one of {', '.join(SIZE_MEASURES)}")
         object.__setattr__(self, "bits", _options(self.bits, "bits"))

@@ -6,11 +6,10 @@ import pickle
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, first_line
 
 NESTED_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
 
@@ -26,13 +25,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
-            raise LowbitError(f"checkpoint {path} contains pickled objects lowbit will not load; re-save it with "
-                              "torch.save(model.state_dict()) or as safetensors") from None
-        raise LowbitError(f"checkpoint {path} is corrupt or truncated ({str(exc).splitlines()[0]}); re-export it") from None
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LowbitError(f"checkpoint {path} is corrupt or truncated ({first}); re-export it") from None
+        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):  # pickles that import and call Python code
+            raise LowbitError(f"checkpoint {path} contains code (pickled Python objects), which lowbit will not "
+                              "run; re-save it with torch.save(model.state_dict()) or as safetensors") from None
+        raise LowbitError(f"checkpoint {path} is not a checkpoint, or is corrupt or truncated; re-export it") from None
+    except Exception as exc:  # torch.load on arbitrary bytes raises almost any type (KeyError on a text file)
+        raise LowbitError(f"checkpoint {path} is not a checkpoint, or is corrupt or truncated "
+                          f"({first_line(exc)[:120]}); re-export it") from None
     for key in NESTED_KEYS:
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -63,5 +62,17 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
             detail.append(f"shape mismatch at {k}: {tuple(sd[k].shape)} in the file vs {tuple(own[k].shape)}")
         raise LowbitError(f"checkpoint {path} does not match architecture {name}: {'; '.join(detail)}; "
                           "pass the --model this checkpoint was trained for")
+    _check_values(path, sd, own)
     model.load_state_dict(sd, strict=True)
     return model
+
+
+def _check_values(path: str | Path, sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """Refuse weights that would quantize into garbage: NaN/Inf values, or integers where the model has floats."""
+    for key, value in sd.items():
+        if own[key].is_floating_point() and not value.is_floating_point():
+            raise LowbitError(f"checkpoint {path} stores {key} as {value.dtype} where the model has "
+                              f"{own[key].dtype}; re-save the float model's state_dict")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise LowbitError(f"checkpoint {path} holds NaN or infinite values in {key}; the training diverged "
+                              "or the file is damaged — use a checkpoint of a working model")

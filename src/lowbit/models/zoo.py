@@ -101,11 +101,14 @@ def build_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, ima
 
 
 def rebuild(record: dict) -> nn.Module:
-    """Rebuild an architecture from its ``lowbit_arch`` record (random weights)."""
+    """Rebuild an architecture from its ``lowbit_arch`` record (random weights, never a download: only the
+    arguments the zoo records are passed on)."""
     try:
-        return build_model(record["name"], **record["kwargs"])
+        kwargs = record["kwargs"]
+        return build_model(record["name"], num_classes=kwargs["num_classes"], in_channels=kwargs["in_channels"],
+                           image_size=kwargs["image_size"])
     except (KeyError, TypeError) as exc:
-        raise LowbitError(f"malformed architecture record {record!r} ({exc}); pass model= explicitly") from None
+        raise LowbitError(f"malformed architecture record ({exc}); pass model= explicitly") from None
 
 
 def default_input_shape(name: str) -> tuple[int, int, int]:

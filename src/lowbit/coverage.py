@@ -1,0 +1,59 @@
+"""How much of a quantized model is actually quantized.
+
+lowbit replaces ``Conv2d`` and ``Linear`` layers; other weight-bearing layers (``Conv1d``, ``ConvTranspose2d``,
+``Embedding``, ``nn.MultiheadAttention``'s packed projection, bare parameters such as position embeddings) keep
+float weights. A "4-bit" model can therefore be partly float, and a user must be told how much and where,
+rather than discover it in the file size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from lowbit.layers import QuantLayer
+
+# Layers whose float parameters are expected (per-channel affine terms, a tiny share of any model)
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Parameter counts: all of them, those kept float, and per module type those lowbit could not quantize."""
+
+    total: int
+    float_params: int
+    unquantized: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def float_fraction(self) -> float:
+        return self.float_params / self.total if self.total else 0.0
+
+    def describe(self) -> str:
+        """One line for reports: the float share and, when layers were left float, which kinds."""
+        share = f"{100 * self.float_fraction:.1f}% of {self.total:,} parameters stay float"
+        if not self.unquantized:
+            return f"{share} (biases and norms)"
+        kinds = ", ".join(f"{kind} ({n:,})" for kind, n in sorted(self.unquantized.items(), key=lambda kv: -kv[1]))
+        return f"{share}: not quantized by lowbit: {kinds}; only Conv2d and Linear weights are quantized"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "float_params": self.float_params, "unquantized": dict(self.unquantized)}
+
+
+def coverage(qmodel: nn.Module) -> Coverage:
+    """Count the parameters of ``qmodel`` stored on a quantization grid and those kept float."""
+    total = float_params = 0
+    unquantized: dict[str, int] = {}
+    for module in qmodel.modules():
+        for name, p in module.named_parameters(recurse=False):
+            total += p.numel()
+            if isinstance(module, QuantLayer) and name == "weight":
+                continue
+            float_params += p.numel()
+            if not isinstance(module, (QuantLayer, NORM_TYPES)) and name != "bias":
+                kind = type(module).__name__
+                unquantized[kind] = unquantized.get(kind, 0) + p.numel()
+    return Coverage(total, float_params, unquantized)
