@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from lowbit.models.zoo import IMAGENET_MEAN, IMAGENET_STD
+from lowbit.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 
 
 def mct_version() -> str:

@@ -15,6 +15,7 @@ from lowbit.config import Override, QuantConfig
 from lowbit.data import DATASET_NAMES, DatasetInfo, load_dataset
 from lowbit.errors import LowbitError
 from lowbit.models import MODEL_NAMES, build_model, bundled_checkpoint, load_checkpoint
+from lowbit.models.registry import architecture
 from lowbit.spec import OBSERVERS, check_bits
 
 
@@ -175,7 +176,7 @@ def load_float_model(args: argparse.Namespace, info: DatasetInfo | None) -> nn.M
     kwargs = {}
     if info is not None and not args.pretrained:  # sized for the data; architectures without a size ignore it
         kwargs = {"num_classes": info.num_classes, "in_channels": info.input_shape[0], "image_size": size}
-    elif args.model == "efficientnet_lite0":  # its "same" padding is fixed for one input size, pretrained or not
+    elif architecture(args.model).sized:  # its layers are built for one input size, pretrained or not
         kwargs["image_size"] = size
     model = build_model(args.model, pretrained=args.pretrained, **kwargs)
     checkpoint = args.checkpoint

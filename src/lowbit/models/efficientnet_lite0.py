@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.models.registry import register
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -90,3 +91,9 @@ def static_same_padding(model: nn.Module, image_size: int, in_channels: int) -> 
         plain.weight, plain.bias = conv.weight, conv.bias
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, nn.Sequential(nn.ZeroPad2d(pads), plain))
+
+
+@register("efficientnet_lite0", "EfficientNet-Lite0 (timm tf_efficientnet_lite0)", mean=MEAN, std=STD, sized=True,
+          pretrained=f"PyPI package {PACKAGE}")
+def _build(num_classes: int, in_channels: int, image_size: int | None, pretrained: bool) -> nn.Module:
+    return efficientnet_lite0(num_classes, in_channels, image_size or 224, pretrained)

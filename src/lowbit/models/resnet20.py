@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowbit.models.registry import register
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with an identity (or 1x1 conv) shortcut."""
@@ -60,3 +62,9 @@ class ResNet20(nn.Module):
 def resnet20(num_classes: int = 10, in_channels: int = 3) -> ResNet20:
     """Build a ResNet-20 (0.27M parameters)."""
     return ResNet20(num_classes=num_classes, in_channels=in_channels)
+
+
+@register("resnet20", "CIFAR-style ResNet-20 (bundled Fashion-MNIST weights)", input_shape=(1, 28, 28))
+def _build(num_classes: int, in_channels: int, image_size: int | None, pretrained: bool) -> nn.Module:
+    return resnet20(num_classes, in_channels)
+

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowbit.models.registry import register
+
 
 def conv_bn_act(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
@@ -105,3 +107,16 @@ def mobilenet_v2_small(num_classes: int = 10, in_channels: int = 1) -> MobileNet
 
 def vit_small(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> ViTSmall:
     return ViTSmall(num_classes, in_channels, image_size)
+
+
+@register("mobilenet_v2_small", "MobileNet-V2-style net for 28x28 inputs (bundled Fashion-MNIST weights)",
+          input_shape=(1, 28, 28))
+def _build_mobilenet(num_classes: int, in_channels: int, image_size: int | None, pretrained: bool) -> nn.Module:
+    return mobilenet_v2_small(num_classes, in_channels)
+
+
+@register("vit_small", "small pre-norm ViT, 4x4 patches (bundled Fashion-MNIST weights)", input_shape=(1, 28, 28),
+          sized=True)
+def _build_vit(num_classes: int, in_channels: int, image_size: int | None, pretrained: bool) -> nn.Module:
+    return vit_small(num_classes, in_channels, image_size or 28)
+

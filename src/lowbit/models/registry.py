@@ -1,0 +1,72 @@
+"""The architecture registry: every model lowbit knows by name, registered next to its code.
+
+An entry says how to build the architecture and what the rest of lowbit needs to know about it (the input it
+usually runs at, the normalization its pretrained weights expect, whether its layers depend on the image size,
+whether pretrained weights exist), so that no caller has to recognise a model by its name. CLI choices and help
+come from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from torch import nn
+
+from lowbit.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
+from lowbit.errors import LowbitError
+
+
+class Builder(Protocol):
+    def __call__(self, num_classes: int, in_channels: int, image_size: int | None, pretrained: bool) -> nn.Module: ...
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A registered architecture and what lowbit needs to know about it."""
+
+    name: str
+    build: Builder
+    description: str
+    input_shape: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    sized: bool = False  # layers depend on the image size (position embeddings, static padding)
+    pretrained: str | None = None  # where pretrained weights come from, if anywhere
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register(name: str, description: str, **facts) -> Callable[[Builder], Builder]:
+    """Decorator adding a builder ``(num_classes, in_channels, image_size, pretrained) -> nn.Module``."""
+    def add(build: Builder) -> Builder:
+        if name in ARCHITECTURES:
+            raise ValueError(f"architecture {name!r} registered twice")
+        ARCHITECTURES[name] = Architecture(name, build, description, **facts)
+        return build
+    return add
+
+
+def architecture(name: str) -> Architecture:
+    """The registered architecture ``name``, or a one-line error listing them."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise LowbitError(f"unknown model {name!r}; choose one of: {', '.join(ARCHITECTURES)}") from None
+
+
+def replace_conv_input(model: nn.Module, attr: str, in_channels: int) -> None:
+    """Swap the conv at ``attr`` for one with ``in_channels`` inputs (keeping its other hyper-parameters)."""
+    parent, _, name = attr.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    old: nn.Conv2d = getattr(owner, name)
+    setattr(owner, name, nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                                   old.dilation, old.groups, old.bias is not None))
+
+
+def replace_linear_output(model: nn.Module, attr: str, num_classes: int) -> None:
+    """Swap the linear layer at ``attr`` for a fresh one with ``num_classes`` outputs."""
+    parent, _, name = attr.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    setattr(owner, name, nn.Linear(getattr(owner, name).in_features, num_classes))
