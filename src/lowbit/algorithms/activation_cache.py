@@ -84,3 +84,13 @@ class ActivationCache:
         out = self.empty(x.shape, x.dtype)
         out.copy_(x)
         return out
+
+    def cat(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        """``pieces`` joined along the first dimension on this storage, without a full-size copy in RAM
+        (``torch.cat`` would allocate its result in memory even when the cache is on disk)."""
+        out = self.empty((sum(len(p) for p in pieces), *pieces[0].shape[1:]), pieces[0].dtype)
+        start = 0
+        for p in pieces:
+            out[start : start + len(p)].copy_(p)
+            start += len(p)
+        return out

@@ -6,7 +6,9 @@ each block's soft rounding variables (and, optionally, its activation step sizes
 quantized block reproduces the float block's output, before its rounding is fixed. ``granularity="layer"``
 optimizes each weight layer alone on its own output instead (AdaRound). Cached block inputs live on the
 model's device, in CPU memory or in memory-mapped files, whichever is the fastest they fit in
-(:mod:`lowbit.algorithms.activation_cache`).
+(:mod:`lowbit.algorithms.activation_cache`). Models torch.fx could not trace are reconstructed by
+:mod:`lowbit.algorithms.swap_reconstruct`, on modules found through forward hooks, with the same
+:func:`optimize_unit`.
 """
 
 from __future__ import annotations
@@ -201,10 +203,19 @@ def _capture(module: nn.Module, layer: nn.Module, x: torch.Tensor, device: torch
 
 def reconstruct(qmodel: nn.Module, batches: list[torch.Tensor], options: ReconstructionOptions,
                 progress: bool = False, weighting: Weighting | None = None, name: str = "reconstruct") -> None:
-    """Optimize the rounding of every weight layer of a calibrated, traced ``qmodel`` in place."""
+    """Optimize the rounding of every weight layer of a calibrated ``qmodel`` in place.
+
+    A model torch.fx could not trace (module swapping) is reconstructed unit by unit with forward hooks instead.
+    """
     if not isinstance(qmodel, fx.GraphModule):
-        raise LowbitError("learned rounding needs a model torch.fx can trace; use method='nearest' for this model "
-                          "or make it traceable")
+        # imported here: the swapped-model engine builds on this module's optimize_unit
+        from lowbit.algorithms.swap_reconstruct import reconstruct_swapped
+
+        if weighting is not None:
+            raise LowbitError(f"{name}: block weights need a traced model; weight swapped units with "
+                              "reconstruct_swapped")
+        reconstruct_swapped(qmodel, batches, options, progress, name=name)
+        return
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
     device = next(qmodel.parameters()).device
