@@ -130,3 +130,37 @@ def make_image_folder(root, classes=("cat", "dog"), per_class=3, size=(40, 50)) 
         (root / c).mkdir(parents=True)
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def w4a4_setup() -> tuple[nn.Module, torch.Tensor]:
+    """A residual net with batch-norm statistics and 64 calibration images, for the rounding-method tests."""
+    torch.manual_seed(0)
+    model = randomize_bn(ResidualNet())
+    return model, torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+def calibrated_w4a4(setup: tuple[nn.Module, torch.Tensor]) -> nn.Module:
+    """A fresh W4A4-calibrated copy of the set-up model, ready for a rounding method."""
+    from lowbit.calibrate import calibrate
+    from lowbit.config import QuantConfig
+    from lowbit.graph import prepare
+
+    model, calib = setup
+    q = prepare(model, QuantConfig.from_bits(4, 4))
+    calibrate(q, [calib])
+    return q
+
+
+def rounding_outcome(q: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Everything reconstruction decides: integer weights and (learned) activation step sizes."""
+    from lowbit.graph import activation_quantizers
+    from lowbit.layers import quant_layers
+
+    codes = [layer.integer_weight() for _, layer in quant_layers(q)]
+    scales = [aq.scale.detach().clone() for _, aq in activation_quantizers(q)]
+    return codes, scales
+
+
+def same_outcome(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1]))

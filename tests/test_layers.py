@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -14,17 +15,46 @@ def test_quantized_conv_matches_float_conv_when_off(device):
 
 
 def test_freeze_stores_codes_and_exact_dequantized_weight(device):
+    """The codes are each weight divided by its row's step, rounded, shifted by the zero point and clipped (a
+    naive reference), and the frozen weight is exactly their dequantized value."""
     lin = nn.Linear(16, 8, device=device)
+    w = lin.weight.detach().clone()
     q = to_quantized(lin, weight_spec(3))
     q.calibrate_weights()
     fq = q.fake_quant_weight().detach().clone()
     q.freeze()
     assert q.frozen and q.qweight.dtype == torch.int32 and q.qweight.device == q.weight.device
+    scale, zp = q.weight_quant.scale.view(-1, 1), q.weight_quant.zero_point.view(-1, 1)
+    assert scale.shape == (8, 1) and (scale > 0).all()  # one grid per output channel
     qmin, qmax = q.weight_quant.qrange
-    assert q.qweight.min() >= qmin and q.qweight.max() <= qmax
+    expected = torch.clamp(torch.round(w / scale) + zp, qmin, qmax).to(torch.int32)
+    assert torch.equal(q.qweight, expected)
+    assert torch.equal(q.weight.detach(), (expected.float() - zp.float()) * scale)
     torch.testing.assert_close(q.weight.detach(), fq, rtol=0, atol=1e-6)
-    # per output channel, at most 2^3 distinct values
-    assert all(len(torch.unique(row)) <= 8 for row in q.weight.detach())
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_minmax_grid_spans_each_row_and_rounds_to_nearest(bits, device):
+    """A min/max grid covers each row exactly: every weight lies within half a step of its quantized value, the
+    row's extremes land on (or, for the signed grid's unpaired end, next to) the end codes, and the 2^bits codes
+    are all the row can take."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 6, device=device)
+    w = lin.weight.detach().clone()
+    q = to_quantized(lin, weight_spec(bits, observer="minmax"))
+    q.calibrate_weights()
+    q.freeze()
+    scale = q.weight_quant.scale.view(-1, 1)
+    qmin, qmax = q.weight_quant.qrange
+    assert qmax - qmin + 1 == 2**bits
+    assert ((q.weight.detach() - w).abs() <= scale / 2 * (1 + 1e-3)).all()
+    codes = q.qweight
+    if q.weight_quant.spec.symmetric:  # step = max|w| / ((qmax - qmin) / 2)
+        torch.testing.assert_close(scale.view(-1), w.abs().amax(1) / ((qmax - qmin) / 2))
+        assert (codes.abs().amax(1) >= qmax).all()
+    else:  # step = (max - min) / (qmax - qmin); the row's extremes map to the end codes
+        torch.testing.assert_close(scale.view(-1), (w.amax(1) - w.amin(1)) / (qmax - qmin))
+        assert (codes.amin(1) == qmin).all() and (codes.amax(1) == qmax).all()
 
 
 def test_depthwise_conv_is_quantized_per_channel(device):

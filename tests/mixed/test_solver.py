@@ -1,5 +1,4 @@
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -88,12 +87,50 @@ def test_infeasible_budget_names_the_smallest_size():
         solve(p, max_weight_bytes=1024)
 
 
-def test_resnet50_sized_problem_solves_fast():
+def test_resnet50_sized_problem_is_one_exact_program_of_linear_size(monkeypatch):
+    """A ResNet-50-sized problem (54 layers, 54 mixed activations, 3 widths each) is one integer program with a
+    variable per (layer, weight bits, input bits) and per (activation, bits), solved to proven optimality:
+    no enumeration of joint choices, no per-layer sub-problems, no stop at the time limit."""
+    from lowbit.mixed import solver
+
+    calls = []
+
+    def counted_milp(cost, **kwargs):
+        result = real_milp(cost, **kwargs)
+        calls.append((len(cost), kwargs["constraints"].A.shape[0], result))
+        return result
+
+    real_milp = solver.milp
+    monkeypatch.setattr(solver, "milp", counted_milp)
     rng = np.random.default_rng(0)
     p = _random_problem(rng, n_layers=54, n_acts=54, act_bits=(2, 4, 8))
     full = sum(max(s.values()) for s in p.weight_bytes.values())
     top = sum(p.macs[l] * 8 * max(p.input_options(l)) for l in p.weight_scores)
-    start = time.perf_counter()
     got = solve(p, max_weight_bytes=full / 2.5, max_bops=top / 6)
-    assert time.perf_counter() - start < 1.0
+    assert len(calls) == 1
+    n_vars, n_rows, result = calls[0]
+    pairs = sum(len(p.weight_scores[l]) * len(p.input_options(l)) for l in p.weight_scores)
+    assert n_vars == pairs + sum(len(s) for s in p.act_scores.values())
+    assert n_vars <= 54 * 3 * 3 + 54 * 3
+    fed = sum(1 for l in p.weight_scores if p.inputs[l] is not None)
+    # one choice per layer and per activation, a tie per (fed layer, input width), the two caps
+    assert n_rows == len(p.weight_scores) + len(p.act_scores) + 3 * fed + 2
+    assert result.status == 0 and result.mip_gap <= 1e-9  # optimal, not stopped at the time limit
+    assert got.objective == pytest.approx(result.fun)
     assert got.weight_bytes <= full / 2.5 and got.bops <= top / 6
+
+
+def test_a_search_stopped_by_its_time_limit_is_not_reported_as_the_best(monkeypatch):
+    import scipy.optimize
+
+    p = _random_problem(np.random.default_rng(0), n_layers=4, n_acts=1)
+    full = sum(max(s.values()) for s in p.weight_bytes.values())
+
+    def stopped_early(c, **kwargs):
+        result = scipy.optimize.milp(c, **kwargs)
+        result.status, result.message = 1, "Time limit reached"  # what HiGHS returns with a feasible incumbent
+        return result
+
+    monkeypatch.setattr("lowbit.mixed.solver.milp", stopped_early)
+    with pytest.raises(LowbitError, match="stopped before finding the best allocation"):
+        solve(p, full, None)

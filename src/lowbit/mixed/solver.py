@@ -90,8 +90,11 @@ def solve(problem: Problem, max_weight_bytes: float | None = None, max_bops: flo
     constraints = LinearConstraint(matrix.tocsr(), [r[1] for r in rows], [r[2] for r in rows])
     result = milp(cost, constraints=constraints, integrality=np.ones(n), bounds=Bounds(0, 1),
                   options={"time_limit": time_limit, "mip_rel_gap": 1e-9})
-    if result.status == 2 or result.x is None:
+    if result.status == 2:
         raise LowbitError(_infeasible_message(problem, max_weight_bytes, max_bops))
+    if result.status != 0 or result.x is None:  # 1: the time limit stopped the search before it proved optimality
+        raise LowbitError(f"the bit-allocation solver stopped before finding the best allocation ({result.message}); "
+                          "fewer bit options or layers make the problem smaller")
     chosen = [key for key, i in col.items() if result.x[i] > 0.5]
     weights = {l: w for l, w, _ in chosen}
     activations = {q: a for (q, a), i in act_col.items() if result.x[i] > 0.5}
