@@ -5,11 +5,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+from conftest import ResidualNet, randomize_bn
 from lowbit.config import QuantConfig
-from lowbit.mixed.allocate import SENSITIVITIES, calibrated_copies
+from lowbit.mixed.allocate import calibrated_copies
 from lowbit.mixed.hessian_sensitivity import hessian_scores
-from lowbit.mixed.orthogonality import layer_importance, orthogonality_matrix, centred_gram
-from lowbit.mixed.sensitivity import float_mode
+from lowbit.mixed.orthogonality import centred_gram, layer_importance, orthogonality_matrix
+from lowbit.mixed.sensitivity import METRICS, ScoringTask, float_mode
 
 FRAGILE = "2"
 
@@ -43,7 +44,7 @@ def test_fragile_layer_ranks_first(metric, images):
 def _scores(metric, images):
     copies = calibrated_copies(fragile_mlp(), images, QuantConfig.from_bits(8, 8), (2, 4, 8), True, 64)
     acts = [n for n, _ in copies[8].named_modules() if n.startswith("act_quant.")]
-    return SENSITIVITIES[metric](copies, images, ["0", "2", "4", "6"], (2, 4, 8), acts, (2, 4, 8))
+    return METRICS[metric](ScoringTask(copies, images, ["0", "2", "4", "6"], (2, 4, 8), acts, (2, 4, 8)))
 
 
 @pytest.mark.parametrize("metric", ["measured", "hessian"])
@@ -77,7 +78,7 @@ def test_orthogonality_ranks_the_layer_with_unrelated_features_first(images):
     """Listed in the order a, b, c, d: b's features are orthogonal to the others, so it is the most important
     layer; c and d come after it and share a's information, so they matter least."""
     copies = calibrated_copies(TwoPaths().eval(), images, QuantConfig.from_bits(8, 8), (2, 4, 8), True, 64)
-    scores = SENSITIVITIES["orthogonality"](copies, images, ["a", "b", "c", "d"], (2, 4, 8), [], (2, 4, 8)).weights
+    scores = METRICS["orthogonality"](ScoringTask(copies, images, ["a", "b", "c", "d"], (2, 4, 8), [], (2, 4, 8))).weights
     for bits in (2, 4):
         ranked = sorted(scores, key=lambda n: scores[n][bits], reverse=True)
         assert ranked[0] == "b", {n: s[bits] for n, s in scores.items()}
@@ -99,7 +100,7 @@ def test_hessian_scores_match_the_exact_quadratic_form(images):
     """Cross terms count: a diagonal Hessian misses the 2-bit score of the last layer almost threefold here."""
     names = ["0", "2", "4", "6"]
     copies = calibrated_copies(fragile_mlp(), images, QuantConfig.from_bits(8, 8), (2, 4, 8), True, 64)
-    scores = hessian_scores(copies, images, names, (2, 4), [], (), n_probes=256)
+    scores = hessian_scores(ScoringTask(copies, images, names, (2, 4)), n_probes=256)
     with float_mode(copies[8]) as model:
         for name in names:
             weight = model.get_submodule(name).weight.detach()
@@ -159,8 +160,30 @@ def test_in_place_operations_do_not_change_scores(metric, images):
         copies = calibrated_copies(ScaledResidual(in_place).eval(), images, QuantConfig.from_bits(8, 8), (2, 4, 8),
                                    True, 64)
         acts = sorted(n for n, _ in copies[8].named_modules() if n.startswith("act_quant."))
-        s = SENSITIVITIES[metric](copies, images, ["a", "b", "c"], (2, 4, 8), acts, (2, 4, 8))
+        s = METRICS[metric](ScoringTask(copies, images, ["a", "b", "c"], (2, 4, 8), acts, (2, 4, 8)))
         tables = [s.weights[n] for n in ("a", "b", "c")] + [s.activations[n] for n in acts]  # same order in both
         return [score for table in tables for score in table.values()]
 
     assert scores(True) == pytest.approx(scores(False), rel=1e-4)
+
+
+def test_a_registered_metric_drives_the_allocation(monkeypatch):
+    """Adding a metric is one decorated function: the allocation then follows its scores."""
+    from lowbit.mixed import Budget, allocate, metric
+    from lowbit.mixed.sensitivity import Scores
+
+    monkeypatch.setattr(METRICS, "_entries", dict(METRICS._entries))  # the new entry goes when the test ends
+    favourite = "b1.0"
+
+    @metric("favourite_layer")
+    def favourite_layer(task: ScoringTask) -> Scores:
+        # only one layer suffers from fewer bits: every other layer takes the fewest bits the budget allows
+        return Scores({n: {b: (1.0 if n == favourite else 0.0) * (8 - b) for b in task.weight_bits}
+                       for n in task.layers}, {})
+
+    torch.manual_seed(0)
+    model = randomize_bn(ResidualNet())
+    allocation = allocate(model, torch.randn(32, 3, 16, 16), QuantConfig.from_bits(8, None),
+                          Budget(weights_cr=8, bits=(2, 4, 8)), "favourite_layer")
+    chosen = {c.name: c.weight_bits for c in allocation.layers}
+    assert allocation.sensitivity == "favourite_layer" and chosen[favourite] == 8

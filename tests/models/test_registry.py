@@ -27,6 +27,6 @@ def test_unknown_names_and_missing_weights_are_clear_errors():
 
 
 def test_a_name_is_registered_once():
-    with pytest.raises(ValueError, match="registered twice"):
+    with pytest.raises(ValueError, match="model 'resnet20' registered twice"):
         register("resnet20", "again")(lambda *a: None)
     assert list(ARCHITECTURES) == list(MODEL_NAMES)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lowbit.errors import LowbitError
 from lowbit.io.atomic import atomic_path
-from lowbit.mixed import SENSITIVITIES, Allocation, Budget
+from lowbit.mixed import METRICS, Allocation, Budget
 from lowbit.mixed.budget import SIZE_MEASURES
 from lowbit.mixed.plot import plot_allocation
 from lowbit.report import human_bytes, table
@@ -35,7 +35,7 @@ def add_mixed_args(p: argparse.ArgumentParser, flag: bool) -> None:
     g.add_argument("--bits", default="2,4,8", help="weight bit options (default: %(default)s)")
     g.add_argument("--activation-candidates", metavar="BITS",
                    help="also mix layer-input activations over these bits, e.g. 4,8 (default: --activation-bits)")
-    g.add_argument("--sensitivity", choices=tuple(SENSITIVITIES), default="hessian",
+    g.add_argument("--sensitivity", choices=tuple(METRICS), default="hessian",
                    help="layer sensitivity metric (default: %(default)s)")
     g.add_argument("--sensitivity-images", type=int, default=256,
                    help="calibration images used to score layers (default: %(default)s)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -13,16 +13,13 @@ from lowbit.calibrate import calibrate
 from lowbit.config import Override, QuantConfig
 from lowbit.errors import LowbitError
 from lowbit.graph import prepare
+from lowbit.mixed import hessian_sensitivity, orthogonality  # noqa: F401  (register their metrics)
 from lowbit.mixed.budget import Budget
 from lowbit.mixed.costs import FLOAT_BITS, LayerCost, code_bytes, describe_layers, weight_bytes
-from lowbit.mixed.hessian_sensitivity import hessian_scores
-from lowbit.mixed.orthogonality import orthogonality_scores
-from lowbit.mixed.sensitivity import Scores, measured_scores
+from lowbit.mixed.sensitivity import METRICS, Scores, ScoringTask
 from lowbit.mixed.solver import Problem, solve
 
-Sensitivity = Literal["hessian", "orthogonality", "measured"]
-SENSITIVITIES: dict[str, Callable[..., Scores]] = {
-    "hessian": hessian_scores, "orthogonality": orthogonality_scores, "measured": measured_scores}
+Sensitivity = str  # a registered metric name: hessian, orthogonality, measured (see ``METRICS``)
 
 
 @dataclass
@@ -132,8 +129,7 @@ def analyze(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: t
     ``config``'s overrides fix (``first_last_bits``, ``--override``) keep their width and still count in the
     budget.
     """
-    if sensitivity not in SENSITIVITIES:
-        raise LowbitError(f"unknown sensitivity {sensitivity!r}; choose one of {', '.join(SENSITIVITIES)}")
+    score = METRICS.get(sensitivity)
     bits = tuple(sorted(set(bits)))
     activation_bits = None if activation_bits is None else tuple(sorted(set(activation_bits)))
     mixed_acts = activation_bits is not None
@@ -150,8 +146,8 @@ def analyze(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: t
     acts = sorted({c.input for c in layers if c.input is not None and c.input not in pinned_a}) if mixed_acts else []
     timings["calibrate"] = time.perf_counter() - start
     start = time.perf_counter()
-    kwargs = {"inputs": {c.name: c.input for c in layers}} if sensitivity == "orthogonality" else {}
-    scores = SENSITIVITIES[sensitivity](copies, images, names, bits, acts, act_bits, seed=config.seed, **kwargs)
+    scores = score(ScoringTask(copies, images, names, bits, acts, act_bits, {c.name: c.input for c in layers},
+                               config.seed))
     timings["sensitivity"] = time.perf_counter() - start
     problem = _problem(layers, scores, pinned_w, pinned_a, copies, config, bits, mixed_acts)
     return Analysis(sensitivity, bits, activation_bits, layers, scores, problem, set(pinned_w), timings)

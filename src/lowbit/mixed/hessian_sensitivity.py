@@ -16,21 +16,21 @@ fragile layers to 2 bits.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lowbit.algorithms.hessian import softmax_hessian_probe
 from lowbit.calibrate import model_device
-from lowbit.mixed.sensitivity import Scores, float_mode
+from lowbit.mixed.sensitivity import Scores, ScoringTask, float_mode, metric
 
 
-def hessian_scores(copies: dict[int, nn.Module], images: torch.Tensor, layers: list[str],
-                   weight_bits: tuple[int, ...], acts: list[str], act_bits: tuple[int, ...], seed: int = 0,
-                   n_probes: int = 16, chunk: int = 16) -> Scores:
+@metric("hessian")
+def hessian_scores(task: ScoringTask, n_probes: int = 16, chunk: int = 16) -> Scores:
     """Predicted loss increase (per image) of quantizing each layer's weights and each activation alone.
 
     Small chunks average more independent probe products, which lowers the variance of the estimate.
     """
-    gen = torch.Generator().manual_seed(seed)
+    copies, images, layers, weight_bits = task.copies, task.images, task.layers, task.weight_bits
+    acts, act_bits = task.activations, task.activation_bits
+    gen = torch.Generator().manual_seed(task.seed)
     base = copies[max(copies)]
     device = model_device(base)
     modules = dict(base.named_modules())

@@ -14,10 +14,9 @@ Activations are scored like the layers they feed.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lowbit.calibrate import model_device
-from lowbit.mixed.sensitivity import Scores, float_mode
+from lowbit.mixed.sensitivity import Scores, ScoringTask, metric, float_mode
 
 DEFAULT_BETA = 10.0
 
@@ -49,15 +48,15 @@ def layer_importance(orm: torch.Tensor, beta: float = DEFAULT_BETA) -> torch.Ten
     return suffix_mean / suffix_mean.max()
 
 
-def orthogonality_scores(copies: dict[int, nn.Module], images: torch.Tensor, layers: list[str],
-                         weight_bits: tuple[int, ...], acts: list[str], act_bits: tuple[int, ...], seed: int = 0,
-                         beta: float = DEFAULT_BETA, inputs: dict[str, str | None] | None = None) -> Scores:
+@metric("orthogonality")
+def orthogonality_scores(task: ScoringTask, beta: float = DEFAULT_BETA) -> Scores:
     """Importance-weighted bits lost, ``theta~ * (b_max - b) / b_max``, per layer and per activation.
 
-    ``inputs`` (layer -> the activation feeding it) ties each activation to the layers it feeds. ``seed`` is
-    unused: the metric is deterministic.
+    The task's ``layer_inputs`` tie each activation to the layers it feeds. Deterministic: the seed is not used.
     """
-    base = copies[max(copies)]
+    images, layers, weight_bits = task.images, task.layers, task.weight_bits
+    acts, act_bits, inputs = task.activations, task.activation_bits, task.layer_inputs
+    base = task.copies[max(task.copies)]
     modules = dict(base.named_modules())
     grams: dict[str, torch.Tensor] = {}
 
@@ -78,7 +77,7 @@ def orthogonality_scores(copies: dict[int, nn.Module], images: torch.Tensor, lay
     weights = {name: {b: importance.get(name, 0.0) * (top_w - b) / top_w for b in weight_bits} for name in layers}
     activations: dict[str, dict[int, float]] = {}
     for act in acts:
-        fed = [importance.get(l, 0.0) for l, src in (inputs or {}).items() if src == act]
+        fed = [importance.get(l, 0.0) for l, src in inputs.items() if src == act]
         theta = sum(fed) / len(fed) if fed else 0.0
         activations[act] = {b: theta * (top_a - b) / top_a for b in act_bits}
     return Scores(weights, activations)

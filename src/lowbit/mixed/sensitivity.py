@@ -1,9 +1,11 @@
 """Sensitivity of the network to quantizing each layer's weights, or each layer input, at each candidate width.
 
-Every metric receives the same thing: the model prepared and calibrated once per candidate width (``copies``,
-bits -> quantized model; all copies share layer and quantizer names), a batch of images, the weight layers and
-activations to score with their candidate widths, and a seed. It returns a score per (layer, bits) and per (activation, bits); lower is better and
-scores of one metric add up across layers, which is what the integer program minimizes.
+Every metric is registered in ``METRICS`` with :func:`metric` next to its code and receives one
+:class:`ScoringTask`: the model prepared and calibrated once per candidate width (``copies``, bits -> quantized
+model; all copies share layer and quantizer names), a batch of images, the weight layers and activations to
+score with their candidate widths, which activation feeds each layer, and a seed. It returns a score per
+(layer, bits) and per (activation, bits); lower is better and scores of one metric add up across layers, which
+is what the integer program minimizes.
 
 - ``measured`` quantizes one layer (or activation) at a time and measures how far the network output moves,
   as the Model Compression Toolkit does;
@@ -14,19 +16,44 @@ scores of one metric add up across layers, which is what the integer program min
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from lowbit.calibrate import model_device
+from lowbit.registry import Registry
 from lowbit.quantizer import Quantizer
+
 
 @dataclass
 class Scores:
     weights: dict[str, dict[int, float]]
     activations: dict[str, dict[int, float]]
+
+
+@dataclass(frozen=True)
+class ScoringTask:
+    """What a sensitivity metric scores (see the module docstring)."""
+
+    copies: dict[int, nn.Module]
+    images: torch.Tensor
+    layers: list[str]
+    weight_bits: tuple[int, ...]
+    activations: list[str] = field(default_factory=list)
+    activation_bits: tuple[int, ...] = ()
+    layer_inputs: dict[str, str | None] = field(default_factory=dict)  # layer -> the activation feeding it
+    seed: int = 0
+
+
+Metric = Callable[..., Scores]  # (task: ScoringTask, **metric options) -> Scores
+METRICS: Registry[Metric] = Registry("sensitivity")
+
+
+def metric(name: str) -> Callable[[Metric], Metric]:
+    """Decorator registering a sensitivity metric under ``name`` (the CLI's ``--sensitivity`` choices)."""
+    return METRICS.decorator(name)
 
 
 @contextmanager
@@ -47,16 +74,16 @@ def _relative_change(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-12))
 
 
-def measured_scores(copies: dict[int, nn.Module], images: torch.Tensor, layers: list[str],
-                    weight_bits: tuple[int, ...], acts: list[str], act_bits: tuple[int, ...], seed: int = 0,
-                    chunk: int = 128) -> Scores:
+@metric("measured")
+def measured_scores(task: ScoringTask, chunk: int = 128) -> Scores:
     """Relative squared change of the network output, ``|f_q(x) - f(x)|^2 / |f(x)|^2``, with only one layer's
-    weights (or one activation) quantized at a time. ``seed`` is unused: the metric is deterministic."""
+    weights (or one activation) quantized at a time. Deterministic: the seed is not used."""
+    layers, acts, weight_bits, act_bits = task.layers, task.activations, task.weight_bits, task.activation_bits
     weights: dict[str, dict[int, float]] = {name: {} for name in layers}
     activations: dict[str, dict[int, float]] = {name: {} for name in acts}
-    for bits, qmodel in copies.items():
+    for bits, qmodel in task.copies.items():
         device = model_device(qmodel)
-        x = images.to(device)
+        x = task.images.to(device)
         modules = dict(qmodel.named_modules())
         probes = [(weights, name, modules[name].weight_quant) for name in layers if bits in weight_bits]
         if bits in act_bits:

@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 from torch import nn
 
 from lowbit.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
-from lowbit.errors import LowbitError
+from lowbit.registry import Registry
 
 
 class Builder(Protocol):
@@ -35,25 +35,20 @@ class Architecture:
     pretrained: str | None = None  # where pretrained weights come from, if anywhere
 
 
-ARCHITECTURES: dict[str, Architecture] = {}
+ARCHITECTURES: Registry[Architecture] = Registry("model")
 
 
 def register(name: str, description: str, **facts) -> Callable[[Builder], Builder]:
     """Decorator adding a builder ``(num_classes, in_channels, image_size, pretrained) -> nn.Module``."""
     def add(build: Builder) -> Builder:
-        if name in ARCHITECTURES:
-            raise ValueError(f"architecture {name!r} registered twice")
-        ARCHITECTURES[name] = Architecture(name, build, description, **facts)
+        ARCHITECTURES.add(name, Architecture(name, build, description, **facts))
         return build
     return add
 
 
 def architecture(name: str) -> Architecture:
     """The registered architecture ``name``, or a one-line error listing them."""
-    try:
-        return ARCHITECTURES[name]
-    except KeyError:
-        raise LowbitError(f"unknown model {name!r}; choose one of: {', '.join(ARCHITECTURES)}") from None
+    return ARCHITECTURES.get(name)
 
 
 def replace_conv_input(model: nn.Module, attr: str, in_channels: int) -> None:
