@@ -33,7 +33,8 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
              weights_bits: Bits = 8, activation_bits: Bits | None = 8, method: str = "nearest",
              calib_images: int = 1024, batch_size: int = 64, seed: int = 0, progress: bool = False,
              device: str | torch.device | None = None, mixed: Budget | None = None,
-             sensitivity: Sensitivity = "hessian", sensitivity_images: int = 256, **options: Any) -> nn.Module:
+             sensitivity: Sensitivity = "hessian", sensitivity_images: int = 256,
+             sensitivity_options: dict[str, Any] | None = None, **options: Any) -> nn.Module:
     """Quantize ``model`` and return the quantized ``nn.Module`` (the input model is left untouched).
 
     ``data`` is calibration input: a tensor, an iterable of tensors or ``(input, label)`` pairs (labels are
@@ -44,7 +45,8 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
 
     ``mixed`` turns on mixed precision: each layer gets the width from ``mixed.bits`` that minimizes the total
     ``sensitivity`` (scored on ``sensitivity_images`` calibration images) within the budget; layers fixed by
-    overrides (e.g. ``first_last_bits``) keep theirs. The chosen allocation is kept in
+    overrides (e.g. ``first_last_bits``) keep theirs; ``sensitivity_options`` are the metric's own keywords
+    (``{"beta": 10}`` for orthogonality). The chosen allocation is kept in
     ``qmodel.lowbit_info.extra["mixed"]`` and saved with the model.
     """
     if config is None:
@@ -71,7 +73,8 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
         check_input_scale(model, batches[0])
     allocation = None
     if mixed is not None:
-        allocation = allocate(model, torch.cat(batches)[:sensitivity_images], config, mixed, sensitivity)
+        allocation = allocate(model, torch.cat(batches)[:sensitivity_images], config, mixed, sensitivity,
+                              sensitivity_options=sensitivity_options)
         config = allocation.apply(config)
     qmodel = prepare(model, config)
     if allocation is not None:

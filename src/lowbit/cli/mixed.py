@@ -37,8 +37,16 @@ def add_mixed_args(p: argparse.ArgumentParser, flag: bool) -> None:
                    help="also mix layer-input activations over these bits, e.g. 4,8 (default: --activation-bits)")
     g.add_argument("--sensitivity", choices=tuple(METRICS), default="hessian",
                    help="layer sensitivity metric (default: %(default)s)")
+    g.add_argument("--beta", type=float, help="orthogonality only: OMPQ's bit-difference weight beta (default 10)")
     g.add_argument("--sensitivity-images", type=int, default=256,
                    help="calibration images used to score layers (default: %(default)s)")
+
+
+def sensitivity_options(args: argparse.Namespace) -> dict[str, float]:
+    """The metric's own options given on the command line (only ``--beta`` so far)."""
+    if args.beta is not None and args.sensitivity != "orthogonality":
+        raise LowbitError(f"--beta applies to --sensitivity orthogonality, not {args.sensitivity}; drop it")
+    return {} if args.beta is None else {"beta": args.beta}
 
 
 def _bit_list(text: str, option: str) -> tuple[int, ...]:
@@ -78,6 +86,7 @@ def print_allocation(allocation: Allocation) -> None:
           f"({allocation.compression:.2f}x smaller), {allocation.bops / 1e9:.3f} GBOPs; {allocation.sensitivity} "
           f"sensitivity in {allocation.seconds.get('sensitivity', 0):.1f} s, solved in "
           f"{allocation.seconds.get('solve', 0):.3f} s")
+    print(f"bit_cfg: {allocation.bit_cfg}")
 
 
 def allocation_paths(model_path: Path) -> tuple[Path, Path]:

@@ -11,7 +11,8 @@ from lowbit.analysis import per_layer_sqnr
 from lowbit.api import quantize
 from lowbit.cli.common import (add_data_args, add_model_args, add_quant_args, config_from_args, float_file_size,
                                load_data, load_float_model, resolve_dataset, resolve_device)
-from lowbit.cli.mixed import add_mixed_args, allocation_paths, budget_from_args, print_allocation, write_allocation
+from lowbit.cli.mixed import (add_mixed_args, allocation_paths, budget_from_args, print_allocation,
+                              sensitivity_options, write_allocation)
 from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.synth import add_calib_args, calibration_data
 from lowbit.config import QuantConfig
@@ -20,7 +21,9 @@ from lowbit.data import labelled_batches
 from lowbit.evaluate import evaluate
 from lowbit.io.atomic import atomic_path
 from lowbit.io.lowbit_file import save
+from lowbit.errors import LowbitError
 from lowbit.mixed import Allocation, Budget
+from lowbit.mixed.bit_cfg import apply_bit_cfg, parse_bit_cfg
 from lowbit.report import METRIC_HEADERS, metrics_row, table
 
 DEMO_BITS = ((8, 8), (4, 8))
@@ -46,6 +49,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--per-layer", action="store_true", help="also print per-layer weight and output SQNR")
     g.add_argument("--json", help="write the reported figures to this JSON file")
     g.add_argument("--no-eval", action="store_true", help="skip evaluation (quantize and save only)")
+    g.add_argument("--bit-cfg", metavar="LIST", help="one weight width per quantized layer in model order, as "
+                   "`lowbit mixed` prints it (OMPQ's bit_cfg), e.g. '[8,4,4,2,...,8]'")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -65,10 +70,15 @@ def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
     resolve_dataset(args)
     train_set, info = load_data(args, "train") if args.dataset else (None, None)
     model = load_float_model(args, info).to(device)
-    calib, calib_record = calibration_data(args, model, train_set, info, config.calib_images)
     budget = budget_from_args(args)
+    if getattr(args, "bit_cfg", None):
+        if budget is not None:
+            raise LowbitError("--bit-cfg fixes every layer's width; drop the mixed-precision budget (or --bit-cfg)")
+        config = apply_bit_cfg(model, config, parse_bit_cfg(args.bit_cfg))
+    calib, calib_record = calibration_data(args, model, train_set, info, config.calib_images)
     mixed = {} if budget is None else {"mixed": budget, "sensitivity": args.sensitivity,
-                                       "sensitivity_images": args.sensitivity_images}
+                                       "sensitivity_images": args.sensitivity_images,
+                                       "sensitivity_options": sensitivity_options(args)}
     start = time.perf_counter()
     qmodel = quantize(model, calib, config, progress=not args.quiet, device=device, **mixed)
     quant_seconds = time.perf_counter() - start

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -48,10 +48,16 @@ class Allocation:
     float_bytes: int
     bops: float
     seconds: dict[str, float] = field(default_factory=dict)
+    sensitivity_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def compression(self) -> float:
         return self.float_bytes / self.weight_bytes
+
+    @property
+    def bit_cfg(self) -> list[int]:
+        """One weight width per quantized layer, in model order: OMPQ's ``bit_cfg`` (``--bit-cfg`` takes it back)."""
+        return [c.weight_bits for c in self.layers]
 
     def overrides(self, config: QuantConfig) -> tuple[Override, ...]:
         """Per-layer and per-activation overrides realizing this allocation on top of ``config``."""
@@ -66,13 +72,15 @@ class Allocation:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Allocation":
         return cls(Budget.from_dict(d["budget"]), d["sensitivity"], [LayerChoice(**c) for c in d["layers"]],
-                   dict(d["activations"]), d["weight_bytes"], d["float_bytes"], d["bops"], dict(d.get("seconds", {})))
+                   dict(d["activations"]), d["weight_bytes"], d["float_bytes"], d["bops"], dict(d.get("seconds", {})),
+                   dict(d.get("sensitivity_options", {})))
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget.to_dict(), "sensitivity": self.sensitivity,
                 "layers": [vars(c) for c in self.layers], "activations": self.activations,
                 "weight_bytes": self.weight_bytes, "float_bytes": self.float_bytes,
-                "compression": self.compression, "bops": self.bops, "seconds": self.seconds}
+                "compression": self.compression, "bops": self.bops, "seconds": self.seconds,
+                "sensitivity_options": self.sensitivity_options, "bit_cfg": self.bit_cfg}
 
 
 def calibrated_copies(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: Iterable[int],
@@ -114,6 +122,7 @@ class Analysis:
     problem: Problem
     pinned: set[str]
     seconds: dict[str, float]
+    sensitivity_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def float_bytes(self) -> int:
@@ -122,14 +131,15 @@ class Analysis:
 
 def analyze(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: tuple[int, ...] = (2, 4, 8),
             activation_bits: tuple[int, ...] | None = None, sensitivity: Sensitivity = "hessian",
-            chunk: int = 64) -> Analysis:
+            chunk: int = 64, sensitivity_options: Mapping[str, Any] | None = None) -> Analysis:
     """Score every layer of ``model`` at each of ``bits`` (and each layer input at ``activation_bits``).
 
     ``images`` is a calibration batch used both to calibrate each candidate width and to score it. Layers that
     ``config``'s overrides fix (``first_last_bits``, ``--override``) keep their width and still count in the
-    budget.
+    budget. ``sensitivity_options`` are the metric's own keywords (``beta`` for orthogonality).
     """
     score = METRICS.get(sensitivity)
+    options = dict(sensitivity_options or {})
     bits = tuple(sorted(set(bits)))
     activation_bits = None if activation_bits is None else tuple(sorted(set(activation_bits)))
     mixed_acts = activation_bits is not None
@@ -146,11 +156,14 @@ def analyze(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: t
     acts = sorted({c.input for c in layers if c.input is not None and c.input not in pinned_a}) if mixed_acts else []
     timings["calibrate"] = time.perf_counter() - start
     start = time.perf_counter()
-    scores = score(ScoringTask(copies, images, names, bits, acts, act_bits, {c.name: c.input for c in layers},
-                               config.seed))
+    task = ScoringTask(copies, images, names, bits, acts, act_bits, {c.name: c.input for c in layers}, config.seed)
+    try:
+        scores = score(task, **options)
+    except TypeError as exc:
+        raise LowbitError(f"bad option for the {sensitivity} sensitivity ({exc}); see `lowbit mixed --help`") from None
     timings["sensitivity"] = time.perf_counter() - start
     problem = _problem(layers, scores, pinned_w, pinned_a, copies, config, bits, mixed_acts)
-    return Analysis(sensitivity, bits, activation_bits, layers, scores, problem, set(pinned_w), timings)
+    return Analysis(sensitivity, bits, activation_bits, layers, scores, problem, set(pinned_w), timings, options)
 
 
 def solve_budget(analysis: Analysis, budget: Budget) -> Allocation:
@@ -170,7 +183,7 @@ def solve_budget(analysis: Analysis, budget: Budget) -> Allocation:
                                 c.macs, c.name in analysis.pinned))
     chosen_acts = {q: a for q, a in solution.activations.items() if q in analysis.scores.activations}
     return Allocation(budget, analysis.sensitivity, rows, chosen_acts, solution.weight_bytes, analysis.float_bytes,
-                      solution.bops, seconds)
+                      solution.bops, seconds, analysis.sensitivity_options)
 
 
 def _sized_problem(analysis: Analysis, size_measure: str) -> Problem:
@@ -184,10 +197,12 @@ def _sized_problem(analysis: Analysis, size_measure: str) -> Problem:
 
 
 def allocate(model: nn.Module, images: torch.Tensor, config: QuantConfig, budget: Budget,
-             sensitivity: Sensitivity = "hessian", chunk: int = 64) -> Allocation:
+             sensitivity: Sensitivity = "hessian", chunk: int = 64,
+             sensitivity_options: Mapping[str, Any] | None = None) -> Allocation:
     """Choose a width per layer (and per layer input when ``budget.activation_bits`` is set) for ``model``:
     :func:`analyze`, then :func:`solve_budget`."""
-    analysis = analyze(model, images, config, budget.bits, budget.activation_bits, sensitivity, chunk)
+    analysis = analyze(model, images, config, budget.bits, budget.activation_bits, sensitivity, chunk,
+                       sensitivity_options)
     return solve_budget(analysis, budget)
 
 
