@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import gzip
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -164,3 +169,22 @@ def rounding_outcome(q: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tenso
 
 def same_outcome(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1]))
+
+
+
+@contextmanager
+def fashion_mnist_subset(root: Path, splits: dict[str, int]) -> Iterator[Path]:
+    """The first ``splits[prefix]`` images of each Fashion-MNIST split written to ``root``, with lowbit reading
+    them there (``LOWBIT_DATA``) until the block ends. CLI runs evaluate whole splits; short ones keep tests quick."""
+    from lowbit.data.fashion_mnist import candidate_dirs, read_idx
+
+    source = next(d for d in candidate_dirs(None) if (d / "t10k-labels-idx1-ubyte.gz").is_file())
+    for prefix, n in splits.items():
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            data = read_idx(source / name)[:n]
+            header = struct.pack(">HBB", 0, 8, data.ndim) + struct.pack(f">{data.ndim}I", *data.shape)
+            (root / name).write_bytes(gzip.compress(header + data.tobytes(), compresslevel=1))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOWBIT_DATA", str(root))
+        yield root

@@ -4,6 +4,7 @@
     lowbit.save(qmodel, "m.lowbit"); qmodel = lowbit.load("m.lowbit")
     lowbit.export(qmodel, "m.onnx", example_input)     # ONNX QDQ for onnxruntime
     metrics = lowbit.evaluate(qmodel, test_data)
+    qmodel = lowbit.finetune(qmodel, train_data, epochs=3)  # quantization-aware fine-tuning
     qmodel = lowbit.quantize(model, calib_data, mixed=lowbit.Budget(weights_cr=8), method="brecq")
     images = lowbit.synthesize(model, n_images=1024, input_shape=(1, 28, 28), mean=(0.2860,), std=(0.3530,))
 """
@@ -16,6 +17,7 @@ from lowbit.errors import LowbitError  # noqa: E402
 from lowbit.evaluate import Metrics, evaluate  # noqa: E402
 from lowbit.io.lowbit_file import save  # noqa: E402
 from lowbit.mixed import Budget  # noqa: E402
+from lowbit.qat import FinetuneOptions, finetune  # noqa: E402
 from lowbit.spec import QuantSpec  # noqa: E402
 
 
@@ -30,4 +32,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["quantize", "save", "load", "export", "evaluate", "Metrics", "QuantConfig", "QuantSpec", "Override", "Budget",
-           "synthesize", "SynthOptions", "LowbitError", "__version__"]
+           "synthesize", "SynthOptions", "finetune", "FinetuneOptions", "LowbitError", "__version__"]

@@ -83,6 +83,15 @@ class QuantLayer:
                 self.weight.data = qmath.dequantize(self.qweight, scale, zp)
         self.rounding = None
 
+    def unfreeze(self) -> None:
+        """Make a frozen layer trainable again (quantization-aware fine-tuning).
+
+        ``weight`` already holds the dequantized codes, so it becomes the float weight as it is: rounding it to
+        the nearest grid point gives back exactly the stored codes, and training moves it from there.
+        """
+        self.qweight = None
+        self.rounding = None
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_quant(x) if self.input_quant is not None else x
 
