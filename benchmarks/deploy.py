@@ -30,9 +30,9 @@ from lowbit.data import calibration_batches, load_dataset
 from lowbit.deploy import export, export_float
 from lowbit.deploy.bench import median_seconds
 from lowbit.deploy.runtime import OnnxClassifier
-from report import bundled_model, md_table, publish
+from report import bundled_model, md_table, publish, topic_page
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "deploy.md"
+PAGE = topic_page("deploy")
 SETTINGS = {
     "W8A8": dict(weights_bits=8, activation_bits=8),
     "W8A8 --signed-weights": dict(weights_bits=8, activation_bits=8),
@@ -156,9 +156,9 @@ def main() -> None:
         for name in args.models:
             body = accuracy_table(name, args.calib_images, args.iters, tmp)
             publish(f"deploy-{name}", f"ONNX export: {name} on Fashion-MNIST, onnxruntime vs lowbit",
-                    body, not args.no_write, PAGE)
+                    body, PAGE, not args.no_write)
         body = speed_table(args.threads, args.batch_sizes, args.repeats, tmp)
-        publish("deploy-speed", "Speed: torchvision ResNet-18 at 224x224", body, not args.no_write, PAGE)
+        publish("deploy-speed", "Speed: torchvision ResNet-18 at 224x224", body, PAGE, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from lowbit.errors import LowbitError
 from lowbit.layers import quant_layers
 from lowbit.mixed import Budget, analyze, solve_budget
 from lowbit.mixed.costs import code_bytes, weight_bytes
-from report import bundled_model, float_weight_bytes, md_table, publish
+from report import bundled_model, float_weight_bytes, md_table, publish, topic_page
 
 HEADERS = ["model", "setting", "sensitivity", "rounding", "weights KB", "x smaller", "top-1 %", "F1 %", "seconds"]
 MEASURE_NOTES = {
@@ -36,7 +36,6 @@ MEASURE_NOTES = {
     "codes": "`x smaller` is float32 weight bytes over weight-code bytes (parameters x bits / 8, no scales) for "
              "every row, lowbit's budgets included (`--size-measure codes`): the measure of MCT's weights-memory "
              "target, so both tools solve the same budget."}
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def counted_weight_bytes(q: torch.nn.Module, size_measure: str) -> int:
@@ -144,14 +143,15 @@ def main() -> None:
     for name in args.models:
         rows, points, infeasible = run_model(name, args, train, test)
         suffix = "" if args.size_measure == "file" else "_codes"
-        plot = DOCS / f"mixed_{name}{suffix}.png"
+        plot = topic_page("mixed").parent / f"mixed_{name}{suffix}.png"
         if not args.no_write:  # the plot belongs to the docs section, written only with it
             pareto_plot(name, rows, points, plot)
         body = (md_table(HEADERS, rows) + f"\n\n![accuracy against size]({plot.name})\n\n"
                 + (MEASURE_NOTES[args.size_measure] + " `seconds` include the sensitivity analysis for mixed rows.")
                 + "".join(f"\n\nlowbit at CR {cr:g}: {why}." for cr, why in infeasible.items()))
         title = f"Mixed precision: {name} on Fashion-MNIST" + (", weight codes only" if suffix else "")
-        publish(f"mixed-{name}{suffix.replace('_', '-')}", title, body, write=not args.no_write)
+        publish(f"mixed-{name}{suffix.replace('_', '-')}", title, body, topic_page("mixed"),
+                write=not args.no_write)
 
 
 if __name__ == "__main__":

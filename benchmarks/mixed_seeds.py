@@ -25,7 +25,7 @@ from lowbit.config import QuantConfig
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.mixed import Budget, analyze, solve_budget
 from lowbit.spec import OBSERVERS
-from report import bundled_model, float_weight_bytes, md_table, publish
+from report import bundled_model, float_weight_bytes, md_table, publish, topic_page
 
 SENSITIVITY_IMAGES = 256
 DEFAULT_CRS = [6.0, 8.0]
@@ -124,7 +124,7 @@ def main() -> None:
         title = f"Mixed precision over calibration draws: {name} on Fashion-MNIST"
         title += ", round-to-nearest" if args.method == "nearest" else f", {args.iters} steps"
         title += f", {args.weights_observer} weight ranges at every width" if args.weights_observer else ""
-        publish(section_key(name, args), title, body, write=not args.no_write)
+        publish(section_key(name, args), title, body, topic_page("mixed"), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Shared benchmark plumbing: the bundled models, machine description, markdown tables, and BENCHMARKS.md
-sections."""
+"""Shared benchmark plumbing: the bundled models, machine description, markdown tables, and the sections of the
+per-topic pages in docs/benchmarks/ (docs/BENCHMARKS.md is the summary that links them)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,12 @@ from torch import nn
 from lowbit.io.atomic import atomic_path
 from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
 
-BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+PAGES = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+
+
+def topic_page(topic: str) -> Path:
+    """The docs page of one benchmark topic (``bitwidths``, ``rounding``, ``mixed``, ``datafree``, ``deploy``...)."""
+    return PAGES / f"{topic}.md"
 
 
 def bundled_model(name: str) -> nn.Module:
@@ -57,9 +62,8 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_section(key: str, title: str, body: str, page: Path = BENCHMARKS_MD) -> None:
-    """Replace (or append) the section ``key`` of ``page`` (docs/BENCHMARKS.md by default), stamped with command,
-    machine and date."""
+def write_section(key: str, title: str, body: str, page: Path) -> None:
+    """Replace (or append) the section ``key`` of ``page``, stamped with command, machine and date."""
     command = "python3 " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     stamp = (f"Command: `{command}`  \nMachine: {machine()}  \n"
              f"Date: {datetime.date.today().isoformat()}\n")
@@ -71,7 +75,7 @@ def write_section(key: str, title: str, body: str, page: Path = BENCHMARKS_MD) -
         tmp.write_text(text)
 
 
-def publish(key: str, title: str, body: str, write: bool = True, page: Path = BENCHMARKS_MD) -> None:
+def publish(key: str, title: str, body: str, page: Path, write: bool = True) -> None:
     """Print a benchmark's results and, unless ``write`` is off, put them in ``page``."""
     print(body)
     if write:

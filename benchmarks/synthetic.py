@@ -29,7 +29,7 @@ from lowbit.data.fashion_mnist import MEAN, STD
 from lowbit.data.synthesize import SynthOptions, noise_images, synthesize
 from lowbit.evaluate import sqnr_db
 from lowbit.models import build_model, default_normalization
-from report import bundled_model, md_table, publish
+from report import bundled_model, md_table, publish, topic_page
 
 SETTINGS = [("W8A8", dict(weights_bits=8, activation_bits=8)), ("W4A8", dict(weights_bits=4, activation_bits=8)),
             ("W4A4 brecq", dict(weights_bits=4, activation_bits=4, method="brecq", first_last_bits=8))]
@@ -155,7 +155,8 @@ def main() -> None:
                 "MCT's generator runs with its defaults except the steps per image, set to lowbit's. MCT's default "
                 "schedule is 500 steps per image, 6.25x the steps timed here.\n\n"
                 + "\n".join(verdicts(rows, sources)))
-        publish("synthetic-fmnist", "Data-free calibration on Fashion-MNIST", body, write=not args.no_write)
+        publish("synthetic-fmnist", "Data-free calibration on Fashion-MNIST", body, topic_page("datafree"),
+                write=not args.no_write)
     if args.effnet:
         rows, seconds = effnet_rows(args)
         body = (md_table(["setting", "photos top-1 agreement %", "photos SQNR dB", "held-out synthetic agreement %",
@@ -167,7 +168,8 @@ def main() -> None:
                 "Round-to-nearest at 4 bits does not hold up on EfficientNet-Lite0 (depthwise convolutions; see the W4A8 "
                 "row). Learned rounding (`--method brecq`) on synthetic data is the route for it; that run is not in "
                 "this table (block reconstruction at 224x224 is a GPU-sized job, not measured here).")
-        publish("synthetic-effnet", "Data-free EfficientNet-Lite0", body, write=not args.no_write)
+        publish("synthetic-effnet", "Data-free EfficientNet-Lite0", body, topic_page("datafree"),
+                write=not args.no_write)
 
 
 if __name__ == "__main__":

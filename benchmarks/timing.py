@@ -17,7 +17,7 @@ import torchvision
 
 import lowbit
 import peers
-from report import md_table, publish
+from report import md_table, publish, topic_page
 from rounding import CALIB_BATCH, mct_epochs
 
 
@@ -69,7 +69,7 @@ def main() -> None:
               f"epochs x {CALIB_BATCH}-image batches, matched to lowbit's steps per block."
             + ("\n\n" + "\n".join(ratios) if ratios else ""))
     publish(f"timing-resnet18-{device}", f"Learned-rounding wall time: ResNet-18 at {args.size}x{args.size}, {device}",
-            body, write=not args.no_write)
+            body, topic_page("rounding"), write=not args.no_write)
 
 
 if __name__ == "__main__":
