@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from lowbit import qmath
-from lowbit.observers import ActivationObserver, static_qparams
+from lowbit.observers import MSE_GRID, ActivationObserver, static_qparams
 from lowbit.spec import QuantSpec, weight_spec
 
 
@@ -66,3 +67,88 @@ def test_default_8_bit_weight_ranges_never_lose_to_minmax_per_channel():
         qmin, qmax = qmath.qrange(spec.bits, spec.symmetric)
         errors.append(qmath.quantization_error(w, scale.view(-1, 1), zp.view(-1, 1), qmin, qmax, (1,)))
     assert torch.all(errors[0] <= errors[1]) and errors[0].sum() < 0.99 * errors[1].sum()
+
+
+def _exhaustive_errors(rows, spec, lo=None, hi=None):
+    """Per row, the least squared error over every factor of the search grid, one factor at a time through
+    the plain fake-quantization path: the reference the faster search must keep up with."""
+    qmin, qmax = qmath.qrange(spec.bits, spec.symmetric)
+    lo = rows.amin(dim=1) if lo is None else lo
+    hi = rows.amax(dim=1) if hi is None else hi
+    errors = []
+    for a in MSE_GRID.tolist():
+        scale, zp = qmath.choose_qparams(lo * a, hi * a, spec.bits, spec.symmetric)
+        errors.append(qmath.quantization_error(rows, scale.view(-1, 1), zp.view(-1, 1), qmin, qmax, (1,)))
+    return torch.stack(errors).min(dim=0).values
+
+
+def _weights(kind, shape, g):
+    if kind == "gaussian":
+        return torch.randn(*shape, generator=g) * 0.05
+    if kind == "cubed":  # a few large weights per channel
+        return torch.randn(*shape, generator=g) ** 3
+    return torch.distributions.StudentT(torch.tensor(2.5)).sample(shape)  # heavier tails still
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8, 16])
+@pytest.mark.parametrize("kind", ["gaussian", "cubed", "student_t"])
+def test_mse_search_is_as_good_as_the_exhaustive_grid(bits, kind):
+    """Per channel within 1% of the best factor of the whole grid, on conv, depthwise and linear shapes (short
+    rows and few bits make the error curve ripple, which is where a coarse-to-fine search can go wrong). From
+    8 bits up the factors left after ruling out those that cannot win are all tried, so the result is exact."""
+    g = torch.Generator().manual_seed(bits)
+    torch.manual_seed(bits)
+    spec = weight_spec(bits)
+    tolerance = 1e-5 if bits >= 8 else 0.01
+    for shape in ((64, 32, 3, 3), (96, 1, 3, 3), (32, 3, 7, 7), (48, 768)):
+        w = _weights(kind, shape, g)
+        rows = w.reshape(shape[0], -1)
+        scale, zp = static_qparams(w, spec)
+        qmin, qmax = qmath.qrange(spec.bits, spec.symmetric)
+        found = qmath.quantization_error(rows, scale.view(-1, 1), zp.view(-1, 1), qmin, qmax, (1,))
+        best = _exhaustive_errors(rows, spec)
+        assert torch.all(found <= (1 + tolerance) * best + 1e-12), (shape, (found / best).max())
+        assert found.sum() <= (1 + tolerance / 10) * best.sum(), shape
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_activation_mse_search_is_as_good_as_the_exhaustive_grid(bits):
+    """Per tensor and affine, on a sample that need not hold the extremes the grid is scaled from."""
+    g = torch.Generator().manual_seed(0)
+    obs = ActivationObserver(QuantSpec(bits=bits, observer="mse"))
+    for _ in range(3):
+        obs.observe(torch.randn(300_000, generator=g) ** 3)
+    scale, zp = obs.qparams()
+    sample = torch.cat(obs.samples).view(1, -1)
+    found = _err(sample, obs.spec, scale, zp)
+    assert found <= 1.01 * _exhaustive_errors(sample, obs.spec, obs.lo.view(1), obs.hi.view(1))[0]
+
+
+def _count_evaluated_grids(monkeypatch):
+    evaluated = []
+    real = qmath.grid_errors
+
+    def counting(rows, scale, *args, **kwargs):
+        evaluated.append(scale.shape[0])
+        return real(rows, scale, *args, **kwargs)
+
+    monkeypatch.setattr(qmath, "grid_errors", counting)
+    return evaluated
+
+
+def test_mse_search_evaluates_under_half_the_grid(monkeypatch):
+    """The point of the coarse-to-fine search: far fewer candidate grids than the exhaustive one."""
+    evaluated = _count_evaluated_grids(monkeypatch)
+    static_qparams(torch.randn(16, 256), weight_spec(4))
+    assert 0 < sum(evaluated) < len(MSE_GRID) / 2
+
+
+def test_fine_grids_rule_out_shrunken_ranges_without_trying_them(monkeypatch):
+    """At 16 bits no shrunken range can beat the full one on ordinary weights; at 8 bits only mild shrinking can."""
+    evaluated = _count_evaluated_grids(monkeypatch)
+    w = torch.randn(64, 576, generator=torch.Generator().manual_seed(0)) ** 3
+    static_qparams(w, weight_spec(16))
+    assert sum(evaluated) == 1
+    evaluated.clear()
+    static_qparams(w, weight_spec(8))
+    assert sum(evaluated) <= 20

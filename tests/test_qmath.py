@@ -101,3 +101,19 @@ def test_inference_path_matches_the_trainable_one(values, bits, symmetric, scale
     expected = torch.tensor(naive_fake_quant(values, scale, int(zp), qmin, qmax), dtype=torch.float32)
     assert torch.equal(qmath.fake_quantize_no_grad(x.clone(), s, zp, qmin, qmax), qmath.fake_quantize(x, s, zp, qmin, qmax))
     assert torch.allclose(qmath.fake_quantize_no_grad(x, s, zp, qmin, qmax), expected, rtol=0, atol=1e-6 * (1 + scale))
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(1, 6), st.integers(1, 40), st.integers(1, 5), bits_st, st.booleans(), st.integers(1, 300),
+       st.integers(0, 2**31 - 1))
+def test_grid_errors_match_fake_quantize(n_rows, width, n_grids, bits, symmetric, block, seed):
+    """Every candidate grid's summed squared error equals fake_quantize's, however the values are blocked."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randn(n_rows, width, generator=g) * 3
+    shrink = torch.rand(n_grids, 1, generator=g) * 0.9 + 0.1
+    scale, zp = qmath.choose_qparams(rows.amin(dim=1) * shrink, rows.amax(dim=1) * shrink, bits, symmetric)
+    qmin, qmax = qmath.qrange(bits, symmetric)
+    expected = torch.stack([((qmath.fake_quantize(rows, s.view(-1, 1), z.view(-1, 1), qmin, qmax) - rows) ** 2).sum(1)
+                            for s, z in zip(scale, zp)])
+    found = qmath.grid_errors(rows, scale, None if symmetric else zp, qmin, qmax, block_elements=block)
+    assert torch.allclose(found, expected, rtol=1e-5, atol=1e-6 * float(rows.abs().max()) ** 2)

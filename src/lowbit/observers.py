@@ -10,6 +10,9 @@ constant however many calibration batches are seen.
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 
 from lowbit import qmath
@@ -17,7 +20,13 @@ from lowbit.spec import QuantSpec
 
 SAMPLE_PER_BATCH = 1 << 16
 SAMPLE_LIMIT = 1 << 20
-MSE_GRID = torch.linspace(0.2, 1.0, 81).tolist()
+# Candidate ranges of the MSE search: the observed range shrunk by each factor (the last, 1.0, keeps it, so the
+# search never does worse than min/max). See mse_search for which of them are evaluated.
+MSE_GRID = torch.linspace(0.2, 1.0, 81)
+COARSE_STRIDE = 4
+REFINED_BASINS = 3
+# Up to this many candidate factors are all evaluated: about as many as the coarse-to-fine search would.
+EXHAUSTIVE_LIMIT = 2 * COARSE_STRIDE * REFINED_BASINS
 
 
 def _reduce_dims(x: torch.Tensor, spec: QuantSpec) -> tuple[int, ...] | None:
@@ -46,30 +55,88 @@ def percentile_range(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, to
     return lo, hi
 
 
-def mse_qparams(x: torch.Tensor, spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale/zero point minimizing ``mean((x - fq(x))^2)`` over ranges ``[a*lo, a*hi]``, ``a`` on a grid."""
-    bits = int(spec.bits)
-    qmin, qmax = qmath.qrange(bits, spec.symmetric)
-    dims = _reduce_dims(x, spec)
-    best_err = best_scale = best_zp = None
-    for a in MSE_GRID:
-        scale, zp = qmath.choose_qparams(lo * a, hi * a, bits, spec.symmetric)
-        s, z = _view(scale, x, spec), _view(zp, x, spec)
-        err = qmath.quantization_error(x, s, z, qmin, qmax, dims)
-        if best_err is None:
-            best_err, best_scale, best_zp = err, scale, zp
-        else:
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_scale = torch.where(better, scale, best_scale)
-            best_zp = torch.where(better, zp, best_zp)
-    return best_scale, best_zp
-
-
-def _view(t: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def _channel_rows(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """``x`` as ``(channels, values)`` (one row when per-tensor)."""
     if spec.granularity == "per_tensor":
-        return t
-    return qmath.channel_view(t, spec.axis % x.dim(), x.dim())
+        return x.reshape(1, -1)
+    return x.movedim(spec.axis % x.dim(), 0).reshape(x.shape[spec.axis], -1)
+
+
+def _candidate_errors(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, index: torch.Tensor, *, bits: int,
+                      symmetric: bool) -> torch.Tensor:
+    """Squared error of each row on the grids of shrink factors ``MSE_GRID[index]`` (``index`` is ``(N, C)``)."""
+    a = MSE_GRID.to(rows.device)[index]
+    scale, zp = qmath.choose_qparams(lo * a, hi * a, bits, symmetric)
+    return qmath.grid_errors(rows, scale, None if symmetric else zp, *qmath.qrange(bits, symmetric))
+
+
+def _first_useful_factor(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, full_error: torch.Tensor, bits: int,
+                         symmetric: bool) -> int:
+    """Index of the smallest factor whose grid may still beat the full range on some row.
+
+    A grid's error on a row is at least that of the row's most extreme value alone, which lands on the grid's
+    end: ``gap^2``, where ``gap`` is how far the value lies beyond the end. Where that already reaches the full
+    range's error the factor cannot win, and smaller factors have ends further in. With many levels this leaves
+    only factors near 1 (at 16 bits, 1 alone); at a few bits it rules out nothing.
+    """
+    if rows.is_meta:  # shapes without values: nothing can be ruled out
+        return 0
+    qmin, qmax = qmath.qrange(bits, symmetric)
+    a = MSE_GRID.to(rows.device)[:, None]
+    scale, zp = qmath.choose_qparams(lo * a, hi * a, bits, symmetric)
+    top, bottom = (qmax - zp) * scale, (qmin - zp) * scale
+    gap = torch.maximum(rows.amax(dim=1) - top, bottom - rows.amin(dim=1)).clamp_min(0)
+    useful = (gap.square() < full_error).any(dim=1)
+    return int(useful.nonzero()[0]) if useful.any() else len(MSE_GRID) - 1
+
+
+def mse_search(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    """Per row, the index into ``MSE_GRID`` of the shrink factor with the least squared error.
+
+    Factors that provably cannot beat the full range are skipped (see :func:`_first_useful_factor`). When many
+    remain, every ``COARSE_STRIDE``-th is tried, then every factor between the neighbours of the
+    ``REFINED_BASINS`` best ones. The error is a smooth trend (clipping against step size) plus rounding ripples;
+    on short rows and at a few bits the ripples make several dips of similar depth, and refining only the best
+    coarse factor would sometimes settle in the wrong one. Refining a few keeps the result on the exhaustive
+    search's factor, or within a fraction of a percent of its error, in under half the evaluations.
+    """
+    n_rows, last = rows.shape[0], len(MSE_GRID) - 1
+    errors_of = partial(_candidate_errors, rows, lo, hi, bits=bits, symmetric=symmetric)
+    index = torch.full((1, n_rows), last, device=rows.device)
+    err = errors_of(index)
+    first = _first_useful_factor(rows, lo, hi, err[0], bits, symmetric)
+    exhaustive = last - first <= EXHAUSTIVE_LIMIT
+    step = 1 if exhaustive else COARSE_STRIDE
+    coarse = torch.arange(last - step, first - 1, -step, device=rows.device)  # steps counted from the full range
+    index, err = _extend(index, err, coarse[:, None].expand(-1, n_rows), errors_of)
+    if not exhaustive:
+        index, err = _extend(index, err, _around_best(index, err, first, last), errors_of)
+    return index.gather(0, err.argmin(dim=0, keepdim=True))[0]
+
+
+def _around_best(index: torch.Tensor, err: torch.Tensor, first: int, last: int) -> torch.Tensor:
+    """Per row, the factors between the coarse neighbours of its ``REFINED_BASINS`` best tried ones."""
+    best = index.gather(0, err.topk(min(REFINED_BASINS, len(index)), dim=0, largest=False).indices)
+    offsets = torch.tensor([o for o in range(1 - COARSE_STRIDE, COARSE_STRIDE) if o], device=index.device)
+    return (best[None] + offsets[:, None, None]).reshape(-1, index.shape[1]).clamp(first, last)
+
+
+def _extend(index: torch.Tensor, err: torch.Tensor, more: torch.Tensor,
+            errors_of: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tried factors ``index`` and their errors (both ``(N, C)``), with the factors ``more`` tried too."""
+    if more.numel() == 0:
+        return index, err
+    return torch.cat([index, more]), torch.cat([err, errors_of(more)])
+
+
+def mse_qparams(x: torch.Tensor, spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale/zero point minimizing ``mean((x - fq(x))^2)`` over ranges ``[a*lo, a*hi]`` (see :func:`mse_search`)."""
+    bits = int(spec.bits)
+    shape = lo.shape
+    lo, hi = lo.reshape(-1).float(), hi.reshape(-1).float()
+    a = MSE_GRID.to(lo.device)[mse_search(_channel_rows(x, spec).float(), lo, hi, bits, spec.symmetric)]
+    scale, zp = qmath.choose_qparams(lo * a, hi * a, bits, spec.symmetric)
+    return scale.reshape(shape), zp.reshape(shape)
 
 
 def static_qparams(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,8 @@ import json
 from lowbit.cli import main
 from lowbit.io.lowbit_file import read_metadata
 
+from test_cli_quantize import short_fashion_mnist  # noqa: F401 (autouse: the runs here read the short copy)
+
 
 def test_mixed_writes_model_allocation_table_and_chart(tmp_path, capsys):
     out, report = tmp_path / "m.lowbit", tmp_path / "m.json"

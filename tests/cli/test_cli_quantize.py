@@ -1,11 +1,37 @@
 """The CLI's happy paths on the bundled ResNet-20 (small calibration sets keep them quick)."""
 
+import gzip
 import json
+import struct
 
+import pytest
 import torch
 
 import lowbit
 from lowbit.cli import main
+from lowbit.data.fashion_mnist import candidate_dirs, read_idx
+
+SHORT_SPLITS = {"train": 4096, "t10k": 2000}  # Fashion-MNIST's file prefixes and the images kept of each
+
+
+@pytest.fixture(scope="module", autouse=True)
+def short_fashion_mnist(tmp_path_factory):
+    """Fashion-MNIST cut to its first 4096 training and 2000 test images, for every run of the module.
+
+    Each run that evaluates goes through the whole test split, which takes most of its time; the figures asserted
+    hold on these 2000 images as on all 10,000. Also used by the other CLI test modules.
+    """
+    source = next(d for d in candidate_dirs(None) if (d / "t10k-labels-idx1-ubyte.gz").is_file())
+    root = tmp_path_factory.mktemp("fashion-mnist")
+    for prefix, n in SHORT_SPLITS.items():
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            data = read_idx(source / name)[:n]
+            header = struct.pack(">HBB", 0, 8, data.ndim) + struct.pack(f">{data.ndim}I", *data.shape)
+            (root / name).write_bytes(gzip.compress(header + data.tobytes(), compresslevel=1))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOWBIT_DATA", str(root))
+        yield root
 
 
 def test_quantize_eval_info_round_trip(tmp_path, capsys):
@@ -38,6 +64,6 @@ def test_python_load_without_model_uses_the_zoo(tmp_path):
 def test_overrides_and_weights_only(tmp_path, capsys):
     out = tmp_path / "o.lowbit"
     assert main(["quantize", "--weights-bits", "2", "--activation-bits", "none", "--override", "layer3.*=8",
-                 "--first-last-bits", "8", "--no-eval", "--out", str(out), "--quiet"]) == 0
+                 "--first-last-bits", "8", "--calib-images", "64", "--no-eval", "--out", str(out), "--quiet"]) == 0
     bits = lowbit.io.lowbit_file.read_metadata(out)["bits"]
     assert bits["conv1"] == 8 and bits["fc"] == 8 and bits["layer3.0.conv1"] == 8 and bits["layer1.0.conv1"] == 2

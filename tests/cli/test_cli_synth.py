@@ -9,6 +9,8 @@ from lowbit.data.synthetic_files import load_synthetic
 from lowbit.io.lowbit_file import read_metadata
 from lowbit.models import build_model
 
+from test_cli_quantize import SHORT_SPLITS, short_fashion_mnist  # noqa: F401 (autouse: runs read the short copy)
+
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
@@ -39,7 +41,7 @@ def test_quantize_without_real_images(source, tmp_path, capsys):
                  "--synth-batch-size", "16", "--out", str(out), "--quiet"]) == 0
     meta = read_metadata(out)
     assert meta["provenance"]["calib_data"] == source
-    assert meta["quant_metrics"]["n"] == 10000  # still evaluated on the whole test split
+    assert meta["quant_metrics"]["n"] == SHORT_SPLITS["t10k"]  # still evaluated on the whole test split
     assert "W8A8 nearest" in capsys.readouterr().out
 
 
