@@ -11,6 +11,8 @@ from conftest import ResidualNet
 from lowbit.cli import main
 from lowbit.deploy import export
 
+from test_cli_quantize import short_fashion_mnist  # noqa: F401 (autouse: the runs here read the short copy)
+
 
 @pytest.fixture(scope="module")
 def r20(tmp_path_factory):

@@ -1,15 +1,13 @@
 """The CLI's happy paths on the bundled ResNet-20 (small calibration sets keep them quick)."""
 
-import gzip
 import json
-import struct
 
 import pytest
 import torch
 
 import lowbit
+from conftest import fashion_mnist_subset
 from lowbit.cli import main
-from lowbit.data.fashion_mnist import candidate_dirs, read_idx
 
 SHORT_SPLITS = {"train": 4096, "t10k": 2000}  # Fashion-MNIST's file prefixes and the images kept of each
 
@@ -21,16 +19,7 @@ def short_fashion_mnist(tmp_path_factory):
     Each run that evaluates goes through the whole test split, which takes most of its time; the figures asserted
     hold on these 2000 images as on all 10,000. Also used by the other CLI test modules.
     """
-    source = next(d for d in candidate_dirs(None) if (d / "t10k-labels-idx1-ubyte.gz").is_file())
-    root = tmp_path_factory.mktemp("fashion-mnist")
-    for prefix, n in SHORT_SPLITS.items():
-        for kind in ("images-idx3", "labels-idx1"):
-            name = f"{prefix}-{kind}-ubyte.gz"
-            data = read_idx(source / name)[:n]
-            header = struct.pack(">HBB", 0, 8, data.ndim) + struct.pack(f">{data.ndim}I", *data.shape)
-            (root / name).write_bytes(gzip.compress(header + data.tobytes(), compresslevel=1))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LOWBIT_DATA", str(root))
+    with fashion_mnist_subset(tmp_path_factory.mktemp("fashion-mnist"), SHORT_SPLITS) as root:
         yield root
 
 
