@@ -124,7 +124,8 @@ def _read_index(path: Path) -> tuple[str, str, Layout]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            index = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            index = {k: (s.get_dtype(), tuple(s.get_shape())) for k, s in slices.items()}
     except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError) as exc:
         raise _open_error(path, exc) from None
     if META_KEY not in meta:
@@ -254,10 +255,12 @@ def load(path: str | Path, architecture: Architecture, device: str | torch.devic
     path = Path(path)
     header, digest, index = _read_index(path)
     record = _parse_header(path, header)
-    if not isinstance(architecture, nn.Module):
+    if isinstance(architecture, nn.Module):  # the caller's model: checked as prepared, before any tensor is read
+        qmodel = _prepared(path, record, architecture, "cpu")
+        _check_against(path, qmodel, record, index)
+    else:  # a zoo builder: checked on the meta device first, so nothing the header asks for is allocated
         _check_against(path, _prepared(path, record, architecture, "meta"), record, index)
-    qmodel = _prepared(path, record, architecture, "cpu")
-    _check_against(path, qmodel, record, index)
+        qmodel = _prepared(path, record, architecture, "cpu")
     tensors = _read_tensors(path, header, digest)
     try:
         payload.check_finite(tensors)
