@@ -29,8 +29,6 @@ class Quantizer(nn.Module):
         self.state: State = "off"
         self.seed = seed
         self.observer: ActivationObserver | None = None
-        # QDrop: while reconstructing, each element keeps its float value with this probability
-        self.drop_prob = 0.0
         self.register_buffer("scale", torch.ones(1, device=device))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32, device=device))
 
@@ -134,10 +132,7 @@ class Quantizer(nn.Module):
             if self.observer is not None:
                 self.observer.observe(x)
             return x
-        out = self.apply(x)
-        if self.drop_prob > 0 and not (self.spec.is_fp16 or self.spec.dynamic):
-            out = torch.where(torch.rand_like(x) < self.drop_prob, x, out)
-        return out
+        return self.apply(x)
 
     def extra_repr(self) -> str:
         kind = "dynamic" if self.spec.dynamic else self.spec.granularity

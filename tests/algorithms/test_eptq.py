@@ -95,11 +95,11 @@ def test_hessian_weighting_changes_the_result_and_uniform_weights_give_brecq(w4a
 
     real_reconstruct = eptq.reconstruct
 
-    def uniform(qmodel, batches, options, progress=False, weighting=None, name=""):
+    def uniform(qmodel, batches, method, progress=False, weighting=None):
         def ones(block, idx):
             return torch.ones_like(weighting(block, idx))
 
-        real_reconstruct(qmodel, batches, options, progress, weighting=ones, name=name)
+        real_reconstruct(qmodel, batches, method, progress, weighting=ones)
 
     monkeypatch.setattr(eptq, "reconstruct", uniform)
     unweighted = calibrated_w4a4(w4a4_setup)

@@ -12,7 +12,8 @@ from conftest import ResidualNet, randomize_bn, with_inplace_relus
 from lowbit.algorithms import brecq, reconstruct, soft_rounding
 from lowbit.algorithms.blocks import block_module, find_blocks
 from lowbit.algorithms.hessian import activation_hessian_diagonals
-from lowbit.algorithms.reconstruct import ReconstructionOptions, float_copy
+from lowbit.algorithms.adaround import AdaRound, AdaRoundOptions
+from lowbit.algorithms.reconstruct import float_copy
 from lowbit.algorithms.soft_rounding import SoftRounding
 from lowbit.calibrate import calibrate, freeze
 from lowbit.config import QuantConfig
@@ -100,9 +101,9 @@ def test_rounding_regularizer_drives_offsets_to_zero_or_one(reg_weight, monkeypa
     x = torch.randn(256, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         target = linear(x)
-    options = ReconstructionOptions(iters=500, reg_weight=reg_weight)
-    reconstruct.optimize_unit(layer, [layer], [], x, None, target, options, lambda idx: None, torch.device("cpu"),
-                              torch.Generator().manual_seed(0), None)
+    method = AdaRound(AdaRoundOptions(iters=500, reg_weight=reg_weight))
+    state = reconstruct.EngineState(torch.device("cpu"), torch.Generator().manual_seed(0), None)
+    reconstruct.optimize_unit(layer, [layer], [], reconstruct.UnitData(x, None, target), method, state)
     h = installed[0].h().detach()
     undecided = ((h > 0.1) & (h < 0.9)).float().mean().item()
     if reg_weight > 0:
@@ -140,7 +141,7 @@ def test_same_seed_gives_identical_integer_weights(setup, device):
 
 def test_bad_method_option_is_a_clear_error(setup):
     model, calib, _ = setup
-    with pytest.raises(lowbit.LowbitError, match="bad option for method 'brecq'"):
+    with pytest.raises(lowbit.LowbitError, match="method 'brecq' has no option itres"):
         lowbit.quantize(model, calib, method="brecq", itres=10)
     with pytest.raises(lowbit.LowbitError, match="drop_prob"):
         lowbit.quantize(model, calib, method="qdrop", drop_prob=1.5)

@@ -1,8 +1,8 @@
 """EPTQ (Gordon et al. 2023, "Enhanced Post-Training Quantization via Label-Free Hessian").
 
-Learned rounding whose reconstruction loss weights each output error by the label-free Hessian of the task
-loss with respect to that activation (see :mod:`lowbit.algorithms.hessian`), so errors the network's
-prediction is sensitive to cost more. The Hessian diagonals are estimated once on the float model, batched,
+What makes it EPTQ: BRECQ's block reconstruction with a loss that weights each output error by the
+label-free Hessian of the task loss with respect to that activation (see :mod:`lowbit.algorithms.hessian`),
+so errors the network's prediction is sensitive to cost more. The Hessian diagonals are estimated once on the float model, batched,
 for every block output (per sample and channel), normalized to mean 1 per block, and cached; their cost is
 recorded separately as ``hessian_seconds``. The optimization runs block by block (EPTQ optimizes the whole
 network at once; blocks converge in far fewer steps on a CPU), with activation step sizes learned jointly.
@@ -19,16 +19,17 @@ from torch import nn
 
 from lowbit.algorithms.blocks import block_module, find_blocks
 from lowbit.algorithms.hessian import module_output_hessian_diagonals
-from lowbit.algorithms.reconstruct import ReconstructionOptions, float_copy, reconstruct
+from lowbit.algorithms.brecq import Brecq, BrecqOptions
+from lowbit.algorithms.reconstruct import float_copy, reconstruct
+from lowbit.algorithms.registry import register
 from lowbit.algorithms.swap_reconstruct import CallKey, reconstruct_swapped
 from lowbit.algorithms.swap_units import CHUNK, Unit, find_units
 from lowbit.errors import LowbitError
 
 
 @dataclass(frozen=True)
-class EptqOptions(ReconstructionOptions):
-    learn_act_scale: bool = True
-    hessian_probes: int = 16
+class EptqOptions(BrecqOptions):
+    hessian_probes: int = 16  # Hutchinson probes per sample for the Hessian diagonals
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -36,6 +37,12 @@ class EptqOptions(ReconstructionOptions):
             raise LowbitError(f"hessian_probes must be a positive integer, got {self.hessian_probes!r}")
 
 
+class Eptq(Brecq):
+    name = "eptq"
+    options: EptqOptions
+
+
+@register("eptq", EptqOptions, "block reconstruction weighted by a label-free Hessian of the task loss")
 def run(qmodel: nn.Module, batches: list[torch.Tensor], options: EptqOptions, progress: bool = False) -> None:
     from torch import fx
 
@@ -57,7 +64,7 @@ def run(qmodel: nn.Module, batches: list[torch.Tensor], options: EptqOptions, pr
     def weighting(block, idx: torch.Tensor) -> torch.Tensor:
         return weights[block.output][idx].to(next(qmodel.parameters()).device)
 
-    reconstruct(qmodel, batches, options, progress, weighting=weighting, name="eptq")
+    reconstruct(qmodel, batches, Eptq(options), progress, weighting=weighting)
     qmodel.lowbit_info.extra["hessian_seconds"] = round(hessian_seconds, 3)
 
 
@@ -72,7 +79,7 @@ def _run_swapped(qmodel: nn.Module, batches: list[torch.Tensor], options: EptqOp
     start = time.perf_counter()
     device = next(qmodel.parameters()).device
     inputs = torch.cat(batches)
-    units = find_units(qmodel, inputs, options.granularity, device)
+    units = find_units(qmodel, inputs, Eptq.granularity, device)
     fp = float_copy(qmodel)
     diagonals = module_output_hessian_diagonals(fp, [fp.get_submodule(u.name) for u in units], inputs,
                                                 options.hessian_probes, CHUNK, options.seed)
@@ -83,7 +90,7 @@ def _run_swapped(qmodel: nn.Module, batches: list[torch.Tensor], options: EptqOp
     def weighting(unit: Unit, keys: list[CallKey], ndim: int) -> torch.Tensor:
         return _normalized(torch.cat([by_unit[unit.name][c][k] for c, k in keys]), ndim)
 
-    reconstruct_swapped(qmodel, batches, options, progress, weighting=weighting, name="eptq", units=units)
+    reconstruct_swapped(qmodel, batches, Eptq(options), progress, weighting=weighting, units=units)
     qmodel.lowbit_info.extra["hessian_seconds"] = round(hessian_seconds, 3)
 
 

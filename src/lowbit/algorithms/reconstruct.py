@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -24,8 +23,9 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from tqdm import tqdm
 
-from lowbit.algorithms.activation_cache import ActivationCache, CacheSetting, check_cache_setting
+from lowbit.algorithms.activation_cache import ActivationCache
 from lowbit.algorithms.blocks import Block, block_module, find_blocks
+from lowbit.algorithms.method import RoundingMethod
 from lowbit.algorithms.soft_rounding import SoftRounding, beta_schedule, install
 from lowbit.errors import LowbitError
 from lowbit.layers import QuantLayer
@@ -37,42 +37,24 @@ log = logging.getLogger(__name__)
 Weighting = Callable[[Block, torch.Tensor], torch.Tensor | None]
 
 
-@dataclass(frozen=True)
-class ReconstructionOptions:
-    """Options shared by the reconstruction methods (each method sets its own defaults).
+@dataclass
+class UnitData:
+    """What one unit is optimized on: its input in the quantized model, its input in the float model (where
+    the engine keeps it), the float model's output, and per-sample loss weights (rows -> weights or None)."""
 
-    The papers run 20k steps per block at a rounding learning rate of 1e-3; a 10x higher rate lets the
-    rounding variables settle at 0/1 within ~1k steps, which is what makes CPU runs practical.
-    """
+    x_q: torch.Tensor
+    x_fp: torch.Tensor | None
+    target: torch.Tensor
+    weight_fn: Callable[[torch.Tensor], torch.Tensor | None] = lambda idx: None
 
-    iters: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-2
-    act_lr: float = 4e-5
-    reg_weight: float = 0.01
-    warmup: float = 0.2
-    beta_start: float = 20.0
-    beta_end: float = 2.0
-    drop_prob: float = 0.0
-    learn_act_scale: bool = False
-    granularity: Literal["layer", "block"] = "block"
-    cache: CacheSetting = "auto"  # where cached block inputs live: auto, device, cpu or disk (memory-mapped)
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.iters < 1 or self.batch_size < 1:
-            raise LowbitError(f"iters and batch_size must be positive, got {self.iters} and {self.batch_size}")
-        for name in ("lr", "act_lr", "reg_weight", "warmup", "beta_start", "beta_end", "drop_prob"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise LowbitError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.lr == 0 or self.warmup > 1:
-            raise LowbitError(f"lr must be above 0 and warmup at most 1, got lr={self.lr}, warmup={self.warmup}")
-        if not 0.0 <= self.drop_prob < 1.0:
-            raise LowbitError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
-        if self.granularity not in ("layer", "block"):
-            raise LowbitError(f"granularity must be 'layer' or 'block', got {self.granularity!r}")
-        check_cache_setting(self.cache)
+@dataclass
+class EngineState:
+    """Where the engine computes, its random stream, and its progress bar."""
+
+    device: torch.device
+    gen: torch.Generator
+    bar: tqdm | None
 
 
 def float_copy(qmodel: nn.Module) -> nn.Module:
@@ -121,51 +103,46 @@ def _unit_loss(unit: nn.Module, x: torch.Tensor, target: torch.Tensor, weight: t
     return _recon_loss(unit(x.to(device)), target.to(device), weight).item()
 
 
-def optimize_unit(unit: nn.Module, layers: list[QuantLayer], quantizers: list[Quantizer], x_q: torch.Tensor,
-                  x_fp: torch.Tensor | None, target: torch.Tensor, options: ReconstructionOptions,
-                  weight_fn: Callable[[torch.Tensor], torch.Tensor | None], device: torch.device,
-                  gen: torch.Generator, bar: tqdm | None) -> float:
-    """Optimize one unit's rounding (and step sizes); returns its final reconstruction loss.
+def optimize_unit(unit: nn.Module, layers: list[QuantLayer], quantizers: list[Quantizer], data: UnitData,
+                  method: RoundingMethod, state: EngineState) -> float:
+    """Optimize one unit's rounding (and the step sizes the method learns); returns its final loss.
 
     A short run can end with hard rounding worse than round-to-nearest (small layers fed by few samples,
     such as a classifier head); the unit then keeps round-to-nearest and its calibrated step sizes, so
     reconstruction never makes a unit worse on the calibration data.
     """
-    check = torch.arange(min(len(x_q), 256))
-    nearest_loss = _unit_loss(unit, x_q[check], target[check], weight_fn(check), device)
+    options, device, gen = method.options, state.device, state.gen
+    check = torch.arange(min(len(data.x_q), 256))
+    nearest_loss = _unit_loss(unit, data.x_q[check], data.target[check], data.weight_fn(check), device)
     saved_scales = [q.scale.detach().clone() for q in quantizers]
     roundings: list[SoftRounding] = [install(layer) for layer in layers]
     groups = [{"params": [r.v for r in roundings], "lr": options.lr}]
-    scales = [q.learn_scale() for q in quantizers] if options.learn_act_scale else []
+    scales, scale_lr = method.learned_step_sizes(quantizers)
     if scales:
-        groups.append({"params": scales, "lr": options.act_lr})
-    for q in quantizers:
-        q.drop_prob = options.drop_prob
+        groups.append({"params": scales, "lr": scale_lr})
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, options.iters) if scales else None
-    for step in range(options.iters):
-        idx = torch.randint(0, len(x_q), (min(options.batch_size, len(x_q)),), generator=gen)
-        x = x_q[idx].to(device)
-        if options.drop_prob > 0 and x_fp is not None:  # QDrop: mix float and quantized block inputs
-            keep_float = torch.rand(x.shape, generator=gen).to(device) < options.drop_prob
-            x = torch.where(keep_float, x_fp[idx].to(device), x)
-        rec = _recon_loss(unit(x), target[idx].to(device), weight_fn(idx))
-        beta = beta_schedule(step, options.iters, options.warmup, options.beta_start, options.beta_end)
-        reg = sum(r.regularizer(beta) for r in roundings) if beta is not None else torch.zeros((), device=device)
-        loss = rec + options.reg_weight * reg
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        if bar is not None and step % 50 == 0:
-            bar.set_postfix(loss=f"{rec.item():.4g}")
+    with method.during_optimization(quantizers):
+        for step in range(options.iters):
+            idx = torch.randint(0, len(data.x_q), (min(options.batch_size, len(data.x_q)),), generator=gen)
+            x_fp = data.x_fp[idx].to(device) if data.x_fp is not None else None
+            x = method.step_input(data.x_q[idx].to(device), x_fp, gen)
+            rec = _recon_loss(unit(x), data.target[idx].to(device), data.weight_fn(idx))
+            beta = beta_schedule(step, options.iters, options.warmup, options.beta_start, options.beta_end)
+            reg = sum(r.regularizer(beta) for r in roundings) if beta is not None else torch.zeros((), device=device)
+            loss = rec + options.reg_weight * reg
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if state.bar is not None and step % 50 == 0:
+                state.bar.set_postfix(loss=f"{rec.item():.4g}")
     for r in roundings:
         r.hard = True
     for q in quantizers:
-        q.drop_prob = 0.0
         q.fix_scale()
-    learned_loss = _unit_loss(unit, x_q[check], target[check], weight_fn(check), device)
+    learned_loss = _unit_loss(unit, data.x_q[check], data.target[check], data.weight_fn(check), device)
     if learned_loss <= nearest_loss:
         return learned_loss
     for layer in layers:
@@ -201,12 +178,14 @@ def _capture(module: nn.Module, layer: nn.Module, x: torch.Tensor, device: torch
         hook.remove()
 
 
-def reconstruct(qmodel: nn.Module, batches: list[torch.Tensor], options: ReconstructionOptions,
-                progress: bool = False, weighting: Weighting | None = None, name: str = "reconstruct") -> None:
-    """Optimize the rounding of every weight layer of a calibrated ``qmodel`` in place.
+def reconstruct(qmodel: nn.Module, batches: list[torch.Tensor], method: RoundingMethod, progress: bool = False,
+                weighting: Weighting | None = None) -> None:
+    """Optimize the rounding of every weight layer of a calibrated ``qmodel`` in place, as ``method`` says.
 
-    A model torch.fx could not trace (module swapping) is reconstructed unit by unit with forward hooks instead.
+    ``weighting`` gives per-sample loss weights for each block. A model torch.fx could not trace (module
+    swapping) is reconstructed unit by unit with forward hooks instead.
     """
+    name, options = method.name, method.options
     if not isinstance(qmodel, fx.GraphModule):
         # imported here: the swapped-model engine builds on this module's optimize_unit
         from lowbit.algorithms.swap_reconstruct import reconstruct_swapped
@@ -214,10 +193,9 @@ def reconstruct(qmodel: nn.Module, batches: list[torch.Tensor], options: Reconst
         if weighting is not None:
             raise LowbitError(f"{name}: block weights need a traced model; weight swapped units with "
                               "reconstruct_swapped")
-        reconstruct_swapped(qmodel, batches, options, progress, name=name)
+        reconstruct_swapped(qmodel, batches, method, progress)
         return
     torch.manual_seed(options.seed)
-    gen = torch.Generator().manual_seed(options.seed)
     device = next(qmodel.parameters()).device
     fp = float_copy(qmodel)
     inputs = torch.cat(batches)
@@ -227,19 +205,20 @@ def reconstruct(qmodel: nn.Module, batches: list[torch.Tensor], options: Reconst
     cur_q = cache.copy(inputs)
     cur_fp = cur_q
     bar = tqdm(blocks, desc=name, disable=not progress, leave=False)
+    state = EngineState(device, torch.Generator().manual_seed(options.seed), bar)
     for block in bar:
         bar.set_description(f"{name} {block.output}")
         qb, fb = block_module(qmodel, block), block_module(fp, block)
         target = _run(fb, cur_fp, device, cache)
-        if options.granularity == "block":
+        if method.granularity == "block":
             layers = [qmodel.get_submodule(n) for n in block.layers]
             weight_fn = (lambda idx, b=block: weighting(b, idx)) if weighting else (lambda idx: None)
-            optimize_unit(qb, layers, _block_quantizers(qmodel, block), cur_q, cur_fp, target, options,
-                          weight_fn, device, gen, bar)
+            optimize_unit(qb, layers, _block_quantizers(qmodel, block), UnitData(cur_q, cur_fp, target, weight_fn),
+                          method, state)
         else:
             for layer_name in block.layers:
                 layer, fp_layer = qmodel.get_submodule(layer_name), fp.get_submodule(layer_name)
                 x_layer = _capture(qb, layer, cur_q, device, "input", cache)
                 y_layer = _capture(fb, fp_layer, cur_fp, device, "output", cache)
-                optimize_unit(layer, [layer], [], x_layer, None, y_layer, options, lambda idx: None, device, gen, bar)
+                optimize_unit(layer, [layer], [], UnitData(x_layer, None, y_layer), method, state)
         cur_q, cur_fp = _run(qb, cur_q, device, cache), target

@@ -23,7 +23,8 @@ from torch import nn
 from tqdm import tqdm
 
 from lowbit.algorithms.activation_cache import ActivationCache
-from lowbit.algorithms.reconstruct import ReconstructionOptions, float_copy, optimize_unit
+from lowbit.algorithms.method import RoundingMethod
+from lowbit.algorithms.reconstruct import EngineState, UnitData, float_copy, optimize_unit
 from lowbit.algorithms.swap_units import CHUNK, Unit, find_units
 from lowbit.quantizer import Quantizer
 
@@ -109,26 +110,27 @@ def _input_quantizers(qmodel: nn.Module, unit: Unit) -> list[Quantizer]:
     return [q for q in found if q is not None and q.needs_calibration and q.state == "quantize"]
 
 
-def reconstruct_swapped(qmodel: nn.Module, batches: list[torch.Tensor], options: ReconstructionOptions,
+def reconstruct_swapped(qmodel: nn.Module, batches: list[torch.Tensor], method: RoundingMethod,
                         progress: bool = False, weighting: SwapWeighting | None = None,
-                        name: str = "reconstruct", units: list[Unit] | None = None) -> None:
+                        units: list[Unit] | None = None) -> None:
     """Optimize the rounding of every reachable weight layer of a calibrated, module-swapped ``qmodel`` in place.
 
-    ``units`` defaults to :func:`find_units` at ``options.granularity``; a caller that already found them (to
-    compute weights for them) passes the same list.
+    ``units`` defaults to :func:`find_units` at the method's granularity; a caller that already found them
+    (to compute loss weights for them) passes the same list.
     """
+    name, options = method.name, method.options
     torch.manual_seed(options.seed)
-    gen = torch.Generator().manual_seed(options.seed)
     device = next(qmodel.parameters()).device
     fp = float_copy(qmodel)
     inputs = torch.cat(batches)
     if units is None:
-        units = find_units(qmodel, inputs, options.granularity, device)
+        units = find_units(qmodel, inputs, method.granularity, device)
     largest = max([inputs.numel() * inputs.element_size()] + [u.nbytes for u in units])
     cache = ActivationCache.choose(options.cache, device, largest)
     log.info("%s: %d units found by module swapping; cached on %s", name, len(units), cache.kind)
     inputs = cache.copy(inputs)
     bar = tqdm(units, desc=name, disable=not progress, leave=False)
+    state = EngineState(device, torch.Generator().manual_seed(options.seed), bar)
     for unit in bar:
         bar.set_description(f"{name} {unit.name}")
         captured = capture_unit(qmodel, fp, unit, inputs, device, cache)
@@ -140,5 +142,5 @@ def reconstruct_swapped(qmodel: nn.Module, batches: list[torch.Tensor], options:
         weights = weighting(unit, keys, target.dim()) if weighting is not None else None
         weight_fn = (lambda idx, w=weights: w[idx].to(device)) if weights is not None else (lambda idx: None)
         layers = [qmodel.get_submodule(n) for n in unit.layers]
-        optimize_unit(qmodel.get_submodule(unit.name), layers, _input_quantizers(qmodel, unit), x_q, None, target,
-                      options, weight_fn, device, gen, bar)
+        optimize_unit(qmodel.get_submodule(unit.name), layers, _input_quantizers(qmodel, unit),
+                      UnitData(x_q, None, target, weight_fn), method, state)

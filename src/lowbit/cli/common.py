@@ -54,8 +54,8 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--first-last-bits", help="keep the first and last weight layers (and their inputs) at these bits")
     g.add_argument("--override", action="append", default=[], metavar="GLOB=W[:A]",
                    help="per-layer bits by module-name glob, e.g. 'layer1.*=8' or 'fc=8:8' (repeatable)")
-    g.add_argument("--method", default="nearest", choices=tuple(ALGORITHMS),
-                   help="rounding: nearest, or learned (adaround, brecq, qdrop, eptq) (default: %(default)s)")
+    g.add_argument("--method", default="nearest", choices=ALGORITHMS.names(),
+                   help="rounding: " + "; ".join(f"{n}: {ALGORITHMS[n].summary}" for n in ALGORITHMS))
     g.add_argument("--iters", type=int, help="learned rounding: optimization steps per block (or layer)")
     g.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other option of the method, e.g. drop_prob=0.5, lr=0.001, hessian_probes=8 (repeatable)")

@@ -17,6 +17,7 @@ from lowbit.cli.common import add_data_args, load_data
 from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.quantize import write_json
 from lowbit.data import labelled_batches
+from lowbit.deploy.exporters import EXPORTERS, ExportReport, export_as
 from lowbit.errors import LowbitError
 from lowbit.io.lowbit_file import read_metadata
 from lowbit.models import default_input_shape
@@ -26,9 +27,11 @@ from lowbit.report import human_bytes, table
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="write a .lowbit file as ONNX (QDQ form) for onnxruntime and other runtimes")
     e.add_argument("file", help="a .lowbit file")
-    e.add_argument("--out", help="the .onnx file to write (default: beside the input, with .onnx)")
+    e.add_argument("--format", default=EXPORTERS.names()[0], choices=EXPORTERS.names(),
+                   help="; ".join(f"{name}: {EXPORTERS[name].summary}" for name in EXPORTERS))
+    e.add_argument("--out", help="the file to write (default: beside the input, with the format's suffix)")
     e.add_argument("--signed-weights", action="store_true",
-                   help="keep 8-bit weight codes as int8 (TensorRT) instead of uint8 (onnxruntime on x86 CPUs)")
+                   help="onnx-qdq: keep 8-bit weight codes as int8 (TensorRT) instead of uint8 (onnxruntime on x86 CPUs)")
     e.add_argument("--input-shape", help="C,H,W of one input (default: the shape recorded at quantization)")
     e.add_argument("--check-images", type=int, default=1000,
                    help="test images on which the ONNX and PyTorch outputs are compared (0: no check)")
@@ -86,20 +89,33 @@ def _check_outputs(args: argparse.Namespace, meta: dict, qmodel: torch.nn.Module
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from lowbit.deploy import export, export_float
-    from lowbit.deploy.bench import float_view
-    from lowbit.deploy.runtime import kernel_summary, optimized_op_counts
-
     source = Path(args.file)
-    out = Path(args.out) if args.out else source.with_suffix(".onnx")
+    out = Path(args.out) if args.out else source.with_suffix(EXPORTERS[args.format].suffix)
     check_outputs(cli_inputs(args, {"file": source}), {"--out": out})
     meta = read_metadata(source)
     qmodel = load(source)
     shape = input_shape(args, meta)
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
-    report = export(qmodel, out, example, signed_weights=args.signed_weights,
-                    metadata={"lowbit.dataset": str((meta.get("dataset") or {}).get("name") or ""),
-                              "lowbit.source": source.name})
+    options: dict = {"signed_weights": True} if args.signed_weights else {}
+    if "metadata" in EXPORTERS[args.format].options:
+        options["metadata"] = {"lowbit.dataset": str((meta.get("dataset") or {}).get("name") or ""),
+                               "lowbit.source": source.name}
+    report = export_as(args.format, qmodel, out, example, **options)
+    if out.suffix == ".onnx":
+        _print_onnx_summary(args, meta, qmodel, example, report)
+    else:
+        print(f"wrote {out} ({human_bytes(report.bytes)})")
+    return 0
+
+
+def _print_onnx_summary(args: argparse.Namespace, meta: dict, qmodel: torch.nn.Module, example: torch.Tensor,
+                        report: ExportReport) -> None:
+    """Size against the float ONNX file, which kernels onnxruntime picks, and agreement on test images."""
+    from lowbit.deploy import export_float
+    from lowbit.deploy.bench import float_view
+    from lowbit.deploy.runtime import kernel_summary, optimized_op_counts
+
+    out = report.path
     with tempfile.TemporaryDirectory() as tmp:
         float_bytes = os.path.getsize(export_float(float_view(qmodel), Path(tmp) / "float.onnx", example))
     counts = optimized_op_counts(out)
@@ -113,7 +129,6 @@ def run_export(args: argparse.Namespace) -> int:
     for line in report.float_compute:
         print(f"  in float: {line}")
     print(_check_outputs(args, meta, qmodel, out))
-    return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:

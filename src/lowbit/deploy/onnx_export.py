@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import ml_dtypes
@@ -23,6 +22,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from lowbit.deploy.exporters import ExportReport
 from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
 from lowbit.errors import LowbitError, first_line
@@ -31,16 +31,6 @@ from lowbit.io.atomic import atomic_path
 OPSET = 21  # the first opset with 4-bit integer types and 16-bit QuantizeLinear
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 FOUR_BIT = {np.dtype(np.int8): ml_dtypes.int4, np.dtype(np.uint8): ml_dtypes.uint4}
-
-
-@dataclass
-class ExportReport:
-    """What was written, and what onnxruntime will compute in float rather than on integers."""
-
-    path: Path
-    bytes: int
-    narrowed_initializers: int
-    float_compute: list[str] = field(default_factory=list)
 
 
 def _narrow_storage(model: nn.Module) -> tuple[set[str], list[np.ndarray]]:
