@@ -16,7 +16,7 @@ import torch
 
 import lowbit
 import peers
-from lowbit.cli.common import float_file_size
+from lowbit.run import float_file_size
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
 from report import md_table, publish, topic_page

@@ -23,7 +23,7 @@ import torch
 
 import lowbit
 import peers
-from lowbit.cli.common import float_file_size
+from lowbit.run import float_file_size
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.data.fashion_mnist import MEAN, STD
 from lowbit.data.synthesize import SynthOptions, noise_images, synthesize

@@ -7,7 +7,6 @@ import json
 from dataclasses import replace
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from lowbit.algorithms import ALGORITHMS
@@ -187,8 +186,3 @@ def load_float_model(args: argparse.Namespace, info: DatasetInfo | None) -> nn.M
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
-
-
-def float_file_size(model: nn.Module) -> int:
-    """Bytes of the float32 model saved as safetensors (the baseline of every size ratio)."""
-    return len(safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}))

@@ -1,24 +1,16 @@
-"""``lowbit mixed`` (and ``lowbit quantize --mixed-precision``): bit allocation under a size or BOPs budget.
-
-Besides the quantized model it writes the per-layer allocation as CSV and a bar chart of bits per layer (PNG)
-beside the model, and prints the allocation table.
-"""
+"""The mixed-precision options of ``lowbit mixed`` and ``lowbit quantize --mixed-precision`` (bit allocation
+under a size or BOPs budget), and the printed allocation table. The run itself, which also writes the
+allocation as CSV and PNG beside the model, is :mod:`lowbit.run`'s."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-from pathlib import Path
 
 from lowbit.errors import LowbitError
-from lowbit.io.atomic import atomic_path
 from lowbit.mixed import METRICS, Allocation, Budget
+from lowbit.mixed.allocation_files import ALLOCATION_HEADERS, allocation_rows
 from lowbit.mixed.budget import SIZE_MEASURES
-from lowbit.mixed.plot import plot_allocation
 from lowbit.report import human_bytes, table
-
-ALLOCATION_HEADERS = ("layer", "params", "weight bits", "input bits", "sensitivity", "bytes", "MACs", "pinned")
 
 
 def add_mixed_args(p: argparse.ArgumentParser, flag: bool) -> None:
@@ -73,11 +65,6 @@ def budget_from_args(args: argparse.Namespace) -> Budget | None:
                   args.size_measure)
 
 
-def allocation_rows(allocation: Allocation) -> list[list]:
-    return [[c.name, c.params, c.weight_bits, c.input_bits, c.sensitivity, c.weight_bytes, c.macs,
-             "yes" if c.pinned else ""] for c in allocation.layers]
-
-
 def print_allocation(allocation: Allocation) -> None:
     rows = [[*r[:4], f"{r[4]:.3g}", *r[5:]] for r in allocation_rows(allocation)]
     print(table(ALLOCATION_HEADERS, rows))
@@ -87,36 +74,3 @@ def print_allocation(allocation: Allocation) -> None:
           f"sensitivity in {allocation.seconds.get('sensitivity', 0):.1f} s, solved in "
           f"{allocation.seconds.get('solve', 0):.3f} s")
     print(f"bit_cfg: {allocation.bit_cfg}")
-
-
-def allocation_paths(model_path: Path) -> tuple[Path, Path]:
-    """``<model>.allocation.csv`` and ``<model>.allocation.png`` beside the model file."""
-    return model_path.with_suffix(".allocation.csv"), model_path.with_suffix(".allocation.png")
-
-
-def write_allocation(allocation: Allocation, model_path: Path, title: str = "") -> tuple[Path, Path]:
-    """The allocation's CSV and PNG files (see :func:`allocation_paths`), written atomically."""
-    csv_path, png_path = allocation_paths(model_path)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(ALLOCATION_HEADERS)
-    writer.writerows(allocation_rows(allocation))
-    with atomic_path(csv_path) as tmp:
-        tmp.write_text(buffer.getvalue())
-    png_path = plot_allocation(allocation, png_path, title)
-    return csv_path, png_path
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from lowbit.cli.common import add_data_args, add_model_args, add_quant_args
-    from lowbit.cli.quantize import add_run_args, run_quantize
-    from lowbit.cli.synth import add_calib_args
-
-    p = sub.add_parser("mixed", help="mixed precision: bits per layer under a size or BOPs budget")
-    add_model_args(p)
-    add_data_args(p, default=None)
-    add_quant_args(p)
-    add_calib_args(p)
-    add_mixed_args(p, flag=False)
-    add_run_args(p)
-    p.set_defaults(func=run_quantize)

@@ -1,43 +1,40 @@
-"""``lowbit quantize`` and ``lowbit demo``: quantize a model, evaluate it against float, save it, print a table."""
+"""``lowbit quantize``, ``lowbit mixed`` and ``lowbit demo``: options in, :mod:`lowbit.run` called, a table printed."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from lowbit.analysis import per_layer_sqnr
-from lowbit.api import quantize
-from lowbit.cli.common import (add_data_args, add_model_args, add_quant_args, config_from_args, float_file_size,
-                               load_data, load_float_model, resolve_dataset, resolve_device)
-from lowbit.cli.mixed import (add_mixed_args, allocation_paths, budget_from_args, print_allocation,
-                              sensitivity_options, write_allocation)
+from lowbit.cli.common import (add_data_args, add_model_args, add_quant_args, config_from_args, load_data,
+                               load_float_model, resolve_dataset, resolve_device)
+from lowbit.cli.mixed import add_mixed_args, budget_from_args, print_allocation, sensitivity_options
 from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.synth import add_calib_args, calibration_data
 from lowbit.config import QuantConfig
-from lowbit.coverage import coverage
-from lowbit.data import labelled_batches
-from lowbit.evaluate import evaluate
-from lowbit.io.atomic import atomic_path
-from lowbit.io.lowbit_file import save
 from lowbit.errors import LowbitError
+from lowbit.io.atomic import atomic_path
 from lowbit.mixed import Allocation, Budget
+from lowbit.mixed.allocation_files import allocation_paths
 from lowbit.mixed.bit_cfg import apply_bit_cfg, parse_bit_cfg
 from lowbit.report import METRIC_HEADERS, metrics_row, table
+from lowbit.run import quantize_evaluate_save
 
 DEMO_BITS = ((8, 8), (4, 8))
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quantize", help="quantize a model and report float vs quantized")
-    add_model_args(p)
-    add_data_args(p, default=None)
-    add_quant_args(p)
-    add_calib_args(p)
-    add_mixed_args(p, flag=True)
-    add_run_args(p)
-    p.set_defaults(func=run_quantize)
+    # `mixed` is `quantize` with mixed precision always on (no --mixed-precision flag)
+    for name, summary, mixed_flag in (("quantize", "quantize a model and report float vs quantized", True),
+                                      ("mixed", "mixed precision: bits per layer under a size or BOPs budget", False)):
+        p = sub.add_parser(name, help=summary)
+        add_model_args(p)
+        add_data_args(p, default=None)
+        add_quant_args(p)
+        add_calib_args(p)
+        add_mixed_args(p, flag=mixed_flag)
+        add_run_args(p)
+        p.set_defaults(func=run_quantize)
     d = sub.add_parser("demo", help="quantize the bundled Fashion-MNIST ResNet-20 at W8A8 and W4A8")
     add_run_args(d)
     d.set_defaults(func=run_demo)
@@ -65,7 +62,7 @@ def default_out(model: str, config: QuantConfig, budget: Budget | None = None) -
 
 
 def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
-    """The whole job for one config: returns the figures that are printed and written as JSON."""
+    """Turn the options into a model, data and a budget, and run :func:`lowbit.run.quantize_evaluate_save`."""
     device = resolve_device(args.device)
     resolve_dataset(args)
     train_set, info = load_data(args, "train") if args.dataset else (None, None)
@@ -76,41 +73,14 @@ def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
             raise LowbitError("--bit-cfg fixes every layer's width; drop the mixed-precision budget (or --bit-cfg)")
         config = apply_bit_cfg(model, config, parse_bit_cfg(args.bit_cfg))
     calib, calib_record = calibration_data(args, model, train_set, info, config.calib_images)
-    mixed = {} if budget is None else {"mixed": budget, "sensitivity": args.sensitivity,
-                                       "sensitivity_images": args.sensitivity_images,
-                                       "sensitivity_options": sensitivity_options(args)}
-    start = time.perf_counter()
-    qmodel = quantize(model, calib, config, progress=not args.quiet, device=device, **mixed)
-    quant_seconds = time.perf_counter() - start
-    share = coverage(qmodel)
+    mixed = None if budget is None else {"mixed": budget, "sensitivity": args.sensitivity,
+                                         "sensitivity_images": args.sensitivity_images,
+                                         "sensitivity_options": sensitivity_options(args)}
+    test_set = load_data(args, "test")[0] if not args.no_eval and info is not None else None
     out = Path(args.out) if args.out else default_out(args.model, config, budget)
-    float_size = float_file_size(model)
-    result: dict = {"model": args.model, "dataset": info.name if info else None, "config": config.to_dict(),
-                    "out": str(out), "quantize_seconds": quant_seconds, "float_file_bytes": float_size,
-                    "coverage": share.to_dict(), "coverage_note": share.describe(), **calib_record}
-    if not args.no_eval and info is not None:
-        test_set, _ = load_data(args, "test")
-        start = time.perf_counter()
-        result["float_metrics"] = evaluate(model, test_set, class_names=info.classes, progress=not args.quiet).to_dict()
-        result["float_eval_seconds"] = time.perf_counter() - start
-        start = time.perf_counter()
-        result["quant_metrics"] = evaluate(qmodel, test_set, class_names=info.classes, progress=not args.quiet).to_dict()
-        result["quant_eval_seconds"] = time.perf_counter() - start
-        if args.per_layer:
-            x, _ = next(iter(labelled_batches(test_set, 256)))
-            result["per_layer"] = [vars(r) for r in per_layer_sqnr(model, qmodel, x.to(device))]
-    extra = {"dataset": {"name": info.name, "input_shape": list(info.input_shape)} if info else None,
-             **calib_record}
-    for key in ("float_metrics", "quant_metrics"):
-        if key in result:
-            extra[key] = {k: result[key][k] for k in ("top1", "top5", "precision", "recall", "f1", "n")}
-    save(qmodel, out, extra)
-    result["quant_file_bytes"] = out.stat().st_size
-    if "mixed" in qmodel.lowbit_info.extra:
-        result["mixed"] = qmodel.lowbit_info.extra["mixed"]
-        csv_path, png_path = write_allocation(Allocation.from_dict(result["mixed"]), out, f"{args.model}, {info.name}")
-        result["allocation_files"] = [str(csv_path), str(png_path)]
-    return result
+    return quantize_evaluate_save(model, calib, config, out, model_name=args.model, info=info, test_set=test_set,
+                                  calib_record=calib_record, mixed=mixed, per_layer=args.per_layer,
+                                  progress=not args.quiet, device=device)
 
 
 def print_report(result: dict, label: str) -> None:
