@@ -84,7 +84,7 @@ def run_model(name: str, args, train, test) -> tuple[list[list], list[dict], dic
                 continue
             for method in ("nearest", args.method):
                 start = time.perf_counter()
-                cfg = allocation.apply(QuantConfig.from_bits(8, 8, method=method,
+                cfg = allocation.to_config(QuantConfig.from_bits(8, 8, method=method,
                                                              method_options={"iters": args.iters} if method != "nearest" else {}))
                 q = lowbit.quantize(model, calib, cfg)
                 record(f"mixed CR {cr}", sensitivity, method, q, analysis_seconds + time.perf_counter() - start,

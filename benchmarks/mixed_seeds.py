@@ -65,7 +65,7 @@ def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: 
     for cr in args.crs:
         allocation = solve_budget(analysis, Budget(weights_cr=cr, size_measure="codes"))
         for method in methods(args):
-            config = allocation.apply(QuantConfig.from_bits(8, 8, method=method, method_options=options(method),
+            config = allocation.to_config(QuantConfig.from_bits(8, 8, method=method, method_options=options(method),
                                                             seed=seed, weights_observer=args.weights_observer))
             record(f"mixed CR {cr:g} {method}", lowbit.quantize(model, calib, config))
         if args.mct:

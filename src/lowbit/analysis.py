@@ -9,6 +9,7 @@ from torch import nn
 
 from lowbit.evaluate import sqnr_db
 from lowbit.graph import activation_quantizers, prepare
+from lowbit.hooks import watching_outputs
 from lowbit.layers import quant_layers
 
 
@@ -37,13 +38,8 @@ def _capture(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     def keep(name: str, out: torch.Tensor) -> None:
         outputs[name] = out.detach().to(torch.float32, copy=True)  # before an in-place activation rewrites it
 
-    hooks = [layer.register_forward_hook(lambda m, i, o, n=name: keep(n, o)) for name, layer in quant_layers(model)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    with watching_outputs(quant_layers(model), keep), torch.no_grad():
+        model(x)
     return outputs
 
 

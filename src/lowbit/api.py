@@ -75,7 +75,7 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     if mixed is not None:
         allocation = allocate(model, torch.cat(batches)[:sensitivity_images], config, mixed, sensitivity,
                               sensitivity_options=sensitivity_options)
-        config = allocation.apply(config)
+        config = allocation.to_config(config)
     qmodel = prepare(model, config)
     if allocation is not None:
         qmodel.lowbit_info.extra["mixed"] = allocation.to_dict()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Iterable
 
@@ -10,11 +9,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lowbit.graph import activation_quantizers, model_device  # other modules import model_device from here
+from lowbit.device import model_device
+from lowbit.graph import activation_quantizers
 from lowbit.layers import quant_layers
-
-log = logging.getLogger(__name__)
-
 
 def calibrate_weights(model: nn.Module) -> None:
     """Set every weight grid from its weight (round-to-nearest on that grid from then on)."""

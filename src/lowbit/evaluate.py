@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lowbit.calibrate import model_device
+from lowbit.device import model_device
 from lowbit.errors import LowbitError
 
 

@@ -16,7 +16,6 @@ the inputs of every conv/linear are quantized, and batch-norm is left unfolded.
 from __future__ import annotations
 
 import copy
-import logging
 import operator
 import warnings
 from dataclasses import dataclass, field
@@ -28,11 +27,11 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from lowbit.config import QuantConfig
+from lowbit.device import model_device
 from lowbit.errors import LowbitError, first_line
 from lowbit.layers import QuantLayer, is_quantizable, to_quantized
 from lowbit.quantizer import Quantizer
 
-log = logging.getLogger(__name__)
 
 Mode = Literal["fx", "swap"]
 ACT_QUANT = "act_quant"
@@ -78,13 +77,6 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self._leaf_types + (Quantizer,)) or super().is_leaf_module(m, qualname)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter or buffer (CPU for an empty model)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def trace(model: nn.Module) -> fx.GraphModule:

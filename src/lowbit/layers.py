@@ -19,9 +19,6 @@ from lowbit import qmath
 from lowbit.quantizer import Quantizer
 from lowbit.spec import QuantSpec
 
-WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
-
-
 class QuantLayer:
     """Behaviour shared by the quantized conv and linear layers (a mixin over the torch layer)."""
 

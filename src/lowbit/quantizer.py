@@ -111,7 +111,7 @@ class Quantizer(nn.Module):
             return qmath.channel_view(self.scale, axis, ndim), qmath.channel_view(self.zero_point, axis, ndim)
         return self.scale, self.zero_point
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` fake-quantized on this quantizer's grid, whatever its state (for weights, the nearest grid point)."""
         if self.spec.is_fp16:
             return qmath.fake_quantize_fp16(x)
@@ -132,7 +132,7 @@ class Quantizer(nn.Module):
             if self.observer is not None:
                 self.observer.observe(x)
             return x
-        return self.apply(x)
+        return self.fake_quantize(x)
 
     def extra_repr(self) -> str:
         kind = "dynamic" if self.spec.dynamic else self.spec.granularity

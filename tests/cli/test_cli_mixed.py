@@ -57,3 +57,19 @@ def test_mixed_errors_exit_2(tmp_path, capsys):
     assert "--mixed-precision" in capsys.readouterr().err
     assert main(["mixed", "--weights-cr", "8", "--bits", "2,x", "--out", str(out), "--quiet"]) == 2
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_total_memory_budget_from_the_cli(tmp_path, capsys):
+    """--total-cr mixes the activation widths from --bits and reports the total it met."""
+    out = tmp_path / "t.lowbit"
+    assert main(["mixed", "--total-cr", "8", "--sensitivity", "orthogonality", "--calib-images", "64",
+                 "--sensitivity-images", "32", "--no-eval", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "largest activation" in text and "total memory" in text
+    mixed = read_metadata(out)["mixed"]
+    assert mixed["total_compression"] >= 8 and mixed["budget"]["activation_bits"] == [2, 4, 8]
+    total = (mixed["float_bytes"] + mixed["float_activation_bytes"]) / (mixed["weight_bytes"] + mixed["activation_bytes"])
+    assert 0 < mixed["activation_bytes"] < mixed["float_activation_bytes"] and mixed["total_compression"] == total
+    assert main(["mixed", "--total-cr", "40", "--calib-images", "64", "--sensitivity-images", "32", "--no-eval",
+                 "--out", str(tmp_path / "x.lowbit"), "--quiet"]) == 2
+    assert "infeasible" in capsys.readouterr().err

@@ -126,3 +126,25 @@ def test_codes_only_measure_counts_weight_bits_and_reaches_further(net, data):
     with pytest.raises(LowbitError, match="size measure"):
         Budget(weights_cr=8, size_measure="bits")
     assert Budget.from_dict(codes.budget.to_dict()).size_measure == "codes"
+
+
+def test_total_memory_budget_counts_the_largest_activation_and_mixes_activations(net, data):
+    """EPTQ's target: weights plus the largest activation tensor. Activations get widths of their own, and the
+    total compression reported (and met) is checked against the sizes the layers' inputs really have."""
+    from lowbit.mixed import analyze, solve_budget
+    budget = Budget(total_cr=7, bits=(2, 4, 8))
+    assert budget.activation_bits == (2, 4, 8)
+    analysis = analyze(net, data[:64], QuantConfig.from_bits(8, 8), (2, 4, 8), (2, 4, 8))
+    allocation = solve_budget(analysis, budget)
+    elements = {}
+    for c in analysis.layers:
+        elements[c.input] = c.input_elements
+    peak = max(elements[q] * b / 8 for q, b in allocation.activations.items())
+    assert allocation.activation_bytes == peak
+    assert allocation.float_activation_bytes == 4 * max(elements.values())
+    assert allocation.total_compression >= 7
+    # a weights-only budget at the same total leaves the activations at 8 bits: a worse total
+    weights_only = solve_budget(analysis, Budget(weights_cr=7, bits=(2, 4, 8), activation_bits=(2, 4, 8)))
+    assert weights_only.total_compression < 7
+    with pytest.raises(LowbitError, match="infeasible.*largest activation"):
+        solve_budget(analysis, Budget(activation_cr=17, bits=(2, 4, 8)))

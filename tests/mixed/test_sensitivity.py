@@ -105,7 +105,7 @@ def test_hessian_scores_match_the_exact_quadratic_form(images):
         for name in names:
             weight = model.get_submodule(name).weight.detach()
             for bits in (2, 4):
-                error = copies[bits].get_submodule(name).weight_quant.apply(weight) - weight
+                error = copies[bits].get_submodule(name).weight_quant.fake_quantize(weight) - weight
                 exact = _exact_quadratic_form(model, images, name, error)
                 assert scores.weights[name][bits] == pytest.approx(exact, rel=0.15), (name, bits)
 

@@ -23,7 +23,8 @@ def _random_problem(rng: np.random.Generator, n_layers: int, n_acts: int, act_bi
     return Problem(scores, sizes, macs, inputs, act_scores)
 
 
-def _brute_force(p: Problem, max_bytes, max_bops):
+def _brute_force(p: Problem, max_bytes=None, max_bops=None, max_act=None, max_total=None):
+    """(objective, peak activation bytes) of the best choice within every cap, by enumeration."""
     layers, acts = list(p.weight_scores), list(p.act_scores)
     best = None
     for wchoice in itertools.product(*(sorted(p.weight_scores[l]) for l in layers)):
@@ -31,11 +32,13 @@ def _brute_force(p: Problem, max_bytes, max_bops):
             w, a = dict(zip(layers, wchoice)), dict(zip(acts, achoice))
             size = sum(p.weight_bytes[l][w[l]] for l in layers)
             bops = sum(p.macs[l] * w[l] * (a[p.inputs[l]] if p.inputs[l] else p.float_bits) for l in layers)
-            if (max_bytes is not None and size > max_bytes) or (max_bops is not None and bops > max_bops):
+            peak = max([p.activation_bytes(q, a[q]) for q in acts] + [p.float_input_elements * p.float_bits / 8])
+            if any(cap is not None and value > cap for value, cap in
+                   ((size, max_bytes), (bops, max_bops), (peak, max_act), (size + peak, max_total))):
                 continue
             obj = sum(p.weight_scores[l][w[l]] for l in layers) + sum(p.act_scores[q][a[q]] for q in acts)
             if best is None or obj < best[0] - 1e-12:
-                best = (obj, w, a)
+                best = (obj, peak)
     return best
 
 
@@ -134,3 +137,38 @@ def test_a_search_stopped_by_its_time_limit_is_not_reported_as_the_best(monkeypa
     monkeypatch.setattr("lowbit.mixed.solver.milp", stopped_early)
     with pytest.raises(LowbitError, match="stopped before finding the best allocation"):
         solve(p, full, None)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_memory_caps_match_brute_force(seed):
+    """The largest activation tensor is a maximum over choices; the program still finds the exact optimum."""
+    rng = np.random.default_rng(100 + seed)
+    p = _random_problem(rng, n_layers=int(rng.integers(2, 5)), n_acts=int(rng.integers(1, 3)), act_bits=(2, 4, 8))
+    p.act_elements = {q: int(rng.integers(100, 3000)) for q in p.act_scores}
+    p.float_input_elements = int(rng.integers(0, 40)) if any(v is None for v in p.inputs.values()) else 0
+    full_w = sum(max(s.values()) for s in p.weight_bytes.values())
+    full_a = max([p.activation_bytes(q, 8) for q in p.act_scores] + [p.float_input_elements * 4])
+    least_a = p.smallest_activation_bytes()
+    max_act = least_a + rng.random() * (full_a - least_a) if seed % 2 else None
+    max_total = p.smallest_weight_bytes() + least_a + rng.random() * (full_w + full_a) * 0.5 if seed % 3 else None
+    if max_act is None and max_total is None:
+        max_total = (full_w + full_a) / 3
+    expected = _brute_force(p, max_act=max_act, max_total=max_total)
+    if expected is None:
+        with pytest.raises(LowbitError, match="infeasible"):
+            solve(p, max_activation_bytes=max_act, max_total_bytes=max_total)
+        return
+    got = solve(p, max_activation_bytes=max_act, max_total_bytes=max_total)
+    assert got.objective == pytest.approx(expected[0], rel=1e-7, abs=1e-12)
+    if max_act is not None:
+        assert got.activation_bytes <= max_act + 1e-6
+    if max_total is not None:
+        assert got.weight_bytes + got.activation_bytes <= max_total + 1e-6
+
+
+def test_activation_cap_below_the_smallest_activation_is_named():
+    p = Problem({"l": {2: 1.0, 8: 0.0}}, {"l": {2: 10, 8: 40}}, {"l": 1}, {"l": "a"}, {"a": {2: 1.0, 8: 0.0}},
+                act_elements={"a": 800})
+    with pytest.raises(LowbitError, match=r"largest activation needs at least 0\.2 KiB"):
+        solve(p, max_activation_bytes=100)
+    assert solve(p, max_activation_bytes=200).activations == {"a": 2}

@@ -9,8 +9,8 @@ which modules run. The unit is then optimized by the same engine as traced model
 
 A swapped layer quantizes its own input, so the unit's input quantizers are inside the unit: BRECQ learns
 their step sizes, and QDrop drops quantization there (each element keeps its unquantized value). Mixing in
-the float model's unit input as well, as traced blocks do, ended 3-8 dB worse on a small residual network
-(the unit's own quantizer then drops a second time), so no float inputs are cached.
+the float model's unit input as well, as traced blocks do, ended several dB worse on a small residual
+network (the unit's own quantizer then drops a second time), so no float inputs are cached.
 """
 
 from __future__ import annotations

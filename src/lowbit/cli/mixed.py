@@ -21,6 +21,10 @@ def add_mixed_args(p: argparse.ArgumentParser, flag: bool) -> None:
     g.add_argument("--weights-cr", type=float, help="weights compression against float32, e.g. 8")
     g.add_argument("--model-size", type=float, metavar="MIB", help="weights size cap in MiB (OMPQ's Mb), e.g. 4.5")
     g.add_argument("--gbops", type=float, help="cap on 10^9 bit operations (MACs x weight bits x input bits)")
+    g.add_argument("--total-cr", type=float, help="total memory (weights + the largest activation tensor) "
+                   "compression against float32, EPTQ's target, e.g. 8; mixes activations too (see "
+                   "--activation-candidates)")
+    g.add_argument("--activation-cr", type=float, help="compression of the largest activation tensor alone")
     g.add_argument("--size-measure", choices=SIZE_MEASURES, default="file",
                    help="what --weights-cr/--model-size count: the file's codes, scales and zero points, or weight "
                         "codes only as MCT and OMPQ tables do (default: %(default)s)")
@@ -52,17 +56,20 @@ def budget_from_args(args: argparse.Namespace) -> Budget | None:
     """The budget asked for on the command line, or None when mixed precision is off."""
     if not hasattr(args, "sensitivity"):  # a command without mixed-precision options
         return None
+    targets = (args.weights_cr, args.model_size, args.gbops, args.total_cr, args.activation_cr)
     if not getattr(args, "mixed_precision", True):
-        if any(v is not None for v in (args.weights_cr, args.model_size, args.gbops)):
+        if any(v is not None for v in targets):
             raise LowbitError("a budget was given without --mixed-precision; add it (or use `lowbit mixed`)")
         return None
     if args.sensitivity_images < 2:
         raise LowbitError(f"--sensitivity-images must be at least 2, got {args.sensitivity_images}")
-    if all(v is None for v in (args.weights_cr, args.model_size, args.gbops)):
-        raise LowbitError("mixed precision needs a budget: --weights-cr, --model-size or --gbops")
+    if all(v is None for v in targets):
+        raise LowbitError("mixed precision needs a budget: --weights-cr, --model-size, --gbops, --total-cr or "
+                          "--activation-cr")
+    bits = _bit_list(args.bits, "--bits")
     acts = _bit_list(args.activation_candidates, "--activation-candidates") if args.activation_candidates else None
-    return Budget(args.weights_cr, args.model_size, args.gbops, _bit_list(args.bits, "--bits"), acts,
-                  args.size_measure)
+    return Budget(args.weights_cr, args.model_size, args.gbops, bits, acts, args.size_measure, args.total_cr,
+                  args.activation_cr)
 
 
 def print_allocation(allocation: Allocation) -> None:
@@ -73,4 +80,8 @@ def print_allocation(allocation: Allocation) -> None:
           f"({allocation.compression:.2f}x smaller), {allocation.bops / 1e9:.3f} GBOPs; {allocation.sensitivity} "
           f"sensitivity in {allocation.seconds.get('sensitivity', 0):.1f} s, solved in "
           f"{allocation.seconds.get('solve', 0):.3f} s")
+    if allocation.budget.total_cr is not None or allocation.budget.activation_cr is not None:
+        print(f"largest activation {human_bytes(allocation.activation_bytes)} of "
+              f"{human_bytes(allocation.float_activation_bytes)} float32; total memory "
+              f"{allocation.total_compression:.2f}x smaller")
     print(f"bit_cfg: {allocation.bit_cfg}")

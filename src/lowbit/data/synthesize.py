@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lowbit.calibrate import model_device
 from lowbit.data.bn_statistics import LayerWeighting, SetStatistics
 from lowbit.data.image_pipeline import ImagePipeline
 from lowbit.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
+from lowbit.device import model_device
 from lowbit.errors import LowbitError
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,10 @@ log = logging.getLogger(__name__)
 class SynthOptions:
     """Options of :func:`synthesize` (recorded with the generated images).
 
-    The output loss is off by default: on the Fashion-MNIST ResNet-20 and MobileNet-V2-style networks any weight
-    of it (0.001 to 0.05) made W4A8 calibration worse (MobileNet-V2-style: 87.9% without, 86.6% at 0.001, 85.5%
-    at 0.05), because it drives images to be far more confident than real ones. 80 steps per image reach
-    real-data accuracy within half a point there; 40 fall short on the MobileNet.
+    The output loss is off by default: it drives images to be far more confident than real ones, and on the
+    bundled Fashion-MNIST networks every weight of it tried made W4A8 calibration worse (see
+    docs/benchmarks/datafree.md). The default number of steps per image is the smallest that reached
+    real-data accuracy there.
     """
 
     iters: int = 80  # optimization steps per image (each step updates one batch)

@@ -12,6 +12,7 @@ The digest guards against accidental damage and careless edits, not against a fo
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Iterable, Mapping
 
 import torch
@@ -22,6 +23,7 @@ from lowbit.graph import activation_quantizers
 from lowbit.io.pack import packed_nbytes
 from lowbit.layers import QuantLayer, quant_layers
 from lowbit.quantizer import Quantizer
+from lowbit.spec import QuantSpec
 
 ACT_SCALES, ACT_ZERO_POINTS = "activations.scale", "activations.zero_point"
 # safetensors' dtype names, as its index reports them
@@ -41,15 +43,18 @@ def weight_channels(layer: QuantLayer) -> int:
     return shape[spec.axis % len(shape)] if spec.granularity == "per_channel" else 1
 
 
-def weight_layout(name: str, layer: QuantLayer) -> Layout:
-    """The tensors one frozen weight layer is stored as (see :mod:`lowbit.io.lowbit_file`)."""
-    spec, shape = layer.weight_quant.spec, tuple(layer.weight.shape)
+ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def weight_tensors(name: str, spec: QuantSpec, shape: tuple[int, ...], channels: int) -> Layout:
+    """The tensors a weight of ``shape`` on ``spec``'s grid (``channels`` scales) is stored as: the one
+    statement of the file's weight layout, which the loader checks and the size budget counts."""
     if spec.is_fp16:
         return {f"{name}.qweight": ("F16", shape)}
-    bits, channels = int(spec.bits), weight_channels(layer)
+    bits = int(spec.bits)
     out: Layout = {f"{name}.scale": ("F32", (channels,))}
     if bits <= 8:
-        out[f"{name}.qweight"] = ("U8", (packed_nbytes(layer.weight.numel(), bits),))
+        out[f"{name}.qweight"] = ("U8", (packed_nbytes(math.prod(shape), bits),))
         if not spec.symmetric:
             out[f"{name}.zero_point"] = ("U8", (packed_nbytes(channels, bits),))
     else:
@@ -57,6 +62,16 @@ def weight_layout(name: str, layer: QuantLayer) -> Layout:
         if not spec.symmetric:
             out[f"{name}.zero_point"] = ("I16", (channels,))
     return out
+
+
+def layout_nbytes(layout: Layout) -> int:
+    """Bytes the tensors of ``layout`` take in the file."""
+    return sum(ITEM_BYTES[dtype] * math.prod(shape) for dtype, shape in layout.values())
+
+
+def weight_layout(name: str, layer: QuantLayer) -> Layout:
+    """The tensors one frozen weight layer is stored as (see :mod:`lowbit.io.lowbit_file`)."""
+    return weight_tensors(name, layer.weight_quant.spec, tuple(layer.weight.shape), weight_channels(layer))
 
 
 def stored_separately(model: nn.Module) -> set[str]:

@@ -49,10 +49,17 @@ class Allocation:
     bops: float
     seconds: dict[str, float] = field(default_factory=dict)
     sensitivity_options: dict[str, Any] = field(default_factory=dict)
+    activation_bytes: float = 0.0  # the largest activation tensor (one sample) at its chosen width
+    float_activation_bytes: float = 0.0  # the largest activation tensor in float32
 
     @property
     def compression(self) -> float:
         return self.float_bytes / self.weight_bytes
+
+    @property
+    def total_compression(self) -> float:
+        """Weights plus the largest activation tensor, against float32 (EPTQ's total-memory measure)."""
+        return (self.float_bytes + self.float_activation_bytes) / (self.weight_bytes + self.activation_bytes)
 
     @property
     def bit_cfg(self) -> list[int]:
@@ -65,7 +72,7 @@ class Allocation:
         out += [Override(name, activations=config.activations_at(bits)) for name, bits in self.activations.items()]
         return tuple(out)
 
-    def apply(self, config: QuantConfig) -> QuantConfig:
+    def to_config(self, config: QuantConfig) -> QuantConfig:
         """``config`` with this allocation's overrides taking precedence over its own."""
         return replace(config, overrides=self.overrides(config) + tuple(config.overrides))
 
@@ -73,14 +80,17 @@ class Allocation:
     def from_dict(cls, d: dict[str, Any]) -> "Allocation":
         return cls(Budget.from_dict(d["budget"]), d["sensitivity"], [LayerChoice(**c) for c in d["layers"]],
                    dict(d["activations"]), d["weight_bytes"], d["float_bytes"], d["bops"], dict(d.get("seconds", {})),
-                   dict(d.get("sensitivity_options", {})))
+                   dict(d.get("sensitivity_options", {})), d.get("activation_bytes", 0.0),
+                   d.get("float_activation_bytes", 0.0))
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget.to_dict(), "sensitivity": self.sensitivity,
                 "layers": [vars(c) for c in self.layers], "activations": self.activations,
                 "weight_bytes": self.weight_bytes, "float_bytes": self.float_bytes,
                 "compression": self.compression, "bops": self.bops, "seconds": self.seconds,
-                "sensitivity_options": self.sensitivity_options, "bit_cfg": self.bit_cfg}
+                "sensitivity_options": self.sensitivity_options, "bit_cfg": self.bit_cfg,
+                "activation_bytes": self.activation_bytes, "float_activation_bytes": self.float_activation_bytes,
+                "total_compression": self.total_compression}
 
 
 def calibrated_copies(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: Iterable[int],
@@ -128,6 +138,11 @@ class Analysis:
     def float_bytes(self) -> int:
         return sum(4 * c.params for c in self.layers)
 
+    @property
+    def float_activation_bytes(self) -> int:
+        """The largest layer input (one sample) in float32."""
+        return max((4 * c.input_elements for c in self.layers), default=0)
+
 
 def analyze(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: tuple[int, ...] = (2, 4, 8),
             activation_bits: tuple[int, ...] | None = None, sensitivity: Sensitivity = "hessian",
@@ -173,7 +188,10 @@ def solve_budget(analysis: Analysis, budget: Budget) -> Allocation:
                           f"{analysis.bits}/{analysis.activation_bits}; analyse with the budget's options")
     start = time.perf_counter()
     problem = _sized_problem(analysis, budget.size_measure)
-    solution = solve(problem, budget.max_weight_bytes(analysis.float_bytes), budget.max_bops())
+    float_total = analysis.float_bytes + analysis.float_activation_bytes
+    solution = solve(problem, budget.max_weight_bytes(analysis.float_bytes), budget.max_bops(),
+                     max_activation_bytes=budget.max_activation_bytes(analysis.float_activation_bytes),
+                     max_total_bytes=budget.max_total_bytes(float_total))
     seconds = {**analysis.seconds, "solve": time.perf_counter() - start}
     rows = []
     for c in analysis.layers:
@@ -183,7 +201,8 @@ def solve_budget(analysis: Analysis, budget: Budget) -> Allocation:
                                 c.macs, c.name in analysis.pinned))
     chosen_acts = {q: a for q, a in solution.activations.items() if q in analysis.scores.activations}
     return Allocation(budget, analysis.sensitivity, rows, chosen_acts, solution.weight_bytes, analysis.float_bytes,
-                      solution.bops, seconds, analysis.sensitivity_options)
+                      solution.bops, seconds, analysis.sensitivity_options, solution.activation_bytes,
+                      analysis.float_activation_bytes)
 
 
 def _sized_problem(analysis: Analysis, size_measure: str) -> Problem:
@@ -231,4 +250,10 @@ def _problem(layers: list[LayerCost], scores: Scores, pinned_w: dict[str, int], 
             act_scores[c.input] = dict(scores.activations[c.input])
         else:
             act_scores[c.input] = {_width(modules[c.input].spec.bits): 0.0}
-    return Problem(weight_scores, sizes, {c.name: c.macs for c in layers}, inputs, act_scores, FLOAT_BITS)
+    elements: dict[str, int] = {}
+    for c in layers:
+        if c.input is not None:
+            elements[c.input] = max(elements.get(c.input, 0), c.input_elements)
+    float_inputs = max((c.input_elements for c in layers if c.input is None), default=0)
+    return Problem(weight_scores, sizes, {c.name: c.macs for c in layers}, inputs, act_scores, FLOAT_BITS, elements,
+                   float_inputs)

@@ -10,23 +10,28 @@ from lowbit.errors import LowbitError
 
 MIB = 2**20
 SIZE_MEASURES = ("file", "codes")
+TARGETS = ("weights_cr", "model_size_mb", "gbops", "total_cr", "activation_cr")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Targets for :func:`lowbit.mixed.allocate` (give at least one of the first three).
+    """Targets for :func:`lowbit.mixed.allocate` (give at least one of the first five).
 
     - ``weights_cr``: compression of the quantized layers' weights against float32 (8 means on average a
       little under 4 bits once scales are counted);
     - ``model_size_mb``: size of those weights in MiB (2^20 bytes, the "Mb" of OMPQ and HAWQ tables);
-    - ``gbops``: bit operations in units of 10^9, the sum over layers of MACs x weight bits x input bits.
+    - ``gbops``: bit operations in units of 10^9, the sum over layers of MACs x weight bits x input bits;
+    - ``total_cr``: compression of the total memory, weights plus the largest activation tensor (one
+      sample), against float32: EPTQ's target, met by choosing activation widths too (``activation_bits``);
+    - ``activation_cr``: compression of that largest activation tensor alone.
 
     ``size_measure`` says what a size counts. ``"file"`` (the default) is exactly what the saved ``.lowbit``
     file stores: packed codes plus scales and zero points. ``"codes"`` counts weight bits only (parameters x
     bits / 8), the measure of HAWQ/OMPQ tables and of MCT's ``weights_memory``, for like-for-like comparisons;
     the saved file is then larger than the budget by its scales.
     ``bits`` are the weight options; ``activation_bits`` makes the input activations of weight layers mixed
-    too (None keeps the config's activation width everywhere).
+    too (None keeps the config's activation width everywhere, except under ``total_cr`` or ``activation_cr``,
+    which then choose activation widths from ``bits``).
     """
 
     weights_cr: float | None = None
@@ -35,17 +40,23 @@ class Budget:
     bits: tuple[int, ...] = (2, 4, 8)
     activation_bits: tuple[int, ...] | None = None
     size_measure: str = "file"
+    total_cr: float | None = None
+    activation_cr: float | None = None
 
     def __post_init__(self) -> None:
-        if self.weights_cr is None and self.model_size_mb is None and self.gbops is None:
-            raise LowbitError("a mixed-precision budget needs a target: weights_cr, model_size_mb or gbops")
-        for name in ("weights_cr", "model_size_mb", "gbops"):
+        if all(getattr(self, name) is None for name in TARGETS):
+            raise LowbitError("a mixed-precision budget needs a target: weights_cr, model_size_mb, gbops, "
+                              "total_cr or activation_cr")
+        for name in TARGETS:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
                 raise LowbitError(f"budget {name} must be a positive number, got {value}")
         if self.size_measure not in SIZE_MEASURES:
             raise LowbitError(f"unknown size measure {self.size_measure!r}; choose one of {', '.join(SIZE_MEASURES)}")
         object.__setattr__(self, "bits", _options(self.bits, "bits"))
+        if self.activation_bits is None and (self.total_cr is not None or self.activation_cr is not None):
+            # a budget on activation memory chooses activation widths, from the weights' options unless told
+            object.__setattr__(self, "activation_bits", self.bits)
         if self.activation_bits is not None:
             object.__setattr__(self, "activation_bits", _options(self.activation_bits, "activation_bits"))
 
@@ -61,6 +72,12 @@ class Budget:
     def max_bops(self) -> float | None:
         return None if self.gbops is None else self.gbops * 1e9
 
+    def max_activation_bytes(self, float_activation_bytes: float) -> float | None:
+        return None if self.activation_cr is None else float_activation_bytes / self.activation_cr
+
+    def max_total_bytes(self, float_total_bytes: float) -> float | None:
+        return None if self.total_cr is None else float_total_bytes / self.total_cr
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -68,7 +85,8 @@ class Budget:
     def from_dict(cls, d: Mapping[str, Any]) -> "Budget":
         acts = d.get("activation_bits")
         return cls(d.get("weights_cr"), d.get("model_size_mb"), d.get("gbops"), tuple(d.get("bits", (2, 4, 8))),
-                   tuple(acts) if acts is not None else None, d.get("size_measure", "file"))
+                   tuple(acts) if acts is not None else None, d.get("size_measure", "file"), d.get("total_cr"),
+                   d.get("activation_cr"))
 
 
 def _options(values: Any, what: str) -> tuple[int, ...]:

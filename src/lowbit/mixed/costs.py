@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lowbit.calibrate import model_device
+from lowbit.device import model_device
 from lowbit.graph import layer_input_quantizers
-from lowbit.io.pack import packed_nbytes
+from lowbit.hooks import watching_inputs, watching_outputs
+from lowbit.io.payload import layout_nbytes, weight_tensors
 from lowbit.layers import QuantLayer, quant_layers
 from lowbit.spec import QuantSpec
 
@@ -18,20 +19,10 @@ FLOAT_BITS = 32  # width counted for the input of a layer whose activations are 
 
 
 def weight_bytes(numel: int, channels: int, spec: QuantSpec) -> int:
-    """Bytes the ``.lowbit`` file spends on one layer's weights: codes, scales and (affine) zero points.
-
-    Mirrors :mod:`lowbit.io.lowbit_file`: codes bit-packed up to 8 bits and int16 above; one float32 scale per
-    channel; zero points stored like the codes for affine grids; fp16 weights as half floats.
-    """
-    if spec.is_fp16:
-        return 2 * numel
-    bits = int(spec.bits)
+    """Bytes the ``.lowbit`` file spends on one layer's weights (codes, scales, zero points), as the file's
+    own layout (:func:`lowbit.io.payload.weight_tensors`) says."""
     grids = channels if spec.granularity == "per_channel" else 1
-    if bits <= 8:
-        codes, zero_points = packed_nbytes(numel, bits), packed_nbytes(grids, bits)
-    else:
-        codes, zero_points = 2 * numel, 2 * grids
-    return codes + 4 * grids + (0 if spec.symmetric else zero_points)
+    return layout_nbytes(weight_tensors("w", spec, (numel,), grids))
 
 
 def code_bytes(numel: int, bits: int) -> int:
@@ -48,6 +39,7 @@ class LayerCost:
     channels: int
     macs: int  # per input sample
     input: str | None  # module path of the activation quantizer feeding it
+    input_elements: int = 0  # size of its input, per sample: what that activation costs in memory
 
 
 def _macs(layer: QuantLayer, out: torch.Tensor) -> int:
@@ -58,18 +50,19 @@ def _macs(layer: QuantLayer, out: torch.Tensor) -> int:
 def describe_layers(qmodel: nn.Module, sample: torch.Tensor) -> list[LayerCost]:
     """Parameters, output channels, MACs per sample (measured on ``sample``) and input quantizer of each layer."""
     outputs: dict[str, torch.Tensor] = {}
+    input_elements: dict[str, int] = {}
 
     def keep(name: str, out: torch.Tensor) -> None:
         outputs.setdefault(name, out.detach())
 
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=name: keep(n, out)) for name, m in quant_layers(qmodel)]
-    try:
-        with torch.no_grad():
-            qmodel(sample[:1].to(model_device(qmodel)))
-    finally:
-        for h in hooks:
-            h.remove()
+    def count(name: str, x: torch.Tensor) -> None:
+        input_elements.setdefault(name, int(x[0].numel()))
+
+    layers = list(quant_layers(qmodel))
+    with watching_outputs(layers, keep), watching_inputs(layers, count), torch.no_grad():
+        qmodel(sample[:1].to(model_device(qmodel)))
     inputs = layer_input_quantizers(qmodel)
     return [LayerCost(name, layer.weight.numel(), layer.weight.shape[0],
-                      _macs(layer, outputs[name]) if name in outputs else 0, inputs.get(name))
+                      _macs(layer, outputs[name]) if name in outputs else 0, inputs.get(name),
+                      input_elements.get(name, 0))
             for name, layer in quant_layers(qmodel)]

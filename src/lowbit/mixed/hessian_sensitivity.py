@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from lowbit.algorithms.hessian import softmax_hessian_probe
-from lowbit.calibrate import model_device
+from lowbit.device import model_device
+from lowbit.hooks import watching_outputs
 from lowbit.mixed.sensitivity import Scores, ScoringTask, float_mode, metric
 
 
@@ -36,7 +37,7 @@ def hessian_scores(task: ScoringTask, n_probes: int = 16, chunk: int = 16) -> Sc
     modules = dict(base.named_modules())
     params = [modules[name].weight for name in layers]
     with torch.no_grad():
-        weight_errors = [{b: copies[b].get_submodule(name).weight_quant.apply(w.detach()) - w.detach()
+        weight_errors = [{b: copies[b].get_submodule(name).weight_quant.fake_quantize(w.detach()) - w.detach()
                           for b in weight_bits} for name, w in zip(layers, params)]
     weight_sums: list[dict[int, torch.Tensor | float]] = [{b: 0.0 for b in weight_bits} for _ in layers]
     act_sums: dict[str, dict[int, torch.Tensor | float]] = {name: {b: 0.0 for b in act_bits} for name in acts}
@@ -49,31 +50,26 @@ def hessian_scores(task: ScoringTask, n_probes: int = 16, chunk: int = 16) -> Sc
         captured[name] = out
         return out.clone()
 
-    hooks = [modules[name].register_forward_hook(lambda m, i, out, n=name: capture(n, out)) for name in acts]
-    try:
-        with float_mode(base):
-            for start in range(0, len(images), chunk):
-                captured.clear()
-                x = images[start : start + chunk].to(device).requires_grad_(True)
-                logits = base(x)
-                names = [n for n in acts if n in captured and captured[n].requires_grad]
-                tensors = [captured[n] for n in names]
+    with watching_outputs(((n, modules[n]) for n in acts), capture), float_mode(base):
+        for start in range(0, len(images), chunk):
+            captured.clear()
+            x = images[start : start + chunk].to(device).requires_grad_(True)
+            logits = base(x)
+            names = [n for n in acts if n in captured and captured[n].requires_grad]
+            tensors = [captured[n] for n in names]
+            with torch.no_grad():
+                act_errors = [{b: act_quantizers[b][n].fake_quantize(t.detach()) - t.detach() for b in act_bits}
+                              for n, t in zip(names, tensors)]
+            for _ in range(n_probes):
+                u = softmax_hessian_probe(logits, gen)
+                grads = torch.autograd.grad((logits * u).sum(), params + tensors, retain_graph=True,
+                                            allow_unused=True)
                 with torch.no_grad():
-                    act_errors = [{b: act_quantizers[b][n].apply(t.detach()) - t.detach() for b in act_bits}
-                                  for n, t in zip(names, tensors)]
-                for _ in range(n_probes):
-                    u = softmax_hessian_probe(logits, gen)
-                    grads = torch.autograd.grad((logits * u).sum(), params + tensors, retain_graph=True,
-                                                allow_unused=True)
-                    with torch.no_grad():
-                        for sums, errors, g in zip(weight_sums + [act_sums[n] for n in names],
-                                                   weight_errors + act_errors, grads):
-                            if g is not None:
-                                for b, d in errors.items():
-                                    sums[b] += (g * d).sum().double().square()  # a tensor: no device sync
-    finally:
-        for h in hooks:
-            h.remove()
+                    for sums, errors, g in zip(weight_sums + [act_sums[n] for n in names],
+                                               weight_errors + act_errors, grads):
+                        if g is not None:
+                            for b, d in errors.items():
+                                sums[b] += (g * d).sum().double().square()  # a tensor: no device sync
     per_image = 0.5 / (n_probes * len(images))
 
     def scores(sums: dict[int, torch.Tensor | float]) -> dict[int, float]:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.calibrate import model_device
-from lowbit.mixed.sensitivity import Scores, ScoringTask, metric, float_mode
+from lowbit.device import model_device
+from lowbit.hooks import watching_outputs
+from lowbit.mixed.sensitivity import Scores, ScoringTask, float_mode, metric
 
 DEFAULT_BETA = 10.0
 
@@ -64,13 +65,8 @@ def orthogonality_scores(task: ScoringTask, beta: float = DEFAULT_BETA) -> Score
         if name not in grams:
             grams[name] = centred_gram(out.detach())
 
-    hooks = [modules[name].register_forward_hook(lambda m, i, out, n=name: keep_gram(n, out)) for name in layers]
-    try:
-        with torch.no_grad(), float_mode(base):
-            base(images.to(model_device(base)))
-    finally:
-        for h in hooks:
-            h.remove()
+    with watching_outputs(((n, modules[n]) for n in layers), keep_gram), torch.no_grad(), float_mode(base):
+        base(images.to(model_device(base)))
     seen = [name for name in layers if name in grams]
     importance = dict(zip(seen, layer_importance(orthogonality_matrix([grams[n] for n in seen]), beta).tolist()))
     top_w, top_a = max(weight_bits), max(act_bits) if act_bits else 0

@@ -22,9 +22,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from lowbit.calibrate import model_device
-from lowbit.registry import Registry
+from lowbit.device import model_device
 from lowbit.quantizer import Quantizer
+from lowbit.registry import Registry
 
 
 @dataclass

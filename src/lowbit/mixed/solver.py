@@ -1,9 +1,12 @@
 """Exact bit allocation as an integer linear program (``scipy.optimize.milp``, HiGHS branch and bound).
 
 Each layer picks one (weight bits, input bits) pair; each mixed activation picks one width, and every layer it
-feeds must pick the same input width. Minimize the summed sensitivity subject to a weights-memory cap and a
-BOPs cap. BOPs (MACs x weight bits x input bits) are bilinear in the two choices, which is why the layer
-variables are pairs: with them every cost is linear and the program is exact, not a relaxation.
+feeds must pick the same input width. Minimize the summed sensitivity subject to a weights-memory cap, a BOPs
+cap, an activation-memory cap and a total-memory cap. BOPs (MACs x weight bits x input bits) are bilinear in
+the two choices, which is why the layer variables are pairs: with them every cost is linear and the program is
+exact, not a relaxation. Activation memory is the largest activation tensor (EPTQ's and earlier MCT's
+measure), a maximum: one continuous variable bounded below by every activation's size at its chosen width
+keeps that linear and exact too.
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ class Problem:
     inputs: dict[str, str | None]
     act_scores: dict[str, dict[int, float]] = field(default_factory=dict)
     float_bits: int = 32
+    act_elements: dict[str, int] = field(default_factory=dict)  # per-sample size of each activation
+    float_input_elements: int = 0  # the largest float (unquantized) input of a layer, per sample
+
+    def activation_bytes(self, act: str, bits: int) -> float:
+        return self.act_elements.get(act, 0) * bits / 8
+
+    def smallest_activation_bytes(self) -> float:
+        sizes = [self.activation_bytes(q, min(o)) for q, o in self.act_scores.items()]
+        return max(sizes + [self.float_input_elements * self.float_bits / 8])
 
     def input_options(self, layer: str) -> list[int]:
         act = self.inputs.get(layer)
@@ -51,17 +63,24 @@ class Solution:
     objective: float
     weight_bytes: int
     bops: float
+    activation_bytes: float = 0.0
 
 
 def solve(problem: Problem, max_weight_bytes: float | None = None, max_bops: float | None = None,
-          time_limit: float = 60.0) -> Solution:
-    """The allocation of least total sensitivity within the caps (exact up to HiGHS's integrality tolerance)."""
+          time_limit: float = 60.0, max_activation_bytes: float | None = None,
+          max_total_bytes: float | None = None) -> Solution:
+    """The allocation of least total sensitivity within the caps (exact up to HiGHS's integrality tolerance).
+
+    ``max_activation_bytes`` caps the largest activation tensor; ``max_total_bytes`` the weights plus it.
+    """
     layers = list(problem.weight_scores)
     pairs = [(l, w, a) for l in layers for w in sorted(problem.weight_scores[l]) for a in problem.input_options(l)]
     acts = [(q, a) for q in problem.act_scores for a in sorted(problem.act_scores[q])]
     col = {key: i for i, key in enumerate(pairs)}
     act_col = {key: len(pairs) + i for i, key in enumerate(acts)}
-    n = len(pairs) + len(acts)
+    memory = max_activation_bytes is not None or max_total_bytes is not None
+    peak = len(pairs) + len(acts)  # the activation-memory variable, when a memory cap needs it
+    n = peak + 1 if memory else peak
     cost = np.zeros(n)
     for (l, w, a), i in col.items():
         cost[i] = problem.weight_scores[l][w]
@@ -82,16 +101,31 @@ def solve(problem: Problem, max_weight_bytes: float | None = None, max_bops: flo
         rows.append(({i: float(problem.weight_bytes[l][w]) for (l, w, a), i in col.items()}, -np.inf, max_weight_bytes))
     if max_bops is not None:
         rows.append(({i: float(problem.macs[l] * w * a) for (l, w, a), i in col.items()}, -np.inf, max_bops))
+    if memory:
+        for q in problem.act_scores:  # the peak is at least every activation at its chosen width
+            coeffs = {act_col[(q, a)]: problem.activation_bytes(q, a) for a in problem.act_scores[q]}
+            coeffs[peak] = -1.0
+            rows.append((coeffs, -np.inf, 0.0))
+    if max_total_bytes is not None:
+        coeffs = {i: float(problem.weight_bytes[l][w]) for (l, w, a), i in col.items()}
+        coeffs[peak] = 1.0
+        rows.append((coeffs, -np.inf, max_total_bytes))
 
     matrix = lil_matrix((len(rows), n))
     for r, (coeffs, _, _) in enumerate(rows):
         for c, v in coeffs.items():
             matrix[r, c] = v
     constraints = LinearConstraint(matrix.tocsr(), [r[1] for r in rows], [r[2] for r in rows])
-    result = milp(cost, constraints=constraints, integrality=np.ones(n), bounds=Bounds(0, 1),
+    integrality, lower, upper = np.ones(n), np.zeros(n), np.ones(n)
+    if memory:  # continuous, at least the largest float input, at most the activation cap
+        integrality[peak] = 0
+        lower[peak] = problem.float_input_elements * problem.float_bits / 8
+        upper[peak] = np.inf if max_activation_bytes is None else max(max_activation_bytes, lower[peak])
+    result = milp(cost, constraints=constraints, integrality=integrality, bounds=Bounds(lower, upper),
                   options={"time_limit": time_limit, "mip_rel_gap": 1e-9})
-    if result.status == 2:
-        raise LowbitError(_infeasible_message(problem, max_weight_bytes, max_bops))
+    if result.status == 2 or (memory and max_activation_bytes is not None and lower[peak] > max_activation_bytes):
+        raise LowbitError(_infeasible_message(problem, max_weight_bytes, max_bops, max_activation_bytes,
+                                              max_total_bytes))
     if result.status != 0 or result.x is None:  # 1: the time limit stopped the search before it proved optimality
         raise LowbitError(f"the bit-allocation solver stopped before finding the best allocation ({result.message}); "
                           "fewer bit options or layers make the problem smaller")
@@ -100,10 +134,13 @@ def solve(problem: Problem, max_weight_bytes: float | None = None, max_bops: flo
     activations = {q: a for (q, a), i in act_col.items() if result.x[i] > 0.5}
     size = sum(problem.weight_bytes[l][w] for l, w in weights.items())
     bops = float(sum(problem.macs[l] * w * a for l, w, a in chosen))
-    return Solution(weights, activations, float(result.fun), size, bops)
+    peak_bytes = max([problem.activation_bytes(q, a) for q, a in activations.items()]
+                     + [problem.float_input_elements * problem.float_bits / 8])
+    return Solution(weights, activations, float(result.fun), size, bops, peak_bytes)
 
 
-def _infeasible_message(problem: Problem, max_weight_bytes: float | None, max_bops: float | None) -> str:
+def _infeasible_message(problem: Problem, max_weight_bytes: float | None, max_bops: float | None,
+                        max_activation_bytes: float | None = None, max_total_bytes: float | None = None) -> str:
     parts = []
     smallest = problem.smallest_weight_bytes()
     if max_weight_bytes is not None and smallest > max_weight_bytes:
@@ -112,5 +149,12 @@ def _infeasible_message(problem: Problem, max_weight_bytes: float | None, max_bo
     least_bops = problem.smallest_bops()
     if max_bops is not None and least_bops > max_bops:
         parts.append(f"at least {least_bops / 1e9:.4g} GBOPs are needed but the budget allows {max_bops / 1e9:.4g}")
-    reason = "; ".join(parts) or "the memory and BOPs caps cannot both be met by one allocation"
+    least_act = problem.smallest_activation_bytes()
+    if max_activation_bytes is not None and least_act > max_activation_bytes:
+        parts.append(f"the largest activation needs at least {least_act / 1024:.1f} KiB but the budget allows "
+                     f"{max_activation_bytes / 1024:.1f} KiB")
+    if max_total_bytes is not None and smallest + least_act > max_total_bytes:
+        parts.append(f"weights and activations need at least {(smallest + least_act) / 1024:.1f} KiB but the "
+                     f"budget allows {max_total_bytes / 1024:.1f} KiB")
+    reason = "; ".join(parts) or "the caps cannot all be met by one allocation"
     return f"mixed-precision budget is infeasible: {reason}; relax the budget or add smaller bit options"

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lowbit import qmath
-from lowbit.calibrate import model_device
+from lowbit.device import model_device
 from lowbit.errors import LowbitError
 from lowbit.qat.data import TrainingData, split
 from lowbit.qat.losses import agreement, objective
