@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import os
 import struct
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # each worker has a core of its own: more threads would make the workers compete for both
+    torch.set_num_threads(1)
 
 
 class ConvBNReLU(nn.Module):

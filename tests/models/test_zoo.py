@@ -18,8 +18,32 @@ def _build(name):
     if name in ("deit_base_patch16_224", "mixer_b16_224", "vit_small", "efficientnet_lite0"):
         kwargs["image_size"] = shape[1]
     torch.manual_seed(0)
-    model, x = build_model(name, **kwargs), torch.randn(8, *shape)
+    if name in LARGE:
+        model = _quickly_initialized(name, kwargs)
+    else:
+        model = build_model(name, **kwargs)
+    x = torch.randn(8, *shape)
     return recalibrate_batchnorm(model, x), x
+
+
+LARGE = ("deit_base_patch16_224", "mixer_b16_224")  # ~60-90M parameters: timm's own initialization takes seconds
+
+
+def _quickly_initialized(name, kwargs):
+    """The architecture built on the meta device, then given plain random weights: what is tested is the
+    structure, not timm's initialization scheme."""
+    with torch.device("meta"):
+        model = build_model(name, **kwargs)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.02)
+            else:  # norm scales at 1, biases at 0
+                p.fill_(1.0 if pname.endswith("weight") else 0.0)
+        for b in model.buffers():
+            b.zero_()
+    return model
 
 
 def recalibrate_batchnorm(model, x):
