@@ -19,7 +19,7 @@ from lowbit.io.atomic import Terminated, recording_writes, sigterm_as_exception
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lowbit.cli import deploy, files, finetune, quantize, synth, train
+    from lowbit.cli import codec, deploy, files, finetune, quantize, synth, train
 
     parser = argparse.ArgumentParser(prog="lowbit", description="Post-training quantization for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_parsers(sub)
     train.add_parsers(sub)
     finetune.add_parsers(sub)
+    codec.add_parsers(sub)
     return parser
 
 
