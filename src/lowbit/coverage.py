@@ -1,8 +1,8 @@
 """How much of a quantized model is actually quantized.
 
-lowbit replaces ``Conv2d`` and ``Linear`` layers; other weight-bearing layers (``Conv1d``, ``ConvTranspose2d``,
-``Embedding``, ``nn.MultiheadAttention``'s packed projection, bare parameters such as position embeddings) keep
-float weights. A "4-bit" model can therefore be partly float, and a user must be told how much and where,
+lowbit replaces ``Conv2d``, ``Conv1d``, ``ConvTranspose2d`` and ``Linear`` layers; other weight-bearing layers
+(``Embedding``, ``nn.MultiheadAttention``'s packed projection, bare parameters such as position embeddings)
+keep float weights. A "4-bit" model can therefore be partly float, and a user must be told how much and where,
 rather than discover it in the file size.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from lowbit.layers import QuantLayer
+from lowbit.layers import QUANTIZED_TYPES, QuantLayer
 
 # Layers whose float parameters are expected (per-channel affine terms, a tiny share of any model)
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -37,7 +37,7 @@ class Coverage:
         if not self.unquantized:
             return f"{share} (biases and norms)"
         kinds = ", ".join(f"{kind} ({n:,})" for kind, n in sorted(self.unquantized.items(), key=lambda kv: -kv[1]))
-        return f"{share}: not quantized by lowbit: {kinds}; only Conv2d and Linear weights are quantized"
+        return f"{share}: not quantized by lowbit: {kinds}; only {QUANTIZED_TYPES} weights are quantized"
 
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "float_params": self.float_params, "unquantized": dict(self.unquantized)}

@@ -29,7 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from lowbit.config import QuantConfig
 from lowbit.device import model_device
 from lowbit.errors import LowbitError, first_line
-from lowbit.layers import QuantLayer, is_quantizable, to_quantized
+from lowbit.layers import QUANTIZED_TYPES, QuantLayer, is_quantizable, to_quantized
 from lowbit.quantizer import Quantizer
 
 
@@ -242,8 +242,8 @@ def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
     if any(isinstance(m, (QuantLayer, Quantizer)) for m in model.modules()):
         raise LowbitError("this model is already quantized; pass the float model it came from")
     if not any(is_quantizable(m) for m in model.modules()):
-        raise LowbitError(f"{type(model).__name__} has no layer lowbit quantizes (Conv2d, Linear); pass a model "
-                          "built from them")
+        raise LowbitError(f"{type(model).__name__} has no layer lowbit quantizes ({QUANTIZED_TYPES}); pass a "
+                          "model built from them")
     arch = getattr(model, "lowbit_arch", None)
     model = copy.deepcopy(model).eval()
     try:

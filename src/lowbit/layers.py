@@ -1,4 +1,4 @@
-"""Quantized weight layers: ``QConv2d`` and ``QLinear``.
+"""Quantized weight layers: ``QConv2d``, ``QConv1d``, ``QConvTranspose2d`` and ``QLinear``.
 
 They subclass the float layers (so ``isinstance(m, nn.Conv2d)`` still holds) and keep the float weight
 until :meth:`QuantLayer.freeze`, which stores the integer codes in ``qweight`` and replaces ``weight`` by
@@ -9,6 +9,7 @@ that returns the fake-quantized weight, and only that module is optimized.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Iterator
 
 import torch
@@ -93,12 +94,12 @@ class QuantLayer:
         return self.input_quant(x) if self.input_quant is not None else x
 
 
-class QConv2d(QuantLayer, nn.Conv2d):
-    """``nn.Conv2d`` with quantized weights (and, in module-swap mode, a quantized input)."""
+class _QConv(QuantLayer):
+    """What ``QConv2d`` and ``QConv1d`` share: the float layer's own hyper-parameters and ``_conv_forward``."""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, weight_spec: QuantSpec, input_spec: QuantSpec | None = None,
-                   seed: int = 0) -> "QConv2d":
+    def from_float(cls, conv: nn.Conv1d | nn.Conv2d, weight_spec: QuantSpec, input_spec: QuantSpec | None = None,
+                   seed: int = 0) -> "_QConv":
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                 conv.groups, conv.bias is not None, conv.padding_mode, device=conv.weight.device,
                 dtype=conv.weight.dtype)
@@ -108,6 +109,40 @@ class QConv2d(QuantLayer, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.quantize_input(x), self.fake_quant_weight(), self.bias)
+
+
+class QConv2d(_QConv, nn.Conv2d):
+    """``nn.Conv2d`` with quantized weights (and, in module-swap mode, a quantized input)."""
+
+
+class QConv1d(_QConv, nn.Conv1d):
+    """``nn.Conv1d`` with quantized weights (and, in module-swap mode, a quantized input)."""
+
+
+class QConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (a decoder's upsampling layer) with quantized weights.
+
+    Its weight is laid out (in, out / groups, kH, kW), so per-channel grids run along axis 1, one per output
+    channel (shared across groups when groups > 1).
+    """
+
+    @classmethod
+    def from_float(cls, conv: nn.ConvTranspose2d, weight_spec: QuantSpec, input_spec: QuantSpec | None = None,
+                   seed: int = 0) -> "QConvTranspose2d":
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                conv.output_padding, conv.groups, conv.bias is not None, conv.dilation, conv.padding_mode,
+                device=conv.weight.device, dtype=conv.weight.dtype)
+        q.weight, q.bias = conv.weight, conv.bias
+        if weight_spec.granularity == "per_channel":
+            weight_spec = replace(weight_spec, axis=1)
+        q._init_quant(weight_spec, input_spec, seed)
+        return q
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        output_padding = self._output_padding(x, output_size, list(self.stride), list(self.padding),
+                                              list(self.kernel_size), 2, list(self.dilation))
+        return F.conv_transpose2d(self.quantize_input(x), self.fake_quant_weight(), self.bias, self.stride,
+                                  self.padding, output_padding, self.groups, self.dilation)
 
 
 class QLinear(QuantLayer, nn.Linear):
@@ -126,7 +161,11 @@ class QLinear(QuantLayer, nn.Linear):
         return F.linear(self.quantize_input(x), self.fake_quant_weight(), self.bias)
 
 
-_QUANTIZED: dict[type, Callable[..., QuantLayer]] = {nn.Conv2d: QConv2d.from_float, nn.Linear: QLinear.from_float}
+_QUANTIZED: dict[type, Callable[..., QuantLayer]] = {
+    nn.Conv2d: QConv2d.from_float, nn.Linear: QLinear.from_float, nn.Conv1d: QConv1d.from_float,
+    nn.ConvTranspose2d: QConvTranspose2d.from_float}
+# what the messages call the layers lowbit quantizes
+QUANTIZED_TYPES = "Conv2d, Conv1d, ConvTranspose2d and Linear"
 
 
 def to_quantized(module: nn.Module, weight_spec: QuantSpec, input_spec: QuantSpec | None = None,

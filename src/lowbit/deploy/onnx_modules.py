@@ -20,7 +20,7 @@ from lowbit import qmath
 from lowbit.deploy import onnx_ops  # noqa: F401 - registers torch.ops.lowbit
 from lowbit.errors import LowbitError
 from lowbit.graph import layer_input_quantizers, set_module
-from lowbit.layers import QConv2d, QuantLayer, quant_layers
+from lowbit.layers import QConv1d, QConv2d, QConvTranspose2d, QuantLayer, quant_layers
 from lowbit.quantizer import Quantizer
 
 INT32_MAX = 2**31 - 1
@@ -119,7 +119,8 @@ class DequantizedWeight(nn.Module):
             self.register_buffer("bias", bias)
             return
         qmin, qmax = wq.qrange
-        channels = weight.shape[0]
+        self.axis = wq.spec.axis % weight.dim()  # the output-channel axis: 1 for a transposed convolution
+        channels = weight.shape[self.axis]
         codes, zero_point = layer.qweight.detach(), wq.zero_point.detach()
         if store_unsigned(qmin, qmax, signed_weights):
             qmin, qmax = qmin + UNSIGNED_OFFSET, qmax + UNSIGNED_OFFSET
@@ -129,7 +130,9 @@ class DequantizedWeight(nn.Module):
         self.register_buffer("scale", wq.scale.detach().float().expand(channels).contiguous())
         self.register_buffer("zero_point", zero_point.to(dtype).expand(channels).contiguous())
         self.bits = (qmin, qmax)
-        self.bias_codes = bias is not None and input_grid is not None
+        # int32 biases on the input-times-weight scale only where the scales line up with the bias channel
+        # for channel (not a transposed convolution with groups, whose grids are shared across groups)
+        self.bias_codes = bias is not None and input_grid is not None and (bias.numel() == channels)
         if self.bias_codes:
             input_scale = input_grid[0].detach().float().reshape(())
             bias_scale = (input_scale * self.scale).clamp_min(qmath.MIN_SCALE)
@@ -143,7 +146,7 @@ class DequantizedWeight(nn.Module):
     def weight(self) -> torch.Tensor:
         if self.float16:
             return self.codes.float()
-        return torch.ops.lowbit.dequantize(self.codes, self.scale, self.zero_point, 0)
+        return torch.ops.lowbit.dequantize(self.codes, self.scale, self.zero_point, self.axis)
 
     def bias_value(self) -> torch.Tensor | None:
         if not self.float16 and self.bias_codes:
@@ -152,7 +155,8 @@ class DequantizedWeight(nn.Module):
 
 
 class ExportedConv2d(nn.Module):
-    def __init__(self, layer: QConv2d, weight: DequantizedWeight, input_quant: nn.Module) -> None:
+    def __init__(self, layer: QConv2d | QConv1d | QConvTranspose2d, weight: DequantizedWeight,
+                 input_quant: nn.Module) -> None:
         super().__init__()
         self.w, self.input_quant = weight, input_quant
         self.stride, self.padding = layer.stride, layer.padding
@@ -165,6 +169,22 @@ class ExportedConv2d(nn.Module):
                         self.dilation, self.groups)
 
 
+class ExportedConv1d(ExportedConv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(self.input_quant(x), self.w.weight(), self.w.bias_value(), self.stride, self.padding,
+                        self.dilation, self.groups)
+
+
+class ExportedConvTranspose2d(ExportedConv2d):
+    def __init__(self, layer: QConvTranspose2d, weight: DequantizedWeight, input_quant: nn.Module) -> None:
+        super().__init__(layer, weight, input_quant)
+        self.output_padding = layer.output_padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(self.input_quant(x), self.w.weight(), self.w.bias_value(), self.stride,
+                                  self.padding, self.output_padding, self.groups, self.dilation)
+
+
 class ExportedLinear(nn.Module):
     def __init__(self, weight: DequantizedWeight, input_quant: nn.Module) -> None:
         super().__init__()
@@ -172,6 +192,17 @@ class ExportedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_quant(x), self.w.weight(), self.w.bias_value())
+
+
+def _exported(layer: QuantLayer, weight: DequantizedWeight, input_quant: nn.Module) -> nn.Module:
+    """The export-time stand-in of one quantized layer."""
+    if isinstance(layer, QConvTranspose2d):
+        return ExportedConvTranspose2d(layer, weight, input_quant)
+    if isinstance(layer, QConv1d):
+        return ExportedConv1d(layer, weight, input_quant)
+    if isinstance(layer, QConv2d):
+        return ExportedConv2d(layer, weight, input_quant)
+    return ExportedLinear(weight, input_quant)
 
 
 def _input_grid(q: Quantizer | None) -> tuple[torch.Tensor, int, int] | None:
@@ -203,8 +234,10 @@ def exportable(qmodel: nn.Module, signed_weights: bool = False) -> tuple[nn.Modu
                       "have no float16 convolution)")
         weight = DequantizedWeight(layer, _input_grid(feeding), signed_weights)
         own_input = export_quantizer(layer.input_quant, notes)
-        swapped = ExportedConv2d(layer, weight, own_input) if isinstance(layer, nn.Conv2d) \
-            else ExportedLinear(weight, own_input)
+        if isinstance(layer, QConvTranspose2d):
+            notes.add("ConvTranspose2d: computed in float on its dequantized integer weights (onnxruntime's CPU "
+                      "provider has no integer transposed convolution)")
+        swapped = _exported(layer, weight, own_input)
         set_module(model, name, swapped)
     for name, q in [(n, m) for n, m in model.named_modules() if isinstance(m, Quantizer)]:
         set_module(model, name, export_quantizer(q, notes))

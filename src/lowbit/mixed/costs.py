@@ -11,7 +11,7 @@ from torch import nn
 from lowbit.device import model_device
 from lowbit.graph import layer_input_quantizers
 from lowbit.hooks import watching_inputs, watching_outputs
-from lowbit.io.payload import layout_nbytes, weight_tensors
+from lowbit.io.payload import layout_nbytes, weight_channels, weight_tensors
 from lowbit.layers import QuantLayer, quant_layers
 from lowbit.spec import QuantSpec
 
@@ -42,7 +42,9 @@ class LayerCost:
     input_elements: int = 0  # size of its input, per sample: what that activation costs in memory
 
 
-def _macs(layer: QuantLayer, out: torch.Tensor) -> int:
+def _macs(layer: QuantLayer, out: torch.Tensor, input_elements: int) -> int:
+    if isinstance(layer, nn.ConvTranspose2d):  # each input element is spread over out/groups x kernel area
+        return input_elements * int(layer.weight[0].numel())
     per_output = layer.weight[0].numel()  # in_channels/groups x kernel area, or in_features
     return int(out[0].numel()) * int(per_output)
 
@@ -62,7 +64,7 @@ def describe_layers(qmodel: nn.Module, sample: torch.Tensor) -> list[LayerCost]:
     with watching_outputs(layers, keep), watching_inputs(layers, count), torch.no_grad():
         qmodel(sample[:1].to(model_device(qmodel)))
     inputs = layer_input_quantizers(qmodel)
-    return [LayerCost(name, layer.weight.numel(), layer.weight.shape[0],
-                      _macs(layer, outputs[name]) if name in outputs else 0, inputs.get(name),
+    return [LayerCost(name, layer.weight.numel(), weight_channels(layer),
+                      _macs(layer, outputs[name], input_elements[name]) if name in outputs else 0, inputs.get(name),
                       input_elements.get(name, 0))
             for name, layer in quant_layers(qmodel)]
