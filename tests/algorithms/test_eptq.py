@@ -8,7 +8,7 @@ from conftest import calibrated_w4a4, rounding_outcome, same_outcome
 from lowbit.algorithms import brecq, eptq
 from lowbit.algorithms.blocks import block_module, find_blocks
 from lowbit.algorithms.hessian import activation_hessian_diagonals
-from lowbit.algorithms.reconstruct import float_copy
+from lowbit.algorithms.unit import float_copy
 
 ITERS = 10
 PROBES = 4

@@ -9,11 +9,11 @@ from torch import nn
 
 import lowbit
 from conftest import ResidualNet, randomize_bn, with_inplace_relus
-from lowbit.algorithms import brecq, reconstruct, soft_rounding
+from lowbit.algorithms import brecq, soft_rounding, unit
 from lowbit.algorithms.blocks import block_module, find_blocks
 from lowbit.algorithms.hessian import activation_hessian_diagonals
 from lowbit.algorithms.adaround import AdaRound, AdaRoundOptions
-from lowbit.algorithms.reconstruct import float_copy
+from lowbit.algorithms.unit import float_copy
 from lowbit.algorithms.soft_rounding import SoftRounding
 from lowbit.calibrate import calibrate, freeze
 from lowbit.config import QuantConfig
@@ -93,7 +93,7 @@ def test_rounding_regularizer_drives_offsets_to_zero_or_one(reg_weight, monkeypa
         installed.append(soft_rounding.install(layer))
         return installed[-1]
 
-    monkeypatch.setattr(reconstruct, "install", keep)
+    monkeypatch.setattr(unit, "install", keep)
     torch.manual_seed(0)
     linear = nn.Linear(32, 16)
     layer = to_quantized(linear, weight_spec(3))
@@ -102,8 +102,8 @@ def test_rounding_regularizer_drives_offsets_to_zero_or_one(reg_weight, monkeypa
     with torch.no_grad():
         target = linear(x)
     method = AdaRound(AdaRoundOptions(iters=500, reg_weight=reg_weight))
-    state = reconstruct.EngineState(torch.device("cpu"), torch.Generator().manual_seed(0), None)
-    reconstruct.optimize_unit(layer, [layer], [], reconstruct.UnitData(x, None, target), method, state)
+    state = unit.EngineState(torch.device("cpu"), torch.Generator().manual_seed(0), None)
+    unit.optimize_unit(layer, [layer], [], unit.UnitData(x, None, target), method, state)
     h = installed[0].h().detach()
     undecided = ((h > 0.1) & (h < 0.9)).float().mean().item()
     if reg_weight > 0:

@@ -13,7 +13,7 @@ from conftest import randomize_bn
 from lowbit.algorithms import brecq, eptq
 from lowbit.algorithms.activation_cache import ActivationCache
 from lowbit.algorithms.hessian import module_output_hessian_diagonals
-from lowbit.algorithms.reconstruct import float_copy
+from lowbit.algorithms.unit import float_copy
 from lowbit.algorithms.soft_rounding import SoftRounding
 from lowbit.algorithms.swap_reconstruct import capture_unit
 from lowbit.algorithms.swap_units import CHUNK, find_units

@@ -20,7 +20,8 @@ from torch import nn
 from lowbit.algorithms.blocks import block_module, find_blocks
 from lowbit.algorithms.hessian import module_output_hessian_diagonals
 from lowbit.algorithms.brecq import Brecq, BrecqOptions
-from lowbit.algorithms.reconstruct import float_copy, reconstruct
+from lowbit.algorithms.reconstruct import reconstruct
+from lowbit.algorithms.unit import float_copy
 from lowbit.algorithms.registry import register
 from lowbit.algorithms.swap_reconstruct import CallKey, reconstruct_swapped
 from lowbit.algorithms.swap_units import CHUNK, Unit, find_units

@@ -5,7 +5,7 @@ quantized layers for AdaRound, blocks found in the module tree for BRECQ, QDrop 
 execution order, forward hooks capture the unit's input in the quantized model (already-reconstructed units
 upstream) and its output in the float model, over the whole forward pass, since Python control flow decides
 which modules run. The unit is then optimized by the same engine as traced models
-(:func:`lowbit.algorithms.reconstruct.optimize_unit`).
+(:func:`lowbit.algorithms.unit.optimize_unit`).
 
 A swapped layer quantizes its own input, so the unit's input quantizers are inside the unit: BRECQ learns
 their step sizes, and QDrop drops quantization there (each element keeps its unquantized value). Mixing in
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from lowbit.algorithms.activation_cache import ActivationCache
 from lowbit.algorithms.method import RoundingMethod
-from lowbit.algorithms.reconstruct import EngineState, UnitData, float_copy, optimize_unit
+from lowbit.algorithms.unit import EngineState, UnitData, float_copy, optimize_unit
 from lowbit.algorithms.swap_units import CHUNK, Unit, find_units
 from lowbit.quantizer import Quantizer
 

@@ -17,7 +17,8 @@ from lowbit.cli.common import add_data_args, load_data
 from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.quantize import write_json
 from lowbit.data import labelled_batches
-from lowbit.deploy.exporters import EXPORTERS, ExportReport, export_as
+from lowbit.deploy.export_report import ExportReport
+from lowbit.deploy.exporters import EXPORTERS, export_as
 from lowbit.errors import LowbitError
 from lowbit.io.lowbit_file import read_metadata
 from lowbit.models import default_input_shape

@@ -23,6 +23,9 @@ PathArg = str | os.PathLike | None
 #: Options of the model and data arguments that name files or folders the commands read.
 INPUT_OPTIONS = ("checkpoint", "data_dir", "train_data_path", "val_data_path")
 
+# --calib-data values that name a source of images rather than a folder
+CALIB_CHOICES = ("train", "synthetic", "noise")
+
 
 def check_outputs(inputs: Mapping[str, PathArg], outputs: Mapping[str, PathArg]) -> None:
     """Raise :class:`LowbitError` unless every output can be written without destroying anything.
@@ -51,7 +54,6 @@ def cli_inputs(args: argparse.Namespace, more: Mapping[str, PathArg] | None = No
 
     ``--calib-data FOLDER`` counts with the image file inside it, which is what is read.
     """
-    from lowbit.cli.synth import CALIB_CHOICES
     from lowbit.data.synthetic_files import IMAGES_FILE
 
     inputs: dict[str, PathArg] = {f"--{name.replace('_', '-')}": getattr(args, name, None) for name in INPUT_OPTIONS}

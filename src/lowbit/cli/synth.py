@@ -15,14 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.cli.outputs import check_outputs, cli_inputs
+from lowbit.cli.outputs import CALIB_CHOICES, check_outputs, cli_inputs
 from lowbit.data import DatasetInfo
 from lowbit.data.synthesize import SynthOptions, noise_images, synthesize
 from lowbit.data.synthetic_files import GRID_FILE, IMAGES_FILE, load_synthetic, save_synthetic
 from lowbit.errors import LowbitError
 from lowbit.models import default_input_shape, default_normalization
 
-CALIB_CHOICES = ("train", "synthetic", "noise")
 
 
 def add_synth_options(p: argparse.ArgumentParser, prefix: str = "") -> None:

@@ -6,7 +6,8 @@ are imported on first use: the CLI lists the formats without paying for them.
 
 from typing import Any
 
-from lowbit.deploy.exporters import EXPORTERS, Exporter, ExportReport, export_as
+from lowbit.deploy.export_report import ExportReport
+from lowbit.deploy.exporters import EXPORTERS, Exporter, export_as
 
 __all__ = ["EXPORTERS", "Exporter", "ExportReport", "export", "export_as", "export_float"]
 

@@ -7,25 +7,16 @@ torch.onnx and onnxscript (seconds to import), so each entry imports its writer 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from lowbit.deploy.export_report import ExportReport
 from lowbit.errors import LowbitError
 from lowbit.registry import Registry
-
-
-@dataclass
-class ExportReport:
-    """What was written, and what the runtime will compute in float rather than on integers."""
-
-    path: Path
-    bytes: int
-    narrowed_initializers: int
-    float_compute: list[str] = field(default_factory=list)
 
 
 # (frozen quantized model, output path, example input batch, format options) -> report

@@ -22,7 +22,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from lowbit.deploy.exporters import ExportReport
+from lowbit.deploy.export_report import ExportReport
 from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
 from lowbit.errors import LowbitError, first_line

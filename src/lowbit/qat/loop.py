@@ -1,4 +1,4 @@
-"""``lowbit.finetune``: quantization-aware training of a quantized model, and the loop behind it.
+"""The training loop behind ``lowbit.finetune`` (:mod:`lowbit.qat.finetune`).
 
 The model is made trainable (:mod:`lowbit.qat.trainable`), trained through its quantizers with straight-through
 rounding, evaluated after every epoch on images held out from the training data, and the best epoch (the
@@ -12,21 +12,19 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from lowbit import qmath
-from lowbit.device import model_device
 from lowbit.errors import LowbitError
-from lowbit.qat.data import TrainingData, split
+from lowbit.qat.data import TrainingData
 from lowbit.qat.losses import agreement, objective
 from lowbit.qat.options import FinetuneOptions
-from lowbit.qat.trainable import (RangeTracker, copy_quantized, float_teacher, grid_activation_quantizers, refreeze,
-                                  train_mode, unfreeze, weight_quantizers)
+from lowbit.qat.trainable import (RangeTracker, grid_activation_quantizers, refreeze, train_mode, unfreeze,
+                                  weight_quantizers)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +109,8 @@ class Trainer:
         self.best: dict[str, torch.Tensor] | None = None
         self.steps_per_epoch = data.steps_per_epoch(options.batch_size)
         self.total_steps = options.epochs * self.steps_per_epoch
-        self.checkpoint: Path | None = None
+        # writes a checkpoint of this run (set by lowbit.finetune when asked for one)
+        self.save_checkpoint: Callable[[], None] | None = None
         self.summary: dict[str, Any] = {}
 
     @property
@@ -186,8 +185,6 @@ class Trainer:
             self.best = self.snapshot()
 
     def run_epoch(self, epoch: int, progress: bool) -> None:
-        from lowbit.qat.checkpoint import write_checkpoint
-
         batches = self.data.epoch_batches(epoch, self.options.batch_size, self.options.seed, skip=self.state.step)
         bar = tqdm(batches, total=self.steps_per_epoch - self.state.step, disable=not progress, leave=False,
                    desc=f"epoch {epoch + 1}/{self.options.epochs}")
@@ -195,13 +192,11 @@ class Trainer:
             loss = self.train_step(x, y)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             every = self.options.checkpoint_every
-            if self.checkpoint is not None and every and self.state.global_step % every == 0:
-                write_checkpoint(self, self.checkpoint)
+            if self.save_checkpoint is not None and every and self.state.global_step % every == 0:
+                self.save_checkpoint()
 
     def fit(self, progress: bool = False) -> None:
         """Train the remaining epochs, then load the best epoch's model and freeze it."""
-        from lowbit.qat.checkpoint import write_checkpoint
-
         tracker = None
         if self.options.act_range_momentum is not None:
             tracker = RangeTracker(self.options.act_range_momentum).attach(grid_activation_quantizers(self.model))
@@ -218,8 +213,8 @@ class Trainer:
                 metrics = self.evaluate()
                 self.state.epoch, self.state.step, self.state.loss_sum, self.state.loss_count = epoch + 1, 0, 0.0, 0
                 self._record(epoch + 1, train_loss, metrics, time.perf_counter() - start, lr)
-                if self.checkpoint is not None:
-                    write_checkpoint(self, self.checkpoint)
+                if self.save_checkpoint is not None:
+                    self.save_checkpoint()
         finally:
             if tracker is not None:
                 tracker.detach()
@@ -243,59 +238,3 @@ class Trainer:
                 "held_out_images": len(self.data.held_out),
                 "held_out_metric": "top1" if self.data.labelled else "distillation loss",
                 "objective": f"distill_{self.options.distill_loss}" if self.teacher is not None else "cross_entropy"}
-
-
-def _options(options: FinetuneOptions | None, overrides: dict[str, Any]) -> FinetuneOptions:
-    if options is None:
-        return FinetuneOptions.from_dict(overrides)
-    return FinetuneOptions.from_dict({**options.to_dict(), **overrides}) if overrides else options
-
-
-def _check_quantized(qmodel: nn.Module) -> None:
-    if getattr(qmodel, "lowbit_info", None) is None:
-        raise LowbitError("finetune needs a quantized model (from lowbit.quantize or lowbit.load); quantize it first")
-
-
-def finetune(qmodel: nn.Module, train_data: Any, options: FinetuneOptions | None = None, *,
-             teacher: nn.Module | None = None, checkpoint: str | Path | None = None,
-             resume: str | Path | None = None, progress: bool = False, device: str | torch.device | None = None,
-             **kwargs: Any) -> nn.Module:
-    """Quantization-aware fine-tuning: a better quantized model with the same grids' widths, frozen again.
-
-    ``train_data`` takes the forms calibration data takes: a Dataset or DataLoader of ``(input, label)`` pairs
-    (cross-entropy), or of inputs alone (distillation from ``teacher``), a tensor, ``(inputs, labels)``, a list
-    of batches or a dataset name (its training split); a DataLoader's dataset and collate function are used,
-    in ``batch_size`` batches of a seeded order. Images held out from it (``val_fraction``) choose the epoch
-    returned, so no test data is needed or wanted. ``teacher`` is the float model to distill from; by default it
-    is ``qmodel`` with every quantizer switched off (for a model loaded from a file, its weights are then the
-    dequantized codes: the file stores no float weights). Options come as :class:`FinetuneOptions` or keywords
-    (``epochs=3``, ``lr=1e-4``, ``act_range_momentum=0.99``, ...).
-
-    ``checkpoint``: a ``.lowbit`` file written atomically after every epoch (and every ``checkpoint_every``
-    steps), beside a ``.state.safetensors`` file with the float weights and optimizer state. ``resume``: such a
-    checkpoint to continue from (``qmodel`` is then the model the run started from). The returned model records
-    the run (options, per-epoch history, the epoch kept) in ``lowbit_info.extra["finetune"]``, which
-    :func:`lowbit.save` stores as provenance. ``qmodel`` itself is left unchanged.
-    """
-    from lowbit.qat.checkpoint import restore
-
-    _check_quantized(qmodel)
-    options = _options(options, kwargs)
-    data = split(train_data, options)
-    device = torch.device(device) if device is not None else model_device(qmodel)
-    torch.manual_seed(options.seed)
-    use_teacher = options.distill or not data.labelled
-    teacher_kind = "given" if teacher is not None else "quantizers off"
-    if use_teacher and teacher is None:
-        teacher = float_teacher(qmodel)
-    teacher = teacher.to(device).eval() if use_teacher and teacher is not None else None
-    model = copy_quantized(qmodel).to(device)
-    trainer = Trainer(model, teacher, data, options, device)
-    trainer.summary = {"teacher": teacher_kind if teacher is not None else None}
-    if resume is not None:
-        restore(trainer, Path(resume))
-    trainer.checkpoint = Path(checkpoint) if checkpoint is not None else None
-    trainer.fit(progress)
-    model.lowbit_info.extra.pop("quant_metrics", None)  # they measured the model before fine-tuning
-    model.lowbit_info.extra["finetune"] = trainer.record()
-    return model
