@@ -100,3 +100,12 @@ def test_bad_options_exit_2_with_one_line(w2a4, tmp_path, capsys, bad):
 def test_out_naming_the_input_is_refused(w2a4, capsys):
     assert main(["finetune", str(w2a4), "--out", str(w2a4), "--quiet"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_info_shows_how_a_model_was_fine_tuned(w2a4, tmp_path, capsys):
+    out = tmp_path / "qat.lowbit"
+    assert main(["finetune", str(w2a4), "--epochs", "1", "--lr", "1e-3", *SMALL, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("fine-tuned"))
+    assert "1 epoch(s) of 1" in line and "cross_entropy" in line and "lr 0.001" in line and "64 held out" in line

@@ -74,6 +74,31 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _provenance_lines(meta: dict) -> list[tuple[str, str]]:
+    """How the model was made beyond its config: the mixed-precision budget met, fine-tuning, and any other
+    plain values recorded (calibration source, timings)."""
+    lines = []
+    mixed = meta.get("mixed")
+    if mixed:
+        budget = {k: v for k, v in mixed["budget"].items() if k in ("weights_cr", "model_size_mb", "gbops", "total_cr",
+                                                                    "activation_cr") and v is not None}
+        lines.append(("mixed precision", f"{mixed['sensitivity']} sensitivity, budget "
+                      f"{', '.join(f'{k}={v:g}' for k, v in budget.items())}; weights {mixed['compression']:.2f}x "
+                      f"smaller" + (f", total memory {mixed['total_compression']:.2f}x"
+                                    if mixed.get("total_compression") else "")))
+    extra = meta.get("provenance") or {}
+    tuned = extra.get("finetune")
+    if isinstance(tuned, dict):
+        options = tuned.get("options", {})
+        lines.append(("fine-tuned", f"{len(tuned.get('history', [])) - 1} epoch(s) of {options.get('epochs')}, kept "
+                      f"epoch {tuned.get('kept_epoch')} ({tuned.get('objective')}, lr {options.get('lr')}, "
+                      f"{tuned.get('train_images')} training images, {tuned.get('held_out_images')} held out)"))
+    for key, value in sorted(extra.items()):
+        if key != "finetune" and isinstance(value, (str, int, float, bool)):
+            lines.append((key.replace("_", " "), str(value)))
+    return lines
+
+
 def run_info(args: argparse.Namespace) -> int:
     meta = read_metadata(args.file)
     cfg = meta["config"]
@@ -96,6 +121,7 @@ def run_info(args: argparse.Namespace) -> int:
     for key in ("float_metrics", "quant_metrics"):
         if meta.get(key):
             lines.append((key.replace("_", " "), f"top-1 {100 * meta[key]['top1']:.2f}%, F1 {100 * meta[key]['f1']:.2f}%"))
+    lines += _provenance_lines(meta)
     width = max(len(k) for k, _ in lines)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in lines))
     print()
