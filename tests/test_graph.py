@@ -134,3 +134,25 @@ def test_a_quantized_model_is_not_quantized_again(residual_net, images):
 def test_a_model_without_weight_layers_is_a_clear_error(images):
     with pytest.raises(LowbitError, match="no layer lowbit quantizes"):
         lowbit.quantize(nn.Sequential(nn.ReLU(), nn.Flatten()), images)
+
+
+def test_sizes_computed_from_shapes_get_no_activation_quantizer(recwarn):
+    """``h * w`` in a reshape is an integer: a quantizer there would never see a tensor (and warn that it saw
+    no calibration data); the tensors around it are still quantized."""
+
+    class Rows(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(16 * 16, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            n, c, h, w = y.shape
+            return self.fc(y.reshape(n, c, h * w))
+
+    q = lowbit.quantize(Rows().eval(), torch.randn(16, 3, 16, 16), weights_bits=8, activation_bits=8)
+    names = {n for n, _ in activation_quantizers(q)}
+    assert not any("mul" in n for n in names), names
+    assert {"act_quant.x", "act_quant.conv"} <= names
+    assert not [w for w in recwarn if "saw no calibration data" in str(w.message)]

@@ -165,8 +165,26 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return "other"
 
 
+SHAPE_METHODS = {"size", "dim", "numel"}
+
+
+def _is_shape_value(node: fx.Node) -> bool:
+    """True for a node computing a size, not a tensor: ``x.shape``, ``x.size()``, an index into one, or
+    arithmetic on such values (``h * w`` in a reshape). It never gets an activation quantizer."""
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] == "shape"
+    if node.op == "call_method" and node.target in SHAPE_METHODS:
+        return True
+    if node.op == "call_function" and node.target in (operator.getitem, operator.mul, operator.add, operator.sub,
+                                                      operator.floordiv):
+        inputs = node.all_input_nodes
+        return bool(inputs) and all(_is_shape_value(a) for a in inputs)
+    return False
+
+
 def _tensor_args(node: fx.Node) -> int:
-    return len(node.all_input_nodes)
+    """How many of the node's inputs are tensors (sizes taken from a tensor's shape do not count)."""
+    return sum(not _is_shape_value(a) for a in node.all_input_nodes)
 
 
 def _requant_points(gm: fx.GraphModule) -> list[fx.Node]:
