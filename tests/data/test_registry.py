@@ -73,3 +73,30 @@ def test_cifar10_refuses_code_in_pickles(tmp_path):
 def test_cifar10_missing(tmp_path):
     with pytest.raises(LowbitError, match="--data-dir"):
         load_dataset("cifar10", "test", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("batch,message", [
+    ({b"data": np.zeros((6, 3072), np.uint8), b"labels": [0, 1, 2, 3, 4, 10]}, "labels from 0 to 10"),
+    ({b"data": np.zeros((6, 3072), np.uint8), b"labels": [-1, 1, 2, 3, 4, 5]}, "labels from -1 to 5"),
+    ({b"data": np.zeros((6, 3072), np.uint8), b"labels": [0, 1]}, "6 images but 2 labels"),
+    ({b"data": np.zeros((6, 1000), np.uint8), b"labels": [0] * 6}, "rows of 3072 pixels"),
+    ({b"data": np.zeros((6, 3072), np.float32), b"labels": [0] * 6}, "rows of 3072 pixels"),
+    ({b"data": np.zeros((6, 3072), np.uint8), b"labels": ["cat"] * 6}, "not integers"),
+    ({b"labels": [0] * 6}, "not a CIFAR-10 batch"),
+    ([1, 2, 3], "not a CIFAR-10 batch"),
+])
+def test_cifar10_malformed_batches_are_refused_in_one_line(tmp_path, batch, message):
+    folder = _make_cifar(tmp_path)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(LowbitError, match=message) as info:
+        load_dataset("cifar10", "test", data_dir=tmp_path)
+    assert "\n" not in str(info.value) and "re-download" in str(info.value)
+
+
+def test_cifar10_truncated_batch(tmp_path):
+    folder = _make_cifar(tmp_path)
+    raw = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(LowbitError, match="cannot read CIFAR-10 file .*data_batch_3"):
+        load_dataset("cifar10", "train", data_dir=tmp_path)

@@ -37,6 +37,28 @@ def _read(path: Path) -> dict:
         raise LowbitError(f"cannot read CIFAR-10 file {path} ({exc}); re-download the dataset") from None
 
 
+def _images_and_labels(batch: object, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's images as (N, 3, 32, 32) uint8 and labels as int64 in 0-9, or a one-line error naming what is
+    wrong: a damaged batch must not become garbage images or labels a model cannot have."""
+    fix = "re-download the dataset from its official source"
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise LowbitError(f"{path} is not a CIFAR-10 batch (no data and labels entries); {fix}")
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        shape = getattr(data, "shape", None)
+        raise LowbitError(f"{path} holds data of shape {shape} and type {getattr(data, 'dtype', type(data).__name__)}"
+                          f"; CIFAR-10 batches hold uint8 rows of 3072 pixels; {fix}")
+    try:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise LowbitError(f"{path} has labels that are not integers; {fix}") from None
+    if len(labels) != len(data):
+        raise LowbitError(f"{path} has {len(data)} images but {len(labels)} labels; {fix}")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise LowbitError(f"{path} has labels from {labels.min()} to {labels.max()}; CIFAR-10 labels are 0-9; {fix}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
 def find_cifar10(data_dir: str | Path | None) -> Path:
     candidates = [Path(d) / FOLDER for d in (data_dir, os.environ.get("LOWBIT_DATA")) if d]
     candidates += [Path(d) for d in (data_dir,) if d]
@@ -53,9 +75,9 @@ def load_cifar10(split: Literal["train", "test"], data_dir: str | Path | None = 
     names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
     xs, ys = [], []
     for name in names:
-        batch = _read(root / name)
-        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        x, y = _images_and_labels(_read(root / name), root / name)
+        xs.append(x)
+        ys.append(y)
     meta = root / "batches.meta"
     classes = tuple(n.decode() for n in _read(meta)[b"label_names"]) if meta.is_file() else tuple(map(str, range(10)))
     x = torch.from_numpy(np.concatenate(xs)).float().div_(255)
