@@ -100,3 +100,27 @@ def test_cifar10_truncated_batch(tmp_path):
     (folder / "data_batch_3").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(LowbitError, match="cannot read CIFAR-10 file .*data_batch_3"):
         load_dataset("cifar10", "train", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_text("not an image"), "not an image Pillow can read"),
+    (lambda p: p.write_bytes(p.read_bytes()[:200]), "truncated or corrupt"),
+])
+def test_image_folder_with_a_damaged_file_names_it_in_one_line(tmp_path, damage, message):
+    make_image_folder(tmp_path / "val")
+    bad = tmp_path / "val" / "dog" / "1.png"
+    damage(bad)
+    ds, _ = load_dataset("imagefolder", "test", val_path=tmp_path / "val", image_size=32)
+    assert ds[0][0].shape == (3, 32, 32)  # the intact images still load
+    with pytest.raises(LowbitError, match=message) as info:
+        [ds[i] for i in range(len(ds))]
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_image_folder_converts_grayscale_to_rgb(tmp_path):
+    from PIL import Image
+    make_image_folder(tmp_path / "val")
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "val" / "cat" / "gray.png")
+    ds, _ = load_dataset("imagefolder", "test", val_path=tmp_path / "val", image_size=32)
+    assert all(ds[i][0].shape == (3, 32, 32) for i in range(len(ds)))

@@ -9,22 +9,17 @@ hostile or mistaken file cannot exhaust memory.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from lowbit.data.image_file import MAX_PIXELS, open_rgb
 from lowbit.errors import LowbitError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
-
-#: Refuse images above this many pixels (about 8K x 6K): decoding one costs memory in proportion, and a
-#: codec evaluation at that size is almost surely a mistake or a hostile header.
-MAX_PIXELS = 50_000_000
-
 
 def image_files(path: str | Path) -> list[Path]:
     """The image files at ``path``: the file itself, or a folder's images (not recursive) sorted by name."""
@@ -43,51 +38,6 @@ def image_files(path: str | Path) -> list[Path]:
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """The image at ``path`` as a float tensor ``(3, H, W)`` in [0, 1]."""
     return to_tensor(open_rgb(path, max_pixels))
-
-
-def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """The image at ``path`` fully decoded as an RGB Pillow image, or a one-line error naming the problem."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise LowbitError(f"{path} cannot be read ({exc.strerror}); give an existing image file") from None
-    if size == 0:
-        raise LowbitError(f"{path} is empty (0 bytes); replace it with a complete image file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except (UnidentifiedImageError, ValueError):
-        raise LowbitError(f"{path} is not an image Pillow can read; give a PNG, JPEG or other image file") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise LowbitError(f"{path} declares an absurdly large image (over {max_pixels} pixels); "
-                          "downscale it or pass a smaller file") from None
-    except OSError as exc:
-        raise LowbitError(f"{path} cannot be read ({exc}); give a readable image file") from None
-    with image:
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise LowbitError(f"{path} declares a {width}x{height} image; give an image with pixels")
-        if width * height > max_pixels:
-            raise LowbitError(f"{path} is {width}x{height} pixels, over the limit of {max_pixels}; "
-                              "downscale it or split it into tiles")
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncation and corrupt data as these
-            raise LowbitError(f"{path} is truncated or corrupt ({exc}); replace it with a complete file") from None
-        return _rgb(image)
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-    """RGB version of any mode; transparent pixels keep their colour (alpha is not coded)."""
-    if image.mode == "RGB":
-        return image.copy()
-    if image.mode in ("P", "PA"):
-        image = image.convert("RGBA")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: keep the top 8 bits, not a clipped copy
-        image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-    return image.convert("RGB")
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

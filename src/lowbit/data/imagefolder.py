@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from lowbit.data.image_file import open_rgb
 from lowbit.data.info import DatasetInfo
 from lowbit.errors import LowbitError
 
@@ -27,7 +28,8 @@ def load_image_folder(path: str | Path | None, image_size: int = 224, flag: str 
         transforms.Resize(int(image_size / CROP_RATIO)), transforms.CenterCrop(image_size), transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     try:
-        ds = datasets.ImageFolder(str(root), transform=transform)
+        # the checked reader: a corrupt, empty or absurdly large file is a one-line error naming it
+        ds = datasets.ImageFolder(str(root), transform=transform, loader=open_rgb)
     except (FileNotFoundError, RuntimeError) as exc:
         raise LowbitError(f"no images found in {root} ({str(exc).splitlines()[0]}); it needs one sub-folder of "
                           "images per class") from None
