@@ -12,18 +12,17 @@ Run: python3 benchmarks/fingerprint.py --out before.json ... then --compare befo
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
+from safetensors.torch import load_file
 from torch.utils.data import Subset
 
 import lowbit
 from lowbit.data import calibration_batches, load_dataset
+from lowbit.io.payload import file_digest
 from report import bundled_model
 
 SETTINGS = {"w4a8-nearest": dict(weights_bits=4, activation_bits=8, method="nearest"),
@@ -31,14 +30,8 @@ SETTINGS = {"w4a8-nearest": dict(weights_bits=4, activation_bits=8, method="near
 
 
 def tensor_digest(path: Path) -> str:
-    """SHA-256 over every stored tensor, by name, dtype, shape and bytes."""
-    digest = hashlib.sha256()
-    with safe_open(str(path), framework="pt") as f:
-        for name in sorted(f.keys()):
-            t = f.get_tensor(name)
-            digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """SHA-256 over every stored tensor, by name, dtype, shape and bytes (the file digest without the header)."""
+    return file_digest("", load_file(str(path)))
 
 
 def fingerprints(models: list[str], settings: list[str], iters: int, calib_images: int, test_images: int) -> dict:

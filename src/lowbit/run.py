@@ -19,6 +19,7 @@ from lowbit.api import quantize
 from lowbit.config import QuantConfig
 from lowbit.coverage import coverage
 from lowbit.data import DatasetInfo, labelled_batches
+from lowbit.device import model_device
 from lowbit.evaluate import evaluate
 from lowbit.io.lowbit_file import save
 from lowbit.mixed import Allocation
@@ -63,7 +64,7 @@ def quantize_evaluate_save(model: nn.Module, calib: Any, config: QuantConfig, ou
         result["quant_metrics"], result["quant_eval_seconds"] = _timed_metrics(qmodel, test_set, info, progress)
         if per_layer:
             x, _ = next(iter(labelled_batches(test_set, 256)))
-            result["per_layer"] = [vars(r) for r in per_layer_sqnr(model, qmodel, x.to(next(qmodel.parameters()).device))]
+            result["per_layer"] = [vars(r) for r in per_layer_sqnr(model, qmodel, x.to(model_device(qmodel)))]
     extra: dict[str, Any] = {"dataset": {"name": info.name, "input_shape": list(info.input_shape)} if info else None,
                              **calib_record}
     for key in ("float_metrics", "quant_metrics"):

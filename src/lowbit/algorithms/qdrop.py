@@ -8,9 +8,8 @@ the quantized activations.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import ContextManager
 
 import torch
 from torch import nn
@@ -19,6 +18,7 @@ from lowbit.algorithms.brecq import Brecq, BrecqOptions
 from lowbit.algorithms.reconstruct import reconstruct
 from lowbit.algorithms.registry import register
 from lowbit.errors import LowbitError
+from lowbit.hooks import removed_on_exit
 from lowbit.quantizer import Quantizer
 
 
@@ -52,15 +52,10 @@ class QDrop(Brecq):
         keep_float = torch.rand(x_q.shape, generator=gen).to(x_q.device) < self.options.drop_prob
         return torch.where(keep_float, x_fp, x_q)
 
-    @contextlib.contextmanager
-    def during_optimization(self, quantizers: list[Quantizer]) -> Iterator[None]:
+    def during_optimization(self, quantizers: list[Quantizer]) -> ContextManager:
         p = self.options.drop_prob
-        handles = [q.register_forward_hook(lambda m, a, o: _drop(m, a, o, p)) for q in quantizers] if p > 0 else []
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+        return removed_on_exit([q.register_forward_hook(lambda m, a, o: _drop(m, a, o, p)) for q in quantizers]
+                               if p > 0 else [])
 
 
 @register("qdrop", QDropOptions, "block reconstruction with randomly dropped activation quantization")

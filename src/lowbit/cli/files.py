@@ -15,6 +15,7 @@ from lowbit.cli.quantize import write_json
 from lowbit.coverage import Coverage
 from lowbit.evaluate import evaluate
 from lowbit.io.lowbit_file import read_metadata
+from lowbit.mixed.budget import TARGETS
 from lowbit.report import METRIC_HEADERS, human_bytes, metrics_row, table
 
 
@@ -80,8 +81,7 @@ def _provenance_lines(meta: dict) -> list[tuple[str, str]]:
     lines = []
     mixed = meta.get("mixed")
     if mixed:
-        budget = {k: v for k, v in mixed["budget"].items() if k in ("weights_cr", "model_size_mb", "gbops", "total_cr",
-                                                                    "activation_cr") and v is not None}
+        budget = {k: v for k, v in mixed["budget"].items() if k in TARGETS and v is not None}
         lines.append(("mixed precision", f"{mixed['sensitivity']} sensitivity, budget "
                       f"{', '.join(f'{k}={v:g}' for k, v in budget.items())}; weights {mixed['compression']:.2f}x "
                       f"smaller" + (f", total memory {mixed['total_compression']:.2f}x"

@@ -55,12 +55,12 @@ class CodecTrainOptions:
 
 def rate_distortion_loss(output: dict, target: torch.Tensor, lmbda: float) -> tuple[torch.Tensor, torch.Tensor,
                                                                                    torch.Tensor]:
-    """``(loss, mse, bpp)`` of a codec's ``forward`` output; MSE on [0, 1] pixels, bpp per pixel of ``target``."""
-    n, _, height, width = target.shape
-    pixels = n * height * width
-    bpp = sum(torch.log(lk).sum() for lk in output["likelihoods"].values()) / (-math.log(2) * pixels)
-    mse = torch.mean((output["x_hat"] - target) ** 2)
-    return lmbda * 255**2 * mse + bpp, mse, bpp
+    """``(loss, mse, bpp)`` of a codec's ``forward`` output: CompressAI's own rate-distortion loss,
+    ``lmbda * 255^2 * MSE + bpp``, with MSE on [0, 1] pixels and bpp per pixel of ``target``."""
+    from compressai.losses import RateDistortionLoss  # imported here: the CLI reads this module's options at start
+
+    out = RateDistortionLoss(lmbda=lmbda)(output, target)
+    return out["loss"], out["mse_loss"], out["bpp_loss"]
 
 
 def random_crops(images: list[torch.Tensor], size: int, count: int, generator: random.Random) -> torch.Tensor:
@@ -103,15 +103,14 @@ def train_codec(model: nn.Module, images: list[torch.Tensor], options: CodecTrai
     generator = random.Random(options.seed)
     main, aux = _parameter_groups(model)
     optimizer = torch.optim.Adam(main, lr=options.lr)
+    # cosine from lr at the first step to final_lr at the last
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, options.steps - 1), options.final_lr)
     aux_optimizer = torch.optim.Adam(aux, lr=options.aux_lr) if aux else None
     tail = max(1, options.steps // 10)
     sums = {"loss": 0.0, "mse": 0.0, "bpp": 0.0}
     model.train()
     bar = tqdm(range(options.steps), disable=quiet, desc=f"lambda {options.lmbda}")
     for step in bar:
-        progress = step / max(1, options.steps - 1)
-        for group in optimizer.param_groups:
-            group["lr"] = options.final_lr + 0.5 * (options.lr - options.final_lr) * (1 + math.cos(math.pi * progress))
         batch = random_crops(images, options.crop, options.batch_size, generator)
         loss, mse, bpp = rate_distortion_loss(model(batch), batch, options.lmbda)
         optimizer.zero_grad(set_to_none=True)
@@ -119,6 +118,7 @@ def train_codec(model: nn.Module, images: list[torch.Tensor], options: CodecTrai
         if options.clip_norm > 0:
             nn.utils.clip_grad_norm_(main, options.clip_norm)
         optimizer.step()
+        schedule.step()
         if aux_optimizer is not None:
             aux_optimizer.zero_grad(set_to_none=True)
             model.aux_loss().backward()

@@ -41,9 +41,17 @@ class Problem:
     def activation_bytes(self, act: str, bits: int) -> float:
         return self.act_elements.get(act, 0) * bits / 8
 
+    @property
+    def float_input_bytes(self) -> float:
+        """The largest float input: a floor under the activation memory whatever the widths."""
+        return self.float_input_elements * self.float_bits / 8
+
+    def largest_activation_bytes(self, widths: dict[str, int]) -> float:
+        """The largest activation tensor (one sample) when each activation has the width ``widths`` gives."""
+        return max([self.activation_bytes(q, bits) for q, bits in widths.items()] + [self.float_input_bytes])
+
     def smallest_activation_bytes(self) -> float:
-        sizes = [self.activation_bytes(q, min(o)) for q, o in self.act_scores.items()]
-        return max(sizes + [self.float_input_elements * self.float_bits / 8])
+        return self.largest_activation_bytes({q: min(options) for q, options in self.act_scores.items()})
 
     def input_options(self, layer: str) -> list[int]:
         act = self.inputs.get(layer)
@@ -119,7 +127,7 @@ def solve(problem: Problem, max_weight_bytes: float | None = None, max_bops: flo
     integrality, lower, upper = np.ones(n), np.zeros(n), np.ones(n)
     if memory:  # continuous, at least the largest float input, at most the activation cap
         integrality[peak] = 0
-        lower[peak] = problem.float_input_elements * problem.float_bits / 8
+        lower[peak] = problem.float_input_bytes
         upper[peak] = np.inf if max_activation_bytes is None else max(max_activation_bytes, lower[peak])
     result = milp(cost, constraints=constraints, integrality=integrality, bounds=Bounds(lower, upper),
                   options={"time_limit": time_limit, "mip_rel_gap": 1e-9})
@@ -134,9 +142,7 @@ def solve(problem: Problem, max_weight_bytes: float | None = None, max_bops: flo
     activations = {q: a for (q, a), i in act_col.items() if result.x[i] > 0.5}
     size = sum(problem.weight_bytes[l][w] for l, w in weights.items())
     bops = float(sum(problem.macs[l] * w * a for l, w, a in chosen))
-    peak_bytes = max([problem.activation_bytes(q, a) for q, a in activations.items()]
-                     + [problem.float_input_elements * problem.float_bits / 8])
-    return Solution(weights, activations, float(result.fun), size, bops, peak_bytes)
+    return Solution(weights, activations, float(result.fun), size, bops, problem.largest_activation_bytes(activations))
 
 
 def _infeasible_message(problem: Problem, max_weight_bytes: float | None, max_bops: float | None,
