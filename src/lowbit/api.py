@@ -23,8 +23,8 @@ from lowbit.graph import activation_quantizers, prepare
 from lowbit.io import lowbit_file
 from lowbit.mixed.allocate import Sensitivity, allocate
 from lowbit.mixed.budget import Budget
-from lowbit.models import rebuild
 from lowbit.spec import Bits
+from lowbit.tasks import rebuild, task_of
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
                                        calib_images=calib_images, batch_size=batch_size, seed=seed, **config_kwargs)
     elif options:
         config = replace(config, method_options={**config.method_options, **options})
+    task = task_of(model)
+    task.setup()
+    config = task.configure(model, config)
     algorithm = get_algorithm(config.method)
     method_options = make_options(config.method, config.method_options, config.seed)
     config = replace(config, method_options=asdict(method_options))  # record every option in the saved metadata
@@ -76,7 +79,7 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
         allocation = allocate(model, torch.cat(batches)[:sensitivity_images], config, mixed, sensitivity,
                               sensitivity_options=sensitivity_options)
         config = allocation.to_config(config)
-    qmodel = prepare(model, config)
+    qmodel = prepare(model, config, task.capture)
     if allocation is not None:
         qmodel.lowbit_info.extra["mixed"] = allocation.to_dict()
     if data is None and any(q.needs_calibration for _, q in activation_quantizers(qmodel)):
@@ -87,6 +90,7 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
         correct_biases(qmodel, batches)
     algorithm.run(qmodel, batches, method_options, progress)
     freeze(qmodel)
+    task.finish(qmodel)
     share = coverage(qmodel)
     if share.unquantized:
         log.warning(share.describe())
@@ -97,7 +101,12 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
 def load(path: str, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a quantized model from a ``.lowbit`` file.
 
-    Zoo models are rebuilt from the file alone; for other architectures pass an instance as ``model`` (its
-    weights are ignored: only its structure is used). The file is validated before anything is allocated.
+    Zoo models and codecs are rebuilt from the file alone; for other architectures pass an instance as
+    ``model`` (its weights are ignored: only its structure is used). The file is validated before anything is
+    allocated.
     """
-    return lowbit_file.load(path, model if model is not None else rebuild, device)
+    if model is not None:
+        task_of(model).setup()
+    qmodel = lowbit_file.load(path, model if model is not None else rebuild, device)
+    task_of(qmodel).check_loaded(qmodel)
+    return qmodel

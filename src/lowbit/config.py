@@ -30,12 +30,18 @@ class Override:
     ``weights``/``activations`` left as ``None`` keep the default. For activations the pattern is matched
     against the quantizer's own module path (``"act_quant.add_3"``, or ``"conv1.input_quant"`` when modules are
     swapped), the module that produces the activation (``"conv1"``), the graph node's name (``"add_3"``) and
-    the weight layers that consume it.
+    the weight layers that consume it. ``keep_float`` leaves the matching layers in floating point, and the
+    activations matched by name or by consumer unquantized (a codec's synthesis transform, a sensitive head).
     """
 
     pattern: str
     weights: QuantSpec | None = None
     activations: QuantSpec | None = None
+    keep_float: bool = False
+
+    def __post_init__(self) -> None:
+        if self.keep_float and (self.weights is not None or self.activations is not None):
+            raise LowbitError(f"override {self.pattern!r} keeps layers float and also gives them bits; choose one")
 
     def matches(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name, self.pattern)
@@ -43,12 +49,14 @@ class Override:
     def to_dict(self) -> dict:
         return {"pattern": self.pattern,
                 "weights": self.weights.to_dict() if self.weights else None,
-                "activations": self.activations.to_dict() if self.activations else None}
+                "activations": self.activations.to_dict() if self.activations else None,
+                "keep_float": self.keep_float}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Override":
         return cls(d["pattern"], QuantSpec.from_dict(d["weights"]) if d.get("weights") else None,
-                   QuantSpec.from_dict(d["activations"]) if d.get("activations") else None)
+                   QuantSpec.from_dict(d["activations"]) if d.get("activations") else None,
+                   bool(d.get("keep_float", False)))
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,13 @@ class QuantConfig:
         a = self.activations
         return replace(a, bits=bits, observer=_moved(a.observer, default_activation_observer, a.bits, bits))
 
+    def keeps_float(self, name: str) -> bool:
+        """True when an override leaves weight layer ``name`` in floating point (the first matching one wins)."""
+        for o in self.overrides:
+            if o.matches(name) and (o.keep_float or o.weights is not None):
+                return o.keep_float
+        return False
+
     def weight_spec_for(self, name: str) -> QuantSpec:
         """Spec of the weights of module ``name`` (the first matching override wins)."""
         for o in self.overrides:
@@ -136,9 +151,12 @@ class QuantConfig:
         return self.weights
 
     def activation_spec_for(self, *names: str) -> QuantSpec | None:
-        """Spec of an activation known under any of ``names`` (producer module, node name)."""
+        """Spec of an activation known under any of ``names`` (producer module, node name, consumers).
+
+        ``None`` means unquantized: activations are off, or the first override that matches keeps them float.
+        """
         for o in self.overrides:
-            if o.activations is not None and any(o.matches(n) for n in names if n):
+            if (o.activations is not None or o.keep_float) and any(o.matches(n) for n in names if n):
                 return o.activations
         return self.activations
 

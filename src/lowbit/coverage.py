@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from lowbit.layers import QUANTIZED_TYPES, QuantLayer
+from lowbit.layers import QuantLayer, quantized_type_names
 
 # Layers whose float parameters are expected (per-channel affine terms, a tiny share of any model)
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -37,7 +37,7 @@ class Coverage:
         if not self.unquantized:
             return f"{share} (biases and norms)"
         kinds = ", ".join(f"{kind} ({n:,})" for kind, n in sorted(self.unquantized.items(), key=lambda kv: -kv[1]))
-        return f"{share}: not quantized by lowbit: {kinds}; only {QUANTIZED_TYPES} weights are quantized"
+        return f"{share}: not quantized by lowbit: {kinds}; only {quantized_type_names()} weights are quantized"
 
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "float_params": self.float_params, "unquantized": dict(self.unquantized)}

@@ -29,7 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from lowbit.config import QuantConfig
 from lowbit.device import model_device
 from lowbit.errors import LowbitError, first_line
-from lowbit.layers import QUANTIZED_TYPES, QuantLayer, is_quantizable, to_quantized
+from lowbit.layers import QuantLayer, is_quantizable, quantized_type_names, to_quantized
 from lowbit.quantizer import Quantizer
 
 
@@ -234,7 +234,8 @@ def _prepare_fx(gm: fx.GraphModule, config: QuantConfig) -> QuantConfig:
     layer_names = [n.target for n in gm.graph.nodes if n.op == "call_module" and is_quantizable(modules[n.target])]
     config = config.resolve(layer_names[0] if layer_names else None, layer_names[-1] if layer_names else None)
     for name in dict.fromkeys(layer_names):
-        set_module(gm, name, to_quantized(modules[name], config.weight_spec_for(name), seed=config.seed))
+        if not config.keeps_float(name):
+            set_module(gm, name, to_quantized(modules[name], config.weight_spec_for(name), seed=config.seed))
     if config.activations is not None or any(o.activations for o in config.overrides):
         _insert_activation_quantizers(gm, config)
     gm.graph.lint()
@@ -246,24 +247,30 @@ def _prepare_swap(model: nn.Module, config: QuantConfig) -> QuantConfig:
     names = [n for n, m in model.named_modules() if is_quantizable(m)]
     config = config.resolve(names[0] if names else None, names[-1] if names else None)
     for name in names:
+        if config.keeps_float(name):
+            continue
         module = model.get_submodule(name)
         set_module(model, name, to_quantized(module, config.weight_spec_for(name),
                                               config.activation_spec_for(f"{name}.input_quant", name), config.seed))
     return config
 
 
-def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
+def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> nn.Module:
     """A copy of ``model`` ready for calibration: BN folded, quantized layers and quantizers in place.
 
-    The original model is not modified. The result carries a :class:`QuantInfo` as ``lowbit_info``.
+    ``mode="swap"`` swaps modules in place without trying torch.fx: for models whose own class must survive
+    (an image codec's ``compress``/``decompress`` live on it). By default tracing is tried first. The original
+    model is not modified. The result carries a :class:`QuantInfo` as ``lowbit_info``.
     """
     if any(isinstance(m, (QuantLayer, Quantizer)) for m in model.modules()):
         raise LowbitError("this model is already quantized; pass the float model it came from")
     if not any(is_quantizable(m) for m in model.modules()):
-        raise LowbitError(f"{type(model).__name__} has no layer lowbit quantizes ({QUANTIZED_TYPES}); pass a "
+        raise LowbitError(f"{type(model).__name__} has no layer lowbit quantizes ({quantized_type_names()}); pass a "
                           "model built from them")
     arch = getattr(model, "lowbit_arch", None)
     model = copy.deepcopy(model).eval()
+    if mode == "swap":
+        return _swapped(model, config, arch)
     try:
         gm = trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure falls back, with the reason in the warning
@@ -273,14 +280,18 @@ def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
             "module swapping: weights and conv/linear inputs are quantized, batch-norm is not folded. To get full "
             "graph quantization, move data-dependent Python control flow out of forward() or mark that submodule "
             "as a leaf with torch.fx.wrap.", stacklevel=2)
-        resolved = _prepare_swap(model, config)
-        _check_overrides_match(model, resolved)
-        model.lowbit_info = QuantInfo(resolved, "swap", arch)
-        return model
+        return _swapped(model, config, arch)
     resolved = _prepare_fx(gm, config)
     _check_overrides_match(gm, resolved)
     gm.lowbit_info = QuantInfo(resolved, "fx", arch)
     return gm
+
+
+def _swapped(model: nn.Module, config: QuantConfig, arch: dict | None) -> nn.Module:
+    resolved = _prepare_swap(model, config)
+    _check_overrides_match(model, resolved)
+    model.lowbit_info = QuantInfo(resolved, "swap", arch)
+    return model
 
 
 def _check_overrides_match(prepared: nn.Module, config: QuantConfig) -> None:

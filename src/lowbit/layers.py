@@ -164,8 +164,21 @@ class QLinear(QuantLayer, nn.Linear):
 _QUANTIZED: dict[type, Callable[..., QuantLayer]] = {
     nn.Conv2d: QConv2d.from_float, nn.Linear: QLinear.from_float, nn.Conv1d: QConv1d.from_float,
     nn.ConvTranspose2d: QConvTranspose2d.from_float}
-# what the messages call the layers lowbit quantizes
-QUANTIZED_TYPES = "Conv2d, Conv1d, ConvTranspose2d and Linear"
+
+
+def register_quantized(float_type: type, make: Callable[..., QuantLayer]) -> None:
+    """Teach lowbit to swap ``float_type`` for ``make(module, weight_spec, input_spec, seed)``.
+
+    Layer types of optional dependencies register here when their task is first used (an image codec's GDN),
+    so that the core never imports them.
+    """
+    _QUANTIZED[float_type] = make
+
+
+def quantized_type_names() -> str:
+    """What the messages call the layers lowbit quantizes."""
+    names = [t.__name__ for t in _QUANTIZED]
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def to_quantized(module: nn.Module, weight_spec: QuantSpec, input_spec: QuantSpec | None = None,

@@ -1,5 +1,5 @@
-"""``lowbit codec``: evaluate, train and use learned image codecs (``eval``, ``compress``, ``decompress``,
-``train``).
+"""``lowbit codec``: evaluate, quantize, train and use learned image codecs (``eval``, ``quantize``,
+``compress``, ``decompress``, ``train``).
 
 A codec is named as a bundled one with a quality (``--model codec-factorized-small --quality 2``) or as a
 weights file written by ``lowbit codec train`` (``--model my_codec.safetensors``); the library resolves both
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from lowbit.cli import codec_quantize
 from lowbit.cli.outputs import check_outputs
 from lowbit.errors import LowbitError
 
@@ -24,9 +25,10 @@ from lowbit.errors import LowbitError
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lowbit.codec.zoo import BUNDLED
 
-    p = sub.add_parser("codec", help="learned image codecs: eval, compress, decompress, train")
+    p = sub.add_parser("codec", help="learned image codecs: eval, quantize, compress, decompress, train")
     codec_sub = p.add_subparsers(dest="codec_command", metavar="SUBCOMMAND", required=True)
-    model_help = f"a bundled codec ({', '.join(BUNDLED)}) or a .safetensors file from lowbit codec train"
+    model_help = (f"a bundled codec ({', '.join(BUNDLED)}), a .safetensors file from lowbit codec train, or (eval, "
+                  "compress) a .lowbit file from lowbit codec quantize")
 
     e = codec_sub.add_parser("eval", help="rate-distortion of a codec on photos (real bitstreams), with a JPEG row")
     e.add_argument("--model", default="codec-factorized-small", help=f"{model_help} (default: %(default)s)")
@@ -48,8 +50,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d = codec_sub.add_parser("decompress", help="decode a bitstream file (it names its codec) into a PNG")
     d.add_argument("bitstream")
     d.add_argument("output", help="PNG file to write")
-    d.add_argument("--model", help="weights file, for a bitstream written by a codec that is not bundled")
+    d.add_argument("--model", help="the codec's .safetensors or .lowbit file, for a bitstream written by a codec "
+                                   "that is not bundled")
     d.set_defaults(func=run_decompress)
+
+    codec_quantize.add_parser(codec_sub, model_help)
 
     t = codec_sub.add_parser("train", help="train a codec on random crops of photos (lambda*255^2*MSE + bpp)")
     _add_train_args(t)
@@ -216,7 +221,7 @@ def run_decompress(args: argparse.Namespace) -> int:
     codec_id, encoded = read_bitstream(args.bitstream)
     if args.model is None and codec_id.name not in BUNDLED:
         raise LowbitError(f"{args.bitstream} was written by codec {codec_id.name}, which is not bundled; pass "
-                          "--model WEIGHTS.safetensors with that codec's weights")
+                          "--model with that codec's .safetensors or .lowbit file")
     codec = open_codec(args.model or codec_id.name, codec_id.quality)
     check_codec(codec_id, codec.digest, codec.name if codec.quality is None else f"{codec.name} quality "
                 f"{codec.quality}", args.bitstream)

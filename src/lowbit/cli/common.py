@@ -52,7 +52,8 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--per-tensor-weights", action="store_true", help="one weight grid per layer instead of per channel")
     g.add_argument("--first-last-bits", help="keep the first and last weight layers (and their inputs) at these bits")
     g.add_argument("--override", action="append", default=[], metavar="GLOB=W[:A]",
-                   help="per-layer bits by module-name glob, e.g. 'layer1.*=8' or 'fc=8:8' (repeatable)")
+                   help="per-layer bits by module-name glob, e.g. 'layer1.*=8' or 'fc=8:8', or 'g_s.*=float' to "
+                        "keep layers float (repeatable)")
     g.add_argument("--method", default="nearest", choices=ALGORITHMS.names(),
                    help="rounding: " + "; ".join(f"{n}: {ALGORITHMS[n].summary}" for n in ALGORITHMS))
     g.add_argument("--iters", type=int, help="learned rounding: optimization steps per block (or layer)")
@@ -70,10 +71,12 @@ def parse_bits(value: str | None, what: str, allow_none: bool = False):
 
 
 def parse_override(text: str, config: QuantConfig) -> Override:
-    """``GLOB=W`` or ``GLOB=W:A`` into an :class:`Override` derived from the config's default specs."""
+    """``GLOB=W``, ``GLOB=W:A`` or ``GLOB=float`` into an :class:`Override` derived from the config's specs."""
     pattern, sep, bits = text.partition("=")
     if not sep or not pattern or not bits:
-        raise LowbitError(f"bad --override {text!r}; write GLOB=BITS or GLOB=WBITS:ABITS, e.g. 'fc=8'")
+        raise LowbitError(f"bad --override {text!r}; write GLOB=BITS, GLOB=WBITS:ABITS or GLOB=float, e.g. 'fc=8'")
+    if bits.lower() == "float":
+        return Override(pattern, keep_float=True)
     wbits, _, abits = bits.partition(":")
     weights = config.weights_at(check_bits(wbits, "override weight bits"))
     acts = config.activations_at(check_bits(abits, "override activation bits")) if abits else None

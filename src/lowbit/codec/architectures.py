@@ -76,3 +76,9 @@ def _factorized_small(n: int, m: int) -> nn.Module:
           stride=64, channels=(128, 192))
 def _hyperprior(n: int, m: int) -> nn.Module:
     return _compressai_models().ScaleHyperprior(N=n, M=m)
+
+
+@register("bmshj2018-hyperprior-small", "the scale hyperprior at 64 channels: trains on one CPU core, small files",
+          stride=64, channels=(64, 64))
+def _hyperprior_small(n: int, m: int) -> nn.Module:
+    return _compressai_models().ScaleHyperprior(N=n, M=m)

@@ -30,13 +30,14 @@ class Encoded:
 
 
 def prepare(model: nn.Module) -> nn.Module:
-    """Eval mode with entropy tables that match the current parameters (``update(force=True)``).
+    """Eval mode, with entropy tables built where the model has none (``update(force=False)``).
 
-    Forcing the update matters after anything changed the entropy model's parameters (training, or
-    quantization): stale tables code correctly but at the wrong rate.
+    Tables a model already holds are kept: they are what its bitstreams were encoded with, and rebuilding them
+    on another machine could change them. Whatever changes the entropy parameters rebuilds the tables itself
+    (codec training before saving, ``lowbit.quantize`` after freezing).
     """
     model.eval()
-    model.update(force=True)
+    model.update(force=False)
     return model
 
 

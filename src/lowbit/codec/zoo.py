@@ -1,4 +1,5 @@
-"""Opening a codec by name: the bundled trained codecs, or an architecture with a weights file.
+"""Opening a codec by name: the bundled trained codecs, an architecture with a weights file, or a quantized
+codec's ``.lowbit`` file.
 
 A weights file carries its recipe beside it (same name, ``.json``), which names the architecture and channel
 counts, so a trained codec can be reopened from the file alone. The SHA-256 digest of the loaded weights
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lowbit.codec.architectures import codec_architecture
+from lowbit.codec.task import arch_record, is_codec
 from lowbit.errors import LowbitError
 from lowbit.io.atomic import atomic_path
 
@@ -122,7 +124,22 @@ def load_codec(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
                           f"{str(exc).splitlines()[0]}") from None
     model.eval()
     model.update(force=False)  # tables come from the file; build them only where it had none
+    n, m = recipe.get("N") or arch.channels[0], recipe.get("M") or arch.channels[1]
+    model.lowbit_arch = arch_record(arch.name, n, m)  # what a quantized copy's file records to rebuild it
     return model, recipe
+
+
+def _open_quantized(path: Path) -> OpenCodec:
+    """A quantized codec saved by ``lowbit codec quantize`` (a ``.lowbit`` file)."""
+    from lowbit.api import load
+
+    model = load(str(path))
+    record = model.lowbit_record
+    if not is_codec(model) or record.arch is None:
+        raise LowbitError(f"{path} holds a quantized classifier, not a codec; pass a codec's .lowbit file")
+    arch = codec_architecture(record.arch.name)
+    recipe = {"architecture": arch.name, "N": record.arch.n, "M": record.arch.m, **record.provenance}
+    return OpenCodec(model, str(path), None, arch.name, arch.stride, weights_digest(model), path, recipe)
 
 
 def open_codec(name: str, quality: int | None = None) -> OpenCodec:
@@ -133,11 +150,13 @@ def open_codec(name: str, quality: int | None = None) -> OpenCodec:
         path = bundled_weights(name, quality)
     else:
         path = Path(name)
-        if path.suffix != ".safetensors":
-            raise LowbitError(f"unknown codec {name!r}; choose one of: {', '.join(BUNDLED)}, or a .safetensors "
-                              "file written by lowbit codec train")
+        if path.suffix not in (".safetensors", ".lowbit"):
+            raise LowbitError(f"unknown codec {name!r}; choose one of: {', '.join(BUNDLED)}, a .safetensors "
+                              "file written by lowbit codec train, or a .lowbit file written by lowbit codec quantize")
         if not path.is_file():
             raise LowbitError(f"{path} does not exist; give a codec weights file")
+        if path.suffix == ".lowbit":
+            return _open_quantized(path)
         quality = None
     model, recipe = load_codec(path)
     arch = codec_architecture(recipe["architecture"])

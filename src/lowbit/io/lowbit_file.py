@@ -219,12 +219,13 @@ def _load_activation_grids(qmodel: nn.Module, names: tuple[str, ...], tensors: d
 
 
 def _prepared(path: Path, record: RunRecord, architecture: Architecture, device: str | torch.device) -> nn.Module:
+    mode = "swap" if record.mode == "swap" else None  # a swapped model is swapped again, without tracing
     if isinstance(architecture, nn.Module):
-        return prepare(architecture, record.config)
+        return prepare(architecture, record.config, mode)
     if record.arch is None:
         raise LowbitError(f"{path} holds a custom architecture; pass model=YourNet() (the float architecture) to load it")
     with torch.device(device):
-        return prepare(architecture(record.arch.to_dict()), record.config)
+        return prepare(architecture(record.arch.to_dict()), record.config, mode)
 
 
 def _check_against(path: Path, qmodel: nn.Module, record: RunRecord, index: Layout) -> None:

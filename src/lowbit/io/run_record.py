@@ -22,6 +22,7 @@ FORMAT = "lowbit"
 FORMAT_VERSION = 2
 METRIC_KEYS = ("top1", "top5", "precision", "recall", "f1")
 MAX_CLASSES, MAX_CHANNELS, MAX_IMAGE_SIZE = 100_000, 64, 4096
+CODEC_TASK, MAX_CODEC_CHANNELS = "image-codec", 512  # bounds what a header can make the loader build
 SPEC_KEYS = ("bits", "symmetric", "granularity", "axis", "observer", "dynamic", "percentile")
 CONFIG_KEYS = ("version", "weights", "activations", "overrides", "method", "method_options", "calib_images",
                "batch_size", "seed", "bias_correction")
@@ -53,6 +54,32 @@ class ArchRecord:
 
 
 @dataclass(frozen=True)
+class CodecArchRecord:
+    """How to rebuild a registered codec architecture: its name and channel counts."""
+
+    name: str
+    n: int
+    m: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": CODEC_TASK, "name": self.name, "kwargs": {"N": self.n, "M": self.m}}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "arch") -> "CodecArchRecord":
+        d = s.obj(d, where, ("task", "name", "kwargs"))
+        kw = s.obj(d["kwargs"], f"{where}.kwargs", ("N", "M"))
+        return cls(s.text(d["name"], f"{where}.name", max_len=100), s.integer(kw["N"], f"{where}.N", 1, MAX_CODEC_CHANNELS),
+                   s.integer(kw["M"], f"{where}.M", 1, MAX_CODEC_CHANNELS))
+
+
+def arch_record(d: Any, where: str = "arch") -> ArchRecord | CodecArchRecord:
+    """A classifier's or a codec's architecture record (a codec's names its task)."""
+    if isinstance(d, dict) and d.get("task") == CODEC_TASK:
+        return CodecArchRecord.from_dict(d, where)
+    return ArchRecord.from_dict(d, where)
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """Config, per-layer bits, allocation, metrics and provenance of a quantized model."""
 
@@ -60,7 +87,7 @@ class RunRecord:
     mode: str
     bits: Mapping[str, Bits]
     calibrated_activations: tuple[str, ...] = ()
-    arch: ArchRecord | None = None
+    arch: ArchRecord | CodecArchRecord | None = None
     dataset: Mapping[str, Any] | None = None
     float_metrics: Mapping[str, float] | None = None
     quant_metrics: Mapping[str, float] | None = None
@@ -78,7 +105,7 @@ class RunRecord:
         for key in ("float_metrics", "quant_metrics"):
             if typed.get(key) is not None:
                 typed[key] = {k: typed[key][k] for k in (*METRIC_KEYS, "n")}
-        arch = ArchRecord.from_dict(info.arch) if info.arch else None
+        arch = arch_record(info.arch) if info.arch else None
         return cls(info.config, info.mode, dict(bits), tuple(calibrated), arch, provenance=extra, **typed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,7 +133,7 @@ class RunRecord:
                          for k, v in s.mapping(d["bits"], "header.bits").items()},
                    calibrated_activations=tuple(s.text(n, "header.calibrated_activations")
                                                 for n in s.array(d["calibrated_activations"], "header.calibrated_activations")),
-                   arch=s.optional(d["arch"], ArchRecord.from_dict, "header.arch"),
+                   arch=s.optional(d["arch"], arch_record, "header.arch"),
                    dataset=s.optional(d["dataset"], _dataset, "header.dataset"),
                    float_metrics=s.optional(d["float_metrics"], _metrics, "header.float_metrics"),
                    quant_metrics=s.optional(d["quant_metrics"], _metrics, "header.quant_metrics"),
@@ -139,7 +166,8 @@ def _config(d: Any) -> QuantConfig:
     _spec(d["weights"], f"{where}.weights")
     s.optional(d["activations"], _spec, f"{where}.activations")
     for i, o in enumerate(s.array(d["overrides"], f"{where}.overrides")):
-        o = s.obj(o, f"{where}.overrides[{i}]", ("pattern", "weights", "activations"))
+        o = s.obj(o, f"{where}.overrides[{i}]", ("pattern", "weights", "activations"), ("keep_float",))
+        s.boolean(o.get("keep_float", False), f"{where}.overrides[{i}].keep_float")
         s.text(o["pattern"], f"{where}.overrides[{i}].pattern")
         s.optional(o["weights"], _spec, f"{where}.overrides[{i}].weights")
         s.optional(o["activations"], _spec, f"{where}.overrides[{i}].activations")

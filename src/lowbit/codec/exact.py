@@ -1,0 +1,183 @@
+"""Exact integer arithmetic for a quantized codec's entropy parameters, so that decoding never depends on the
+machine.
+
+In a hyperprior codec the decoder recomputes the Gaussian scales from the side information (``h_s(z_hat)``)
+and picks each latent's probability table from them. If the encoder and the decoder compute a scale even one
+ulp apart (another thread count, batch, library or device sums in another order) and it falls on the other
+side of a table boundary, the decoder reads the bitstream with the wrong table and everything after it is
+garbage. Float codecs have this failure; here the quantized ``h_s`` is computed in integers instead:
+
+- its input is rounded onto the first layer's grid (one IEEE division and rounding per element, the same
+  everywhere);
+- each convolution multiplies integer codes; the products and sums are integers far below 2^53, so computing
+  them in float64 gives the exact integer result whatever order the sum is taken in;
+- requantization onto the next layer's grid is fixed-point: an int64 multiplier and shift per channel, with the
+  bias in the same fixed point, ReLU a clamp at the zero point;
+- the last layer's output is a fixed-point number turned into a float exactly.
+
+This needs static integer grids on every input of ``h_s`` (a dynamic range depends on the batch), which
+:func:`lowbit.codec.task.configure` arranges. The path is installed as a forward hook on ``h_s`` that replaces
+its output, so the saved state and CompressAI's own ``compress``/``decompress`` are unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit import qmath
+from lowbit.layers import QConv2d, QConvTranspose2d, QuantLayer
+
+log = logging.getLogger(__name__)
+
+MAX_EXACT = 2**53  # integers up to this size are exact in float64
+MAX_INT64_BITS = 62  # headroom below int64's range for products and the rounding offset
+MAX_SHIFT = 61  # fixed-point fraction bits at most (2^shift must fit int64)
+MIN_MULTIPLIER_BITS = 24  # a requantization multiplier at least as precise as a float32 scale
+EXACT_LAYERS = (QConv2d, QConvTranspose2d)
+
+
+def _stages(h_s: nn.Module) -> list[tuple[QuantLayer, bool]] | None:
+    """``h_s`` as (layer, followed by ReLU) pairs, or None when it is not a chain this module computes exactly."""
+    if not isinstance(h_s, nn.Sequential):
+        return None
+    stages: list[tuple[QuantLayer, bool]] = []
+    for module in h_s:
+        if isinstance(module, nn.ReLU) and stages and not stages[-1][1]:
+            stages[-1] = (stages[-1][0], True)
+        elif type(module) in EXACT_LAYERS:
+            stages.append((module, False))
+        else:
+            return None
+    for layer, _ in stages:
+        q, wq = layer.input_quant, layer.weight_quant
+        if not layer.frozen or wq.spec.is_fp16 or q is None or q.spec.is_fp16 or q.spec.dynamic \
+                or q.state != "quantize" or wq.state != "quantize":
+            return None
+    return stages or None
+
+
+def _conv(layer: QuantLayer, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, QConvTranspose2d):
+        return F.conv_transpose2d(a, w, None, layer.stride, layer.padding, layer.output_padding, layer.groups,
+                                  layer.dilation)
+    return F.conv2d(a, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def _integer_weight(layer: QuantLayer) -> torch.Tensor:
+    """The weight codes minus their zero points, as float64 integers."""
+    _, zp = layer.weight_quant.grid(layer.weight.dim())
+    return (layer.qweight.to(torch.int64) - zp.to(torch.int64)).double()
+
+
+def _channel_scales(layer: QuantLayer) -> list[float]:
+    """Per output channel weight scales (one per channel even for a per-tensor grid)."""
+    out = layer.out_channels
+    scales = layer.weight_quant.scale.double().reshape(-1).tolist()
+    return scales * out if len(scales) == 1 else scales
+
+
+def _accumulator_bound(layer: QuantLayer, w: torch.Tensor) -> int:
+    qmin, qmax = layer.input_quant.qrange
+    per_output = w.abs().sum(dim=[d for d in range(w.dim()) if d != (1 if isinstance(layer, QConvTranspose2d) else 0)])
+    return int(per_output.max()) * (qmax - qmin)
+
+
+def _fixed_point(layer: QuantLayer, w: torch.Tensor, out_scale: float | None) -> tuple[torch.Tensor, ...] | None:
+    """Per-channel multiplier, bias and shift (int64) that take an accumulator onto ``out_scale``'s grid (or
+    onto plain fixed point for the last layer): ``(acc * multiplier + bias) / 2^shift``. Each channel's shift
+    gives its multiplier at least ``MIN_MULTIPLIER_BITS`` significant bits; None when that cannot fit int64."""
+    s_in = float(layer.input_quant.scale.double().reshape(-1)[0])
+    target = out_scale if out_scale is not None else 1.0
+    ratios = [s_in * s_w / target for s_w in _channel_scales(layer)]
+    bias = layer.bias.double().tolist() if layer.bias is not None else [0.0] * len(ratios)
+    acc_bits = max(1, _accumulator_bound(layer, w)).bit_length()
+    multipliers, offsets, shifts = [], [], []
+    for ratio, b in zip(ratios, bias):
+        if ratio <= 0:
+            return None
+        room = MAX_INT64_BITS - max(acc_bits + math.ceil(math.log2(ratio)),
+                                    math.ceil(math.log2(abs(b) / target + 1))) - 1
+        shift = min(MAX_SHIFT, room)
+        multiplier = round(ratio * 2**shift)
+        if shift < 1 or multiplier < 2**MIN_MULTIPLIER_BITS:
+            return None
+        multipliers.append(multiplier)
+        offsets.append(round(b / target * 2**shift))
+        shifts.append(shift)
+    as_int64 = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+    return as_int64(multipliers), as_int64(offsets), as_int64(shifts)
+
+
+def integer_forward(h_s: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``h_s(x)`` in exact integer arithmetic (see the module docstring); ``h_s`` must pass :func:`supports`."""
+    stages = _stages(h_s)
+    first = stages[0][0].input_quant
+    qmin, qmax = first.qrange
+    scale, zp = first.grid(x.dim())
+    q = qmath.quantize(x.float(), scale, zp, qmin, qmax).to(torch.int64)
+    for i, (layer, relu) in enumerate(stages):
+        zp_in = int(layer.input_quant.zero_point.reshape(-1)[0])
+        w = _integer_weight(layer)
+        acc = _conv(layer, (q - zp_in).double(), w).to(torch.int64)  # exact: every partial sum is an integer < 2^53
+        nxt = stages[i + 1][0].input_quant if i + 1 < len(stages) else None
+        out_scale = float(nxt.scale.double().reshape(-1)[0]) if nxt is not None else None
+        view = (1, -1) + (1,) * (acc.dim() - 2)
+        multiplier, offset, shift = (t.view(view) for t in _fixed_point(layer, w, out_scale))
+        y = acc * multiplier + offset
+        unit = torch.ones_like(shift) << shift  # 2^shift per channel
+        if nxt is None:
+            y = y.clamp(min=0) if relu else y
+            return (y.double() / unit.double()).to(x.dtype)  # int64 to float64 rounds the same everywhere
+        zp_next = int(nxt.zero_point.reshape(-1)[0])
+        lo, hi = nxt.qrange
+        q = torch.div(y + (unit >> 1), unit, rounding_mode="floor") + zp_next
+        q = q.clamp(max(lo, zp_next) if relu else lo, hi)
+    raise AssertionError("unreachable: h_s has at least one stage")
+
+
+def supports(h_s: nn.Module) -> bool:
+    """True when ``h_s`` is a chain of frozen conv layers (ReLU between) on static integer grids whose sums and
+    fixed-point requantization fit exact arithmetic."""
+    stages = _stages(h_s)
+    if stages is None:
+        return False
+    for i, (layer, _) in enumerate(stages):
+        w = _integer_weight(layer)
+        if _accumulator_bound(layer, w) >= MAX_EXACT:
+            return False
+        nxt = stages[i + 1][0].input_quant if i + 1 < len(stages) else None
+        if _fixed_point(layer, w, float(nxt.scale.reshape(-1)[0]) if nxt is not None else None) is None:
+            return False
+    return True
+
+
+class ExactPath:
+    """Forward hook on ``h_s`` replacing its float output by :func:`integer_forward`'s."""
+
+    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> torch.Tensor:
+        return integer_forward(module, inputs[0])
+
+
+def has_exact_path(codec: nn.Module) -> bool:
+    h_s = getattr(codec, "h_s", None)
+    return h_s is not None and any(isinstance(h, ExactPath) for h in h_s._forward_hooks.values())
+
+
+def install_exact_path(codec: nn.Module) -> bool:
+    """Compute the codec's ``h_s`` exactly from now on, if it is quantized in a way that allows it. Returns
+    whether the exact path is in place."""
+    h_s = getattr(codec, "h_s", None)
+    if h_s is None or has_exact_path(codec):
+        return h_s is not None
+    if not supports(h_s):
+        if any(isinstance(m, QuantLayer) for m in h_s.modules()):
+            log.info("h_s is quantized but not on static integer grids throughout; its scales are computed in "
+                     "float, so decoding on another machine is not guaranteed bit-exact")
+        return False
+    h_s.register_forward_hook(ExactPath())
+    return True

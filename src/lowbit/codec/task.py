@@ -1,0 +1,139 @@
+"""What quantizing a learned image codec needs beyond a classifier's run.
+
+- The model keeps its own class (``compress``, ``decompress`` and ``update`` live on it), so its layers are
+  swapped in place rather than traced; GDN/IGDN become quantized layers too (:mod:`lowbit.codec.gdn`).
+- After quantization the entropy models' tables are rebuilt from the parameters the quantized model holds,
+  so that real bitstreams code at the quantized model's rate; after loading, the tables read from the file are
+  checked before the range coder ever sees them (a malformed table can crash or hang it).
+- A quantized hyperprior synthesis ``h_s`` gets static activation grids and is computed in exact integers
+  (:mod:`lowbit.codec.exact`), so that encoder and decoder pick the same probability tables on any machine.
+- ``scope="entropy"`` quantizes only the entropy-coding networks (the hyperprior's ``h_a``/``h_s``) and keeps
+  the analysis and synthesis transforms float.
+- A saved codec records its architecture and channel counts, so ``lowbit.load`` rebuilds it from the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lowbit.codec.exact import install_exact_path
+from lowbit.config import Override, QuantConfig
+from lowbit.errors import LowbitError
+from lowbit.io.run_record import CODEC_TASK as TASK
+from lowbit.io.run_record import MAX_CODEC_CHANNELS
+
+Scope = Literal["all", "entropy"]
+SCOPES: tuple[Scope, ...] = ("all", "entropy")
+# CompressAI's names for the entropy-coding parts of a codec: the hyperprior networks and the entropy models
+ENTROPY_PARTS = ("h_a", "h_s", "entropy_bottleneck", "gaussian_conditional")
+CDF_TOTAL = 1 << 16  # CompressAI's tables are 16-bit cumulative frequencies
+
+
+def is_codec(model: nn.Module) -> bool:
+    """A model with CompressAI's codec interface (``compress``, ``decompress``, ``update``)."""
+    return all(callable(getattr(model, name, None)) for name in ("compress", "decompress", "update"))
+
+
+def setup() -> None:
+    """Register the codec's own quantized layer types (GDN) before a codec is prepared."""
+    from lowbit.codec.gdn import register_gdn
+
+    register_gdn()
+
+
+def configure(model: nn.Module, config: QuantConfig) -> QuantConfig:
+    """Give the hyperprior synthesis ``h_s`` static activation grids when the config's are dynamic.
+
+    The decoder recomputes ``h_s`` to find each latent's probability table; a range measured per batch would
+    make that depend on the batch, and only static grids let :mod:`lowbit.codec.exact` compute it in exact
+    integers. The override is appended, so the user's own overrides still win, and it is saved with the config.
+    """
+    acts = config.activations
+    if getattr(model, "h_s", None) is None or acts is None or not acts.dynamic:
+        return config
+    return replace(config, overrides=config.overrides + (Override("h_s*", activations=replace(acts, dynamic=False)),))
+
+
+def finish(qmodel: nn.Module) -> None:
+    """Rebuild the entropy tables from the quantized model's parameters (``update(force=True)``), and compute
+    ``h_s`` in exact integers where it is quantized on static grids."""
+    qmodel.update(force=True)
+    install_exact_path(qmodel)
+
+
+def check_loaded(qmodel: nn.Module) -> None:
+    """Check the entropy tables read from a file, and restore the exact ``h_s`` path."""
+    check_tables(qmodel)
+    install_exact_path(qmodel)
+
+
+def arch_record(name: str, n: int, m: int) -> dict[str, Any]:
+    """The architecture record a saved codec carries (what :func:`rebuild` reads back)."""
+    return {"task": TASK, "name": name, "kwargs": {"N": int(n), "M": int(m)}}
+
+
+def rebuild(record: dict[str, Any]) -> nn.Module:
+    """A freshly initialised codec from its architecture record (weights come from the file)."""
+    from lowbit.codec.architectures import codec_architecture
+
+    setup()
+    try:
+        name, n, m = record["name"], int(record["kwargs"]["N"]), int(record["kwargs"]["M"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LowbitError(f"malformed codec architecture record ({exc}); save the codec again") from None
+    if not (1 <= n <= MAX_CODEC_CHANNELS and 1 <= m <= MAX_CODEC_CHANNELS):
+        raise LowbitError(f"codec channels N={n}, M={m} are outside 1..{MAX_CODEC_CHANNELS}; the file was edited")
+    # CompressAI's entropy models compute on CPU tensors while they are built, so they cannot be built on the
+    # meta device; the channel bound above caps what this allocates before the file's index is checked.
+    with torch.device("cpu"):
+        model = codec_architecture(name).create(n, m)
+    model.lowbit_arch = arch_record(name, n, m)
+    return model
+
+
+def scope_overrides(model: nn.Module, scope: Scope) -> tuple[Override, ...]:
+    """Overrides keeping every part outside ``scope`` float: nothing for ``all``; for ``entropy``, the
+    analysis and synthesis transforms (every top-level part that is not an entropy-coding network)."""
+    if scope not in SCOPES:
+        raise LowbitError(f"unknown scope {scope!r}; choose one of: {', '.join(SCOPES)}")
+    if scope == "all":
+        return ()
+    parts = [name for name, _ in model.named_children()]
+    networks = [p for p in parts if p in ("h_a", "h_s")]
+    if not networks:
+        raise LowbitError(f"{type(model).__name__} has no entropy-coding network to quantize (its entropy model is "
+                          "a table of learned frequencies); use scope all, or a hyperprior codec")
+    return tuple(Override(f"{p}*", keep_float=True) for p in parts if p not in ENTROPY_PARTS)
+
+
+def check_tables(model: nn.Module) -> None:
+    """Refuse entropy tables no CompressAI ``update`` could have produced, before the range coder reads them.
+
+    Every row must start at 0, rise strictly over its stated length and end at 2^16; offsets must be finite
+    integers and lengths within the table.
+    """
+    from compressai.entropy_models import EntropyModel
+
+    for name, module in model.named_modules():
+        if not isinstance(module, EntropyModel):
+            continue
+        cdf, lengths, offsets = module._quantized_cdf, module._cdf_length, module._offset
+        where = name or "entropy model"
+        if cdf.dim() != 2 or lengths.dim() != 1 or offsets.dim() != 1 or not (
+                cdf.shape[0] == lengths.numel() == offsets.numel()) or cdf.shape[1] < 2:
+            raise LowbitError(f"{where}: entropy tables of inconsistent shapes; the file is damaged, save it again")
+        if cdf.dtype != torch.int32 or lengths.dtype != torch.int32 or offsets.dtype != torch.int32:
+            raise LowbitError(f"{where}: entropy tables are not int32; the file is damaged, save it again")
+        if bool(((lengths < 2) | (lengths > cdf.shape[1])).any()):
+            raise LowbitError(f"{where}: entropy table lengths out of range; the file is damaged, save it again")
+        positions = torch.arange(cdf.shape[1])
+        inside = positions[None, :] < lengths[:, None]
+        rising = (cdf[:, 1:] > cdf[:, :-1]) | ~inside[:, 1:]
+        last = cdf.gather(1, (lengths - 1).long()[:, None])[:, 0]
+        if bool((cdf[:, 0] != 0).any()) or not bool(rising.all()) or bool((last != CDF_TOTAL).any()):
+            raise LowbitError(f"{where}: entropy tables are not cumulative frequencies; the file is damaged, "
+                              "save it again")

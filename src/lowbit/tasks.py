@@ -1,0 +1,63 @@
+"""Task types: what a quantization run does differently for each kind of model lowbit handles.
+
+A classifier is traced with torch.fx (falling back to module swapping), needs nothing after freezing, and is
+rebuilt from the zoo. An image codec keeps its own class (layers swapped in place), rebuilds its entropy tables
+after quantization, checks the tables it loads, and is rebuilt from the codec registry. ``lowbit.quantize``
+and ``lowbit.load`` ask :func:`task_of` which task a model belongs to; a saved file names its task in its
+architecture record. Adding a task is one entry in :data:`TASKS` and the module that implements it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from lowbit.codec import task as codec_task
+from lowbit.config import QuantConfig
+from lowbit.graph import Mode
+from lowbit.models import rebuild as rebuild_classifier
+from lowbit.registry import Registry
+
+DEFAULT = "classification"
+
+
+def _nothing(*_: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One kind of model: how to recognise it, prepare it, finish it, check it after loading, rebuild it."""
+
+    name: str
+    description: str
+    claims: Callable[[nn.Module], bool]
+    capture: Mode | None  # None: trace with torch.fx, swap modules where that fails; "swap": keep the class
+    setup: Callable[[], None]  # registers the task's own quantized layer types
+    configure: Callable[[nn.Module, QuantConfig], QuantConfig]  # what the task needs of the config
+    finish: Callable[[nn.Module], None]  # after freezing
+    check_loaded: Callable[[nn.Module], None]  # after loading, before first use
+    rebuild: Callable[[dict], nn.Module]  # the float architecture from a file's architecture record
+
+
+TASKS: Registry[Task] = Registry("task")
+TASKS.add(DEFAULT, Task(DEFAULT, "image classifiers (top-1, precision, recall, F1)", lambda _: True, None,
+                        _nothing, lambda _, config: config, _nothing, _nothing, rebuild_classifier))
+TASKS.add(codec_task.TASK, Task(codec_task.TASK, "learned image codecs with CompressAI's interface (bpp, PSNR, "
+                                "MS-SSIM from real bitstreams)", codec_task.is_codec, "swap", codec_task.setup,
+                                codec_task.configure, codec_task.finish, codec_task.check_loaded, codec_task.rebuild))
+
+
+def task_of(model: nn.Module) -> Task:
+    """The task ``model`` belongs to: the first specific task that claims it, else classification."""
+    for name in TASKS:
+        if name != DEFAULT and TASKS[name].claims(model):
+            return TASKS[name]
+    return TASKS[DEFAULT]
+
+
+def rebuild(record: dict) -> nn.Module:
+    """The float architecture a file's architecture record describes (the record names its task)."""
+    return TASKS.get(record.get("task", DEFAULT)).rebuild(record)

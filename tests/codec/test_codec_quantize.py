@@ -1,0 +1,123 @@
+"""Quantizing codecs: GDN quantized like a convolution, the class and its coding interface kept, scopes, float
+overrides, exact reload, and entropy tables checked after loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from codec_helpers import photo_like, tiny_codec
+
+import lowbit
+from lowbit.codec.architectures import codec_architecture
+from lowbit.codec.coding import decode, encode, prepare
+from lowbit.codec.gdn import QGDN
+from lowbit.codec.task import check_tables, scope_overrides
+from lowbit.codec.zoo import weights_digest
+from lowbit.config import Override
+from lowbit.errors import LowbitError
+from lowbit.io.lowbit_file import read_metadata
+from lowbit.layers import QuantLayer, quant_layers
+from lowbit.tasks import task_of
+
+
+def _photos(count: int = 4, side: int = 64) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(photo_like(side, side, seed=i)).permute(2, 0, 1) for i in range(count)]) / 255
+
+
+def _tiny_hyperprior() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return codec_architecture("bmshj2018-hyperprior-small").create(8, 8).eval()
+
+
+def _sqnr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).mean() / (reference - other).pow(2).mean()))
+
+
+def test_a_codec_is_its_own_task_and_a_classifier_is_not():
+    assert task_of(tiny_codec()).name == "image-codec"
+    assert task_of(torch.nn.Linear(2, 2)).name == "classification"
+
+
+def test_gdn_and_igdn_become_quantized_layers_that_match_them_at_high_width():
+    codec = tiny_codec()
+    x = _photos(2)
+    q16 = lowbit.quantize(codec, x, weights_bits=16, activation_bits=None)
+    gdns = {n: m for n, m in q16.named_modules() if isinstance(m, QGDN)}
+    assert set(gdns) == {"g_a.1", "g_a.3", "g_a.5", "g_s.1", "g_s.3", "g_s.5"}
+    assert [gdns[n].inverse for n in sorted(gdns)] == [False] * 3 + [True] * 3
+    for name, gdn in gdns.items():  # the effective gamma, on a 16-bit grid, gives the float layer's output
+        h = torch.randn(2, 8, 5, 5)
+        assert torch.allclose(gdn(h), codec.get_submodule(name)(h), rtol=1e-3, atol=1e-4)
+    q4 = lowbit.quantize(codec, x, weights_bits=4, activation_bits=None)
+    gdn = q4.get_submodule("g_a.1")
+    codes = torch.unique(gdn.qweight)
+    assert gdn.frozen and len(codes) <= 16 and codes.min() >= -8 and codes.max() <= 7
+
+
+def test_quantized_codec_keeps_its_interface_and_codes_close_to_float():
+    codec = prepare(tiny_codec())
+    qmodel = lowbit.quantize(codec, _photos(), weights_bits=8, activation_bits=16, dynamic_activations=True)
+    assert type(qmodel) is type(codec)
+    assert {n for n, _ in quant_layers(qmodel)} >= {"g_a.0", "g_a.1", "g_s.0", "g_s.5", "g_s.6"}
+    out = qmodel(_photos(1))
+    assert set(out) == {"x_hat", "likelihoods"}
+    image = _photos(1, 48)[0]
+    float_rec = decode(codec, encode(codec, image, 16))
+    quant_rec = decode(prepare(qmodel), encode(qmodel, image, 16))
+    assert _sqnr_db(float_rec, quant_rec) > 30
+    w4 = lowbit.quantize(codec, _photos(), weights_bits=4, activation_bits=8)
+    assert _sqnr_db(float_rec, decode(prepare(w4), encode(w4, image, 16))) < _sqnr_db(float_rec, quant_rec)
+
+
+def test_save_and_load_round_trip_a_quantized_codec_exactly(tmp_path):
+    qmodel = lowbit.quantize(tiny_codec(), _photos(), weights_bits=4, activation_bits=8)
+    qmodel.lowbit_arch = None  # the tiny codec is not from the zoo: load it into an instance
+    path = lowbit.save(qmodel, tmp_path / "c.lowbit")
+    loaded = lowbit.load(str(path), model=tiny_codec(seed=1))
+    assert type(loaded) is type(qmodel) and weights_digest(loaded) == weights_digest(qmodel)
+    image = _photos(1, 40)[0]
+    encoded = encode(prepare(qmodel), image, 16)
+    assert encode(prepare(loaded), image, 16).strings == encoded.strings
+    assert torch.equal(decode(loaded, encoded), decode(qmodel, encoded))
+
+
+def test_a_zoo_codec_is_rebuilt_from_its_file_alone(tmp_path):
+    codec = tiny_codec()
+    codec.lowbit_arch = {"task": "image-codec", "name": "bmshj2018-factorized-small", "kwargs": {"N": 8, "M": 8}}
+    qmodel = lowbit.quantize(codec, _photos(), weights_bits=8, activation_bits=16, dynamic_activations=True)
+    path = lowbit.save(qmodel, tmp_path / "c.lowbit")
+    loaded = lowbit.load(str(path))
+    assert weights_digest(loaded) == weights_digest(qmodel)
+    assert read_metadata(path)["arch"]["kwargs"] == {"N": 8, "M": 8}
+
+
+def test_entropy_scope_quantizes_only_the_hyperprior_networks():
+    codec = _tiny_hyperprior()
+    overrides = scope_overrides(codec, "entropy")
+    qmodel = lowbit.quantize(codec, _photos(2, 128), weights_bits=8, activation_bits=16, dynamic_activations=True,
+                             overrides=overrides)
+    parts = {n.split(".")[0] for n, _ in quant_layers(qmodel)}
+    assert parts == {"h_a", "h_s"}
+    assert not any(isinstance(m, QuantLayer) for m in qmodel.g_a.modules())
+    with pytest.raises(LowbitError, match="no entropy-coding network"):
+        scope_overrides(tiny_codec(), "entropy")
+
+
+def test_a_float_override_keeps_the_synthesis_transform_float():
+    qmodel = lowbit.quantize(tiny_codec(), _photos(), weights_bits=8, activation_bits=8,
+                             overrides=(Override("g_s*", keep_float=True),))
+    assert {n.split(".")[0] for n, _ in quant_layers(qmodel)} == {"g_a"}
+    with pytest.raises(LowbitError, match="choose one"):
+        Override("g_s*", weights=lowbit.QuantConfig().weights, keep_float=True)
+
+
+def test_entropy_tables_that_are_not_cumulative_frequencies_are_refused():
+    codec = prepare(tiny_codec())
+    check_tables(codec)
+    cdf = codec.entropy_bottleneck._quantized_cdf
+    cdf[0, 2] = cdf[0, 1]  # a symbol with no probability: the range coder cannot code it
+    with pytest.raises(LowbitError, match="not cumulative frequencies"):
+        check_tables(codec)
+    codec.entropy_bottleneck._cdf_length[0] = cdf.shape[1] + 1
+    with pytest.raises(LowbitError, match="lengths out of range"):
+        check_tables(codec)

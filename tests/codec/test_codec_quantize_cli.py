@@ -1,0 +1,81 @@
+"""``lowbit codec quantize`` end to end: quantize, evaluate and code with the .lowbit file, decode in another
+process, and refuse bad requests in one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from codec_helpers import tiny_weights, write_png
+
+from lowbit.cli import main
+from lowbit.codec.images import read_image
+from lowbit.io.lowbit_file import read_metadata
+
+
+@pytest.fixture
+def setup(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        write_png(photos / f"p{i}.png", 40, 56, seed=i)
+    return tiny_weights(tmp_path / "tiny.safetensors"), photos
+
+
+def _quantize(weights, photos, out, *extra):
+    return main(["codec", "quantize", "--model", str(weights), "--images", str(photos), "--calib-images", "4",
+                 "--crop", "32", "--eval-images", str(photos), "--quiet", "--out", str(out), *extra])
+
+
+def test_quantize_then_eval_compress_and_decode_in_another_process(tmp_path, setup, capsys):
+    weights, photos = setup
+    out = tmp_path / "c.lowbit"
+    assert _quantize(weights, photos, out, "--weights-bits", "8", "--activation-bits", "16", "--dynamic-activations",
+                     "--json", str(tmp_path / "q.json")) == 0
+    result = json.loads((tmp_path / "q.json").read_text())
+    assert result["quant_rd"]["mean"]["bpp"] > 0 and len(result["quant_rd"]["images"]) == 2
+    assert read_metadata(out)["provenance"]["codec"]["scope"] == "all"
+    assert main(["codec", "eval", "--model", str(out), "--images", str(photos), "--no-jpeg",
+                 "--json", str(tmp_path / "rd.json")]) == 0
+    evaluated = json.loads((tmp_path / "rd.json").read_text())["mean"]
+    assert (evaluated["bpp"], evaluated["psnr"]) == (result["quant_rd"]["mean"]["bpp"], result["quant_rd"]["mean"]["psnr"])
+    image = photos / "p0.png"
+    assert main(["codec", "compress", "--model", str(out), str(image), str(tmp_path / "p.bits")]) == 0
+    assert main(["codec", "decompress", "--model", str(out), str(tmp_path / "p.bits"), str(tmp_path / "a.png")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-m", "lowbit", "codec", "decompress", "--model", str(out),
+                           str(tmp_path / "p.bits"), str(tmp_path / "b.png")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert torch.equal(read_image(tmp_path / "a.png"), read_image(tmp_path / "b.png"))
+
+
+def test_a_float_override_is_recorded_in_the_saved_config(tmp_path, setup):
+    weights, photos = setup
+    out = tmp_path / "c.lowbit"
+    assert _quantize(weights, photos, out, "--no-eval", "--override", "g_s*=float") == 0
+    header = read_metadata(out)
+    assert header["config"]["overrides"][0] == {"pattern": "g_s*", "weights": None, "activations": None,
+                                                "keep_float": True}
+    assert not any(name.startswith("g_s") for name in header["bits"])
+
+
+def _fails(capsys, code, match):
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("lowbit: error:") and "\n" not in err and match in err, err
+
+
+def test_bad_requests_are_one_line_errors_and_write_nothing(tmp_path, setup, capsys):
+    weights, photos = setup
+    out = tmp_path / "c.lowbit"
+    _fails(capsys, _quantize(weights, photos, out, "--scope", "entropy"), "no entropy-coding network")
+    _fails(capsys, _quantize(weights, photos, tmp_path / "c.pt"), "must end in .lowbit")
+    _fails(capsys, _quantize(weights, tmp_path / "nowhere", out), "nowhere")
+    _fails(capsys, _quantize(weights, photos, out, "--override", "g_s*=float:8"), "override")
+    assert not out.exists()
+    assert _quantize(weights, photos, out, "--no-eval") == 0
+    _fails(capsys, _quantize(out, photos, tmp_path / "again.lowbit"), "already quantized")
