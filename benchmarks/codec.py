@@ -1,12 +1,11 @@
-"""Rate-distortion of the bundled learned codec against Pillow JPEG on the held-out photos.
+"""Rate-distortion of the bundled learned codecs against Pillow JPEG on the held-out photos.
 
 Every codec row is measured from real bitstreams (``compress``/``decompress``) at each rate point; the JPEG
 rows give JPEG's PSNR and MS-SSIM at the codec's bpp on each photo (interpolated between the two bracketing
 JPEG qualities, whole JPEG files counted), averaged like the codec rows. BD-rate compares each variant's
 three-point curve with JPEG's curve over the PSNR range they share (negative: fewer bits than JPEG).
 
-Variants are a list of ``(name, builder)`` pairs, ``builder(quality) -> OpenCodec``; quantized codecs are
-added there later and get the same rows.
+Quantized variants of the codecs are measured by ``codec_quant.py``.
 Run: OMP_NUM_THREADS=1 python3 benchmarks/codec.py [--no-write]
 """
 
@@ -15,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import time
-from typing import Callable
 
 import torch
 from PIL import Image
@@ -25,15 +23,10 @@ from lowbit.codec import bd_rate, evaluate_codec, open_codec
 from lowbit.codec.images import read_image
 from lowbit.codec.jpeg import jpeg_at_bpp, jpeg_bytes, jpeg_curve
 from lowbit.codec.photos import held_out_photos
-from lowbit.codec.zoo import BUNDLED, OpenCodec
+from lowbit.codec.zoo import BUNDLED
 from lowbit.report import human_bytes
 
-CODEC = "codec-factorized-small"
-QUALITIES = tuple(range(1, BUNDLED[CODEC][1] + 1))
 JPEG_QUALITIES = list(range(1, 96, 2))
-
-Variant = tuple[str, Callable[[int], OpenCodec]]
-VARIANTS: list[Variant] = [("FP32", lambda q: open_codec(CODEC, q))]
 
 
 def mean(values: list[float | None]) -> float | None:
@@ -74,13 +67,13 @@ def main() -> None:
     paths = held_out_photos()
     images = [(p.name, read_image(p)) for p in paths]
     rows, gaps, curves = [], [], {}
-    for name, build in VARIANTS:
-        for q in QUALITIES:
-            codec = build(q)
+    for name, (_, qualities) in BUNDLED.items():
+        for q in range(1, qualities + 1):
+            codec = open_codec(name, q)
             result = evaluate_codec(codec.model, images, codec.stride)
             size = codec.weights_path.stat().st_size if codec.weights_path else None
             s = result.summary()
-            rows.append([f"{CODEC} q{q}", name, *figures(s["bpp"], s["psnr"], s["ms_ssim"], s["encode_seconds"],
+            rows.append([f"{name} q{q}", "FP32", *figures(s["bpp"], s["psnr"], s["ms_ssim"], s["encode_seconds"],
                                                           s["decode_seconds"]), human_bytes(size)])
             jpeg = [jpeg_at_bpp(x, r.bpp) for (_, x), r in zip(images, result.images)]
             times = [jpeg_seconds(x, round(j.quality)) for (_, x), j in zip(images, jpeg)]

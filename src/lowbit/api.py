@@ -33,7 +33,7 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
              weights_bits: Bits = 8, activation_bits: Bits | None = 8, method: str = "nearest",
              calib_images: int = 1024, batch_size: int = 64, seed: int = 0, progress: bool = False,
              device: str | torch.device | None = None, mixed: Budget | None = None,
-             sensitivity: Sensitivity = "hessian", sensitivity_images: int = 256,
+             sensitivity: Sensitivity | None = None, sensitivity_images: int = 256,
              sensitivity_options: dict[str, Any] | None = None, **options: Any) -> nn.Module:
     """Quantize ``model`` and return the quantized ``nn.Module`` (the input model is left untouched).
 
@@ -44,7 +44,8 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     ``from_bits`` options such as ``first_last_bits`` or the method's own options such as ``iters``).
 
     ``mixed`` turns on mixed precision: each layer gets the width from ``mixed.bits`` that minimizes the total
-    ``sensitivity`` (scored on ``sensitivity_images`` calibration images) within the budget; layers fixed by
+    ``sensitivity`` (scored on ``sensitivity_images`` calibration images; by default the task's own:
+    ``hessian`` for classifiers, ``rate-distortion`` for codecs) within the budget; layers fixed by
     overrides (e.g. ``first_last_bits``) keep theirs; ``sensitivity_options`` are the metric's own keywords
     (``{"beta": 10}`` for orthogonality). The chosen allocation is kept in
     ``qmodel.lowbit_info.extra["mixed"]`` and saved with the model.
@@ -76,8 +77,9 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
         check_input_scale(model, batches[0])
     allocation = None
     if mixed is not None:
+        sensitivity = task.sensitivity(sensitivity)
         allocation = allocate(model, torch.cat(batches)[:sensitivity_images], config, mixed, sensitivity,
-                              sensitivity_options=sensitivity_options)
+                              sensitivity_options=sensitivity_options, capture=task.capture)
         config = allocation.to_config(config)
     qmodel = prepare(model, config, task.capture)
     if allocation is not None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from lowbit.codec import task as codec_task
 from lowbit.config import QuantConfig
+from lowbit.errors import LowbitError
 from lowbit.graph import Mode
 from lowbit.models import rebuild as rebuild_classifier
 from lowbit.registry import Registry
@@ -40,14 +41,26 @@ class Task:
     finish: Callable[[nn.Module], None]  # after freezing
     check_loaded: Callable[[nn.Module], None]  # after loading, before first use
     rebuild: Callable[[dict], nn.Module]  # the float architecture from a file's architecture record
+    sensitivities: tuple[str, ...]  # the mixed-precision metrics that fit its outputs, the default first
+
+    def sensitivity(self, name: str | None) -> str:
+        """``name``, or the task's default metric; a one-line error for a metric that cannot score this task."""
+        if name is None:
+            return self.sensitivities[0]
+        if name not in self.sensitivities:
+            raise LowbitError(f"the {name} sensitivity cannot score {self.description.split(' (')[0]}; use "
+                              f"{' or '.join(self.sensitivities)}")
+        return name
 
 
 TASKS: Registry[Task] = Registry("task")
 TASKS.add(DEFAULT, Task(DEFAULT, "image classifiers (top-1, precision, recall, F1)", lambda _: True, None,
-                        _nothing, lambda _, config: config, _nothing, _nothing, rebuild_classifier))
+                        _nothing, lambda _, config: config, _nothing, _nothing, rebuild_classifier,
+                        ("hessian", "measured", "orthogonality")))
 TASKS.add(codec_task.TASK, Task(codec_task.TASK, "learned image codecs with CompressAI's interface (bpp, PSNR, "
                                 "MS-SSIM from real bitstreams)", codec_task.is_codec, "swap", codec_task.setup,
-                                codec_task.configure, codec_task.finish, codec_task.check_loaded, codec_task.rebuild))
+                                codec_task.configure, codec_task.finish, codec_task.check_loaded, codec_task.rebuild,
+                                (codec_task.SENSITIVITY,)))
 
 
 def task_of(model: nn.Module) -> Task:

@@ -17,6 +17,7 @@ from lowbit.config import Override
 from lowbit.errors import LowbitError
 from lowbit.io.lowbit_file import read_metadata
 from lowbit.layers import QuantLayer, quant_layers
+from lowbit.mixed import Budget
 from lowbit.tasks import task_of
 
 
@@ -121,3 +122,31 @@ def test_entropy_tables_that_are_not_cumulative_frequencies_are_refused():
     codec.entropy_bottleneck._cdf_length[0] = cdf.shape[1] + 1
     with pytest.raises(LowbitError, match="lengths out of range"):
         check_tables(codec)
+
+
+def test_mixed_precision_allocates_codec_layers_by_rate_distortion_within_the_budget():
+    codec = tiny_codec()
+    qmodel = lowbit.quantize(codec, _photos(), weights_bits=8, activation_bits=None,
+                             mixed=Budget(weights_cr=6, bits=(4, 8)))
+    allocation = qmodel.lowbit_info.extra["mixed"]
+    assert allocation["sensitivity"] == "rate-distortion"
+    assert allocation["compression"] >= 6
+    widths = {row["name"]: row["weight_bits"] for row in allocation["layers"]}
+    assert set(widths.values()) == {4, 8}
+    assert {n: m.weight_quant.spec.bits for n, m in quant_layers(qmodel)} == widths
+    with pytest.raises(LowbitError, match="cannot score"):
+        lowbit.quantize(codec, _photos(), weights_bits=8, activation_bits=None, mixed=Budget(weights_cr=6, bits=(4, 8)),
+                        sensitivity="hessian")
+
+
+def test_rate_distortion_scores_grow_as_layers_get_narrower():
+    from lowbit.codec.rd_sensitivity import rate_distortion_scores
+    from lowbit.mixed.allocate import calibrated_copies
+    from lowbit.mixed.sensitivity import ScoringTask
+
+    codec, images = tiny_codec(), _photos()
+    config = lowbit.QuantConfig.from_bits(8, None)
+    copies = calibrated_copies(codec, images, config, (2, 8), False, 8, "swap")
+    layers = [n for n, _ in quant_layers(copies[2])]
+    scores = rate_distortion_scores(ScoringTask(copies, images, layers, (2, 8)))
+    assert sum(s[2] for s in scores.weights.values()) > 10 * abs(sum(s[8] for s in scores.weights.values()))

@@ -79,3 +79,19 @@ def test_bad_requests_are_one_line_errors_and_write_nothing(tmp_path, setup, cap
     assert not out.exists()
     assert _quantize(weights, photos, out, "--no-eval") == 0
     _fails(capsys, _quantize(out, photos, tmp_path / "again.lowbit"), "already quantized")
+
+
+def test_mixed_precision_from_the_command_line(tmp_path, setup, capsys):
+    weights, photos = setup
+    out = tmp_path / "c.lowbit"
+    _fails(capsys, _quantize(weights, photos, out, "--lmbda", "0.01"), "--mixed-precision")
+    _fails(capsys, _quantize(weights, photos, out, "--mixed-precision", "--weights-cr", "6", "--bits", "4,8",
+                             "--sensitivity", "hessian"), "cannot score")
+    assert not out.exists()
+    assert _quantize(weights, photos, out, "--no-eval", "--weights-bits", "8", "--activation-bits", "none",
+                     "--mixed-precision", "--weights-cr", "6", "--bits", "4,8", "--sensitivity-images", "4",
+                     "--lmbda", "0.01") == 0
+    header = read_metadata(out)
+    assert header["mixed"]["sensitivity"] == "rate-distortion" and set(header["bits"].values()) == {4, 8}
+    assert header["mixed"]["sensitivity_options"] == {"lmbda": 0.01}
+    assert "bit_cfg" in capsys.readouterr().out

@@ -13,7 +13,11 @@ from lowbit.errors import LowbitError
 
 
 def add_parser(codec_sub: argparse._SubParsersAction, model_help: str) -> None:
-    from lowbit.codec.task import SCOPES
+    from lowbit.cli.mixed import add_mixed_args
+    from lowbit.codec import rd_sensitivity
+    from lowbit.codec.task import SCOPES, SENSITIVITY
+
+    rd_sensitivity.register()  # the codec's mixed-precision metric, offered by this command only
 
     q = codec_sub.add_parser("quantize", help="quantize a codec (e.g. INT8: --weights-bits 8 --activation-bits 16 "
                                               "--dynamic-activations) and save it as .lowbit")
@@ -31,11 +35,16 @@ def add_parser(codec_sub: argparse._SubParsersAction, model_help: str) -> None:
     q.add_argument("--json", help="write every figure to this JSON file")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     add_quant_args(q)
-    q.set_defaults(func=run_quantize, calib_images=64, batch_size=8)
+    add_mixed_args(q, flag=True)
+    q.add_argument("--lmbda", type=float, help="mixed precision: the rate-distortion trade-off that weighs distortion "
+                                               "against rate in the sensitivity (default: equal relative weights)")
+    q.set_defaults(func=run_quantize, calib_images=64, batch_size=8, sensitivity=SENSITIVITY, sensitivity_images=16)
 
 
 def run_quantize(args: argparse.Namespace) -> int:
+    from lowbit.cli.mixed import budget_from_args, print_allocation, sensitivity_options
     from lowbit.cli.quantize import write_json
+    from lowbit.mixed import Allocation
     from lowbit.codec.images import image_files, read_images
     from lowbit.codec.photos import held_out_photos, training_photos
     from lowbit.codec.quantize_run import calibration_crops, quantize_codec_run
@@ -49,6 +58,14 @@ def run_quantize(args: argparse.Namespace) -> int:
     check_outputs({"--model": args.model, "--images": args.images, "--eval-images": args.eval_images},
                   {"--out": out, "--json": args.json})
     config = config_from_args(args)
+    budget = budget_from_args(args)
+    mixed = None
+    if budget is not None:
+        options = {**sensitivity_options(args), **({"lmbda": args.lmbda} if args.lmbda is not None else {})}
+        mixed = {"mixed": budget, "sensitivity": args.sensitivity, "sensitivity_images": args.sensitivity_images,
+                 "sensitivity_options": options}
+    elif args.lmbda is not None:
+        raise LowbitError("--lmbda weighs the mixed-precision sensitivity; add --mixed-precision and a budget")
     codec = open_codec(args.model, args.quality)
     if codec.weights_path is not None and codec.weights_path.suffix == ".lowbit":
         raise LowbitError(f"{args.model} is already quantized; quantize the float codec it came from")
@@ -60,11 +77,13 @@ def run_quantize(args: argparse.Namespace) -> int:
             [(p.name, read_images(p)[0][1]) for p in held_out_photos()]
     calib_record = {"calibration": {"photos": [p.name for p in paths], "crops": args.calib_images, "crop": args.crop}}
     result = quantize_codec_run(codec, calib, config, out, scope=args.scope, eval_images=eval_images,
-                                calib_record=calib_record, progress=not args.quiet)
+                                calib_record=calib_record, progress=not args.quiet, mixed=mixed)
     label = codec.name if codec.quality is None else f"{codec.name} q{codec.quality}"
     print(f"{label}: {args.weights_bits}-bit weights, activations {args.activation_bits}"
           f"{' dynamic' if args.dynamic_activations else ''}, scope {args.scope}, {args.method} rounding, "
           f"{result['quantize_seconds']:.1f} s; {result['coverage_note']}")
+    if "mixed" in result:
+        print_allocation(Allocation.from_dict(result["mixed"]))
     if eval_images:
         f, q = result["float_rd"]["mean"], result["quant_rd"]["mean"]
         rows = [[name, f"{m['bpp']:.4f}", f"{m['psnr']:.3f}", f"{m['ms_ssim']:.4f}" if m["ms_ssim"] else None,

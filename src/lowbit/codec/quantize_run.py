@@ -38,12 +38,15 @@ def calibration_crops(paths: list[Path], count: int, size: int, seed: int) -> to
 
 def quantize_codec_run(codec: OpenCodec, calib: torch.Tensor, config: QuantConfig, out: str | Path, *,
                        scope: Scope = "all", eval_images: list[tuple[str, torch.Tensor]] | None = None,
-                       calib_record: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+                       calib_record: dict[str, Any] | None = None, progress: bool = False,
+                       mixed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Quantize ``codec`` on ``calib`` within ``scope``, evaluate float and quantized on ``eval_images`` (when
-    given), save to ``out``, and return every figure (the JSON ``lowbit codec quantize --json`` writes)."""
+    given), save to ``out``, and return every figure (the JSON ``lowbit codec quantize --json`` writes).
+
+    ``mixed``: the keywords of :func:`lowbit.quantize` for mixed precision (``mixed``, ``sensitivity``...)."""
     config = replace(config, overrides=config.overrides + scope_overrides(codec.model, scope))
     start = time.perf_counter()
-    qmodel = quantize(codec.model, calib, config, progress=progress)
+    qmodel = quantize(codec.model, calib, config, progress=progress, **(mixed or {}))
     seconds = time.perf_counter() - start
     share = coverage(qmodel)
     result: dict[str, Any] = {
@@ -60,4 +63,6 @@ def quantize_codec_run(codec: OpenCodec, calib: torch.Tensor, config: QuantConfi
                                     "float": result["float_rd"]["mean"], "quantized": result["quant_rd"]["mean"]}
     save(qmodel, out, extra)
     result["quant_file_bytes"] = Path(out).stat().st_size
+    if "mixed" in qmodel.lowbit_info.extra:
+        result["mixed"] = qmodel.lowbit_info.extra["mixed"]
     return result

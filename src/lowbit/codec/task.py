@@ -28,6 +28,7 @@ from lowbit.io.run_record import MAX_CODEC_CHANNELS
 
 Scope = Literal["all", "entropy"]
 SCOPES: tuple[Scope, ...] = ("all", "entropy")
+SENSITIVITY = "rate-distortion"  # the mixed-precision metric for codecs (lowbit.codec.rd_sensitivity)
 # CompressAI's names for the entropy-coding parts of a codec: the hyperprior networks and the entropy models
 ENTROPY_PARTS = ("h_a", "h_s", "entropy_bottleneck", "gaussian_conditional")
 CDF_TOTAL = 1 << 16  # CompressAI's tables are 16-bit cumulative frequencies
@@ -39,10 +40,13 @@ def is_codec(model: nn.Module) -> bool:
 
 
 def setup() -> None:
-    """Register the codec's own quantized layer types (GDN) before a codec is prepared."""
+    """Register the codec's own quantized layer types (GDN) and its mixed-precision sensitivity before a codec
+    is prepared."""
+    from lowbit.codec import rd_sensitivity
     from lowbit.codec.gdn import register_gdn
 
     register_gdn()
+    rd_sensitivity.register()
 
 
 def configure(model: nn.Module, config: QuantConfig) -> QuantConfig:

@@ -12,7 +12,7 @@ from torch import nn
 from lowbit.calibrate import calibrate
 from lowbit.config import Override, QuantConfig
 from lowbit.errors import LowbitError
-from lowbit.graph import prepare
+from lowbit.graph import Mode, prepare
 from lowbit.mixed import hessian_sensitivity, orthogonality  # noqa: F401  (register their metrics)
 from lowbit.mixed.budget import Budget
 from lowbit.mixed.costs import FLOAT_BITS, LayerCost, code_bytes, describe_layers, weight_bytes
@@ -94,12 +94,12 @@ class Allocation:
 
 
 def calibrated_copies(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: Iterable[int],
-                       mixed_acts: bool, chunk: int) -> dict[int, nn.Module]:
+                       mixed_acts: bool, chunk: int, capture: Mode | None = None) -> dict[int, nn.Module]:
     copies = {}
     for b in sorted(set(bits)):
         cfg = replace(config, weights=config.weights_at(b),
                       activations=config.activations_at(b) if mixed_acts else config.activations)
-        qmodel = prepare(model, cfg)
+        qmodel = prepare(model, cfg, capture)
         calibrate(qmodel, [images[i : i + chunk] for i in range(0, len(images), chunk)])
         copies[b] = qmodel
     return copies
@@ -146,12 +146,14 @@ class Analysis:
 
 def analyze(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: tuple[int, ...] = (2, 4, 8),
             activation_bits: tuple[int, ...] | None = None, sensitivity: Sensitivity = "hessian",
-            chunk: int = 64, sensitivity_options: Mapping[str, Any] | None = None) -> Analysis:
+            chunk: int = 64, sensitivity_options: Mapping[str, Any] | None = None,
+            capture: Mode | None = None) -> Analysis:
     """Score every layer of ``model`` at each of ``bits`` (and each layer input at ``activation_bits``).
 
     ``images`` is a calibration batch used both to calibrate each candidate width and to score it. Layers that
     ``config``'s overrides fix (``first_last_bits``, ``--override``) keep their width and still count in the
-    budget. ``sensitivity_options`` are the metric's own keywords (``beta`` for orthogonality).
+    budget. ``sensitivity_options`` are the metric's own keywords (``beta`` for orthogonality). ``capture`` is
+    how the model is prepared (``"swap"`` keeps a codec's class; see :func:`lowbit.graph.prepare`).
     """
     score = METRICS.get(sensitivity)
     options = dict(sensitivity_options or {})
@@ -164,7 +166,7 @@ def analyze(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: t
     act_bits = tuple(activation_bits or ())
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    copies = calibrated_copies(model, images, config, set(bits) | set(act_bits), mixed_acts, chunk)
+    copies = calibrated_copies(model, images, config, set(bits) | set(act_bits), mixed_acts, chunk, capture)
     layers = describe_layers(next(iter(copies.values())), images)
     pinned_w, pinned_a = _pinned_widths(copies, layers)
     names = [c.name for c in layers if c.name not in pinned_w]
@@ -217,11 +219,11 @@ def _sized_problem(analysis: Analysis, size_measure: str) -> Problem:
 
 def allocate(model: nn.Module, images: torch.Tensor, config: QuantConfig, budget: Budget,
              sensitivity: Sensitivity = "hessian", chunk: int = 64,
-             sensitivity_options: Mapping[str, Any] | None = None) -> Allocation:
+             sensitivity_options: Mapping[str, Any] | None = None, capture: Mode | None = None) -> Allocation:
     """Choose a width per layer (and per layer input when ``budget.activation_bits`` is set) for ``model``:
     :func:`analyze`, then :func:`solve_budget`."""
     analysis = analyze(model, images, config, budget.bits, budget.activation_bits, sensitivity, chunk,
-                       sensitivity_options)
+                       sensitivity_options, capture)
     return solve_budget(analysis, budget)
 
 
