@@ -124,3 +124,29 @@ def test_image_folder_converts_grayscale_to_rgb(tmp_path):
     Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "val" / "cat" / "gray.png")
     ds, _ = load_dataset("imagefolder", "test", val_path=tmp_path / "val", image_size=32)
     assert all(ds[i][0].shape == (3, 32, 32) for i in range(len(ds)))
+
+
+def test_image_folder_is_prepared_as_the_models_weights_expect(tmp_path):
+    import argparse
+
+    import torch
+
+    from lowbit.cli.common import load_data
+    from lowbit.data.imagefolder import IMAGENET, Preprocessing
+    from lowbit.models.registry import architecture
+
+    mixer = architecture("mlp_mixer").preprocessing
+    assert mixer == Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.875)
+    assert architecture("resnet18").preprocessing == IMAGENET
+    assert architecture("efficientnet_lite0").preprocessing.mean == (0.5, 0.5, 0.5)
+    make_image_folder(tmp_path / "val", size=(40, 40))  # 35 / crop_pct resizes to 40: no resampling at all
+    args = argparse.Namespace(dataset="imagefolder", data_dir=None, train_data_path=None,
+                              val_data_path=tmp_path / "val", image_size=35, model="mlp_mixer")
+    as_mixer = load_data(args, "test")[0][0][0]
+    args.model = "resnet18"
+    as_resnet = load_data(args, "test")[0][0][0]
+    # the same pixels, normalized by each model's statistics
+    mean, std = torch.tensor(IMAGENET.mean)[:, None, None], torch.tensor(IMAGENET.std)[:, None, None]
+    pixels = as_resnet * std + mean
+    assert torch.allclose(as_mixer, (pixels - 0.5) / 0.5, atol=1e-5)
+    assert not torch.allclose(as_mixer, as_resnet, atol=0.05)

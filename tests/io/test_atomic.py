@@ -1,5 +1,6 @@
 """Atomic writes: permissions of a replaced file, SIGTERM, abandoned temporary files, links and special files."""
 
+import errno
 import os
 import signal
 import stat
@@ -140,3 +141,26 @@ def test_completed_writes_are_recorded(tmp_path):
         with pytest.raises(RuntimeError), atomic_path(tmp_path / "b.txt") as tmp:
             raise RuntimeError("not written")
     assert written == [tmp_path / "a.txt"]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(tmp_path, code):
+    target = tmp_path / "out.lowbit"
+    with pytest.raises(LowbitError, match="cannot write .*out.lowbit"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise OSError(code, os.strerror(code))  # what the next write on a full or read-only disk raises
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_disk_through_the_command_line(tmp_path, monkeypatch, capsys):
+    from lowbit.cli import main
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr("lowbit.io.atomic.tempfile.mkstemp", refuse)
+    assert main(["quantize", "--model", "resnet20", "--calib-images", "8", "--no-eval", "--quiet",
+                 "--out", str(tmp_path / "m.lowbit")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lowbit: error: cannot write") and "\n" not in err and "Read-only" in err

@@ -108,3 +108,13 @@ def test_small_nets_are_small_and_traceable():
         n = sum(p.numel() for p in model.parameters())
         assert lo < n < hi, (name, n)
         torch.fx.symbolic_trace(model)
+
+
+def test_the_seeds_model_names_are_aliases_of_the_zoo_entries():
+    from lowbit.models import build_model
+    from lowbit.models.registry import architecture
+
+    assert architecture("mbv2").name == "mobilenet_v2"
+    assert architecture("deit").name == "deit_base_patch16_224"
+    assert architecture("mlp_mixer").name == "mixer_b16_224"
+    assert build_model("mbv2", num_classes=10).lowbit_arch["name"] == "mobilenet_v2"

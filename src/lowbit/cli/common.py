@@ -12,9 +12,10 @@ from torch import nn
 from lowbit.algorithms import ALGORITHMS
 from lowbit.config import Override, QuantConfig
 from lowbit.data import DATASET_NAMES, DatasetInfo, load_dataset
+from lowbit.data.imagefolder import IMAGENET
 from lowbit.errors import LowbitError
 from lowbit.models import MODEL_NAMES, build_model, bundled_checkpoint, load_checkpoint
-from lowbit.models.registry import architecture
+from lowbit.models.registry import ARCHITECTURES, architecture
 from lowbit.spec import OBSERVERS, check_bits
 
 
@@ -30,7 +31,9 @@ def add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mni
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("-m", "--model", default="resnet20", help=f"architecture: {', '.join(MODEL_NAMES)} (default: %(default)s)")
+    aliases = ", ".join(f"{a} = {t}" for a, t in ARCHITECTURES.aliases().items())
+    g.add_argument("-m", "--model", default="resnet20",
+                   help=f"architecture: {', '.join(MODEL_NAMES)}; also {aliases} (default: %(default)s)")
     g.add_argument("--checkpoint", help="local weights (.safetensors, or a torch state dict loaded with weights_only)")
     g.add_argument("--pretrained", action="store_true",
                    help="ImageNet weights: torchvision's/timm's download, or for efficientnet_lite0 the installed "
@@ -121,10 +124,14 @@ def resolve_dataset(args: argparse.Namespace) -> None:
         args.dataset = None
 
 
-def load_data(args: argparse.Namespace, split: str):
+def load_data(args: argparse.Namespace, split: str, model_name: str | None = None):
+    """The dataset split the options name; image folders are prepared as the model's weights expect (the
+    ``--model`` option's architecture, or ``model_name``, e.g. from a saved file's record)."""
     check_count(args.image_size, "--image-size")
+    name = model_name or getattr(args, "model", None)
+    preprocessing = architecture(name).preprocessing if name in ARCHITECTURES else IMAGENET
     return load_dataset(args.dataset, split, data_dir=args.data_dir, train_path=args.train_data_path,
-                        val_path=args.val_data_path, image_size=args.image_size)
+                        val_path=args.val_data_path, image_size=args.image_size, preprocessing=preprocessing)
 
 
 def check_count(value: int, flag: str) -> int:

@@ -53,7 +53,7 @@ def run_eval(args: argparse.Namespace) -> int:
         meta = read_metadata(args.file)
         args.dataset = args.dataset or (meta.get("dataset") or {}).get("name") or "fashion-mnist"
         qmodel = load(args.file)
-    test_set, info = load_data(args, "test")
+    test_set, info = load_data(args, "test", (meta.get("arch") or {}).get("name"))
     if onnx_file:
         qmodel.check_input(info.input_shape, info.num_classes)
     start = time.perf_counter()

@@ -7,6 +7,7 @@ same target sweeps it (see :func:`sweep_stale_parts`).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -162,19 +163,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     target = Path(path)
     real = Path(os.path.realpath(target))
     mode = _existing_mode(real)
-    real.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_parts(real)
+    with _write_errors(target):
+        real.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_parts(real)
     with sigterm_as_exception():
         tmp, renaming = None, False
         try:
-            fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.{os.getpid()}.", suffix=".part")
-            os.close(fd)
-            yield Path(tmp)
-            os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
-            renaming = True
-            os.replace(tmp, real)
+            with _write_errors(target):
+                fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.{os.getpid()}.", suffix=".part")
+                os.close(fd)
+                yield Path(tmp)
+                os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
+                renaming = True
+                os.replace(tmp, real)
         finally:
             _finish(tmp, renaming, target)
+
+
+# a disk that is full, read-only or not ours: the user's to fix, said in one line
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+@contextmanager
+def _write_errors(target: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        raise LowbitError(f"cannot write {target}: {exc.strerror or exc}; free some space, or write somewhere "
+                          "writable") from None
 
 
 def _finish(tmp: str | None, renaming: bool, target: Path) -> None:

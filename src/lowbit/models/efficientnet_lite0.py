@@ -94,6 +94,6 @@ def static_same_padding(model: nn.Module, image_size: int, in_channels: int) -> 
 
 
 @register("efficientnet_lite0", "EfficientNet-Lite0 (timm tf_efficientnet_lite0)", mean=MEAN, std=STD, sized=True,
-          pretrained=f"PyPI package {PACKAGE}")
+          pretrained=f"PyPI package {PACKAGE}", timm_name="tf_efficientnet_lite0")
 def _build(num_classes: int, in_channels: int, image_size: int | None, pretrained: bool) -> nn.Module:
     return efficientnet_lite0(num_classes, in_channels, image_size or 224, pretrained)

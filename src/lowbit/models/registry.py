@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 from torch import nn
 
-from lowbit.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
+from lowbit.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from lowbit.registry import Registry
 
 
@@ -33,6 +33,20 @@ class Architecture:
     std: tuple[float, ...] = IMAGENET_STD
     sized: bool = False  # layers depend on the image size (position embeddings, static padding)
     pretrained: str | None = None  # where pretrained weights come from, if anywhere
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    timm_name: str | None = None  # a timm model: its preprocessing is read from timm's pretrained config
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How image-folder photos are prepared for this model (its pretrained weights' own preprocessing)."""
+        if self.timm_name is not None:
+            from timm.models import get_pretrained_cfg  # metadata shipped with timm: nothing is downloaded
+
+            cfg = get_pretrained_cfg(self.timm_name)
+            if cfg is not None:
+                return Preprocessing(tuple(cfg.mean), tuple(cfg.std), cfg.interpolation, cfg.crop_pct)
+        return Preprocessing(self.mean, self.std, self.interpolation, self.crop_pct)
 
 
 ARCHITECTURES: Registry[Architecture] = Registry("model")

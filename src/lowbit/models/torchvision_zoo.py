@@ -6,7 +6,7 @@ from functools import partial
 
 from torch import nn
 
-from lowbit.models.registry import Builder, register, replace_conv_input, replace_linear_output
+from lowbit.models.registry import ARCHITECTURES, Builder, register, replace_conv_input, replace_linear_output
 
 
 def _torchvision(factory_name: str, stem: str, head: str, num_classes: int, in_channels: int,
@@ -33,3 +33,5 @@ def _add(name: str, description: str, stem: str, head: str) -> None:
 _add("resnet18", "torchvision ResNet-18", "conv1", "fc")
 _add("resnet50", "torchvision ResNet-50", "conv1", "fc")
 _add("mobilenet_v2", "torchvision MobileNet-V2", "features.0.0", "classifier.1")
+ARCHITECTURES.alias("mbv2", "mobilenet_v2")  # EPTQ's name
+ARCHITECTURES.alias("mobilenetv2", "mobilenet_v2")  # BRECQ's

@@ -34,7 +34,7 @@ def build_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, ima
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LowbitError(f"could not get pretrained weights for {name} from {entry.pretrained} ({reason}); "
                           "pass --checkpoint with a local file") from None
-    model.lowbit_arch = {"name": name, "kwargs": {"num_classes": num_classes, "in_channels": in_channels,
+    model.lowbit_arch = {"name": entry.name, "kwargs": {"num_classes": num_classes, "in_channels": in_channels,
                                                   "image_size": image_size}}
     return model.eval()
 
@@ -63,5 +63,5 @@ def default_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ..
 
 def bundled_checkpoint(name: str) -> Path | None:
     """The Fashion-MNIST weights shipped with lowbit for ``name``, if any."""
-    path = WEIGHTS_DIR / f"{name}_fmnist.safetensors"
+    path = WEIGHTS_DIR / f"{ARCHITECTURES.canonical(name)}_fmnist.safetensors"
     return path if path.is_file() else None
