@@ -92,3 +92,28 @@ def test_checkpoints_that_would_quantize_into_garbage_are_refused(tmp_path, edit
     torch.save(sd, tmp_path / "c.pt")
     with pytest.raises(LowbitError, match=message):
         load_checkpoint(_resnet20(), tmp_path / "c.pt")
+
+
+def test_brecqs_mobilenet_v2_checkpoint_loads_into_the_zoo_model(tmp_path):
+    """BRECQ's MobileNet-V2 keeps each block's layers in one flat Sequential: the same leaf modules, in forward
+    order, as torchvision's nested block. A checkpoint written with those flat names loads and computes the same."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lowbit.models import build_model, load_checkpoint
+
+    torch.manual_seed(0)
+    source = build_model("mobilenet_v2", num_classes=10)
+    flat = {}
+    for name, module in source.named_modules():
+        if name.count(".") == 2 and name.endswith(".conv"):  # features.<i>.conv of an inverted-residual block
+            leaves = [m for m in module.modules() if not list(m.children())]
+            for index, leaf in enumerate(leaves):
+                for key, value in leaf.state_dict().items():
+                    flat[f"{name}.{index}.{key}"] = value
+    assert "features.1.conv.3.weight" in flat and "features.2.conv.7.running_var" in flat
+    flat.update({k: v for k, v in source.state_dict().items() if ".conv." not in k})
+    save_file({k: v.contiguous() for k, v in flat.items()}, str(tmp_path / "brecq_mbv2.safetensors"))
+    target = load_checkpoint(build_model("mbv2", num_classes=10), tmp_path / "brecq_mbv2.safetensors")
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(target.eval()(x), source.eval()(x))

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lowbit.errors import LowbitError, first_line
+from lowbit.models.foreign_layouts import to_zoo_layout
 
 NESTED_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
 
@@ -44,8 +45,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a checkpoint into ``model`` strictly, explaining any mismatch in one line."""
+    """Load a checkpoint into ``model`` strictly, explaining any mismatch in one line. Checkpoints other projects
+    publish for a zoo architecture under their own names (BRECQ's MobileNet-V2) are renamed first."""
     sd = read_state_dict(path)
+    name = getattr(model, "lowbit_arch", None) or {}
+    sd = to_zoo_layout(name.get("name", ""), sd)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
