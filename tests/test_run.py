@@ -40,3 +40,16 @@ def test_mixed_run_writes_the_allocation_beside_the_model(residual_net, images, 
     rows = csv_path.read_text().splitlines()
     assert len(rows) == 1 + len(result["mixed"]["layers"])
     assert "float_metrics" not in result  # no test set given: nothing evaluated
+
+
+def test_weights_only_too_reports_the_weights_only_model_on_the_same_images(residual_net, images, tmp_path):
+    from lowbit.evaluate import evaluate
+
+    test_set = _test_set(residual_net, images)
+    config = QuantConfig.from_bits(2, 2)
+    result = quantize_evaluate_save(residual_net, images, config, tmp_path / "q.lowbit", model_name="net",
+                                    info=INFO, test_set=test_set, weights_only_too=True)
+    alone = lowbit.quantize(residual_net, images, QuantConfig.from_bits(2, None))
+    assert result["weights_only_metrics"] == evaluate(alone, test_set, class_names=INFO.classes).to_dict()
+    assert result["weights_only_metrics"] != result["quant_metrics"]
+    assert read_record(tmp_path / "q.lowbit").config.activations is not None

@@ -7,6 +7,7 @@ the returned figures; Python users get the same run, and the same JSON, from :fu
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,15 @@ def _timed_metrics(model: nn.Module, test_set: Any, info: DatasetInfo, progress:
 def quantize_evaluate_save(model: nn.Module, calib: Any, config: QuantConfig, out: str | Path, *, model_name: str,
                            info: DatasetInfo | None = None, test_set: Any = None, calib_record: dict | None = None,
                            mixed: dict[str, Any] | None = None, per_layer: bool = False, progress: bool = False,
-                           device: str | torch.device | None = None) -> dict[str, Any]:
+                           device: str | torch.device | None = None, weights_only_too: bool = False) -> dict[str, Any]:
     """Quantize ``model`` on ``calib`` with ``config``, evaluate float and quantized on ``test_set`` (when
     given), save to ``out``, and return every figure (the JSON ``lowbit quantize --json`` writes).
 
     ``mixed``: the keywords of :func:`lowbit.quantize` for mixed precision (``mixed``, ``sensitivity``...);
     the allocation is then also written beside ``out`` as CSV and PNG. ``calib_record`` says where the
-    calibration images came from and is saved with the model.
+    calibration images came from and is saved with the model. ``weights_only_too`` also quantizes the weights
+    alone on the same calibration images and reports that model's metrics (``weights_only_metrics``), as DGH
+    reports both from one set of synthesized images; only the fully quantized model is saved.
     """
     calib_record = calib_record or {}
     start = time.perf_counter()
@@ -62,6 +65,14 @@ def quantize_evaluate_save(model: nn.Module, calib: Any, config: QuantConfig, ou
     if test_set is not None and info is not None:
         result["float_metrics"], result["float_eval_seconds"] = _timed_metrics(model, test_set, info, progress)
         result["quant_metrics"], result["quant_eval_seconds"] = _timed_metrics(qmodel, test_set, info, progress)
+        if weights_only_too:
+            start = time.perf_counter()
+            wonly = quantize(model, calib, replace(config, activations=None,
+                                                   overrides=tuple(replace(o, activations=None) for o in config.overrides)),
+                             progress=progress, device=device, **(mixed or {}))
+            result["weights_only_quantize_seconds"] = time.perf_counter() - start
+            result["weights_only_metrics"], result["weights_only_eval_seconds"] = _timed_metrics(wonly, test_set, info,
+                                                                                               progress)
         if per_layer:
             x, _ = next(iter(labelled_batches(test_set, 256)))
             result["per_layer"] = [vars(r) for r in per_layer_sqnr(model, qmodel, x.to(model_device(qmodel)))]

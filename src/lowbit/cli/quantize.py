@@ -46,6 +46,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--per-layer", action="store_true", help="also print per-layer weight and output SQNR")
     g.add_argument("--json", help="write the reported figures to this JSON file")
     g.add_argument("--no-eval", action="store_true", help="skip evaluation (quantize and save only)")
+    g.add_argument("--also-weights-only", action="store_true",
+                   help="also quantize the weights alone on the same calibration images and report both accuracies "
+                        "(DGH's two rows from one synthesis); only the fully quantized model is saved")
     g.add_argument("--bit-cfg", metavar="LIST", help="one weight width per quantized layer in model order, as "
                    "`lowbit mixed` prints it (OMPQ's bit_cfg), e.g. '[8,4,4,2,...,8]'")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -80,7 +83,8 @@ def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
     out = Path(args.out) if args.out else default_out(args.model, config, budget)
     return quantize_evaluate_save(model, calib, config, out, model_name=args.model, info=info, test_set=test_set,
                                   calib_record=calib_record, mixed=mixed, per_layer=args.per_layer,
-                                  progress=not args.quiet, device=device)
+                                  progress=not args.quiet, device=device,
+                                  weights_only_too=getattr(args, "also_weights_only", False))
 
 
 def print_report(result: dict, label: str) -> None:
@@ -89,6 +93,10 @@ def print_report(result: dict, label: str) -> None:
                         result.get("float_eval_seconds")),
             metrics_row(label, result.get("quant_metrics"), result["quant_file_bytes"], ratio,
                         result["quantize_seconds"], result.get("quant_eval_seconds"))]
+    if "weights_only_metrics" in result:
+        rows.insert(1, metrics_row(label.split(" ")[0].split("A")[0] + " weights only", result["weights_only_metrics"],
+                                   None, None, result["weights_only_quantize_seconds"],
+                                   result["weights_only_eval_seconds"]))
     print(table(METRIC_HEADERS, rows))
     print(f"saved {result['out']} (quantize s: calibration and rounding; eval s: the whole test split)")
     print(result["coverage_note"])
