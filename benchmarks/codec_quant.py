@@ -12,6 +12,7 @@ Run: OMP_NUM_THREADS=1 python3 benchmarks/codec_quant.py [--no-write] [--iters N
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -112,8 +113,9 @@ def main() -> None:
         fp32 = curves["FP32"]
         for name, points in curves.items():
             if name != "FP32":
-                bd_rows.append([codec_name, name, bd_rate([b for b, _ in fp32], [p for _, p in fp32],
-                                                          [b for b, _ in points], [p for _, p in points])])
+                value = bd_rate([b for b, _ in fp32], [p for _, p in fp32], [b for b, _ in points],
+                                [p for _, p in points])
+                bd_rows.append([codec_name, name, "no PSNR overlap with FP32" if math.isnan(value) else value])
     body = "\n\n".join([
         md_table(["codec", "variant", "bpp", "PSNR dB", "MS-SSIM", "encode ms", "decode ms", "bpp vs FP32 %",
                   "PSNR vs FP32 dB", "file", "quantize s"], rows),
