@@ -74,3 +74,9 @@ def task_of(model: nn.Module) -> Task:
 def rebuild(record: dict) -> nn.Module:
     """The float architecture a file's architecture record describes (the record names its task)."""
     return TASKS.get(record.get("task", DEFAULT)).rebuild(record)
+
+
+def rebuild_setup(record: dict | None) -> None:
+    """Register the layer types of the task a file's architecture record names (nothing for a custom model)."""
+    if record:
+        TASKS.get(record.get("task", DEFAULT)).setup()

@@ -95,3 +95,13 @@ def test_mixed_precision_from_the_command_line(tmp_path, setup, capsys):
     assert header["mixed"]["sensitivity"] == "rate-distortion" and set(header["bits"].values()) == {4, 8}
     assert header["mixed"]["sensitivity_options"] == {"lmbda": 0.01}
     assert "bit_cfg" in capsys.readouterr().out
+
+
+def test_classifier_commands_point_a_codec_file_to_the_codec_commands(tmp_path, setup, capsys):
+    weights, photos = setup
+    out = tmp_path / "c.lowbit"
+    assert _quantize(weights, photos, out, "--no-eval") == 0
+    capsys.readouterr()
+    for command in (["eval", str(out)], ["export", str(out)], ["bench", str(out)], ["finetune", str(out)]):
+        _fails(capsys, main(command), "lowbit codec eval --model")
+    assert main(["info", str(out)]) == 0

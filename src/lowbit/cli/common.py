@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
+from typing import Any
 from dataclasses import replace
 
 import torch
@@ -14,6 +16,7 @@ from lowbit.config import Override, QuantConfig
 from lowbit.data import DATASET_NAMES, DatasetInfo, load_dataset
 from lowbit.data.imagefolder import IMAGENET
 from lowbit.errors import LowbitError
+from lowbit.io.run_record import CODEC_TASK
 from lowbit.models import MODEL_NAMES, build_model, bundled_checkpoint, load_checkpoint
 from lowbit.models.registry import ARCHITECTURES, architecture
 from lowbit.spec import OBSERVERS, check_bits
@@ -196,3 +199,10 @@ def load_float_model(args: argparse.Namespace, info: DatasetInfo | None) -> nn.M
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
+
+
+def refuse_codec_file(arch: Mapping[str, Any] | None, path: object, command: str) -> None:
+    """A classifier command given a quantized codec's file ends with a pointer to the codec commands."""
+    if arch and arch.get("task") == CODEC_TASK:
+        raise LowbitError(f"{path} holds a quantized image codec, and `lowbit {command}` works on classifiers; use "
+                          f"`lowbit codec eval --model {path}`, or codec compress and decompress")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from lowbit.api import load
-from lowbit.cli.common import add_data_args, load_data
+from lowbit.cli.common import add_data_args, load_data, refuse_codec_file
 from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.quantize import write_json
 from lowbit.data import labelled_batches
@@ -94,6 +94,7 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else source.with_suffix(EXPORTERS[args.format].suffix)
     check_outputs(cli_inputs(args, {"file": source}), {"--out": out})
     meta = read_metadata(source)
+    refuse_codec_file(meta.get("arch"), source, "export")
     qmodel = load(source)
     shape = input_shape(args, meta)
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
@@ -137,6 +138,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     check_outputs({"file": args.file}, {"--json": args.json})
     meta = read_metadata(args.file)
+    refuse_codec_file(meta.get("arch"), args.file, "bench")
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1:
         raise LowbitError("--threads, --repeats and --batch-size must be at least 1 and --warmup at least 0")
     qmodel = load(args.file)

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from lowbit.api import load
-from lowbit.cli.common import add_data_args, load_data
+from lowbit.cli.common import add_data_args, load_data, refuse_codec_file
 from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.quantize import write_json
 from lowbit.coverage import Coverage
@@ -51,6 +51,7 @@ def run_eval(args: argparse.Namespace) -> int:
         qmodel, meta = _load_onnx(args), {}
     else:
         meta = read_metadata(args.file)
+        refuse_codec_file(meta.get("arch"), args.file, "eval")
         args.dataset = args.dataset or (meta.get("dataset") or {}).get("name") or "fashion-mnist"
         qmodel = load(args.file)
     test_set, info = load_data(args, "test", (meta.get("arch") or {}).get("name"))
@@ -100,7 +101,10 @@ def _provenance_lines(meta: dict) -> list[tuple[str, str]]:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from lowbit.tasks import rebuild_setup
+
     meta = read_metadata(args.file)
+    rebuild_setup(meta.get("arch"))  # a codec's own layer types (GDN) are named among the quantized ones
     cfg = meta["config"]
     acts = cfg.get("activations")
     bits = Counter(str(b) for b in meta["bits"].values())

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from lowbit.api import load
-from lowbit.cli.common import add_data_args, load_data, resolve_device
+from lowbit.cli.common import add_data_args, load_data, refuse_codec_file, resolve_device
 from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.quantize import write_json
 from lowbit.errors import LowbitError
@@ -124,6 +124,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                                     **resume_input}), outputs)
     device = resolve_device(args.device)
     record = read_record(args.file)
+    refuse_codec_file(record.arch.to_dict() if record.arch else None, args.file, "finetune")
     args.dataset = args.dataset or (record.dataset or {}).get("name") or "fashion-mnist"
     qmodel = load(args.file, device=device)
     teacher = teacher_from_args(args, record)
