@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from codec import figures
 from codec_peer import int8_files_bytes, ort_dynamic_int8
-from report import md_table, publish, topic_page
+from report import PAGES, md_table, publish, topic_page
 
 import lowbit
 from lowbit.codec import bd_rate, evaluate_codec, open_codec
 from lowbit.codec.images import read_image
 from lowbit.codec.photos import held_out_photos, training_photos
 from lowbit.codec.quantize_run import calibration_crops
+from lowbit.codec.rd_plot import plot_rd_curves
 from lowbit.codec.task import scope_overrides
 from lowbit.codec.zoo import BUNDLED
 from lowbit.config import QuantConfig
@@ -90,7 +91,7 @@ def main() -> None:
     torch.set_num_threads(1)
     images = [(p.name, read_image(p)) for p in held_out_photos()]
     calib = calibration_crops(training_photos(), CALIB_CROPS, CROP, SEED)
-    rows, bd_rows = [], []
+    rows, bd_rows, plots = [], [], []
     for codec_name, (_, qualities) in BUNDLED.items():
         curves: dict[str, list[tuple[float, float]]] = {}
         for quality in range(1, qualities + 1):
@@ -110,18 +111,24 @@ def main() -> None:
                              f"{100 * (s['bpp'] / reference['bpp'] - 1):+.2f}",
                              f"{s['psnr'] - reference['psnr']:+.3f}", human_bytes(size), f"{seconds:.1f}"])
                 print(rows[-1], flush=True)
-        fp32 = curves["FP32"]
+        fp32, rates = curves["FP32"], {}
         for name, points in curves.items():
             if name != "FP32":
-                value = bd_rate([b for b, _ in fp32], [p for _, p in fp32], [b for b, _ in points],
-                                [p for _, p in points])
-                bd_rows.append([codec_name, name, "no PSNR overlap with FP32" if math.isnan(value) else value])
+                rates[name] = bd_rate([b for b, _ in fp32], [p for _, p in fp32], [b for b, _ in points],
+                                      [p for _, p in points])
+                bd_rows.append([codec_name, name, "no PSNR overlap with FP32" if math.isnan(rates[name])
+                                else rates[name]])
+        plot = PAGES / f"{codec_name}_rd.png"
+        if not args.no_write:
+            plot_rd_curves(curves, plot, f"{codec_name}: quantized variants, 4 held-out photos")
+        plots.append(f"![{codec_name} rate-distortion]({plot.name})")
     body = "\n\n".join([
         md_table(["codec", "variant", "bpp", "PSNR dB", "MS-SSIM", "encode ms", "decode ms", "bpp vs FP32 %",
                   "PSNR vs FP32 dB", "file", "quantize s"], rows),
         "BD-rate against FP32 of the same codec (Bjøntegaard, PSNR, three rate points; positive = more bits "
         "for the same PSNR):",
         md_table(["codec", "variant", "BD-rate %"], bd_rows),
+        "\n".join(plots),
         f"Calibration: {CALIB_CROPS} random {CROP}x{CROP} crops (seed {SEED}) of the codecs' scikit-image training "
         "photos; evaluation: the four held-out photos, real bitstreams, one thread. Files: the bundled float weights "
         "(float16 transforms, float32 entropy model) for FP32; the `.lowbit` file for lowbit's variants; the "

@@ -150,3 +150,22 @@ def test_rate_distortion_scores_grow_as_layers_get_narrower():
     layers = [n for n, _ in quant_layers(copies[2])]
     scores = rate_distortion_scores(ScoringTask(copies, images, layers, (2, 8)))
     assert sum(s[2] for s in scores.weights.values()) > 10 * abs(sum(s[8] for s in scores.weights.values()))
+
+
+def test_learned_rounding_reconstructs_codec_layers_without_labels():
+    codec, images, synthesis = tiny_codec(), _photos(8, 32), (Override("g_s*", keep_float=True),)
+    nearest = lowbit.quantize(codec, images, weights_bits=2, activation_bits=None, overrides=synthesis)
+    learned = lowbit.quantize(codec, images, weights_bits=2, activation_bits=None, method="adaround", iters=60,
+                              batch_size=4, overrides=synthesis)
+    with torch.no_grad():  # the latents, which the untrained synthesis would mostly flatten
+        reference = codec.g_a(images)
+        errors = [float((q.g_a(images) - reference).pow(2).mean()) for q in (nearest, learned)]
+    assert errors[1] < 0.8 * errors[0]
+
+
+def test_the_rate_distortion_plot_is_a_png(tmp_path):
+    from lowbit.codec.rd_plot import plot_rd_curves
+
+    path = plot_rd_curves({"FP32": [(0.1, 25.0), (0.2, 27.0)], "INT8": [(0.1, 24.9), (0.2, 26.8)]},
+                          tmp_path / "rd.png", "codec", {"INT8": 1.5})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["rd.png"]
