@@ -49,6 +49,9 @@ PRODUCER_FUNCTIONS = {operator.add, operator.iadd, torch.add, torch.cat, torch.c
 PRODUCER_METHODS = {"add", "add_", "matmul", "bmm", "mul"}
 MATMUL_FUNCTIONS = {torch.matmul, operator.matmul, torch.bmm, F.scaled_dot_product_attention}
 MATMUL_METHODS = {"matmul", "bmm"}
+# per node kind: the ReLU-like, shape-only, producing and matmul targets
+TARGET_KINDS = {"call_function": (RELU_FUNCTIONS, PASSTHROUGH_FUNCTIONS, PRODUCER_FUNCTIONS, MATMUL_FUNCTIONS),
+                "call_method": (RELU_METHODS, PASSTHROUGH_METHODS, PRODUCER_METHODS, MATMUL_METHODS)}
 
 
 @dataclass
@@ -147,21 +150,14 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
         if isinstance(m, PASSTHROUGH_MODULES):
             return "pass"
         return "other"
-    if node.op == "call_function":
-        if node.target in RELU_FUNCTIONS:
+    if node.op in TARGET_KINDS:
+        relu, passthrough, producer, matmul = TARGET_KINDS[node.op]
+        if node.target in relu:
             return "relu"
-        if node.target in PASSTHROUGH_FUNCTIONS:
+        if node.target in passthrough:
             return "pass"
-        if node.target in PRODUCER_FUNCTIONS and _tensor_args(node) >= 2:
-            return "matmul" if node.target in MATMUL_FUNCTIONS else "producer"
-        return "other"
-    if node.op == "call_method":
-        if node.target in RELU_METHODS:
-            return "relu"
-        if node.target in PASSTHROUGH_METHODS:
-            return "pass"
-        if node.target in PRODUCER_METHODS and _tensor_args(node) >= 2:
-            return "matmul" if node.target in MATMUL_METHODS else "producer"
+        if node.target in producer and _tensor_args(node) >= 2:
+            return "matmul" if node.target in matmul else "producer"
     return "other"
 
 

@@ -29,6 +29,13 @@ class QuantLayer:
     rounding: nn.Module | None
     qweight: torch.Tensor | None
 
+    def _adopt(self, float_layer: nn.Module, weight_spec: QuantSpec, input_spec: QuantSpec | None,
+               seed: int) -> "QuantLayer":
+        """Take over the float layer's weight and bias (shared, not copied) and place the quantizers."""
+        self.weight, self.bias = float_layer.weight, float_layer.bias
+        self._init_quant(weight_spec, input_spec, seed)
+        return self
+
     def _init_quant(self, weight_spec: QuantSpec, input_spec: QuantSpec | None, seed: int) -> None:
         # the grids start on the weight's device: the layer's input and weight are both quantized there
         device = self.weight.device
@@ -103,9 +110,7 @@ class _QConv(QuantLayer):
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                 conv.groups, conv.bias is not None, conv.padding_mode, device=conv.weight.device,
                 dtype=conv.weight.dtype)
-        q.weight, q.bias = conv.weight, conv.bias
-        q._init_quant(weight_spec, input_spec, seed)
-        return q
+        return q._adopt(conv, weight_spec, input_spec, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.quantize_input(x), self.fake_quant_weight(), self.bias)
@@ -132,11 +137,9 @@ class QConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 conv.output_padding, conv.groups, conv.bias is not None, conv.dilation, conv.padding_mode,
                 device=conv.weight.device, dtype=conv.weight.dtype)
-        q.weight, q.bias = conv.weight, conv.bias
         if weight_spec.granularity == "per_channel":
             weight_spec = replace(weight_spec, axis=1)
-        q._init_quant(weight_spec, input_spec, seed)
-        return q
+        return q._adopt(conv, weight_spec, input_spec, seed)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         output_padding = self._output_padding(x, output_size, list(self.stride), list(self.padding),
@@ -153,9 +156,7 @@ class QLinear(QuantLayer, nn.Linear):
                    seed: int = 0) -> "QLinear":
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device,
                 dtype=linear.weight.dtype)
-        q.weight, q.bias = linear.weight, linear.bias
-        q._init_quant(weight_spec, input_spec, seed)
-        return q
+        return q._adopt(linear, weight_spec, input_spec, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.quantize_input(x), self.fake_quant_weight(), self.bias)
