@@ -41,13 +41,14 @@ class Task:
     finish: Callable[[nn.Module], None]  # after freezing
     check_loaded: Callable[[nn.Module], None]  # after loading, before first use
     rebuild: Callable[[dict], nn.Module]  # the float architecture from a file's architecture record
-    sensitivities: tuple[str, ...]  # the mixed-precision metrics that fit its outputs, the default first
+    default_sensitivity: str  # the mixed-precision metric used when none is named
+    sensitivities: tuple[str, ...] | None = None  # the only metrics that fit its outputs (None: any registered)
 
     def sensitivity(self, name: str | None) -> str:
         """``name``, or the task's default metric; a one-line error for a metric that cannot score this task."""
         if name is None:
-            return self.sensitivities[0]
-        if name not in self.sensitivities:
+            return self.default_sensitivity
+        if self.sensitivities is not None and name not in self.sensitivities:
             raise LowbitError(f"the {name} sensitivity cannot score {self.description.split(' (')[0]}; use "
                               f"{' or '.join(self.sensitivities)}")
         return name
@@ -55,12 +56,11 @@ class Task:
 
 TASKS: Registry[Task] = Registry("task")
 TASKS.add(DEFAULT, Task(DEFAULT, "image classifiers (top-1, precision, recall, F1)", lambda _: True, None,
-                        _nothing, lambda _, config: config, _nothing, _nothing, rebuild_classifier,
-                        ("hessian", "measured", "orthogonality")))
+                        _nothing, lambda _, config: config, _nothing, _nothing, rebuild_classifier, "hessian"))
 TASKS.add(codec_task.TASK, Task(codec_task.TASK, "learned image codecs with CompressAI's interface (bpp, PSNR, "
                                 "MS-SSIM from real bitstreams)", codec_task.is_codec, "swap", codec_task.setup,
                                 codec_task.configure, codec_task.finish, codec_task.check_loaded, codec_task.rebuild,
-                                (codec_task.SENSITIVITY,)))
+                                codec_task.SENSITIVITY, (codec_task.SENSITIVITY,)))
 
 
 def task_of(model: nn.Module) -> Task:
