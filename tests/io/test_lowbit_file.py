@@ -85,3 +85,30 @@ def test_failed_save_leaves_no_partial_file(residual_net, images, tmp_path, monk
 def test_saving_an_unquantized_model_is_a_clear_error(residual_net, tmp_path):
     with pytest.raises(LowbitError, match="quantize it first"):
         lowbit.save(residual_net, tmp_path / "m.lowbit")
+
+
+@pytest.mark.filterwarnings("ignore:torch.fx could not trace")
+def test_a_buffer_the_architecture_cannot_take_is_a_one_line_error(tmp_path):
+    import torch
+    from torch import nn
+
+    import lowbit
+    from lowbit.errors import LowbitError
+
+    class WithTable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.register_buffer("table", torch.empty(0))  # filled later, like a codec's entropy tables
+
+        def forward(self, x):
+            if bool(x.isfinite().all()):  # data-dependent control flow: prepared by swapping, buffers kept
+                return self.conv(x) + self.table.sum()
+            return x
+
+    model = WithTable()
+    model.table = torch.arange(3.0)
+    qmodel = lowbit.quantize(model, torch.randn(4, 3, 8, 8), weights_bits=8, activation_bits=None)
+    path = lowbit.save(qmodel, tmp_path / "t.lowbit")
+    with pytest.raises(LowbitError, match="t.lowbit: .*size"):
+        lowbit.load(str(path), model=WithTable())

@@ -270,7 +270,11 @@ def load(path: str | Path, architecture: Architecture, device: str | torch.devic
         _load_activation_grids(qmodel, record.calibrated_activations, tensors)
     except payload.PayloadError as exc:
         raise LowbitError(f"{path}: {exc}") from None
-    qmodel.load_state_dict(tensors, strict=False)
+    try:
+        qmodel.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # a buffer the architecture holds empty, stored with a shape it cannot take
+        raise LowbitError(f"{path}: {str(exc).splitlines()[-1].strip()[:200]}; load it with the model it was saved "
+                          "from") from None
     qmodel.lowbit_info.extra = {k: v for k in ("float_metrics", "quant_metrics", "dataset", "mixed", "coverage")
                                 if (v := getattr(record, k)) is not None}
     qmodel.lowbit_record = record
