@@ -27,7 +27,8 @@ from lowbit.errors import LowbitError
 from lowbit.io.atomic import atomic_path
 
 #: Bundled codecs: name -> (weights file prefix, number of rate points). Quality q uses ``<prefix>_q<q>``.
-BUNDLED = {"codec-factorized-small": ("codec_factorized_small", 3), "codec-hyperprior-small": ("codec_hyperprior_small", 3)}
+BUNDLED = {"codec-factorized-small": ("codec_factorized_small", 3),
+           "codec-hyperprior-small": ("codec_hyperprior_small", 3)}
 
 
 @dataclass
