@@ -1,4 +1,4 @@
-"""The bundled codec: it loads offline, matches its recipe, and orders its rate points on a held-out photo."""
+"""The bundled codecs: they load offline, match their recipes, and order their rate points on a held-out photo."""
 
 from __future__ import annotations
 
@@ -14,21 +14,23 @@ from lowbit.errors import LowbitError
 NAME = "codec-factorized-small"
 
 
-def test_each_quality_loads_with_the_recipe_digest_and_was_not_trained_on_held_out_photos():
-    for quality in range(1, BUNDLED[NAME][1] + 1):
-        codec = open_codec(NAME, quality)
+@pytest.mark.parametrize("name", list(BUNDLED))
+def test_each_quality_loads_with_the_recipe_digest_and_was_not_trained_on_held_out_photos(name):
+    for quality in range(1, BUNDLED[name][1] + 1):
+        codec = open_codec(name, quality)
         assert codec.digest == codec.recipe["sha256"]
         assert codec.recipe["architecture"] == codec.architecture
         trained_on = {name.removeprefix("skimage_") for name in codec.recipe["training_photos"]}
         assert not trained_on & set(HELD_OUT)
 
 
-def test_rate_points_are_ordered_on_a_held_out_photo():
+@pytest.mark.parametrize("name", list(BUNDLED))
+def test_rate_points_are_ordered_on_a_held_out_photo(name):
     photo = read_image(held_out_photos()[0])  # astronaut, 512x512: a quarter of it keeps the test fast
     small = F.interpolate(photo[None], size=(128, 128), mode="area")[0]
     results = []
-    for quality in range(1, BUNDLED[NAME][1] + 1):
-        codec = open_codec(NAME, quality)
+    for quality in range(1, BUNDLED[name][1] + 1):
+        codec = open_codec(name, quality)
         results.append(evaluate_codec(codec.model, [("astronaut", small)], codec.stride).images[0])
     bpps, psnrs = [r.bpp for r in results], [r.psnr for r in results]
     assert bpps == sorted(bpps) and len(set(bpps)) == len(bpps)

@@ -53,9 +53,13 @@ def test_same_seed_same_weights_and_training_changes_them():
     assert digests[0] == digests[1]
 
 
-def test_saved_half_weights_reload_to_the_same_model(tmp_path):
-    model = tiny_codec()
-    save_codec(model, tmp_path / "c.safetensors", {"architecture": ARCH, "N": 8, "M": 8, "note": "x"}, half=True)
+@pytest.mark.parametrize("arch", [ARCH, "bmshj2018-hyperprior-small"])
+def test_saved_half_weights_reload_to_the_same_model(tmp_path, arch):
+    from lowbit.codec.architectures import codec_architecture
+
+    torch.manual_seed(0)
+    model = codec_architecture(arch).create(8, 8).eval()
+    save_codec(model, tmp_path / "c.safetensors", {"architecture": arch, "N": 8, "M": 8, "note": "x"}, half=True)
     recipe = json.loads((tmp_path / "c.json").read_text())
     assert recipe["note"] == "x" and recipe["float16_transforms"] is True
     loaded, _ = load_codec(tmp_path / "c.safetensors")

@@ -26,6 +26,7 @@ from lowbit.codec.task import arch_record, is_codec
 from lowbit.errors import LowbitError
 from lowbit.io.atomic import atomic_path
 
+ENTROPY_MODELS = ("entropy_bottleneck.", "gaussian_conditional.")  # state-dict prefixes of CompressAI's entropy models
 #: Bundled codecs: name -> (weights file prefix, number of rate points). Quality q uses ``<prefix>_q<q>``.
 BUNDLED = {"codec-factorized-small": ("codec_factorized_small", 3),
            "codec-hyperprior-small": ("codec_hyperprior_small", 3)}
@@ -72,13 +73,14 @@ def save_codec(model: nn.Module, path: str | Path, recipe: dict[str, Any], half:
     """Write the weights (safetensors) and the recipe (JSON beside it), each atomically.
 
     ``half`` stores the transforms' floats as float16 to halve the file; the model is rounded the same way in
-    place first, so that the saved file reloads to exactly the model that was evaluated. The entropy model
-    stays in full precision: its quantiles and tables define the bitstream.
+    place first, so that the saved file reloads to exactly the model that was evaluated. The entropy models
+    (the bottleneck's quantiles and density, the Gaussian conditional's scale table) stay in full precision:
+    they define the bitstream, and ``update`` rewrites the scale table at full precision anyway.
     """
     path = Path(path)
 
     def halved(name: str, tensor: torch.Tensor) -> bool:
-        return half and tensor.is_floating_point() and "entropy_bottleneck" not in name
+        return half and tensor.is_floating_point() and not name.startswith(ENTROPY_MODELS)
 
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
