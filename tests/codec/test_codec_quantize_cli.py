@@ -4,12 +4,8 @@ process, and refuse bad requests in one line with nothing written."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-import torch
 from codec_helpers import tiny_weights, write_png
 
 from lowbit.cli import main
@@ -31,7 +27,7 @@ def _quantize(weights, photos, out, *extra):
                  "--crop", "32", "--eval-images", str(photos), "--quiet", "--out", str(out), *extra])
 
 
-def test_quantize_then_eval_compress_and_decode_in_another_process(tmp_path, setup, capsys):
+def test_quantize_then_eval_compress_and_decompress_with_the_file(tmp_path, setup, capsys):
     weights, photos = setup
     out = tmp_path / "c.lowbit"
     assert _quantize(weights, photos, out, "--weights-bits", "8", "--activation-bits", "16", "--dynamic-activations",
@@ -46,11 +42,8 @@ def test_quantize_then_eval_compress_and_decode_in_another_process(tmp_path, set
     image = photos / "p0.png"
     assert main(["codec", "compress", "--model", str(out), str(image), str(tmp_path / "p.bits")]) == 0
     assert main(["codec", "decompress", "--model", str(out), str(tmp_path / "p.bits"), str(tmp_path / "a.png")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, "-m", "lowbit", "codec", "decompress", "--model", str(out),
-                           str(tmp_path / "p.bits"), str(tmp_path / "b.png")], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert torch.equal(read_image(tmp_path / "a.png"), read_image(tmp_path / "b.png"))
+    # decoding in another process, thread count and batch: tests/codec/test_codec_exact.py
+    assert read_image(tmp_path / "a.png").shape == read_image(image).shape
 
 
 def test_a_float_override_is_recorded_in_the_saved_config(tmp_path, setup):
