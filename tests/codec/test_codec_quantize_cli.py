@@ -1,5 +1,5 @@
-"""``lowbit codec quantize`` end to end: quantize, evaluate and code with the .lowbit file, decode in another
-process, and refuse bad requests in one line with nothing written."""
+"""``lowbit codec quantize`` end to end: quantize, evaluate and code with the .lowbit file, mixed precision, and
+bad requests refused in one line with nothing written."""
 
 from __future__ import annotations
 
