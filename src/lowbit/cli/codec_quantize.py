@@ -42,7 +42,7 @@ def add_parser(codec_sub: argparse._SubParsersAction, model_help: str) -> None:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from lowbit.cli.mixed import budget_from_args, print_allocation, sensitivity_options
+    from lowbit.cli.mixed import budget_from_args, mixed_keywords, print_allocation
     from lowbit.cli.quantize import write_json
     from lowbit.mixed import Allocation
     from lowbit.codec.images import image_files, read_images
@@ -58,13 +58,8 @@ def run_quantize(args: argparse.Namespace) -> int:
     check_outputs({"--model": args.model, "--images": args.images, "--eval-images": args.eval_images},
                   {"--out": out, "--json": args.json})
     config = config_from_args(args)
-    budget = budget_from_args(args)
-    mixed = None
-    if budget is not None:
-        options = {**sensitivity_options(args), **({"lmbda": args.lmbda} if args.lmbda is not None else {})}
-        mixed = {"mixed": budget, "sensitivity": args.sensitivity, "sensitivity_images": args.sensitivity_images,
-                 "sensitivity_options": options}
-    elif args.lmbda is not None:
+    mixed = mixed_keywords(args, budget_from_args(args), **({"lmbda": args.lmbda} if args.lmbda is not None else {}))
+    if mixed is None and args.lmbda is not None:
         raise LowbitError("--lmbda weighs the mixed-precision sensitivity; add --mixed-precision and a budget")
     codec = open_codec(args.model, args.quality)
     if codec.weights_path is not None and codec.weights_path.suffix == ".lowbit":
@@ -89,9 +84,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         rows = [[name, f"{m['bpp']:.4f}", f"{m['psnr']:.3f}", f"{m['ms_ssim']:.4f}" if m["ms_ssim"] else None,
                  human_bytes(result[key])]
                 for name, m, key in (("float", f, "float_file_bytes"), ("quantized", q, "quant_file_bytes"))]
-        rows += [
-                 ["change", f"{100 * (q['bpp'] / f['bpp'] - 1):+.2f}%", f"{q['psnr'] - f['psnr']:+.3f} dB",
-                  f"{q['ms_ssim'] - f['ms_ssim']:+.4f}" if q["ms_ssim"] is not None else None, ""]]
+        rows.append(["change", f"{100 * (q['bpp'] / f['bpp'] - 1):+.2f}%", f"{q['psnr'] - f['psnr']:+.3f} dB",
+                     f"{q['ms_ssim'] - f['ms_ssim']:+.4f}" if q["ms_ssim"] is not None else None, ""])
         print(f"mean over {len(eval_images)} photos (real bitstreams):")
         print(table(("model", "bpp", "PSNR dB", "MS-SSIM", "file"), rows))
     print(f"saved {out} ({human_bytes(result['quant_file_bytes'])})")

@@ -45,6 +45,16 @@ def sensitivity_options(args: argparse.Namespace) -> dict[str, float]:
     return {} if args.beta is None else {"beta": args.beta}
 
 
+def mixed_keywords(args: argparse.Namespace, budget: Budget | None, **metric_options: object) -> dict | None:
+    """The mixed-precision keywords of :func:`lowbit.quantize` for ``budget`` (the options', from
+    :func:`budget_from_args`; None when mixing is off); ``metric_options`` adds a command's own sensitivity
+    options to ``--beta``."""
+    if budget is None:
+        return None
+    return {"mixed": budget, "sensitivity": args.sensitivity, "sensitivity_images": args.sensitivity_images,
+            "sensitivity_options": {**sensitivity_options(args), **metric_options}}
+
+
 def _bit_list(text: str, option: str) -> tuple[int, ...]:
     try:
         return tuple(int(b) for b in text.split(",") if b.strip())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from lowbit.cli.common import (add_data_args, add_model_args, add_quant_args, config_from_args, load_data,
                                load_float_model, resolve_dataset, resolve_device)
-from lowbit.cli.mixed import add_mixed_args, budget_from_args, print_allocation, sensitivity_options
+from lowbit.cli.mixed import add_mixed_args, budget_from_args, mixed_keywords, print_allocation
 from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.synth import add_calib_args, calibration_data
 from lowbit.config import QuantConfig
@@ -76,9 +77,7 @@ def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
             raise LowbitError("--bit-cfg fixes every layer's width; drop the mixed-precision budget (or --bit-cfg)")
         config = apply_bit_cfg(model, config, parse_bit_cfg(args.bit_cfg))
     calib, calib_record = calibration_data(args, model, train_set, info, config.calib_images)
-    mixed = None if budget is None else {"mixed": budget, "sensitivity": args.sensitivity,
-                                         "sensitivity_images": args.sensitivity_images,
-                                         "sensitivity_options": sensitivity_options(args)}
+    mixed = mixed_keywords(args, budget)
     test_set = load_data(args, "test")[0] if not args.no_eval and info is not None else None
     out = Path(args.out) if args.out else default_out(args.model, config, budget)
     return quantize_evaluate_save(model, calib, config, out, model_name=args.model, info=info, test_set=test_set,
@@ -94,8 +93,9 @@ def print_report(result: dict, label: str) -> None:
             metrics_row(label, result.get("quant_metrics"), result["quant_file_bytes"], ratio,
                         result["quantize_seconds"], result.get("quant_eval_seconds"))]
     if "weights_only_metrics" in result:
-        rows.insert(1, metrics_row(label.split(" ")[0].split("A")[0] + " weights only", result["weights_only_metrics"],
-                                   None, None, result["weights_only_quantize_seconds"],
+        weights_only = replace(QuantConfig.from_dict(result["config"]), activations=None)
+        rows.insert(1, metrics_row(f"{label_of(weights_only, result.get('mixed'))}, weights only",
+                                   result["weights_only_metrics"], None, None, result["weights_only_quantize_seconds"],
                                    result["weights_only_eval_seconds"]))
     print(table(METRIC_HEADERS, rows))
     print(f"saved {result['out']} (quantize s: calibration and rounding; eval s: the whole test split)")

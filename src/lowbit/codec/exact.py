@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from torch import nn
 
 from lowbit import qmath
 from lowbit.layers import QConv2d, QConvTranspose2d, QuantLayer
+from lowbit.quantizer import Quantizer
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +90,10 @@ def _accumulator_bound(layer: QuantLayer, w: torch.Tensor) -> int:
 
 
 def _fixed_point(layer: QuantLayer, w: torch.Tensor, out_scale: float | None) -> tuple[torch.Tensor, ...] | None:
-    """Per-channel multiplier, bias and shift (int64) that take an accumulator onto ``out_scale``'s grid (or
-    onto plain fixed point for the last layer): ``(acc * multiplier + bias) / 2^shift``. Each channel's shift
-    gives its multiplier at least ``MIN_MULTIPLIER_BITS`` significant bits; None when that cannot fit int64."""
+    """Per-channel multiplier, bias and shift (int64, on the layer's device) that take an accumulator onto
+    ``out_scale``'s grid (or onto plain fixed point for the last layer): ``(acc * multiplier + bias) / 2^shift``.
+    Each channel's shift gives its multiplier at least ``MIN_MULTIPLIER_BITS`` significant bits; None when that
+    cannot fit int64."""
     s_in = float(layer.input_quant.scale.double().reshape(-1)[0])
     target = out_scale if out_scale is not None else 1.0
     ratios = [s_in * s_w / target for s_w in _channel_scales(layer)]
@@ -109,51 +112,68 @@ def _fixed_point(layer: QuantLayer, w: torch.Tensor, out_scale: float | None) ->
         multipliers.append(multiplier)
         offsets.append(round(b / target * 2**shift))
         shifts.append(shift)
-    as_int64 = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
-    return as_int64(multipliers), as_int64(offsets), as_int64(shifts)
+    return tuple(torch.tensor(v, dtype=torch.int64, device=w.device) for v in (multipliers, offsets, shifts))
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """One layer of ``h_s`` ready for integer arithmetic."""
+
+    layer: QuantLayer
+    relu: bool
+    weight: torch.Tensor  # the weight codes minus their zero points, float64 integers
+    multiplier: torch.Tensor
+    offset: torch.Tensor
+    shift: torch.Tensor
+    next_input: Quantizer | None  # the grid the output is requantized onto; None for the last layer
+
+
+def _plan(h_s: nn.Module) -> list[_Stage] | None:
+    """``h_s`` as stages computed exactly, or None when it is not a chain whose sums and fixed-point
+    requantization fit exact arithmetic."""
+    stages = _stages(h_s)
+    if stages is None:
+        return None
+    plan = []
+    for i, (layer, relu) in enumerate(stages):
+        w = _integer_weight(layer)
+        if _accumulator_bound(layer, w) >= MAX_EXACT:
+            return None
+        nxt = stages[i + 1][0].input_quant if i + 1 < len(stages) else None
+        fixed = _fixed_point(layer, w, float(nxt.scale.double().reshape(-1)[0]) if nxt is not None else None)
+        if fixed is None:
+            return None
+        plan.append(_Stage(layer, relu, w, *fixed, nxt))
+    return plan
 
 
 def integer_forward(h_s: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``h_s(x)`` in exact integer arithmetic (see the module docstring); ``h_s`` must pass :func:`supports`."""
-    stages = _stages(h_s)
-    first = stages[0][0].input_quant
-    qmin, qmax = first.qrange
+    plan = _plan(h_s)
+    first = plan[0].layer.input_quant
     scale, zp = first.grid(x.dim())
-    q = qmath.quantize(x.float(), scale, zp, qmin, qmax).to(torch.int64)
-    for i, (layer, relu) in enumerate(stages):
-        zp_in = int(layer.input_quant.zero_point.reshape(-1)[0])
-        w = _integer_weight(layer)
-        acc = _conv(layer, (q - zp_in).double(), w).to(torch.int64)  # exact: every partial sum is an integer < 2^53
-        nxt = stages[i + 1][0].input_quant if i + 1 < len(stages) else None
-        out_scale = float(nxt.scale.double().reshape(-1)[0]) if nxt is not None else None
-        view = (1, -1) + (1,) * (acc.dim() - 2)
-        multiplier, offset, shift = (t.view(view) for t in _fixed_point(layer, w, out_scale))
-        y = acc * multiplier + offset
-        unit = torch.ones_like(shift) << shift  # 2^shift per channel
+    q = qmath.quantize(x.float(), scale, zp, *first.qrange).to(torch.int64)
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    for stage in plan:
+        zp_in = int(stage.layer.input_quant.zero_point.reshape(-1)[0])
+        acc = _conv(stage.layer, (q - zp_in).double(), stage.weight).to(torch.int64)  # exact: integers < 2^53
+        y = acc * stage.multiplier.view(view) + stage.offset.view(view)
+        unit = torch.ones_like(stage.shift.view(view)) << stage.shift.view(view)  # 2^shift per channel
+        nxt = stage.next_input
         if nxt is None:
-            y = y.clamp(min=0) if relu else y
+            y = y.clamp(min=0) if stage.relu else y
             return (y.double() / unit.double()).to(x.dtype)  # int64 to float64 rounds the same everywhere
         zp_next = int(nxt.zero_point.reshape(-1)[0])
         lo, hi = nxt.qrange
         q = torch.div(y + (unit >> 1), unit, rounding_mode="floor") + zp_next
-        q = q.clamp(max(lo, zp_next) if relu else lo, hi)
-    raise AssertionError("unreachable: h_s has at least one stage")
+        q = q.clamp(max(lo, zp_next) if stage.relu else lo, hi)
+    raise AssertionError("unreachable: the last stage returns")
 
 
 def supports(h_s: nn.Module) -> bool:
     """True when ``h_s`` is a chain of frozen conv layers (ReLU between) on static integer grids whose sums and
     fixed-point requantization fit exact arithmetic."""
-    stages = _stages(h_s)
-    if stages is None:
-        return False
-    for i, (layer, _) in enumerate(stages):
-        w = _integer_weight(layer)
-        if _accumulator_bound(layer, w) >= MAX_EXACT:
-            return False
-        nxt = stages[i + 1][0].input_quant if i + 1 < len(stages) else None
-        if _fixed_point(layer, w, float(nxt.scale.reshape(-1)[0]) if nxt is not None else None) is None:
-            return False
-    return True
+    return _plan(h_s) is not None
 
 
 class ExactPath:

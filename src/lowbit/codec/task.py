@@ -23,14 +23,15 @@ from torch import nn
 from lowbit.codec.exact import install_exact_path
 from lowbit.config import Override, QuantConfig
 from lowbit.errors import LowbitError
-from lowbit.io.run_record import CODEC_TASK as TASK
-from lowbit.io.run_record import MAX_CODEC_CHANNELS
+from lowbit.io.run_record import CODEC_TASK, CodecArchRecord
 
+TASK = CODEC_TASK  # this task's name in the task registry and in saved architecture records
 Scope = Literal["all", "entropy"]
 SCOPES: tuple[Scope, ...] = ("all", "entropy")
 SENSITIVITY = "rate-distortion"  # the mixed-precision metric for codecs (lowbit.codec.rd_sensitivity)
-# CompressAI's names for the entropy-coding parts of a codec: the hyperprior networks and the entropy models
-ENTROPY_PARTS = ("h_a", "h_s", "entropy_bottleneck", "gaussian_conditional")
+# CompressAI's names for the entropy-coding parts of a codec: the entropy models and the hyperprior networks
+ENTROPY_MODELS = ("entropy_bottleneck", "gaussian_conditional")
+ENTROPY_PARTS = ("h_a", "h_s", *ENTROPY_MODELS)
 CDF_TOTAL = 1 << 16  # CompressAI's tables are 16-bit cumulative frequencies
 
 
@@ -77,7 +78,7 @@ def check_loaded(qmodel: nn.Module) -> None:
 
 def arch_record(name: str, n: int, m: int) -> dict[str, Any]:
     """The architecture record a saved codec carries (what :func:`rebuild` reads back)."""
-    return {"task": TASK, "name": name, "kwargs": {"N": int(n), "M": int(m)}}
+    return CodecArchRecord(name, int(n), int(m)).to_dict()
 
 
 def rebuild(record: dict[str, Any]) -> nn.Module:
@@ -85,17 +86,12 @@ def rebuild(record: dict[str, Any]) -> nn.Module:
     from lowbit.codec.architectures import codec_architecture
 
     setup()
-    try:
-        name, n, m = record["name"], int(record["kwargs"]["N"]), int(record["kwargs"]["M"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise LowbitError(f"malformed codec architecture record ({exc}); save the codec again") from None
-    if not (1 <= n <= MAX_CODEC_CHANNELS and 1 <= m <= MAX_CODEC_CHANNELS):
-        raise LowbitError(f"codec channels N={n}, M={m} are outside 1..{MAX_CODEC_CHANNELS}; the file was edited")
+    arch = CodecArchRecord.from_dict(record)  # the header's own checks: known keys, channels within bounds
     # CompressAI's entropy models compute on CPU tensors while they are built, so they cannot be built on the
-    # meta device; the channel bound above caps what this allocates before the file's index is checked.
+    # meta device; the channel bound caps what this allocates before the file's index is checked.
     with torch.device("cpu"):
-        model = codec_architecture(name).create(n, m)
-    model.lowbit_arch = arch_record(name, n, m)
+        model = codec_architecture(arch.name).create(arch.n, arch.m)
+    model.lowbit_arch = arch.to_dict()
     return model
 
 

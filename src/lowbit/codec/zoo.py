@@ -22,11 +22,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lowbit.codec.architectures import codec_architecture
-from lowbit.codec.task import arch_record, is_codec
+from lowbit.codec.task import ENTROPY_MODELS, arch_record, is_codec
 from lowbit.errors import LowbitError
 from lowbit.io.atomic import atomic_path
 
-ENTROPY_MODELS = ("entropy_bottleneck.", "gaussian_conditional.")  # state-dict prefixes of CompressAI's entropy models
 #: Bundled codecs: name -> (weights file prefix, number of rate points). Quality q uses ``<prefix>_q<q>``.
 BUNDLED = {"codec-factorized-small": ("codec_factorized_small", 3),
            "codec-hyperprior-small": ("codec_hyperprior_small", 3)}
@@ -80,7 +79,7 @@ def save_codec(model: nn.Module, path: str | Path, recipe: dict[str, Any], half:
     path = Path(path)
 
     def halved(name: str, tensor: torch.Tensor) -> bool:
-        return half and tensor.is_floating_point() and not name.startswith(ENTROPY_MODELS)
+        return half and tensor.is_floating_point() and name.split(".")[0] not in ENTROPY_MODELS
 
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
