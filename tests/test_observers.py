@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lowbit import qmath
-from lowbit.observers import MSE_GRID, ActivationObserver, static_qparams
+from lowbit.observers import MSE_GRID, SAMPLE_LIMIT, SAMPLE_PER_BATCH, ActivationObserver, static_qparams
 from lowbit.spec import QuantSpec, weight_spec
 
 
@@ -48,11 +48,17 @@ def test_activation_observer_accumulates_extremes_over_batches():
     assert torch.isclose(scale, torch.tensor(3.0 / 255))
 
 
-def test_activation_observer_sample_is_bounded():
+def test_activation_observer_sample_is_bounded_and_spread_over_each_batch():
+    """Memory stays bounded whatever the batch size and count, and the kept values come from the whole batch."""
     obs = ActivationObserver(QuantSpec(bits=4, observer="mse"))
-    for _ in range(40):
-        obs.observe(torch.randn(100_000))
-    assert obs.n_sampled <= 1 << 20
+    half = SAMPLE_PER_BATCH * 4
+    obs.observe(torch.cat([torch.zeros(half), torch.ones(half)]))  # one batch far larger than its share
+    kept = torch.cat(obs.samples)
+    assert kept.numel() == SAMPLE_PER_BATCH
+    assert 0.45 < kept.mean() < 0.55  # drawn from both halves, not the first values of the batch
+    for _ in range(SAMPLE_LIMIT // SAMPLE_PER_BATCH + 8):
+        obs.observe(torch.randn(2 * SAMPLE_PER_BATCH))
+    assert sum(s.numel() for s in obs.samples) == SAMPLE_LIMIT
     scale, _ = obs.qparams()
     assert torch.isfinite(scale)
 

@@ -65,6 +65,8 @@ def test_cli_train_saves_checkpoint_and_recipe(tmp_path):
                  "--batch-size", "4", "--optimizer", "adamw", "--lr", "1e-3", "--out", str(out), "--quiet"]) == 0
     recipe = json.loads(out.with_suffix(".json").read_text())
     assert recipe["options"]["optimizer"] == "adamw" and recipe["model_kwargs"]["image_size"] == 16
+    # the check figure covers the first test images: here all 8 of them, so it is the test top-1 itself
+    assert recipe["check"] == {"test_images": 8, "top1": recipe["test_top1"]}
     state = load_file(str(out))
     model = build_model("vit_small", **recipe["model_kwargs"])
     model.load_state_dict(state)

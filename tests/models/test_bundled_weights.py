@@ -1,4 +1,4 @@
-"""Every bundled checkpoint loads into its architecture and still scores what its recipe file records."""
+"""Every bundled checkpoint loads into its architecture and still scores exactly what its recipe file records."""
 
 import json
 
@@ -25,5 +25,7 @@ def test_bundled_accuracy_matches_its_recipe(recipe):
     info = json.loads(recipe.read_text())
     model = load_checkpoint(build_model(info["model"], **info["model_kwargs"]), bundled_checkpoint(info["model"]))
     test, _ = load_dataset(info["dataset"], "test")
-    subset = torch.utils.data.Subset(test, range(2000))
-    assert abs(lowbit.evaluate(model.eval(), subset).top1 - info["test_top1"]) < 0.03
+    check = info["check"]
+    subset = torch.utils.data.Subset(test, range(check["test_images"]))
+    # one image may flip where a reduction order differs (thread count, CPU); any change to the weights shows more
+    assert abs(lowbit.evaluate(model.eval(), subset).top1 - check["top1"]) <= 1 / check["test_images"] + 1e-9

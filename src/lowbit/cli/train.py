@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch.utils.data import Subset
 
 from lowbit.cli.common import add_data_args, load_data, resolve_device
 from lowbit.cli.outputs import check_outputs, cli_inputs
@@ -16,6 +17,8 @@ from lowbit.evaluate import evaluate
 from lowbit.io.atomic import atomic_path
 from lowbit.models import build_model
 from lowbit.train import OPTIMIZERS, TrainOptions, train
+
+CHECK_IMAGES = 2000  # the first test images, whose top-1 the recipe records for tests to recompute
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -50,10 +53,14 @@ def run_train(args: argparse.Namespace) -> int:
     train(model, train_set, options, device=device, quiet=args.quiet)
     seconds = time.perf_counter() - start
     metrics = evaluate(model, test_set, class_names=info.classes, progress=not args.quiet)
+    # a figure cheap enough for a test to recompute exactly: the bundled weights are checked against it
+    check_images = min(CHECK_IMAGES, len(test_set))
+    check = evaluate(model, Subset(test_set, range(check_images)), progress=False)
     with atomic_path(out) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     recipe = {"model": args.model, "model_kwargs": kwargs, "dataset": info.name, "options": options.to_dict(),
-              "test_top1": metrics.top1, "test_f1": metrics.f1, "train_seconds": round(seconds, 1),
+              "test_top1": metrics.top1, "test_f1": metrics.f1,
+              "check": {"test_images": check_images, "top1": check.top1}, "train_seconds": round(seconds, 1),
               "torch": torch.__version__}
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(recipe, indent=2))
