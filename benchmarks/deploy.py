@@ -6,7 +6,9 @@ beside ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel, MinMax an
 float ONNX export of the same model, after onnxruntime's pre-processing, with the same 1024 calibration images
 from the training split. Then speed on torchvision ResNet-18 at 224x224 (random weights and images: only time
 is measured): float PyTorch, lowbit's simulated model, onnxruntime fp32, lowbit's int8 ONNX and onnxruntime's
-own int8 model, at batch 1 and 8 with a fixed thread count.
+own int8 model, at batch 1 and 8 with a fixed thread count, and the file sizes at W8A8 and W4A8. When OpenVINO is
+installed (``pip install openvino``), the same lowbit files also run in OpenVINO's CPU plugin (float parts in f32):
+top-1, agreement with lowbit's PyTorch model, and how many convolutions and matmuls it runs on integers.
 Run: python3 benchmarks/deploy.py
 """
 
@@ -61,6 +63,23 @@ def ort_static(float_path: Path, out: Path, batches: list[torch.Tensor], method:
     return out
 
 
+def openvino_outputs(path: Path, test, threads: int) -> tuple[torch.Tensor, str] | None:
+    """OpenVINO's outputs on the test split and its integer/total count of convolutions and matmuls, or None
+    where OpenVINO is not installed."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    core = openvino.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+    layers = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+              if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected", "MatMul")]
+    integer = sum(p in ("u8", "i8") for p in layers)
+    out = [torch.from_numpy(compiled(x.numpy())[0]) for x, _ in torch.utils.data.DataLoader(test, batch_size=500)]
+    return torch.cat(out), f"{integer}/{len(layers)}"
+
+
 def agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return 100 * float((a.argmax(1) == b.argmax(1)).float().mean()), float((a - b).abs().max())
 
@@ -84,6 +103,7 @@ def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path) -> str:
     float_onnx = export_float(model, tmp / f"{name}_float.onnx", example)
     float_size = float_onnx.stat().st_size
     rows = [["float32 PyTorch", top1(outputs(model, test), labels), "-", "-", "-", f"{float_size / 1024:.0f} KB"]]
+    openvino_rows: list[list] = []
     for label, kw in SETTINGS.items():
         kw = {**kw, "iters": iters} if kw.get("method") == "brecq" else kw
         start = time.perf_counter()
@@ -96,6 +116,10 @@ def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path) -> str:
         both = f"{top1(ours, labels):.2f} / {top1(theirs, labels):.2f}"
         size = f"{report.bytes / 1024:.0f} KB ({report.bytes / float_size:.3f}x)"
         rows.append([f"lowbit {label} (PyTorch / onnxruntime)", both, agree, diff, seconds, size])
+        in_openvino = openvino_outputs(report.path, test, torch.get_num_threads())
+        if in_openvino is not None:
+            theirs, integer = in_openvino
+            openvino_rows.append([f"lowbit {label}", top1(theirs, labels), *agreement(ours, theirs), integer])
     for method in (CalibrationMethod.MinMax, CalibrationMethod.Percentile):
         start = time.perf_counter()
         path = ort_static(float_onnx, tmp / f"{name}_ort_{method.name}.onnx", batches, method)
@@ -104,8 +128,14 @@ def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path) -> str:
         size = path.stat().st_size
         rows.append([f"onnxruntime quantize_static W8A8 {method.name}", top1(theirs, labels), "-", "-", seconds,
                      f"{size / 1024:.0f} KB ({size / float_size:.3f}x)"])
-    return md_table(["model", "top-1 %", "same top-1 as PyTorch %", "max output diff", "quantize s",
-                     "ONNX file (x float ONNX)"], rows)
+    table = md_table(["model", "top-1 %", "same top-1 as PyTorch %", "max output diff", "quantize s",
+                      "ONNX file (x float ONNX)"], rows)
+    if openvino_rows:
+        import openvino
+        table += (f"\n\nThe same lowbit files in OpenVINO {openvino.get_version().split('-')[0]} (CPU plugin, float "
+                  "parts in f32):\n\n" + md_table(["file", "OpenVINO top-1 %", "same top-1 as PyTorch %",
+                                                   "max output diff", "integer convs/matmuls"], openvino_rows))
+    return table
 
 
 def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path) -> str:
@@ -115,13 +145,15 @@ def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path) -
     batches = [torch.randn(8, 3, 224, 224, generator=gen) for _ in range(4)]
     example = batches[0][:2]
     qmodel = lowbit.quantize(model, batches, weights_bits=8, activation_bits=8)
+    w4 = export(lowbit.quantize(model, batches, weights_bits=4, activation_bits=8), tmp / "r18_w4a8.onnx", example)
     float_onnx = export_float(model, tmp / "r18_float.onnx", example)
+    w8 = export(qmodel, tmp / "r18_w8a8.onnx", example)
     runners = {"float PyTorch": model, "lowbit simulated (PyTorch)": qmodel,
                "onnxruntime fp32": OnnxClassifier(float_onnx, threads),
-               "lowbit W8A8 ONNX (onnxruntime)": OnnxClassifier(export(qmodel, tmp / "r18_w8a8.onnx", example).path,
-                                                                threads),
+               "lowbit W8A8 ONNX (onnxruntime)": OnnxClassifier(w8.path, threads),
                "lowbit W8A8 ONNX --signed-weights (onnxruntime)": OnnxClassifier(
                    export(qmodel, tmp / "r18_w8a8_s8.onnx", example, signed_weights=True).path, threads),
+               "lowbit W4A8 ONNX (onnxruntime)": OnnxClassifier(w4.path, threads),
                "onnxruntime quantize_static W8A8": OnnxClassifier(
                    ort_static(float_onnx, tmp / "r18_ort.onnx", batches, CalibrationMethod.MinMax), threads)}
     torch.set_num_threads(threads)
@@ -135,8 +167,12 @@ def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path) -
             t = times[form, batch]
             rows.append([form, batch, 1000 * t, batch / t, f"{times['onnxruntime fp32', batch] / t:.2f}x",
                          f"{times['onnxruntime quantize_static W8A8', batch] / t:.2f}x"])
-    return md_table(["form", "batch", "median ms", "images/s", "speed vs onnxruntime fp32",
-                     "speed vs onnxruntime int8"], rows)
+    float_bytes = float_onnx.stat().st_size
+    sizes = [[label, f"{size / 2**20:.2f} MiB", f"{size / float_bytes:.3f}x"]
+             for label, size in (("float32", float_bytes), ("lowbit W8A8", w8.bytes), ("lowbit W4A8", w4.bytes))]
+    return (md_table(["form", "batch", "median ms", "images/s", "speed vs onnxruntime fp32",
+                      "speed vs onnxruntime int8"], rows)
+            + "\n\nONNX files of this ResNet-18:\n\n" + md_table(["file", "size", "x float32 ONNX"], sizes))
 
 
 def main() -> None:

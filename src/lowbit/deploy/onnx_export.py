@@ -76,11 +76,13 @@ def store_narrow(proto: onnx.ModelProto, four_bit: set[str], halves: list[np.nda
     return done
 
 
-def _drop_node_provenance(proto: onnx.ModelProto) -> None:
-    """Remove the exporter's per-node debugging records (Python stack traces, module paths): in a small model
-    they weigh more than the 4-bit weights, and no runtime reads them."""
+def _drop_debug_records(proto: onnx.ModelProto) -> None:
+    """Remove the exporter's debugging records: per-node Python stack traces and module paths, and the inferred
+    shape of every intermediate tensor. In a small model they weigh more than the 4-bit weights; runtimes infer
+    shapes again when they load a model, and no runtime reads the stack traces."""
     for node in proto.graph.node:
         del node.metadata_props[:]
+    del proto.graph.value_info[:]
 
 
 def _torch_export(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
@@ -95,7 +97,7 @@ def _torch_export(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
         raise LowbitError(f"the ONNX exporter could not export this model ({type(exc).__name__}: {first_line(exc)}); "
                           "replace that operation or make the model traceable by torch.export") from None
     proto = program.model_proto
-    _drop_node_provenance(proto)
+    _drop_debug_records(proto)
     return proto
 
 
@@ -106,7 +108,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     ``example_input`` is one batch of model inputs (its batch size is not fixed in the file). The file needs
     only onnxruntime (or any runtime that reads QDQ ONNX) to run. 8-bit weight codes are stored unsigned
     (offset by 128, the same values) for onnxruntime's x86 kernels; ``signed_weights=True`` keeps them int8,
-    as TensorRT requires. ``metadata`` is written into the file's metadata properties.
+    as TensorRT requires and OpenVINO needs to run those layers on integers. ``metadata`` is written into the file's metadata properties.
     """
     if not isinstance(example_input, torch.Tensor) or not example_input.is_floating_point():
         raise LowbitError("example_input must be a float tensor shaped like one batch of model inputs")

@@ -39,7 +39,7 @@ def store_unsigned(qmin: int, qmax: int, signed_weights: bool) -> bool:
     """Whether signed 8-bit codes are stored as uint8 with 128 added to codes and zero points (the same real
     values). onnxruntime's x86 kernels multiply uint8 activations by int8 weights with an instruction that
     saturates 16-bit pair sums on CPUs without VNNI, which 8-bit weight codes can reach; uint8 weights take a
-    kernel that does not. Grids of 7 bits and fewer cannot saturate, and TensorRT wants signed weights."""
+    kernel that does not. Grids of 7 bits and fewer cannot saturate; TensorRT and OpenVINO want signed weights."""
     return not signed_weights and -128 <= qmin < -64 and qmax <= 127
 
 
