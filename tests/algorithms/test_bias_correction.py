@@ -1,7 +1,9 @@
 import torch
 
 import lowbit
+from lowbit.algorithms.bias_correction import mean_weight_error_output
 from lowbit.graph import activation_quantizers
+from lowbit.layers import quant_layers
 
 
 def _channel_mean_error(model, q, x):
@@ -22,3 +24,20 @@ def test_bias_correction_is_recorded_and_survives_reload(residual_net, images, t
     with torch.no_grad():
         assert torch.equal(q(images), r(images))
     assert activation_quantizers(r)
+
+
+def test_mean_error_output_equals_the_mean_of_the_full_output():
+    """The shift is computed on the batch-mean input; it must equal the mean over every output position."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+    linear = torch.nn.Linear(6, 5)
+    for float_layer, x, dims in ((conv, torch.randn(4, 3, 9, 9), (0, 2, 3)), (linear, torch.randn(4, 7, 6), (0, 1))):
+        q = lowbit.quantize(torch.nn.Sequential(float_layer), x, weights_bits=3, activation_bits=None,
+                            bias_correction=False)
+        (_, layer), = quant_layers(q)
+        layer.unfreeze()
+        layer.weight.data = float_layer.weight.detach().clone()  # the float weight, so W_q - W is not zero
+        delta = (layer.fake_quant_weight() - layer.weight).detach()
+        full = (layer._conv_forward(x, delta, None) if isinstance(layer, torch.nn.Conv2d) else x @ delta.T)
+        assert full.mean(dims).abs().max() > 1e-3
+        torch.testing.assert_close(mean_weight_error_output(layer, x), full.mean(dims), rtol=1e-4, atol=1e-6)
