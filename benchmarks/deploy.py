@@ -15,6 +15,7 @@ Run: python3 benchmarks/deploy.py
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import tempfile
 import time
@@ -31,6 +32,7 @@ import lowbit
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.deploy import export, export_float
 from lowbit.deploy.bench import median_seconds
+from lowbit.deploy.openvino_check import INTEGER_PRECISIONS, compile_openvino, openvino_version
 from lowbit.deploy.runtime import OnnxClassifier
 from report import bundled_model, md_table, publish, topic_page
 
@@ -66,18 +68,12 @@ def ort_static(float_path: Path, out: Path, batches: list[torch.Tensor], method:
 def openvino_outputs(path: Path, test, threads: int) -> tuple[torch.Tensor, str] | None:
     """OpenVINO's outputs on the test split and its integer/total count of convolutions and matmuls, or None
     where OpenVINO is not installed."""
-    try:
-        import openvino
-    except ImportError:
+    if importlib.util.find_spec("openvino") is None:
         return None
-    core = openvino.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
-    layers = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
-              if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected", "MatMul")]
-    integer = sum(p in ("u8", "i8") for p in layers)
+    compiled, precisions = compile_openvino(path, threads)
+    integer = sum(p in INTEGER_PRECISIONS for p in precisions)
     out = [torch.from_numpy(compiled(x.numpy())[0]) for x, _ in torch.utils.data.DataLoader(test, batch_size=500)]
-    return torch.cat(out), f"{integer}/{len(layers)}"
+    return torch.cat(out), f"{integer}/{len(precisions)}"
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -131,8 +127,7 @@ def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path) -> str:
     table = md_table(["model", "top-1 %", "same top-1 as PyTorch %", "max output diff", "quantize s",
                       "ONNX file (x float ONNX)"], rows)
     if openvino_rows:
-        import openvino
-        table += (f"\n\nThe same lowbit files in OpenVINO {openvino.get_version().split('-')[0]} (CPU plugin, float "
+        table += (f"\n\nThe same lowbit files in OpenVINO {openvino_version()} (CPU plugin, float "
                   "parts in f32):\n\n" + md_table(["file", "OpenVINO top-1 %", "same top-1 as PyTorch %",
                                                    "max output diff", "integer convs/matmuls"], openvino_rows))
     return table

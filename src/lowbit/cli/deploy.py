@@ -32,7 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="; ".join(f"{name}: {EXPORTERS[name].summary}" for name in EXPORTERS))
     e.add_argument("--out", help="the file to write (default: beside the input, with the format's suffix)")
     e.add_argument("--signed-weights", action="store_true",
-                   help="onnx-qdq: keep 8-bit weight codes as int8 (TensorRT, OpenVINO) instead of uint8 (onnxruntime on x86 CPUs)")
+                   help="onnx-qdq: keep 8-bit weight codes as int8 (TensorRT, OpenVINO) instead of uint8 "
+                        "(onnxruntime on x86 CPUs)")
     e.add_argument("--input-shape", help="C,H,W of one input (default: the shape recorded at quantization)")
     e.add_argument("--check-images", type=int, default=1000,
                    help="test images on which the ONNX and PyTorch outputs are compared (0: no check)")

@@ -108,7 +108,8 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     ``example_input`` is one batch of model inputs (its batch size is not fixed in the file). The file needs
     only onnxruntime (or any runtime that reads QDQ ONNX) to run. 8-bit weight codes are stored unsigned
     (offset by 128, the same values) for onnxruntime's x86 kernels; ``signed_weights=True`` keeps them int8,
-    as TensorRT requires and OpenVINO needs to run those layers on integers. ``metadata`` is written into the file's metadata properties.
+    as TensorRT requires and OpenVINO needs to run those layers on integers. ``metadata`` is written into the
+    file's metadata properties.
     """
     if not isinstance(example_input, torch.Tensor) or not example_input.is_floating_point():
         raise LowbitError("example_input must be a float tensor shaped like one batch of model inputs")
