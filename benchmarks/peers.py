@@ -142,3 +142,45 @@ def mct_generate(model: nn.Module, n_images: int, input_shape, mean, std, n_iter
     images = torch.cat(images) if isinstance(images, (list, tuple)) else images
     with torch.no_grad():
         return wrapper.convert(images.cpu().float())
+
+
+def mct_qat_model(model: nn.Module, calib_batches: list[torch.Tensor], weights_bits: int | None,
+                  activation_bits: int | None, weights_memory_bytes: float | None = None) -> nn.Module:
+    """MCT's PyTorch QAT model (its PTQ first, then LSQ quantizers on weights and activations, trainable).
+
+    Either one width pair through :func:`mct_tpc`, or (``weights_memory_bytes``) its mixed precision over the
+    default TPC's kernel options (8, 4, 2 bits; activations 8 bits) under that weights-memory target.
+    """
+    import model_compression_toolkit as mct
+    from model_compression_toolkit.qat import QATConfig
+    from model_compression_toolkit.trainable_infrastructure import TrainingMethod
+    from model_compression_toolkit.target_platform_capabilities.tpc_models.imx500_tpc.v1_0 import tpc as imx500
+
+    qat_config = QATConfig(weight_training_method=TrainingMethod.LSQ, activation_training_method=TrainingMethod.LSQ)
+    kwargs: dict = {"qat_config": qat_config}
+    if weights_memory_bytes is not None:
+        mixed = mct.core.MixedPrecisionQuantizationConfig()
+        kwargs.update(core_config=mct.core.CoreConfig(mixed_precision_config=mixed),
+                      target_resource_utilization=mct.core.ResourceUtilization(weights_memory=weights_memory_bytes),
+                      target_platform_capabilities=imx500.get_tpc())
+    else:
+        kwargs["target_platform_capabilities"] = mct_tpc(weights_bits, activation_bits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qat_model, _ = mct.qat.pytorch_quantization_aware_training_init_experimental(
+            copy.deepcopy(model).eval(), _representative(calib_batches), **kwargs)
+    return qat_model.cpu()
+
+
+def mct_qat_finalize(qat_model: nn.Module) -> nn.Module:
+    """The inference model of a trained MCT QAT model (its quantizers made fixed)."""
+    import model_compression_toolkit as mct
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mct.qat.pytorch_quantization_aware_training_finalize_experimental(qat_model).eval()
+
+
+def is_mct_quantizer_parameter(name: str) -> bool:
+    """Whether a parameter of an MCT QAT model is a step size or range (the rest are weights and biases)."""
+    return name.endswith(("ptq_threshold_tensor", "_min", "_max"))

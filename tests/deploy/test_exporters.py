@@ -57,6 +57,6 @@ def test_cli_writes_a_registered_format(state_format, tmp_path, capsys):
     source = lowbit.save(qmodel, tmp_path / "m.lowbit")
     assert main(["export", str(source), "--format", "state-dict", "--input-shape", "1,28,28"]) == 0
     assert (tmp_path / "m.pt").exists() and "wrote" in capsys.readouterr().out
-    assert main(["export", str(source), "--format", "state-dict", "--signed-weights", "--out",
+    assert main(["export", str(source), "--format", "state-dict", "--unsigned-weights", "--out",
                  str(tmp_path / "n.pt"), "--input-shape", "1,28,28"]) == 2
     assert "has no option signed_weights" in capsys.readouterr().err

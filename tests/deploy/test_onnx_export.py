@@ -69,7 +69,7 @@ def test_file_holds_lowbit_codes_and_grids(residual_net, images, tmp_path):
     inits, weights = initializers(path), dequantized_weights(path)
     for name, layer in quant_layers(qmodel):
         codes, scale, zero_point = weights[f"{name}.w.codes"]
-        assert codes.dtype == np.uint8  # signed 8-bit codes offset by 128 (same values)
+        assert codes.dtype == np.int8
         channel = (-1, *[1] * (codes.ndim - 1))
         np.testing.assert_array_equal(codes.astype(np.int32) - zero_point.astype(np.int32).reshape(channel),
                                       layer.qweight.numpy() - layer.weight_quant.zero_point.numpy().reshape(channel))
@@ -80,10 +80,15 @@ def test_file_holds_lowbit_codes_and_grids(residual_net, images, tmp_path):
     assert act_scales <= onnx_scales
 
 
-def test_signed_weights_keep_int8(residual_net, images, tmp_path):
+def test_weights_are_int8_by_default_and_uint8_on_request(residual_net, images, tmp_path):
     qmodel = lowbit.quantize(residual_net, images, weights_bits=8, activation_bits=8)
-    inits = initializers(export(qmodel, tmp_path / "m.onnx", images[:2], signed_weights=True).path)
-    assert inits["stem.0.w.codes"].data_type == onnx.TensorProto.INT8
+    signed = initializers(export(qmodel, tmp_path / "s.onnx", images[:2]).path)
+    unsigned = initializers(export(qmodel, tmp_path / "u.onnx", images[:2], signed_weights=False).path)
+    assert signed["stem.0.w.codes"].data_type == onnx.TensorProto.INT8
+    assert unsigned["stem.0.w.codes"].data_type == onnx.TensorProto.UINT8
+    shift = numpy_helper.to_array(unsigned["stem.0.w.codes"]).astype(np.int32) - numpy_helper.to_array(
+        signed["stem.0.w.codes"]).astype(np.int32)
+    assert (shift == 128).all()  # the same values, offset with their zero points
 
 
 def test_w4_weights_are_stored_in_4_bit_types_and_still_run_on_integers(tmp_path):

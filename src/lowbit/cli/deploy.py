@@ -31,9 +31,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--format", default=EXPORTERS.names()[0], choices=EXPORTERS.names(),
                    help="; ".join(f"{name}: {EXPORTERS[name].summary}" for name in EXPORTERS))
     e.add_argument("--out", help="the file to write (default: beside the input, with the format's suffix)")
-    e.add_argument("--signed-weights", action="store_true",
-                   help="onnx-qdq: keep 8-bit weight codes as int8 (TensorRT, OpenVINO) instead of uint8 "
-                        "(onnxruntime on x86 CPUs)")
+    e.add_argument("--unsigned-weights", action="store_true",
+                   help="onnx-qdq: store 8-bit weight codes as uint8 instead of int8: exact in onnxruntime on x86 "
+                        "CPUs without VNNI (where its int8-weight kernel can saturate), slower on CPUs with it; "
+                        "TensorRT and OpenVINO need the int8 default")
     e.add_argument("--input-shape", help="C,H,W of one input (default: the shape recorded at quantization)")
     e.add_argument("--check-images", type=int, default=1000,
                    help="test images on which the ONNX and PyTorch outputs are compared (0: no check)")
@@ -99,7 +100,7 @@ def run_export(args: argparse.Namespace) -> int:
     qmodel = load(source)
     shape = input_shape(args, meta)
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
-    options: dict = {"signed_weights": True} if args.signed_weights else {}
+    options: dict = {"signed_weights": False} if args.unsigned_weights else {}
     if "metadata" in EXPORTERS[args.format].options:
         options["metadata"] = {"lowbit.dataset": str((meta.get("dataset") or {}).get("name") or ""),
                                "lowbit.source": source.name}
@@ -116,7 +117,7 @@ def _print_onnx_summary(args: argparse.Namespace, meta: dict, qmodel: torch.nn.M
     """Size against the float ONNX file, which kernels onnxruntime picks, and agreement on test images."""
     from lowbit.deploy import export_float
     from lowbit.deploy.bench import float_view
-    from lowbit.deploy.runtime import kernel_summary, optimized_op_counts
+    from lowbit.deploy.runtime import kernel_summary, optimized_op_counts, x86_without_vnni
 
     out = report.path
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,6 +132,9 @@ def _print_onnx_summary(args: argparse.Namespace, meta: dict, qmodel: torch.nn.M
           "convolutions/matmuls")
     for line in report.float_compute:
         print(f"  in float: {line}")
+    if not args.unsigned_weights and x86_without_vnni() and _has_8_bit_weights(qmodel):
+        print("note: this CPU has no VNNI; onnxruntime's kernel for int8 weights can saturate here, so outputs "
+              "may differ slightly; --unsigned-weights is exact on it (and slower on CPUs with VNNI)")
     print(_check_outputs(args, meta, qmodel, out))
 
 
@@ -153,3 +157,12 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {"file": args.file, "timings": [t.to_dict() for t in timings]})
     return 0
+
+
+def _has_8_bit_weights(qmodel: torch.nn.Module) -> bool:
+    """Whether some weight codes are the 8-bit signed ones that ``--unsigned-weights`` would store as uint8."""
+    from lowbit.deploy.onnx_modules import store_unsigned
+    from lowbit.layers import quant_layers
+
+    return any(not layer.weight_quant.spec.is_fp16 and store_unsigned(*layer.weight_quant.qrange, False)
+               for _, layer in quant_layers(qmodel))

@@ -36,16 +36,20 @@ class Timing:
         return asdict(self)
 
 
-def median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones."""
+def median_seconds(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall time of each ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones. The functions take
+    turns, one run each per round, so that a slow spell of the machine (another process, a clock change) falls on
+    every one of them alike instead of on whichever was being timed then."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def float_view(qmodel: nn.Module) -> nn.Module:
@@ -82,9 +86,7 @@ def bench_model(qmodel: nn.Module, input_shape: tuple[int, ...], batch_sizes: li
         timings = []
         for batch in batch_sizes:
             x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(batch))
-            for form in forms:
-                model = runners[form]
-                with torch.inference_mode():
-                    seconds = median_seconds(lambda: model(x), warmup, repeats)
-                timings.append(Timing(form, batch, seconds, batch / seconds, threads, repeats))
+            with torch.inference_mode():
+                seconds = median_seconds({form: lambda m=runners[form]: m(x) for form in forms}, warmup, repeats)
+            timings += [Timing(form, batch, seconds[form], batch / seconds[form], threads, repeats) for form in forms]
         return timings

@@ -102,14 +102,16 @@ def _torch_export(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
 
 
 def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tensor, *,
-           signed_weights: bool = False, metadata: dict[str, str] | None = None) -> ExportReport:
+           signed_weights: bool = True, metadata: dict[str, str] | None = None) -> ExportReport:
     """Write the frozen quantized ``qmodel`` to ``path`` as ONNX (opset 21, QDQ form) and say what runs in float.
 
     ``example_input`` is one batch of model inputs (its batch size is not fixed in the file). The file needs
-    only onnxruntime (or any runtime that reads QDQ ONNX) to run. 8-bit weight codes are stored unsigned
-    (offset by 128, the same values) for onnxruntime's x86 kernels; ``signed_weights=True`` keeps them int8,
-    as TensorRT requires and OpenVINO needs to run those layers on integers. ``metadata`` is written into the
-    file's metadata properties.
+    only onnxruntime (or any runtime that reads QDQ ONNX) to run. Weight codes are signed (int8, INT4), as
+    TensorRT requires, OpenVINO needs to run the layers on integers, and onnxruntime's fastest kernels take;
+    ``signed_weights=False`` stores 8-bit codes as uint8 (offset by 128, the same values), which onnxruntime
+    computes exactly on x86 CPUs without VNNI, where its int8-weight kernel can saturate (see
+    :func:`lowbit.deploy.onnx_modules.store_unsigned`). ``metadata`` is written into the file's metadata
+    properties.
     """
     if not isinstance(example_input, torch.Tensor) or not example_input.is_floating_point():
         raise LowbitError("example_input must be a float tensor shaped like one batch of model inputs")

@@ -37,9 +37,11 @@ def codes_dtype(qmin: int, qmax: int) -> torch.dtype:
 
 def store_unsigned(qmin: int, qmax: int, signed_weights: bool) -> bool:
     """Whether signed 8-bit codes are stored as uint8 with 128 added to codes and zero points (the same real
-    values). onnxruntime's x86 kernels multiply uint8 activations by int8 weights with an instruction that
-    saturates 16-bit pair sums on CPUs without VNNI, which 8-bit weight codes can reach; uint8 weights take a
-    kernel that does not. Grids of 7 bits and fewer cannot saturate; TensorRT and OpenVINO want signed weights."""
+    values), which only ``signed_weights=False`` asks for. int8 weights are what TensorRT and OpenVINO need and
+    what onnxruntime's fastest x86 and ARM kernels take; but on x86 CPUs without VNNI, onnxruntime multiplies
+    uint8 activations by int8 weights with an instruction that saturates 16-bit pair sums, which 8-bit weight
+    codes can reach, while uint8 weights take an exact (slower) kernel. Grids of 7 bits and fewer cannot
+    saturate, so they stay signed."""
     return not signed_weights and -128 <= qmin < -64 and qmax <= 127
 
 
@@ -108,7 +110,7 @@ class DequantizedWeight(nn.Module):
     integer kernels, as onnxruntime's fused kernels need an int32 bias on the input-times-weight scale)."""
 
     def __init__(self, layer: QuantLayer, input_grid: tuple[torch.Tensor, int, int] | None,
-                 signed_weights: bool = False) -> None:
+                 signed_weights: bool = True) -> None:
         super().__init__()
         wq = layer.weight_quant
         self.float16 = wq.spec.is_fp16
@@ -212,10 +214,10 @@ def _input_grid(q: Quantizer | None) -> tuple[torch.Tensor, int, int] | None:
     return q.scale, *q.qrange
 
 
-def exportable(qmodel: nn.Module, signed_weights: bool = False) -> tuple[nn.Module, ExportNotes]:
+def exportable(qmodel: nn.Module, signed_weights: bool = True) -> tuple[nn.Module, ExportNotes]:
     """A copy of the frozen ``qmodel`` made of exportable modules, and what will run in float.
 
-    ``signed_weights`` keeps 8-bit symmetric weight codes as int8 (see :func:`store_unsigned`)."""
+    ``signed_weights=False`` stores 8-bit symmetric weight codes as uint8 (see :func:`store_unsigned`)."""
     notes = ExportNotes()
     model = copy.deepcopy(qmodel).cpu().eval()
     inputs = layer_input_quantizers(model)

@@ -26,6 +26,17 @@ FLOAT_COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm", "FusedConv", "FusedMatM
 ALL_OPTIMIZATIONS = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
+def x86_without_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this is an x86 CPU without VNNI, where onnxruntime's uint8 x int8 kernel can saturate on
+    8-bit weights (then ``--unsigned-weights`` is exact). False where it cannot tell (not Linux, not x86)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    return flags is not None and "sse2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+
+
 def session_options(threads: int | None = None,
                     level: ort.GraphOptimizationLevel = ALL_OPTIMIZATIONS) -> ort.SessionOptions:
     options = ort.SessionOptions()

@@ -1,0 +1,173 @@
+"""Quantization-aware fine-tuning against post-training quantization and MCT's QAT, like for like.
+
+For each setting (resnet20: W2A4, W2A2 and mixed 2/4/8 bits at 16x weights compression with 8-bit
+activations; mobilenet_v2_small: W4A4 and W2A4), every layer at the row's widths. Weights compression counts
+weight bits only (MCT's ``weights_memory``); at 16x every resnet20 layer must take 2 bits, which leaves mixed
+precision no choice (that is the W2A8 model), so the mixed row runs at 12x:
+- PTQ with BRECQ on 1024 calibration images of the training split (the starting point of lowbit's QAT);
+- ``lowbit.finetune`` from that model for ``--epochs`` epochs (cross-entropy, the defaults otherwise);
+- MCT 2.6.1's PyTorch QAT (its PTQ on the same calibration images, then LSQ quantizers on weights and
+  activations, its mixed precision under the same weights-memory target for the mixed row), trained by the same
+  loop as lowbit's: the same images in the same order, batch, epochs, AdamW with the same learning rates and
+  weight decay on one cosine schedule, step sizes at the same rate relative to their magnitude.
+Both tools hold out the same 10% of the training split and keep the epoch (0 = before fine-tuning) with the best
+top-1 on it; top-1 on the full test split. Wall time per epoch includes the held-out evaluation. MCT's
+finalization rounds its activation thresholds to powers of two (its target platform's choice), which the
+held-out curve, measured while training, does not include.
+Run (MCT installed): python3 qat.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lowbit
+import peers
+from lowbit.data import calibration_batches, load_dataset
+from lowbit.mixed import Budget
+from lowbit.qat.data import TrainingData, split
+from lowbit.qat.loop import cosine_factor
+from lowbit.qat.options import FinetuneOptions
+from report import bundled_model, float_weight_bytes, md_table, publish, topic_page
+
+SETTINGS = {"resnet20": ["2/4", "2/2", "mixed12"], "mobilenet_v2_small": ["4/4", "2/4"]}
+
+
+def label(setting: str) -> str:
+    if setting.startswith("mixed"):
+        return f"mixed 2/4/8 at {setting.removeprefix('mixed')}x weights, A8"
+    return "W{}A{}".format(*setting.split("/"))
+
+
+def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int) -> nn.Module:
+    """lowbit's PTQ with BRECQ at the setting's widths (mixed: Hessian allocation under the weights budget)."""
+    if setting.startswith("mixed"):
+        cr = float(setting.removeprefix("mixed"))
+        return lowbit.quantize(model, calib, weights_bits=8, activation_bits=8, method="brecq", iters=iters,
+                               mixed=Budget(weights_cr=cr, bits=(2, 4, 8), size_measure="codes"))
+    w, a = (int(v) for v in setting.split("/"))
+    return lowbit.quantize(model, calib, weights_bits=w, activation_bits=a, method="brecq", iters=iters)
+
+
+@torch.no_grad()
+def held_out_top1(model: nn.Module, data: TrainingData) -> float:
+    model.eval()
+    hits = total = 0
+    for x, y in data.held_out_batches(256):
+        hits += int((model(x).argmax(1) == y).sum())
+        total += len(x)
+    return hits / total
+
+
+def train_like_lowbit(model: nn.Module, data: TrainingData, options: FinetuneOptions) -> tuple[nn.Module, list, int]:
+    """Train a peer's QAT model with lowbit's fine-tuning loop settings; returns the model of the best held-out
+    epoch, the held-out top-1 per epoch and the epoch kept."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scales = [p for n, p in named if peers.is_mct_quantizer_parameter(n)]
+    rest = [p for n, p in named if not peers.is_mct_quantizer_parameter(n)]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": options.weight_decay, "lr": options.lr},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr": options.lr}]
+    groups += [{"params": [p], "weight_decay": 0.0,
+                "lr": options.scale_lr * float(p.detach().abs().mean().clamp_min(1e-12))} for p in scales]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(options.momentum, 0.999))
+    total_steps, step = options.epochs * data.steps_per_epoch(options.batch_size), 0
+    history = [held_out_top1(model, data)]
+    best = (history[0], 0, {k: v.clone() for k, v in model.state_dict().items()})
+    for epoch in range(options.epochs):
+        model.train()
+        for x, y in data.epoch_batches(epoch, options.batch_size, options.seed):
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * cosine_factor(step, total_steps)
+            optimizer.step()
+            with torch.no_grad():
+                for p in scales:
+                    p.clamp_(min=1e-8)
+            step += 1
+        history.append(held_out_top1(model, data))
+        if history[-1] > best[0]:
+            best = (history[-1], epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[2])
+    return model.eval(), history, best[1]
+
+
+def run_setting(name: str, model: nn.Module, setting: str, args, train, test, calib, float_top1: float,
+                rows: list[list]) -> None:
+    options = FinetuneOptions(epochs=args.epochs, data_percentage=args.data_percentage, batch_size=args.batch)
+
+    def record(tool: str, q: nn.Module, kept: str, history: list[float] | None, per_epoch: float | None,
+               seconds: float) -> None:
+        top1 = 100 * lowbit.evaluate(q, test).top1
+        curve = " / ".join(f"{100 * v:.2f}" for v in history) if history else "-"
+        rows.append([name, label(setting), tool, top1, top1 - float_top1, kept, curve, per_epoch, seconds])
+        print(rows[-1], flush=True)
+
+    start = time.perf_counter()
+    q = ptq(model, calib, setting, args.iters)
+    ptq_seconds = time.perf_counter() - start
+    record("lowbit PTQ (brecq)", q, "-", None, None, ptq_seconds)
+    start = time.perf_counter()
+    tuned = lowbit.finetune(q, train, options)
+    seconds = time.perf_counter() - start
+    run = tuned.lowbit_info.extra["finetune"]
+    history = [h["held_out_top1"] for h in run["history"]]
+    record("lowbit QAT", tuned, str(run["kept_epoch"]), history, seconds / args.epochs, ptq_seconds + seconds)
+    if args.no_mct:
+        return
+    start = time.perf_counter()
+    memory = float_weight_bytes(model) / float(setting.removeprefix("mixed")) if setting.startswith("mixed") else None
+    w, a = (None, None) if memory else (int(v) for v in setting.split("/"))
+    qat_model = peers.mct_qat_model(model, calib, w, a, memory)
+    init_seconds = time.perf_counter() - start
+    trained, mct_history, kept = train_like_lowbit(qat_model, split(train, options), options)
+    seconds = time.perf_counter() - start - init_seconds
+    record(f"MCT {peers.mct_version()} QAT (LSQ)", peers.mct_qat_finalize(trained), str(kept), mct_history,
+           seconds / args.epochs, init_seconds + seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", help="W/A pairs or mixedCR (default: each model's own list)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--data-percentage", type=float, default=1.0, help="share of the training images per epoch")
+    parser.add_argument("--batch", type=int, default=64, help="fine-tuning batch, both tools")
+    parser.add_argument("--iters", type=int, default=500, help="BRECQ steps per block")
+    parser.add_argument("--calib-images", type=int, default=1024)
+    parser.add_argument("--no-mct", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    train, _ = load_dataset("fashion-mnist", "train")
+    test, _ = load_dataset("fashion-mnist", "test")
+    rows: list[list] = []
+    for name in args.models:
+        torch.manual_seed(0)
+        model = bundled_model(name)
+        calib = calibration_batches(train, args.calib_images, 32, seed=0)
+        float_top1 = 100 * lowbit.evaluate(model, test).top1
+        rows.append([name, "float32", "-", float_top1, 0.0, "-", "-", None, None])
+        for setting in args.settings or SETTINGS[name]:
+            run_setting(name, model, setting, args, train, test, calib, float_top1, rows)
+            body = md_table(["model", "setting", "tool", "test top-1 %", "vs float", "epoch kept",
+                             "held-out top-1 % by epoch (0 = start)", "s / epoch", "total s"], rows) + (
+                f"\n\n{args.epochs} epochs over {100 * args.data_percentage:g}% of the training split less the 10% "
+                f"held out (batch {args.batch}); BRECQ {args.iters} steps per block on {args.calib_images} "
+                "calibration images; every layer at the row's widths for both tools. Total seconds include the "
+                "PTQ start (lowbit's BRECQ; MCT's own PTQ and QAT set-up).")
+            publish("qat", "Quantization-aware fine-tuning on Fashion-MNIST, lowbit and MCT", body,
+                    topic_page("qat"), write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
