@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from lowbit.device import model_device
 from lowbit.graph import activation_quantizers
+from lowbit.integer_bias import snap_biases
 from lowbit.layers import quant_layers
 
 def calibrate_weights(model: nn.Module) -> None:
@@ -46,6 +47,8 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], progress: bool 
 
 
 def freeze(model: nn.Module) -> None:
-    """Fix every weight on its grid (see :meth:`lowbit.layers.QuantLayer.freeze`)."""
+    """Fix every weight on its grid (see :meth:`lowbit.layers.QuantLayer.freeze`), and every bias on the int32
+    grid integer runtimes add it on (see :mod:`lowbit.integer_bias`)."""
     for _, layer in quant_layers(model):
         layer.freeze()
+    snap_biases(model)

@@ -20,11 +20,10 @@ from lowbit import qmath
 from lowbit.deploy import onnx_ops  # noqa: F401 - registers torch.ops.lowbit
 from lowbit.errors import LowbitError
 from lowbit.graph import layer_input_quantizers, set_module
+from lowbit.integer_bias import INTEGER_KERNEL_GRID, bias_codes, bias_grid
 from lowbit.layers import QConv1d, QConv2d, QConvTranspose2d, QuantLayer, quant_layers
 from lowbit.quantizer import Quantizer
 
-INT32_MAX = 2**31 - 1
-INTEGER_KERNEL_GRID = (0, 255)  # the activation grid onnxruntime's CPU integer kernels take (uint8)
 UNSIGNED_OFFSET = 128
 
 
@@ -109,8 +108,7 @@ class DequantizedWeight(nn.Module):
     """Integer weight codes with their per-channel grid, and the bias (integer when the layer can run on
     integer kernels, as onnxruntime's fused kernels need an int32 bias on the input-times-weight scale)."""
 
-    def __init__(self, layer: QuantLayer, input_grid: tuple[torch.Tensor, int, int] | None,
-                 signed_weights: bool = True) -> None:
+    def __init__(self, layer: QuantLayer, feeding: Quantizer | None, signed_weights: bool = True) -> None:
         super().__init__()
         wq = layer.weight_quant
         self.float16 = wq.spec.is_fp16
@@ -132,14 +130,12 @@ class DequantizedWeight(nn.Module):
         self.register_buffer("scale", wq.scale.detach().float().expand(channels).contiguous())
         self.register_buffer("zero_point", zero_point.to(dtype).expand(channels).contiguous())
         self.bits = (qmin, qmax)
-        # int32 biases on the input-times-weight scale only where the scales line up with the bias channel
-        # for channel (not a transposed convolution with groups, whose grids are shared across groups)
-        self.bias_codes = bias is not None and input_grid is not None and (bias.numel() == channels)
+        # int32 biases where onnxruntime runs the layer on integers (an 8-bit static input grid) and the
+        # scales line up with the bias channel for channel; freezing put the bias on that grid already
+        bias_scale = bias_grid(layer, feeding)
+        self.bias_codes = bias_scale is not None
         if self.bias_codes:
-            input_scale = input_grid[0].detach().float().reshape(())
-            bias_scale = (input_scale * self.scale).clamp_min(qmath.MIN_SCALE)
-            codes = torch.round(bias.float() / bias_scale).clamp(-INT32_MAX, INT32_MAX).to(torch.int32)
-            self.register_buffer("bias_q", codes)
+            self.register_buffer("bias_q", bias_codes(bias, bias_scale))
             self.register_buffer("bias_scale", bias_scale)
             self.register_buffer("bias_zero_point", torch.zeros(channels, dtype=torch.int32))
         else:
@@ -234,7 +230,7 @@ def exportable(qmodel: nn.Module, signed_weights: bool = True) -> tuple[nn.Modul
         if layer.weight_quant.spec.is_fp16:
             notes.add("fp16 weights: stored as float16 and computed in float32 (onnxruntime's CPU kernels "
                       "have no float16 convolution)")
-        weight = DequantizedWeight(layer, _input_grid(feeding), signed_weights)
+        weight = DequantizedWeight(layer, feeding, signed_weights)
         own_input = export_quantizer(layer.input_quant, notes)
         if isinstance(layer, QConvTranspose2d):
             notes.add("ConvTranspose2d: computed in float on its dequantized integer weights (onnxruntime's CPU "

@@ -23,8 +23,8 @@ from lowbit.errors import LowbitError
 from lowbit.qat.data import TrainingData
 from lowbit.qat.losses import agreement, objective
 from lowbit.qat.options import FinetuneOptions
-from lowbit.qat.trainable import (RangeTracker, grid_activation_quantizers, refreeze, train_mode, unfreeze,
-                                  weight_quantizers)
+from lowbit.qat.trainable import (RangeTracker, copy_quantized, grid_activation_quantizers, refreeze, train_mode,
+                                  unfreeze, weight_quantizers)
 
 log = logging.getLogger(__name__)
 
@@ -150,20 +150,24 @@ class Trainer:
         self.state.loss_count += len(x)
         return loss.item()
 
+    def frozen_copy(self) -> nn.Module:
+        """The model as fine-tuning would return it now: codes and biases on their grids, in eval mode."""
+        model = copy_quantized(self.model)
+        refreeze(model)
+        return model.eval()
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Loss and top-1 on the held-out images (top-1 against the teacher's choice when there are no labels)."""
-        self.model.eval()
+        """Loss and top-1 of :meth:`frozen_copy` on the held-out images (top-1 against the teacher's choice when
+        there are no labels), so the epoch kept is scored exactly as it is returned."""
+        model = self.frozen_copy()
         total, loss_sum, hits = 0, 0.0, 0
-        try:
-            for x, y in self.data.held_out_batches(256):
-                x, y = x.to(self.device), y.to(self.device) if y is not None else None
-                out, t = self.model(x).float(), self._teacher_out(x)
-                loss_sum += objective(out, y, t, self.options).item() * len(x)
-                hits += agreement(out, y if y is not None else t)
-                total += len(x)
-        finally:
-            train_mode(self.model)
+        for x, y in self.data.held_out_batches(256):
+            x, y = x.to(self.device), y.to(self.device) if y is not None else None
+            out, t = model(x).float(), self._teacher_out(x)
+            loss_sum += objective(out, y, t, self.options).item() * len(x)
+            hits += agreement(out, y if y is not None else t)
+            total += len(x)
         loss = loss_sum / max(total, 1)
         if not math.isfinite(loss):
             raise LowbitError(f"the model gives NaN or infinite outputs on the held-out images; lower the learning "
