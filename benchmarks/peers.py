@@ -184,3 +184,81 @@ def mct_qat_finalize(qat_model: nn.Module) -> nn.Module:
 def is_mct_quantizer_parameter(name: str) -> bool:
     """Whether a parameter of an MCT QAT model is a step size or range (the rest are weights and biases)."""
     return name.endswith(("ptq_threshold_tensor", "_min", "_max"))
+
+
+def mct_mixed_tpc(bits: tuple[int, ...] = (2, 4, 8)):
+    """The default (IMX500 v1) TPC whose kernel layers choose every (weights, activations) pair of ``bits``:
+    EPTQ's mixed-precision search space (its other layers keep 8-bit outputs)."""
+    from model_compression_toolkit.target_platform_capabilities.constants import KERNEL_ATTR, WEIGHTS_N_BITS
+    from model_compression_toolkit.target_platform_capabilities.tpc_models.imx500_tpc.v1_0 import tpc as imx500
+
+    linear, _, default = imx500.get_op_quantization_configs()
+    options = [linear.clone_and_edit(attr_to_edit={KERNEL_ATTR: {WEIGHTS_N_BITS: w}}, activation_n_bits=a,
+                                     supported_input_activation_n_bits=tuple(bits))
+               for w in sorted(bits, reverse=True) for a in sorted(bits, reverse=True)]
+    default = default.clone_and_edit(supported_input_activation_n_bits=tuple(bits))
+    return imx500.generate_tpc(default_config=default, base_config=options[0], mixed_precision_cfg_list=options,
+                               name="lowbit_mixed_weights_activations")
+
+
+def mct_total_memory(model: nn.Module, calib_batches: list[torch.Tensor], total_cr: float,
+                     bits: tuple[int, ...] = (2, 4, 8)) -> tuple[nn.Module, float]:
+    """MCT mixed-precision PTQ under a total-memory target (``ResourceUtilization(total_memory=...)``, weights
+    plus activations as MCT measures them) of its float32 total divided by ``total_cr``.
+
+    MCT reports its resource data at 8 bits (one byte per weight and per activation element), so float32 is
+    four times that. Returns the quantized model and MCT's float32 total in bytes.
+    """
+    import model_compression_toolkit as mct
+
+    tpc = mct_mixed_tpc(bits)
+    core = mct.core.CoreConfig(mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = mct.core.pytorch_resource_utilization_data(copy.deepcopy(model).eval(), _representative(calib_batches),
+                                                          core_config=core, target_platform_capabilities=tpc)
+        float_total = 4.0 * (data.weights_memory + data.activation_memory)
+        qmodel, _ = mct.ptq.pytorch_post_training_quantization(
+            copy.deepcopy(model).eval(), _representative(calib_batches),
+            target_resource_utilization=mct.core.ResourceUtilization(total_memory=float_total / total_cr),
+            core_config=core, target_platform_capabilities=tpc)
+    return qmodel.cpu().eval(), float_total
+
+
+@torch.no_grad()
+def mct_memory(qmodel: nn.Module, example: torch.Tensor) -> tuple[float, float, list[int], list[int]]:
+    """Weight codes (parameters x bits / 8) of an MCT model's kernel layers and its largest kernel-layer input
+    (one sample, at the width of the activation quantizer that produced it; float32 when none did): the
+    measure lowbit's ``total_cr`` uses. Also the weight and input widths in model order."""
+    from mct_quantizers import PytorchActivationQuantizationHolder, PytorchQuantizationWrapper
+
+    produced: dict[int, tuple[int, torch.Tensor]] = {}  # the tensor is kept so that its id is not reused
+    weight_bytes, largest, wbits, abits = 0.0, 0.0, [], []
+    hooks = []
+
+    def holder_hook(module, _inputs, output):
+        produced[id(output)] = (module.activation_holder_quantizer.num_bits, output)
+
+    def layer_hook(module, inputs, _output):
+        nonlocal weight_bytes, largest
+        x = inputs[0]
+        bits, source = produced.get(id(x), (32, None))
+        bits = bits if source is x else 32
+        quantizer = module.weights_quantizers.get("weight")
+        w = quantizer.num_bits if quantizer is not None else 32
+        weight_bytes += module.layer.weight.numel() * w / 8
+        largest = max(largest, x[0].numel() * bits / 8)
+        wbits.append(w)
+        abits.append(bits)
+
+    for m in qmodel.modules():
+        if isinstance(m, PytorchActivationQuantizationHolder):
+            hooks.append(m.register_forward_hook(holder_hook))
+        elif isinstance(m, PytorchQuantizationWrapper) and isinstance(getattr(m, "layer", None), (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(layer_hook))
+    try:
+        qmodel(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return weight_bytes, largest, wbits, abits

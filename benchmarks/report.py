@@ -4,6 +4,7 @@ per-topic pages in docs/benchmarks/ (docs/BENCHMARKS.md is the summary that link
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import platform
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lowbit.data import load_dataset
 from lowbit.io.atomic import atomic_path
 from lowbit.models import build_model, bundled_checkpoint, load_checkpoint
 
@@ -27,6 +29,12 @@ def topic_page(topic: str) -> Path:
 def bundled_model(name: str) -> nn.Module:
     """A zoo model with its bundled Fashion-MNIST weights, in eval mode."""
     return load_checkpoint(build_model(name, num_classes=10, in_channels=1), bundled_checkpoint(name)).eval()
+
+
+def fashion_mnist_splits():
+    """The Fashion-MNIST training and test splits, with library warnings only on the log."""
+    logging.basicConfig(level=logging.WARNING)
+    return load_dataset("fashion-mnist", "train")[0], load_dataset("fashion-mnist", "test")[0]
 
 
 def float_weight_bytes(model: nn.Module) -> int:
