@@ -45,14 +45,17 @@ def label(setting: str) -> str:
     return "W{}A{}".format(*setting.split("/"))
 
 
-def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int) -> nn.Module:
+def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int,
+        first_last_bits: int | None = None) -> nn.Module:
     """lowbit's PTQ with BRECQ at the setting's widths (mixed: Hessian allocation under the weights budget)."""
     if setting.startswith("mixed"):
         cr = float(setting.removeprefix("mixed"))
         return lowbit.quantize(model, calib, weights_bits=8, activation_bits=8, method="brecq", iters=iters,
+                               first_last_bits=first_last_bits,
                                mixed=Budget(weights_cr=cr, bits=(2, 4, 8), size_measure="codes"))
     w, a = (int(v) for v in setting.split("/"))
-    return lowbit.quantize(model, calib, weights_bits=w, activation_bits=a, method="brecq", iters=iters)
+    return lowbit.quantize(model, calib, weights_bits=w, activation_bits=a, method="brecq", iters=iters,
+                           first_last_bits=first_last_bits)
 
 
 @torch.no_grad()
@@ -113,7 +116,7 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
         print(rows[-1], flush=True)
 
     start = time.perf_counter()
-    q = ptq(model, calib, setting, args.iters)
+    q = ptq(model, calib, setting, args.iters, args.first_last_bits)
     ptq_seconds = time.perf_counter() - start
     record("lowbit PTQ (brecq)", q, "-", None, None, ptq_seconds)
     start = time.perf_counter()
@@ -122,7 +125,7 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
     run = tuned.lowbit_info.extra["finetune"]
     history = [h["held_out_top1"] for h in run["history"]]
     record("lowbit QAT", tuned, str(run["kept_epoch"]), history, seconds / args.epochs, ptq_seconds + seconds)
-    if args.no_mct:
+    if args.no_mct or args.first_last_bits:
         return
     start = time.perf_counter()
     memory = float_weight_bytes(model) / float(setting.removeprefix("mixed")) if setting.startswith("mixed") else None
@@ -144,6 +147,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="fine-tuning batch, both tools")
     parser.add_argument("--iters", type=int, default=500, help="BRECQ steps per block")
     parser.add_argument("--calib-images", type=int, default=1024)
+    parser.add_argument("--first-last-bits", type=int, help="keep the first and last layers (and their inputs) at "
+                        "this width, as QAT papers do; lowbit only (MCT's per-layer widths are not set up here)")
     parser.add_argument("--no-mct", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -157,16 +162,20 @@ def main() -> None:
         calib = calibration_batches(train, args.calib_images, 32, seed=0)
         float_top1 = 100 * lowbit.evaluate(model, test).top1
         rows.append([name, "float32", "-", float_top1, 0.0, "-", "-", None, None])
+        scope = ("every layer at the row's widths for both tools" if not args.first_last_bits else
+                 f"first and last layers and their inputs at {args.first_last_bits} bits")
         for setting in args.settings or SETTINGS[name]:
             run_setting(name, model, setting, args, train, test, calib, float_top1, rows)
             body = md_table(["model", "setting", "tool", "test top-1 %", "vs float", "epoch kept",
                              "held-out top-1 % by epoch (0 = start)", "s / epoch", "total s"], rows) + (
                 f"\n\n{args.epochs} epochs over {100 * args.data_percentage:g}% of the training split less the 10% "
                 f"held out (batch {args.batch}); BRECQ {args.iters} steps per block on {args.calib_images} "
-                "calibration images; every layer at the row's widths for both tools. Total seconds include the "
+                f"calibration images; {scope}. Total seconds include the "
                 "PTQ start (lowbit's BRECQ; MCT's own PTQ and QAT set-up).")
-            publish("qat", "Quantization-aware fine-tuning on Fashion-MNIST, lowbit and MCT", body,
-                    topic_page("qat"), write=not args.no_write)
+            key = "qat" if not args.first_last_bits else f"qat-first-last-{args.first_last_bits}"
+            title = "Quantization-aware fine-tuning on Fashion-MNIST, lowbit and MCT" if not args.first_last_bits else (
+                f"Quantization-aware fine-tuning, first and last layers at {args.first_last_bits} bits (lowbit only)")
+            publish(key, title, body, topic_page("qat"), write=not args.no_write)
 
 
 if __name__ == "__main__":
