@@ -20,7 +20,6 @@ from torch import nn
 import lowbit
 import peers
 from lowbit.data import calibration_batches
-from lowbit.models import build_model, load_checkpoint
 from report import bundled_model, fashion_mnist_splits, md_table, publish, topic_page
 
 VARIANTS: dict[str, dict] = {
@@ -38,8 +37,7 @@ def models(args) -> list[tuple[str, nn.Module]]:
     found = [(name, bundled_model(name)) for name in args.models]
     for spec in args.extra:
         name, path = spec.split("=", 1)
-        model = load_checkpoint(build_model(name, num_classes=10, in_channels=1), path).eval()
-        found.append((f"{name} ({path})", model))
+        found.append((f"{name} ({path})", bundled_model(name, path)))
     return found
 
 

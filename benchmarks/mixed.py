@@ -12,7 +12,6 @@ Writes a table and a Pareto plot per model. Run: python3 benchmarks/mixed.py --m
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from pathlib import Path
 
@@ -21,12 +20,12 @@ import torch
 import lowbit
 import peers
 from lowbit.config import QuantConfig
-from lowbit.data import calibration_batches, load_dataset
+from lowbit.data import calibration_batches
 from lowbit.errors import LowbitError
 from lowbit.layers import quant_layers
 from lowbit.mixed import Budget, analyze, solve_budget
 from lowbit.mixed.costs import code_bytes, weight_bytes
-from report import bundled_model, float_weight_bytes, md_table, publish, topic_page
+from report import bundled_model, fashion_mnist_splits, float_weight_bytes, md_table, publish, topic_page
 
 HEADERS = ["model", "setting", "sensitivity", "rounding", "weights KB", "x smaller", "top-1 %", "F1 %", "seconds"]
 MEASURE_NOTES = {
@@ -136,10 +135,8 @@ def main() -> None:
     parser.add_argument("--mct", action="store_true", help="also run MCT mixed precision at the same budgets")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
-    train, _ = load_dataset("fashion-mnist", "train")
-    test, _ = load_dataset("fashion-mnist", "test")
+    train, test = fashion_mnist_splits()
     for name in args.models:
         rows, points, infeasible = run_model(name, args, train, test)
         suffix = "" if args.size_measure == "file" else "_codes"

@@ -14,7 +14,6 @@ Run: python3 benchmarks/mixed_seeds.py --models resnet20 mobilenet_v2_small --se
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 
 import torch
@@ -22,10 +21,10 @@ import torch
 import lowbit
 import peers
 from lowbit.config import QuantConfig
-from lowbit.data import calibration_batches, load_dataset
+from lowbit.data import calibration_batches
 from lowbit.mixed import Budget, analyze, solve_budget
 from lowbit.spec import OBSERVERS
-from report import bundled_model, float_weight_bytes, md_table, publish, topic_page
+from report import bundled_model, fashion_mnist_splits, float_weight_bytes, md_table, publish, topic_page
 
 SENSITIVITY_IMAGES = 256
 DEFAULT_CRS = [6.0, 8.0]
@@ -103,9 +102,7 @@ def main() -> None:
     parser.add_argument("--mct", action="store_true", help="also run MCT mixed precision at the same budgets")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    train, _ = load_dataset("fashion-mnist", "train")
-    test, _ = load_dataset("fashion-mnist", "test")
+    train, test = fashion_mnist_splits()
     for name in args.models:
         model = bundled_model(name)
         float_top1 = 100 * lowbit.evaluate(model, test).top1

@@ -254,7 +254,8 @@ def mct_memory(qmodel: nn.Module, example: torch.Tensor) -> tuple[float, float, 
     for m in qmodel.modules():
         if isinstance(m, PytorchActivationQuantizationHolder):
             hooks.append(m.register_forward_hook(holder_hook))
-        elif isinstance(m, PytorchQuantizationWrapper) and isinstance(getattr(m, "layer", None), (nn.Conv2d, nn.Linear)):
+        elif isinstance(m, PytorchQuantizationWrapper) and isinstance(getattr(m, "layer", None),
+                                                                      (nn.Conv2d, nn.Linear)):
             hooks.append(m.register_forward_hook(layer_hook))
     try:
         qmodel(example[:1])

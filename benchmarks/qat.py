@@ -58,6 +58,16 @@ def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int,
                            first_last_bits=first_last_bits)
 
 
+def section(first_last_bits: int | None) -> tuple[str, str, str]:
+    """The page section's key and title, and which layers the rows' widths cover."""
+    if not first_last_bits:
+        return ("qat", "Quantization-aware fine-tuning on Fashion-MNIST, lowbit and MCT",
+                "every layer at the row's widths for both tools")
+    return (f"qat-first-last-{first_last_bits}",
+            f"Quantization-aware fine-tuning, first and last layers at {first_last_bits} bits (lowbit only)",
+            f"first and last layers and their inputs at {first_last_bits} bits")
+
+
 @torch.no_grad()
 def held_out_top1(model: nn.Module, data: TrainingData) -> float:
     model.eval()
@@ -156,14 +166,13 @@ def main() -> None:
     train, _ = load_dataset("fashion-mnist", "train")
     test, _ = load_dataset("fashion-mnist", "test")
     rows: list[list] = []
+    key, title, scope = section(args.first_last_bits)
     for name in args.models:
         torch.manual_seed(0)
         model = bundled_model(name)
         calib = calibration_batches(train, args.calib_images, 32, seed=0)
         float_top1 = 100 * lowbit.evaluate(model, test).top1
         rows.append([name, "float32", "-", float_top1, 0.0, "-", "-", None, None])
-        scope = ("every layer at the row's widths for both tools" if not args.first_last_bits else
-                 f"first and last layers and their inputs at {args.first_last_bits} bits")
         for setting in args.settings or SETTINGS[name]:
             run_setting(name, model, setting, args, train, test, calib, float_top1, rows)
             body = md_table(["model", "setting", "tool", "test top-1 %", "vs float", "epoch kept",
@@ -172,9 +181,6 @@ def main() -> None:
                 f"held out (batch {args.batch}); BRECQ {args.iters} steps per block on {args.calib_images} "
                 f"calibration images; {scope}. Total seconds include the "
                 "PTQ start (lowbit's BRECQ; MCT's own PTQ and QAT set-up).")
-            key = "qat" if not args.first_last_bits else f"qat-first-last-{args.first_last_bits}"
-            title = "Quantization-aware fine-tuning on Fashion-MNIST, lowbit and MCT" if not args.first_last_bits else (
-                f"Quantization-aware fine-tuning, first and last layers at {args.first_last_bits} bits (lowbit only)")
             publish(key, title, body, topic_page("qat"), write=not args.no_write)
 
 

@@ -26,9 +26,10 @@ def topic_page(topic: str) -> Path:
     return PAGES / f"{topic}.md"
 
 
-def bundled_model(name: str) -> nn.Module:
-    """A zoo model with its bundled Fashion-MNIST weights, in eval mode."""
-    return load_checkpoint(build_model(name, num_classes=10, in_channels=1), bundled_checkpoint(name)).eval()
+def bundled_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
+    """A zoo model with its bundled Fashion-MNIST weights (or those of ``checkpoint``), in eval mode."""
+    weights = bundled_checkpoint(name) if checkpoint is None else checkpoint
+    return load_checkpoint(build_model(name, num_classes=10, in_channels=1), weights).eval()
 
 
 def fashion_mnist_splits():

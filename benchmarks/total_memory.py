@@ -24,7 +24,7 @@ import peers
 from lowbit.config import QuantConfig
 from lowbit.data import calibration_batches
 from lowbit.errors import LowbitError
-from lowbit.mixed import Budget, analyze, solve_budget
+from lowbit.mixed import Analysis, Budget, analyze, solve_budget
 from report import bundled_model, fashion_mnist_splits, md_table, publish, topic_page
 
 SENSITIVITY_IMAGES = 256
@@ -42,9 +42,8 @@ def widths(values: list[int]) -> str:
     return " ".join(f"{b}:{counts[b]}" for b in sorted(counts, reverse=True))
 
 
-def lowbit_rows(model: nn.Module, calib: list[torch.Tensor], test, crs: list[float], args) -> list[list]:
-    base = QuantConfig.from_bits(8, 8, seed=args.seed)
-    analysis = analyze(model, torch.cat(calib)[:SENSITIVITY_IMAGES], base, BITS, BITS, "hessian")
+def lowbit_rows(model: nn.Module, analysis: Analysis, calib: list[torch.Tensor], test, crs: list[float],
+                args) -> list[list]:
     rows = []
     for cr in crs:
         budget = Budget(total_cr=cr, bits=BITS, activation_bits=BITS, size_measure="codes")
@@ -94,16 +93,16 @@ def main() -> None:
         model = bundled_model(name)
         calib = calibration_batches(train, args.calib_images, 64, seed=args.seed)
         float_top1 = 100 * lowbit.evaluate(model, test).top1
-        base = QuantConfig.from_bits(8, 8, seed=args.seed)
-        probe = analyze(model, torch.cat(calib)[:8], base, BITS, BITS, "hessian")
-        float_total = probe.float_bytes + probe.float_activation_bytes
-        rows = lowbit_rows(model, calib, test, args.crs, args)
+        analysis = analyze(model, torch.cat(calib)[:SENSITIVITY_IMAGES], QuantConfig.from_bits(8, 8, seed=args.seed),
+                           BITS, BITS, "hessian")
+        float_total = analysis.float_bytes + analysis.float_activation_bytes
+        rows = lowbit_rows(model, analysis, calib, test, args.crs, args)
         if not args.no_mct:
             rows += mct_rows(model, calib, test, args.crs, float_total)
         rows.sort(key=lambda r: float(r[0].rstrip("x")))
         body = (f"Float top-1: {float_top1:.2f}%. Float32 total under lowbit's measure: "
-                f"{float_total / 1024:.1f} KiB (weights {probe.float_bytes / 1024:.1f} KiB, largest layer input "
-                f"{probe.float_activation_bytes / 1024:.1f} KiB).\n\n"
+                f"{float_total / 1024:.1f} KiB (weights {analysis.float_bytes / 1024:.1f} KiB, largest layer input "
+                f"{analysis.float_activation_bytes / 1024:.1f} KiB).\n\n"
                 + md_table(["target", "tool", "test top-1 %", "weight widths (bits:layers)",
                             "layer-input widths (bits:layers)", "total compression, lowbit's measure",
                             "budget as the tool measures it"], rows)
