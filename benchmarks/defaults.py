@@ -4,7 +4,8 @@ MCT 2.6.1's default PTQ and lowbit's default ``nearest`` agree on the bundled Re
 model. For each model (the bundled ones and any further checkpoints given as ``name=path.safetensors``), at
 each width pair, on the same 1024 calibration images of the training split (top-1 on the full test split):
 MCT's default PTQ, lowbit's defaults, and lowbit with one default changed at a time: activation ranges
-(min/max, MSE search, percentile), weight ranges (min/max instead of the MSE search) and bias correction off.
+(min/max, MSE search, percentile), weight ranges (min/max, or the least weight error, instead of the least
+output error), gain correction off, bias correction off.
 The mean over models of each row's difference to MCT says which default matters, independently of one model.
 Run (MCT installed): python3 defaults.py --extra resnet20=r20_seed1.safetensors resnet20=r20_seed2.safetensors
 """
@@ -28,6 +29,8 @@ VARIANTS: dict[str, dict] = {
     "activations MSE search": {"activation_observer": "mse"},
     "activations percentile": {"activation_observer": "percentile"},
     "weights min/max": {"weights_observer": "minmax"},
+    "weights MSE search": {"weights_observer": "mse"},
+    "no gain correction": {"gain_correction": False},
     "no bias correction": {"bias_correction": False},
 }
 
@@ -72,8 +75,9 @@ def main() -> None:
     body = (md_table(["model", "float top-1 %", "widths", "setting", "test top-1 %", "vs MCT"], rows)
             + "\n\nDifference to MCT's default PTQ over the models above:\n\n"
             + md_table(["widths", "setting", "mean", "min", "max", "models at least as accurate", "models"], summary)
-            + "\n\nlowbit's defaults: MSE-searched per-channel weight ranges; activation ranges by min/max at 8 bits "
-              "and MSE search below; bias correction on. MCT's: per-channel symmetric weights with MSE thresholds, "
+            + "\n\nlowbit's defaults: per-channel weight ranges searched for the least error in each layer's output "
+              "on the calibration images (below 8 bits), with gain and bias correction; activation ranges by "
+              "min/max at 8 bits and MSE search below. MCT's: per-channel symmetric weights with MSE thresholds, "
               "power-of-two activation thresholds with MSE, weight bias correction on.")
     publish("defaults", "Round-to-nearest defaults against MCT's, several models", body, topic_page("bitwidths"),
             write=not args.no_write)

@@ -1,9 +1,12 @@
+import pytest
+
 from lowbit.config import QuantConfig
+from lowbit.errors import LowbitError
 
 
 def test_default_specs_follow_the_width():
     cfg = QuantConfig.from_bits(8, 8)
-    assert cfg.weights.observer == "mse" and cfg.weights_at(4).observer == "mse"
+    assert cfg.weights.observer == "mse" and cfg.weights_at(4).observer == "output"
     assert cfg.weights_at(4).symmetric and not cfg.weights_at(2).symmetric
     assert cfg.activations_at(4).observer == "mse" and cfg.activations_at(8).observer == "minmax"
 
@@ -20,3 +23,8 @@ def test_explicit_choices_are_kept_at_every_width():
 
 def test_weights_only_config_has_no_activation_spec():
     assert QuantConfig.from_bits(4, None).activations_at(8) is None
+
+
+def test_activation_ranges_cannot_use_the_weights_only_output_observer():
+    with pytest.raises(LowbitError, match="activation observer"):
+        QuantConfig.from_bits(4, 4, activation_observer="output")

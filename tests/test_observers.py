@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import lowbit
 from lowbit import qmath
 from lowbit.observers import MSE_GRID, SAMPLE_LIMIT, SAMPLE_PER_BATCH, ActivationObserver, static_qparams
 from lowbit.spec import QuantSpec, weight_spec
@@ -158,3 +159,40 @@ def test_fine_grids_rule_out_shrunken_ranges_without_trying_them(monkeypatch):
     evaluated.clear()
     static_qparams(w, weight_spec(8))
     assert sum(evaluated) <= 20
+
+
+def _depthwise_with_strong_centre_taps() -> torch.nn.Conv2d:
+    """3x3 depthwise filters like a trained network's: one large centre tap among small ones."""
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(0.1 * torch.randn(16, 1, 3, 3, generator=gen))
+        conv.weight[:, 0, 1, 1] = 1.0 + 0.2 * torch.rand(16, generator=gen)
+    return conv
+
+
+def _smooth_images(n: int, seed: int) -> torch.Tensor:
+    """Neighbouring pixels strongly correlated, as in feature maps."""
+    x = torch.randn(n, 16, 20, 20, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2) * 3
+
+
+def test_output_ranges_change_unseen_outputs_less_than_weight_mse_ranges():
+    """On short rows with one dominant weight, the least weight error clips that weight; the output observer
+    weighs each weight's error by the inputs it multiplies, and wins on images it was not calibrated on."""
+    conv = _depthwise_with_strong_centre_taps()
+    errors = {}
+    for observer in ("mse", "output"):
+        q = lowbit.quantize(torch.nn.Sequential(conv), _smooth_images(32, 0), weights_bits=4, activation_bits=None,
+                            weights_observer=observer, bias_correction=False, gain_correction=False)
+        fresh = _smooth_images(32, 1)
+        with torch.no_grad():
+            errors[observer] = (q(fresh) - conv(fresh)).square().mean().item()
+    assert errors["output"] < 0.8 * errors["mse"]
+
+
+def test_output_observer_without_data_searches_like_mse():
+    w = _depthwise_with_strong_centre_taps().weight.detach()
+    for got, want in zip(static_qparams(w, weight_spec(4, "output")), static_qparams(w, weight_spec(4, "mse"))):
+        assert torch.equal(got, want)
+

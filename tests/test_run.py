@@ -19,7 +19,7 @@ def _test_set(model, images):
 
 def test_run_evaluates_both_models_and_saves_what_it_reports(residual_net, images, tmp_path):
     out = tmp_path / "q.lowbit"
-    result = quantize_evaluate_save(residual_net, images, QuantConfig.from_bits(4, 4), out, model_name="net",
+    result = quantize_evaluate_save(residual_net, images, QuantConfig.from_bits(2, 2), out, model_name="net",
                                     info=INFO, test_set=_test_set(residual_net, images),
                                     calib_record={"calibration": "test images"}, per_layer=True)
     assert result["float_metrics"]["top1"] == 1.0 and result["quant_metrics"]["top1"] < 1.0

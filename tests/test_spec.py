@@ -27,7 +27,7 @@ def test_unknown_observer_is_rejected():
 
 def test_from_bits_defaults():
     cfg = QuantConfig.from_bits(4, 8)
-    assert cfg.weights.granularity == "per_channel" and cfg.weights.observer == "mse"
+    assert cfg.weights.granularity == "per_channel" and cfg.weights.observer == "output"
     assert cfg.activations.granularity == "per_tensor" and cfg.activations.observer == "minmax"
     assert QuantConfig.from_bits(8, None).activations is None
 

@@ -12,7 +12,8 @@ from torch import nn
 
 from lowbit.algorithms import get_algorithm, make_options
 from lowbit.algorithms.bias_correction import correct_biases
-from lowbit.calibrate import calibrate, freeze
+from lowbit.algorithms.gain_correction import correct_gains
+from lowbit.calibrate import calibrate_activations, calibrate_weights, freeze
 from lowbit.config import QuantConfig
 from lowbit.coverage import coverage
 from lowbit.data.calibration import calibration_batches
@@ -51,8 +52,8 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     ``qmodel.lowbit_info.extra["mixed"]`` and saved with the model.
     """
     if config is None:
-        config_keys = {"bias_correction", "weights_observer", "activation_observer", "symmetric_weights", "per_channel",
-                       "dynamic_activations", "first_last_bits", "overrides"}
+        config_keys = {"bias_correction", "gain_correction", "weights_observer", "activation_observer",
+                       "symmetric_weights", "per_channel", "dynamic_activations", "first_last_bits", "overrides"}
         config_kwargs = {k: options.pop(k) for k in list(options) if k in config_keys}
         config = QuantConfig.from_bits(weights_bits, activation_bits, method=method, method_options=options,
                                        calib_images=calib_images, batch_size=batch_size, seed=seed, **config_kwargs)
@@ -87,7 +88,10 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     if data is None and any(q.needs_calibration for _, q in activation_quantizers(qmodel)):
         raise LowbitError("calibration data is required for static activation quantization; pass data (a tensor, "
                           "a DataLoader or a dataset name), or activation_bits=None")
-    calibrate(qmodel, batches, progress)
+    covariances = calibrate_weights(qmodel, batches, config.seed)
+    if config.gain_correction and config.method == "nearest":
+        correct_gains(qmodel, covariances)
+    calibrate_activations(qmodel, batches, progress)
     if config.bias_correction and config.method == "nearest" and batches:
         correct_biases(qmodel, batches)
     algorithm.run(qmodel, batches, method_options, progress)

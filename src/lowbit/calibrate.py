@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -11,13 +11,23 @@ from tqdm import tqdm
 
 from lowbit.device import model_device
 from lowbit.graph import activation_quantizers
+from lowbit.input_covariance import input_covariances
 from lowbit.integer_bias import snap_biases
 from lowbit.layers import quant_layers
 
-def calibrate_weights(model: nn.Module) -> None:
-    """Set every weight grid from its weight (round-to-nearest on that grid from then on)."""
-    for _, layer in quant_layers(model):
-        layer.calibrate_weights()
+def calibrate_weights(model: nn.Module, batches: Sequence[torch.Tensor] = (), seed: int = 0) -> dict[str, torch.Tensor]:
+    """Set every weight grid (round-to-nearest on that grid from then on); return the input covariances that
+    the ``output`` observer measured on ``batches``, by layer name (empty without batches).
+
+    The covariances are measured through the model with every quantizer still off, on the float inputs.
+    """
+    layers = list(quant_layers(model))
+    wanted = [(name, layer) for name, layer in layers
+              if layer.weight_quant.spec.observer == "output" and layer.weight_quant.needs_calibration]
+    covariances = input_covariances(model, batches, wanted, seed) if wanted and batches else {}
+    for name, layer in layers:
+        layer.calibrate_weights(covariances.get(name))
+    return covariances
 
 
 def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor], progress: bool = False) -> None:
@@ -40,9 +50,9 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor], pro
                       f"{', '.join(unseen[:5])}", stacklevel=2)
 
 
-def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], progress: bool = False) -> None:
+def calibrate(model: nn.Module, batches: Sequence[torch.Tensor], progress: bool = False) -> None:
     """Weights first, then activations observed through the weight-quantized model."""
-    calibrate_weights(model)
+    calibrate_weights(model, batches)
     calibrate_activations(model, batches, progress)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from lowbit.errors import LowbitError
-from lowbit.spec import (Bits, ObserverName, QuantSpec, activation_spec, check_bits, default_activation_observer,
+from lowbit.spec import (ACTIVATION_OBSERVERS, Bits, ObserverName, QuantSpec, activation_spec, check_bits, default_activation_observer,
                          default_weight_observer, default_weight_symmetry, weight_spec)
 
 CONFIG_VERSION = 1
@@ -65,8 +65,9 @@ class QuantConfig:
 
     ``activations=None`` quantizes weights only. ``method`` names a rounding algorithm and
     ``method_options`` holds that algorithm's options (validated by the algorithm itself).
-    ``bias_correction`` removes the mean output shift of rounded weights; it applies to round-to-nearest
-    (learned rounding already minimizes the output error).
+    ``bias_correction`` removes the mean output shift of rounded weights and ``gain_correction`` the shrinkage
+    of each output channel's gain that clipped ranges leave (on layers whose ranges the ``output`` observer
+    chose); both apply to round-to-nearest (learned rounding already minimizes the output error).
     """
 
     weights: QuantSpec = field(default_factory=lambda: weight_spec(8))
@@ -78,6 +79,7 @@ class QuantConfig:
     batch_size: int = 64
     seed: int = 0
     bias_correction: bool = True
+    gain_correction: bool = True
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -88,6 +90,10 @@ class QuantConfig:
         if self.version > CONFIG_VERSION:
             raise LowbitError(f"config version {self.version} is newer than this lowbit ({CONFIG_VERSION}); upgrade lowbit")
         object.__setattr__(self, "overrides", tuple(self.overrides))
+        for spec in (self.activations, *(o.activations for o in self.overrides)):
+            if spec is not None and spec.observer not in ACTIVATION_OBSERVERS:
+                raise LowbitError(f"activation observer must be one of {', '.join(ACTIVATION_OBSERVERS)}, "
+                                  f"got {spec.observer!r}")
         object.__setattr__(self, "method_options", dict(self.method_options))
 
     @classmethod
@@ -172,7 +178,8 @@ class QuantConfig:
                 "activations": self.activations.to_dict() if self.activations else None,
                 "overrides": [o.to_dict() for o in self.overrides], "method": self.method,
                 "method_options": dict(self.method_options), "calib_images": self.calib_images,
-                "batch_size": self.batch_size, "seed": self.seed, "bias_correction": self.bias_correction}
+                "batch_size": self.batch_size, "seed": self.seed, "bias_correction": self.bias_correction,
+                "gain_correction": self.gain_correction}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
@@ -183,6 +190,7 @@ class QuantConfig:
                        method=d.get("method", "nearest"), method_options=d.get("method_options", {}),
                        calib_images=d.get("calib_images", 1024), batch_size=d.get("batch_size", 64),
                        seed=d.get("seed", 0), bias_correction=d.get("bias_correction", True),
+                       gain_correction=d.get("gain_correction", False),  # recipes written before it had none
                        version=d.get("version", CONFIG_VERSION))
         except (KeyError, TypeError) as exc:
             raise LowbitError(f"malformed quantization config ({exc}); regenerate it with lowbit") from None

@@ -49,9 +49,10 @@ class QuantLayer:
         """True once the weight has been replaced by its quantized value (see :meth:`freeze`)."""
         return self.qweight is not None
 
-    def calibrate_weights(self) -> None:
-        """Choose the weight grid from the weight itself (no data needed)."""
-        self.weight_quant.calibrate_to(self.weight)
+    def calibrate_weights(self, input_covariance: torch.Tensor | None = None) -> None:
+        """Choose the weight grid from the weight itself, and from the covariance of the layer's inputs when
+        the observer weighs errors by them (see :mod:`lowbit.input_covariance`)."""
+        self.weight_quant.calibrate_to(self.weight, input_covariance)
 
     def fake_quant_weight(self) -> torch.Tensor:
         """The weight as the quantized layer sees it, with gradients for the optimizing methods."""

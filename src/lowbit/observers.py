@@ -4,6 +4,8 @@
 - ``percentile``: the range between the p-th and (100-p)-th percentiles (outliers clipped).
 - ``mse``: a grid search over shrunken ranges, keeping the one with the least squared quantization
   error (per channel for weights).
+- ``output`` (weights only): the same search, keeping the range with the least squared error in the layer's
+  output over the calibration inputs (see :mod:`lowbit.input_covariance`); ``mse`` where there are none.
 Activation observers keep running extremes plus a bounded random sample of values, so memory stays
 constant however many calibration batches are seen.
 """
@@ -93,21 +95,33 @@ def _first_useful_factor(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
 def mse_search(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
     """Per row, the index into ``MSE_GRID`` of the shrink factor with the least squared error.
 
-    Factors that provably cannot beat the full range are skipped (see :func:`_first_useful_factor`). When many
-    remain, every ``COARSE_STRIDE``-th is tried, then every factor between the neighbours of the
-    ``REFINED_BASINS`` best ones. The error is a smooth trend (clipping against step size) plus rounding ripples;
-    on short rows and at a few bits the ripples make several dips of similar depth, and refining only the best
-    coarse factor would sometimes settle in the wrong one. Refining a few keeps the result on the exhaustive
-    search's factor, or within a fraction of a percent of its error, in under half the evaluations.
+    Factors that provably cannot beat the full range are skipped (see :func:`_first_useful_factor`); the rest
+    are searched by :func:`search_factors`.
     """
-    n_rows, last = rows.shape[0], len(MSE_GRID) - 1
     errors_of = partial(_candidate_errors, rows, lo, hi, bits=bits, symmetric=symmetric)
-    index = torch.full((1, n_rows), last, device=rows.device)
-    err = errors_of(index)
-    first = _first_useful_factor(rows, lo, hi, err[0], bits, symmetric)
+    full = torch.full((1, rows.shape[0]), len(MSE_GRID) - 1, device=rows.device)
+    full_error = errors_of(full)
+    first = _first_useful_factor(rows, lo, hi, full_error[0], bits, symmetric)
+    return search_factors(errors_of, rows.shape[0], first, rows.device, full_error)
+
+
+def search_factors(errors_of: Callable[[torch.Tensor], torch.Tensor], n_rows: int, first: int,
+                   device: torch.device, full_error: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row, the index into ``MSE_GRID[first:]`` with the least error; ``errors_of`` maps ``(N, rows)``
+    indices to errors (``full_error``: that of the full range, when already known).
+
+    When many factors remain, every ``COARSE_STRIDE``-th is tried, then every factor between the neighbours of
+    the ``REFINED_BASINS`` best ones. The error is a smooth trend (clipping against step size) plus rounding
+    ripples; on short rows and at a few bits the ripples make several dips of similar depth, and refining only
+    the best coarse factor would sometimes settle in the wrong one. Refining a few keeps the result on the
+    exhaustive search's factor, or within a fraction of a percent of its error, in under half the evaluations.
+    """
+    last = len(MSE_GRID) - 1
+    index = torch.full((1, n_rows), last, device=device)
+    err = errors_of(index) if full_error is None else full_error
     exhaustive = last - first <= EXHAUSTIVE_LIMIT
     step = 1 if exhaustive else COARSE_STRIDE
-    coarse = torch.arange(last - step, first - 1, -step, device=rows.device)  # steps counted from the full range
+    coarse = torch.arange(last - step, first - 1, -step, device=device)  # steps counted from the full range
     index, err = _extend(index, err, coarse[:, None].expand(-1, n_rows), errors_of)
     if not exhaustive:
         index, err = _extend(index, err, _around_best(index, err, first, last), errors_of)
@@ -139,14 +153,50 @@ def mse_qparams(x: torch.Tensor, spec: QuantSpec, lo: torch.Tensor, hi: torch.Te
     return scale.reshape(shape), zp.reshape(shape)
 
 
-def static_qparams(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantization parameters of a fully known tensor (weights) with the spec's observer."""
+def _output_errors(weight_rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, covariance: torch.Tensor,
+                   index: torch.Tensor, *, bits: int, symmetric: bool) -> torch.Tensor:
+    """Output error ``dw^T cov dw`` of each weight row on the grids of shrink factors ``MSE_GRID[index]``.
+
+    ``index`` is ``(N, R)``: R is the number of rows, or 1 when one grid serves them all (then the errors are
+    summed over rows). ``covariance`` is ``(groups, d, d)``; rows are output channels, in group order.
+    """
+    a = MSE_GRID.to(weight_rows.device)[index]
+    scale, zp = qmath.choose_qparams(lo * a, hi * a, bits, symmetric)
+    qmin, qmax = qmath.qrange(bits, symmetric)
+    n, channels = len(index), weight_rows.shape[0]
+    scale, zp = scale.expand(n, channels)[..., None], zp.expand(n, channels)[..., None]
+    delta = qmath.fake_quantize_no_grad(weight_rows.expand(n, -1, -1), scale, zp, qmin, qmax) - weight_rows
+    delta = delta.reshape(n, covariance.shape[0], channels // covariance.shape[0], -1)
+    err = ((delta @ covariance) * delta).sum(dim=-1).reshape(n, channels)
+    return err if index.shape[1] == channels else err.sum(dim=1, keepdim=True)
+
+
+def output_qparams(w: torch.Tensor, spec: QuantSpec, covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale/zero point of the range (shrunk from min/max by a factor of ``MSE_GRID``) whose rounded weights
+    change the layer's output least on the inputs ``covariance`` describes (output channels on axis 0)."""
+    bits = int(spec.bits)
+    rows = w.reshape(w.shape[0], -1)
+    lo, hi = tensor_range(w, spec)
+    shape = lo.shape
+    lo, hi = lo.reshape(-1), hi.reshape(-1)
+    errors_of = partial(_output_errors, rows, lo, hi, covariance.to(rows), bits=bits, symmetric=spec.symmetric)
+    a = MSE_GRID.to(lo.device)[search_factors(errors_of, len(lo), 0, rows.device)]
+    scale, zp = qmath.choose_qparams(lo * a, hi * a, bits, spec.symmetric)
+    return scale.reshape(shape), zp.reshape(shape)
+
+
+def static_qparams(x: torch.Tensor, spec: QuantSpec,
+                   covariance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantization parameters of a fully known tensor (weights) with the spec's observer; ``covariance`` is
+    that of the layer's inputs (the ``output`` observer's, which without it searches like ``mse``)."""
     x = x.detach().float()
+    if spec.observer == "output" and covariance is not None and spec.axis % x.dim() == 0:
+        return output_qparams(x, spec, covariance)
     if spec.observer == "percentile":
         lo, hi = percentile_range(x, spec)
     else:
         lo, hi = tensor_range(x, spec)
-    if spec.observer == "mse":
+    if spec.observer in ("mse", "output"):
         return mse_qparams(x, spec, lo, hi)
     return qmath.choose_qparams(lo, hi, int(spec.bits), spec.symmetric)
 

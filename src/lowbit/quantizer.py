@@ -94,14 +94,15 @@ class Quantizer(nn.Module):
         self.state = "quantize"
         return True
 
-    def calibrate_to(self, x: torch.Tensor) -> None:
-        """Set the grid directly from a fully known tensor (weights).
+    def calibrate_to(self, x: torch.Tensor, covariance: torch.Tensor | None = None) -> None:
+        """Set the grid directly from a fully known tensor (weights), and for the ``output`` observer the
+        covariance of the inputs it multiplies (see :mod:`lowbit.input_covariance`).
 
         The grid follows ``x``: a weight's grid must sit on the weight's device even if this quantizer was
         built elsewhere, or every forward pass would mix devices.
         """
         if self.needs_calibration:
-            self.set_qparams(*static_qparams(x, self.spec), device=x.device)
+            self.set_qparams(*static_qparams(x, self.spec, covariance), device=x.device)
         self.state = "quantize"
 
     def grid(self, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:

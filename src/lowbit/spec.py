@@ -9,8 +9,9 @@ from lowbit.errors import LowbitError
 
 Bits = Union[int, Literal["fp16"]]
 Granularity = Literal["per_tensor", "per_channel"]
-ObserverName = Literal["minmax", "percentile", "mse"]
-OBSERVERS: tuple[str, ...] = ("minmax", "percentile", "mse")
+ObserverName = Literal["minmax", "percentile", "mse", "output"]
+OBSERVERS: tuple[str, ...] = ("minmax", "percentile", "mse", "output")
+ACTIVATION_OBSERVERS: tuple[str, ...] = ("minmax", "percentile", "mse")  # "output" chooses weight ranges only
 MIN_BITS, MAX_BITS = 2, 16
 
 
@@ -63,12 +64,18 @@ class QuantSpec:
 
 
 def default_weight_observer(bits: Bits) -> ObserverName:
-    """MSE range search at every width (``bits`` is taken, and ignored, so that weights and activations share
-    one signature for their defaults): weights are known before calibration, so the range with the least
-    quantization error can be searched for directly, and the search includes the full min/max range (it never
-    does worse). Even at 8 bits, min/max ranges leave several times the per-layer error of the searched ones
-    on layers with a few large weights (a stem conv, a classifier)."""
-    return "mse"
+    """Below 8 bits, the range whose rounded weights change the layer's output least on the calibration
+    inputs (``output``; weight MSE when quantizing without data); from 8 bits up, the range with the least
+    weight MSE.
+
+    Weights are known before calibration, so a range can be searched for directly, and the search includes the
+    full min/max range. At 8 bits the weight error is what matters: min/max ranges leave several times the
+    per-layer error of the searched ones on layers with a few large weights (a stem conv, a classifier). With
+    16 levels or fewer, which weights get clipped matters as much as how much: the least weight error clips the
+    largest weights of short rows (a depthwise 3x3 filter's centre tap), which carry most of the output, and
+    loses to plain min/max; weighting each weight's error by the inputs it multiplies does not.
+    """
+    return "output" if isinstance(bits, int) and bits < 8 else "mse"
 
 
 def default_activation_observer(bits: Bits) -> ObserverName:
@@ -86,7 +93,7 @@ def default_weight_symmetry(bits: Bits) -> bool:
 
 def weight_spec(bits: Bits, observer: ObserverName | None = None, symmetric: bool | None = None,
                 per_channel: bool = True) -> QuantSpec:
-    """Default weight spec: per-channel (output axis), MSE observer, symmetry by width."""
+    """Default weight spec: per-channel (output axis), observer and symmetry by width."""
     return QuantSpec(bits=bits, symmetric=default_weight_symmetry(bits) if symmetric is None else symmetric,
                      granularity="per_channel" if per_channel else "per_tensor", axis=0,
                      observer=observer or default_weight_observer(bits))
@@ -94,5 +101,7 @@ def weight_spec(bits: Bits, observer: ObserverName | None = None, symmetric: boo
 
 def activation_spec(bits: Bits, observer: ObserverName | None = None, dynamic: bool = False) -> QuantSpec:
     """Default activation spec: per-tensor, affine, MSE observer below 8 bits (unused when dynamic)."""
+    if observer is not None and observer not in ACTIVATION_OBSERVERS:
+        raise LowbitError(f"activation observer must be one of {', '.join(ACTIVATION_OBSERVERS)}, got {observer!r}")
     return QuantSpec(bits=bits, symmetric=False, granularity="per_tensor",
                      observer=observer or default_activation_observer(bits), dynamic=dynamic)

@@ -56,3 +56,12 @@ def test_overrides_and_weights_only(tmp_path, capsys):
                  "--first-last-bits", "8", "--calib-images", "64", "--no-eval", "--out", str(out), "--quiet"]) == 0
     bits = lowbit.io.lowbit_file.read_metadata(out)["bits"]
     assert bits["conv1"] == 8 and bits["fc"] == 8 and bits["layer3.0.conv1"] == 8 and bits["layer1.0.conv1"] == 2
+
+
+def test_output_corrections_can_be_switched_off(tmp_path):
+    out = tmp_path / "c.lowbit"
+    assert main(["quantize", "--weights-bits", "4", "--activation-bits", "none", "--no-bias-correction",
+                 "--no-gain-correction", "--calib-images", "64", "--no-eval", "--out", str(out), "--quiet"]) == 0
+    config = lowbit.io.lowbit_file.read_metadata(out)["config"]
+    assert config["weights"]["observer"] == "output"
+    assert not config["bias_correction"] and not config["gain_correction"]

@@ -19,7 +19,7 @@ from lowbit.errors import LowbitError
 from lowbit.io.run_record import CODEC_TASK
 from lowbit.models import MODEL_NAMES, build_model, bundled_checkpoint, load_checkpoint
 from lowbit.models.registry import ARCHITECTURES, architecture
-from lowbit.spec import OBSERVERS, check_bits
+from lowbit.spec import ACTIVATION_OBSERVERS, OBSERVERS, check_bits
 
 
 def add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
@@ -49,12 +49,17 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activation-bits", default="8", help="2-16, fp16, or none for weights only (default: %(default)s)")
     g.add_argument("--dynamic-activations", action="store_true", help="per-batch activation ranges (e.g. 16-bit dynamic)")
     g.add_argument("--weights-observer", choices=OBSERVERS,
-                   help="default: mse at every width; a choice holds at every width, mixed included")
-    g.add_argument("--activation-observer", choices=OBSERVERS,
+                   help="default: output below 8 bits (least error in each layer's output on the calibration "
+                        "images), mse otherwise; a choice holds at every width, mixed included")
+    g.add_argument("--activation-observer", choices=ACTIVATION_OBSERVERS,
                    help="default: mse below 8 bits, minmax otherwise; a departure from the default "
                         "holds at every width, mixed included")
     g.add_argument("--weights-grid", choices=("symmetric", "affine"),
                    help="weight grid (default: symmetric from 4 bits, affine below)")
+    g.add_argument("--no-bias-correction", action="store_true",
+                   help="keep rounded weights' mean output shift (round-to-nearest corrects it by default)")
+    g.add_argument("--no-gain-correction", action="store_true",
+                   help="keep the per-channel gain that clipped weight ranges shrink (corrected by default)")
     g.add_argument("--per-tensor-weights", action="store_true", help="one weight grid per layer instead of per channel")
     g.add_argument("--first-last-bits", help="keep the first and last weight layers (and their inputs) at these bits")
     g.add_argument("--override", action="append", default=[], metavar="GLOB=W[:A]",
@@ -114,7 +119,8 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         per_channel=not args.per_tensor_weights,
         dynamic_activations=args.dynamic_activations, first_last_bits=parse_bits(args.first_last_bits, "--first-last-bits"),
         method=args.method, method_options=method_options, calib_images=args.calib_images,
-        batch_size=args.batch_size, seed=args.seed)
+        batch_size=args.batch_size, seed=args.seed, bias_correction=not args.no_bias_correction,
+        gain_correction=not args.no_gain_correction)
     overrides = tuple(parse_override(o, config) for o in args.override)
     return replace(config, overrides=overrides + config.overrides) if overrides else config
 
