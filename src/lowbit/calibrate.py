@@ -11,11 +11,13 @@ from tqdm import tqdm
 
 from lowbit.device import model_device
 from lowbit.graph import activation_quantizers
-from lowbit.input_covariance import input_covariances
+from lowbit.input_covariance import InputCovariance
+from lowbit.input_patches import input_covariances
 from lowbit.integer_bias import snap_biases
 from lowbit.layers import quant_layers
 
-def calibrate_weights(model: nn.Module, batches: Sequence[torch.Tensor] = (), seed: int = 0) -> dict[str, torch.Tensor]:
+def calibrate_weights(model: nn.Module, batches: Sequence[torch.Tensor] = (),
+                      seed: int = 0) -> dict[str, InputCovariance]:
     """Set every weight grid (round-to-nearest on that grid from then on); return the input covariances that
     the ``output`` observer measured on ``batches``, by layer name (empty without batches).
 

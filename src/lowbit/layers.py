@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit import qmath
+from lowbit.input_covariance import InputCovariance
 from lowbit.quantizer import Quantizer
 from lowbit.spec import QuantSpec
+
 
 class QuantLayer:
     """Behaviour shared by the quantized conv and linear layers (a mixin over the torch layer)."""
@@ -49,7 +51,7 @@ class QuantLayer:
         """True once the weight has been replaced by its quantized value (see :meth:`freeze`)."""
         return self.qweight is not None
 
-    def calibrate_weights(self, input_covariance: torch.Tensor | None = None) -> None:
+    def calibrate_weights(self, input_covariance: InputCovariance | None = None) -> None:
         """Choose the weight grid from the weight itself, and from the covariance of the layer's inputs when
         the observer weighs errors by them (see :mod:`lowbit.input_covariance`)."""
         self.weight_quant.calibrate_to(self.weight, input_covariance)

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from lowbit import qmath
+from lowbit.input_covariance import InputCovariance
 from lowbit.spec import QuantSpec
 
 SAMPLE_PER_BATCH = 1 << 16
@@ -153,25 +154,25 @@ def mse_qparams(x: torch.Tensor, spec: QuantSpec, lo: torch.Tensor, hi: torch.Te
     return scale.reshape(shape), zp.reshape(shape)
 
 
-def _output_errors(weight_rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, covariance: torch.Tensor,
+def _output_errors(weight_rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, covariance: InputCovariance,
                    index: torch.Tensor, *, bits: int, symmetric: bool) -> torch.Tensor:
     """Output error ``dw^T cov dw`` of each weight row on the grids of shrink factors ``MSE_GRID[index]``.
 
     ``index`` is ``(N, R)``: R is the number of rows, or 1 when one grid serves them all (then the errors are
-    summed over rows). ``covariance`` is ``(groups, d, d)``; rows are output channels, in group order.
+    summed over rows). Rows are output channels, in group order.
     """
     a = MSE_GRID.to(weight_rows.device)[index]
     scale, zp = qmath.choose_qparams(lo * a, hi * a, bits, symmetric)
     qmin, qmax = qmath.qrange(bits, symmetric)
     n, channels = len(index), weight_rows.shape[0]
     scale, zp = scale.expand(n, channels)[..., None], zp.expand(n, channels)[..., None]
-    delta = qmath.fake_quantize_no_grad(weight_rows.expand(n, -1, -1), scale, zp, qmin, qmax) - weight_rows
-    delta = delta.reshape(n, covariance.shape[0], channels // covariance.shape[0], -1)
-    err = ((delta @ covariance) * delta).sum(dim=-1).reshape(n, channels)
+    err = covariance.quadratic(qmath.fake_quantize_no_grad(weight_rows.expand(n, -1, -1), scale, zp, qmin, qmax)
+                               - weight_rows)
     return err if index.shape[1] == channels else err.sum(dim=1, keepdim=True)
 
 
-def output_qparams(w: torch.Tensor, spec: QuantSpec, covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def output_qparams(w: torch.Tensor, spec: QuantSpec,
+                   covariance: InputCovariance) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale/zero point of the range (shrunk from min/max by a factor of ``MSE_GRID``) whose rounded weights
     change the layer's output least on the inputs ``covariance`` describes (output channels on axis 0)."""
     bits = int(spec.bits)
@@ -186,7 +187,7 @@ def output_qparams(w: torch.Tensor, spec: QuantSpec, covariance: torch.Tensor) -
 
 
 def static_qparams(x: torch.Tensor, spec: QuantSpec,
-                   covariance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   covariance: InputCovariance | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantization parameters of a fully known tensor (weights) with the spec's observer; ``covariance`` is
     that of the layer's inputs (the ``output`` observer's, which without it searches like ``mse``)."""
     x = x.detach().float()

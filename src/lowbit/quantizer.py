@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from lowbit import qmath
+from lowbit.input_covariance import InputCovariance
 from lowbit.observers import ActivationObserver, static_qparams
 from lowbit.spec import QuantSpec
 
@@ -94,7 +95,7 @@ class Quantizer(nn.Module):
         self.state = "quantize"
         return True
 
-    def calibrate_to(self, x: torch.Tensor, covariance: torch.Tensor | None = None) -> None:
+    def calibrate_to(self, x: torch.Tensor, covariance: InputCovariance | None = None) -> None:
         """Set the grid directly from a fully known tensor (weights), and for the ``output`` observer the
         covariance of the inputs it multiplies (see :mod:`lowbit.input_covariance`).
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lowbit import qmath
+from lowbit.input_covariance import InputCovariance
 from lowbit.layers import QuantLayer, quant_layers
 
 MAX_GAIN_CHANGE = 0.5  # a gain outside [1/(1+c), 1+c] means a degenerate channel, not a clipped one
@@ -35,22 +36,20 @@ class GainRounding(nn.Module):
         return (codes - zp) * scale
 
 
-def channel_gains(layer: QuantLayer, covariance: torch.Tensor) -> torch.Tensor:
+def channel_gains(layer: QuantLayer, covariance: InputCovariance) -> torch.Tensor:
     """Per output channel, the factor that makes the rounded channel's output gain one (see the module)."""
     w = layer.weight.detach().float()
     rows = w.reshape(w.shape[0], -1)
     wq = layer.fake_quant_weight().detach().float().reshape(rows.shape)
-    groups = covariance.shape[0]
-    grouped = rows.reshape(groups, -1, rows.shape[1])
-    projected = (grouped @ covariance.to(rows)).reshape(rows.shape)  # H w, per channel
-    energy, overlap = (projected * rows).sum(dim=1), (projected * wq).sum(dim=1)
+    covariance = covariance.to(rows)
+    energy, overlap = covariance.quadratic(rows), covariance.inner(rows, wq)
     gain = energy / overlap.clamp_min(torch.finfo(torch.float32).tiny)
     usable = (energy > 0) & (overlap > 0) & torch.isfinite(gain)
     gain = torch.where(usable, gain, torch.ones_like(gain))
     return gain.clamp(1 / (1 + MAX_GAIN_CHANGE), 1 + MAX_GAIN_CHANGE)
 
 
-def correct_gains(qmodel: nn.Module, covariances: dict[str, torch.Tensor]) -> None:
+def correct_gains(qmodel: nn.Module, covariances: dict[str, InputCovariance]) -> None:
     """Rescale the per-channel grid of every layer with a measured input covariance (in place)."""
     for name, layer in quant_layers(qmodel):
         wq = layer.weight_quant

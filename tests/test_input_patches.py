@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from lowbit import input_covariance
+from lowbit import input_patches
 from lowbit.config import QuantConfig
 from lowbit.graph import prepare
-from lowbit.input_covariance import input_covariances, supports_covariance
+from lowbit.input_patches import input_covariances, supports_covariance
 from lowbit.layers import quant_layers
 
 
@@ -15,15 +15,20 @@ def _prepared(float_layer: nn.Module) -> tuple[nn.Module, nn.Module]:
     return q, layer
 
 
+@pytest.mark.parametrize("form", ["matrix", "factor"])
 @pytest.mark.parametrize("make, shape", [
     (lambda: nn.Conv2d(6, 4, 3, stride=2, padding=1, groups=2), (5, 6, 9, 9)),
     (lambda: nn.Conv2d(5, 5, 3, padding=1, groups=5), (5, 5, 8, 8)),  # depthwise: one matrix per channel
     (lambda: nn.Conv1d(4, 3, 3, padding=2, dilation=2), (5, 4, 11)),
     (lambda: nn.Linear(7, 3), (5, 6, 7)),
 ])
-def test_covariance_predicts_the_output_error_of_a_weight_change(make, shape):
+def test_covariance_predicts_the_output_error_of_a_weight_change(make, shape, form, monkeypatch):
     """What the covariance is for: ``dw^T H dw`` is the variance, over every output position, of the output
-    change a weight change ``dw`` causes, for each output channel."""
+    change a weight change ``dw`` causes, for each output channel; the same whether it is held as a matrix or,
+    for long rows, as a factor (every patch kept here, so both are exact)."""
+    monkeypatch.setattr(input_patches, "MATRIX_ROWS", 10**6)
+    monkeypatch.setattr(input_patches, "FACTOR_ROWS", 10**6)
+    monkeypatch.setattr(input_patches, "MATRIX_LIMIT", 10**6 if form == "matrix" else 0)
     torch.manual_seed(0)
     float_layer = make()
     x = torch.randn(shape) + torch.linspace(0, 2, shape[-1])  # a non-zero mean, which H must not count
@@ -34,8 +39,8 @@ def test_covariance_predicts_the_output_error_of_a_weight_change(make, shape):
         out_change = _apply(float_layer, x, float_layer.weight + delta) - _apply(float_layer, x, float_layer.weight)
     per_channel = out_change.movedim(-1 if isinstance(float_layer, nn.Linear) else 1, 0)
     per_channel = per_channel.reshape(per_channel.shape[0], -1)
-    rows = delta.reshape(delta.shape[0], -1).reshape(cov.shape[0], -1, cov.shape[-1])
-    predicted = ((rows @ cov) * rows).sum(-1).reshape(-1)
+    assert (cov.matrix is not None) == (form == "matrix")
+    predicted = cov.quadratic(delta.reshape(delta.shape[0], -1))
     torch.testing.assert_close(predicted, per_channel.var(dim=1, unbiased=False), rtol=1e-3, atol=1e-6)
 
 
@@ -46,15 +51,15 @@ def _apply(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Ten
 
 
 def test_large_inputs_are_sampled_to_a_bounded_number_of_patches(monkeypatch):
-    monkeypatch.setattr(input_covariance, "ROWS_PER_BATCH", 64)
+    monkeypatch.setattr(input_patches, "MATRIX_ROWS", 64)
     counts = []
-    original = input_covariance._Accumulator.covariance
+    original = input_patches._Accumulator.covariance
 
     def spy(self):
         counts.append(self.count)
         return original(self)
 
-    monkeypatch.setattr(input_covariance._Accumulator, "covariance", spy)
+    monkeypatch.setattr(input_patches._Accumulator, "covariance", spy)
     q, _ = _prepared(nn.Conv2d(3, 4, 3, padding=1))
     input_covariances(q, [torch.randn(16, 3, 20, 20)], list(quant_layers(q)))
     assert 0 < counts[0] <= 64
