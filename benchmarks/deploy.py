@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
+    parser.add_argument("--no-speed", action="store_true", help="accuracy tables only")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     torch.set_num_threads(args.threads)
@@ -189,6 +190,8 @@ def main() -> None:
             body = accuracy_table(name, args.calib_images, args.iters, tmp)
             publish(f"deploy-{name}", f"ONNX export: {name} on Fashion-MNIST, onnxruntime vs lowbit",
                     body, PAGE, not args.no_write)
+        if args.no_speed:
+            return
         body = speed_table(args.threads, args.batch_sizes, args.repeats, tmp)
         publish("deploy-speed", "Speed: torchvision ResNet-18 at 224x224", body, PAGE, not args.no_write)
 
