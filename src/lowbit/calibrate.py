@@ -16,17 +16,20 @@ from lowbit.input_patches import input_covariances
 from lowbit.integer_bias import snap_biases
 from lowbit.layers import quant_layers
 
-def calibrate_weights(model: nn.Module, batches: Sequence[torch.Tensor] = (),
-                      seed: int = 0) -> dict[str, InputCovariance]:
+def calibrate_weights(model: nn.Module, batches: Sequence[torch.Tensor] = (), seed: int = 0,
+                      known: dict[str, InputCovariance] | None = None) -> dict[str, InputCovariance]:
     """Set every weight grid (round-to-nearest on that grid from then on); return the input covariances that
-    the ``output`` observer measured on ``batches``, by layer name (empty without batches).
+    the ``output`` observer used, by layer name (empty without batches).
 
-    The covariances are measured through the model with every quantizer still off, on the float inputs.
+    The covariances are measured through the model with every quantizer still off, on the float inputs, so
+    ``known`` ones (from another quantized copy of the same model and batches) are reused, not measured again.
     """
     layers = list(quant_layers(model))
-    wanted = [(name, layer) for name, layer in layers
-              if layer.weight_quant.spec.observer == "output" and layer.weight_quant.needs_calibration]
-    covariances = input_covariances(model, batches, wanted, seed) if wanted and batches else {}
+    covariances = dict(known or {})
+    wanted = [(name, layer) for name, layer in layers if name not in covariances
+              and layer.weight_quant.spec.observer == "output" and layer.weight_quant.needs_calibration]
+    if wanted and batches:
+        covariances.update(input_covariances(model, batches, wanted, seed))
     for name, layer in layers:
         layer.calibrate_weights(covariances.get(name))
     return covariances

@@ -48,9 +48,9 @@ def layer_patches(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
         kernel, dilation, padding, stride = layer.kernel_size, layer.dilation, layer.padding, layer.stride
     if all(v == 1 for v in (*kernel, *stride)) and not any(padding):  # a 1x1 conv: the pixels are the patches
         rows = x.movedim(1, -1).reshape(-1, x.shape[1])
-        return rows.reshape(rows.shape[0], layer.groups, -1).transpose(0, 1)
-    cols = F.unfold(x, kernel, dilation, padding, stride)  # (N, C_in * k, positions)
-    rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    else:
+        cols = F.unfold(x, kernel, dilation, padding, stride)  # (N, C_in * k, positions)
+        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
     return rows.reshape(rows.shape[0], layer.groups, -1).transpose(0, 1)
 
 
@@ -76,7 +76,7 @@ class _Accumulator:
 
     def add(self, layer: QuantLayer, x: torch.Tensor) -> None:
         x = x.detach().float()
-        d = _row_length(layer)
+        d = layer.weight[0].numel()  # values per weight row
         budget = (MATRIX_ROWS if d <= MATRIX_LIMIT else FACTOR_ROWS) * len(x) / COVARIANCE_IMAGES
         # unfold only as many images as the sample needs (twice over, so rows still come from several images)
         wanted = min(len(x), max(1, math.ceil(2 * budget / _positions(layer, x))))
@@ -103,10 +103,6 @@ class _Accumulator:
             return InputCovariance(factor=(p - p.mean(dim=1, keepdim=True)) / math.sqrt(p.shape[1]))
         mean = self.total / self.count  # type: ignore[operator]
         return InputCovariance(matrix=self.outer / self.count - mean[:, :, None] * mean[:, None, :])
-
-
-def _row_length(layer: QuantLayer) -> int:
-    return layer.weight[0].numel()
 
 
 def input_covariances(model: nn.Module, batches: Iterable[torch.Tensor], layers: list[tuple[str, QuantLayer]],

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from lowbit.calibrate import calibrate
+from lowbit.calibrate import calibrate_activations, calibrate_weights
 from lowbit.config import Override, QuantConfig
 from lowbit.errors import LowbitError
 from lowbit.graph import Mode, prepare
@@ -95,12 +95,15 @@ class Allocation:
 
 def calibrated_copies(model: nn.Module, images: torch.Tensor, config: QuantConfig, bits: Iterable[int],
                        mixed_acts: bool, chunk: int, capture: Mode | None = None) -> dict[int, nn.Module]:
-    copies = {}
+    copies, covariances = {}, {}
+    batches = [images[i : i + chunk] for i in range(0, len(images), chunk)]
     for b in sorted(set(bits)):
         cfg = replace(config, weights=config.weights_at(b),
                       activations=config.activations_at(b) if mixed_acts else config.activations)
         qmodel = prepare(model, cfg, capture)
-        calibrate(qmodel, [images[i : i + chunk] for i in range(0, len(images), chunk)])
+        # the layers' float inputs are the same at every width: measured once
+        covariances = calibrate_weights(qmodel, batches, known=covariances)
+        calibrate_activations(qmodel, batches)
         copies[b] = qmodel
     return copies
 
