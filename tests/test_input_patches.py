@@ -21,6 +21,8 @@ def _prepared(float_layer: nn.Module) -> tuple[nn.Module, nn.Module]:
     (lambda: nn.Conv2d(5, 5, 3, padding=1, groups=5), (5, 5, 8, 8)),  # depthwise: one matrix per channel
     (lambda: nn.Conv1d(4, 3, 3, padding=2, dilation=2), (5, 4, 11)),
     (lambda: nn.Linear(7, 3), (5, 6, 7)),
+    (lambda: nn.ConvTranspose2d(4, 3, 5, stride=2, padding=2, output_padding=1), (5, 4, 6, 7)),  # a decoder's
+    (lambda: nn.ConvTranspose2d(3, 2, 3, stride=(1, 2), padding=(3, 0), dilation=2), (5, 3, 8, 6)),
 ])
 def test_covariance_predicts_the_output_error_of_a_weight_change(make, shape, form, monkeypatch):
     """What the covariance is for: ``dw^T H dw`` is the variance, over every output position, of the output
@@ -40,13 +42,17 @@ def test_covariance_predicts_the_output_error_of_a_weight_change(make, shape, fo
     per_channel = out_change.movedim(-1 if isinstance(float_layer, nn.Linear) else 1, 0)
     per_channel = per_channel.reshape(per_channel.shape[0], -1)
     assert (cov.matrix is not None) == (form == "matrix")
-    predicted = cov.quadratic(delta.reshape(delta.shape[0], -1))
+    rows = delta.movedim(1 if isinstance(float_layer, nn.ConvTranspose2d) else 0, 0)
+    predicted = cov.quadratic(rows.reshape(rows.shape[0], -1))
     torch.testing.assert_close(predicted, per_channel.var(dim=1, unbiased=False), rtol=1e-3, atol=1e-6)
 
 
 def _apply(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
         return nn.functional.linear(x, weight, None)
+    if isinstance(layer, nn.ConvTranspose2d):
+        return nn.functional.conv_transpose2d(x, weight, None, layer.stride, layer.padding, layer.output_padding,
+                                              layer.groups, layer.dilation)
     return layer._conv_forward(x, weight, None)
 
 
@@ -65,8 +71,9 @@ def test_large_inputs_are_sampled_to_a_bounded_number_of_patches(monkeypatch):
     assert 0 < counts[0] <= 64
 
 
-def test_transposed_convs_and_special_padding_get_no_covariance():
-    assert not supports_covariance(_prepared(nn.ConvTranspose2d(3, 4, 3))[1])
+def test_grouped_transposed_convs_and_special_padding_get_no_covariance():
+    assert not supports_covariance(_prepared(nn.ConvTranspose2d(4, 4, 3, groups=2))[1])
+    assert supports_covariance(_prepared(nn.ConvTranspose2d(3, 4, 3))[1])
     assert not supports_covariance(_prepared(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"))[1])
     assert not supports_covariance(_prepared(nn.Conv2d(3, 4, 3, padding="same"))[1])
     assert supports_covariance(_prepared(nn.Conv2d(3, 4, 3, padding=1))[1])

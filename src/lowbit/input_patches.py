@@ -1,7 +1,9 @@
 """The input patches of each weight layer, and their covariance measured on calibration inputs.
 
 Patches are the rows of ``F.unfold`` (conv) or the input's last dimension (linear), split by group: a grouped
-or depthwise convolution has one matrix per group. A random sample of patches is kept (``MATRIX_ROWS`` over
+or depthwise convolution has one matrix per group. A transposed convolution is the convolution of its input with
+zeros inserted between pixels, by the flipped kernel: its patches are unfolded from that input and flipped back,
+so that they line up with its own weight rows. A random sample of patches is kept (``MATRIX_ROWS`` over
 the images, or ``FACTOR_ROWS`` for rows longer than ``MATRIX_LIMIT``, kept as patches rather than a d x d
 matrix), so large feature maps and wide layers cost about what small ones do. What the covariance is for:
 :mod:`lowbit.input_covariance`.
@@ -18,7 +20,7 @@ from torch import nn
 
 from lowbit.device import model_device
 from lowbit.input_covariance import InputCovariance
-from lowbit.layers import QConv1d, QConv2d, QLinear, QuantLayer
+from lowbit.layers import QConv1d, QConv2d, QConvTranspose2d, QLinear, QuantLayer
 
 COVARIANCE_IMAGES = 128
 MATRIX_ROWS = 8192  # patches sampled from those images for a covariance matrix
@@ -28,9 +30,11 @@ IMAGES_PER_UNFOLD = 8  # unfolded patches of a whole batch at 224x224 would take
 
 
 def supports_covariance(layer: QuantLayer) -> bool:
-    """Layers whose output is a plain product of patches and weight rows (not transposed convs, not GDN)."""
+    """Layers whose output is a plain product of patches and weight rows (not GDN)."""
     if type(layer) is QLinear:
         return True
+    if type(layer) is QConvTranspose2d:  # one weight row per output channel only without groups
+        return layer.groups == 1 and layer.padding_mode == "zeros"
     # unfold pads with zeros by a number of pixels: other padding modes and "same"/"valid" are left out
     return type(layer) in (QConv2d, QConv1d) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
 
@@ -40,6 +44,8 @@ def layer_patches(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     that :func:`supports_covariance`)."""
     if isinstance(layer, QLinear):
         return x.reshape(1, -1, x.shape[-1])
+    if isinstance(layer, QConvTranspose2d):
+        return _transposed_patches(layer, x)
     if isinstance(layer, QConv1d):
         x = x.unsqueeze(-1)
         kernel, dilation, stride = ((v[0], 1) for v in (layer.kernel_size, layer.dilation, layer.stride))
@@ -54,11 +60,30 @@ def layer_patches(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     return rows.reshape(rows.shape[0], layer.groups, -1).transpose(0, 1)
 
 
+def _transposed_patches(layer: QConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """Patches of a transposed convolution (groups 1), ordered like its weight rows ``weight[:, out]``."""
+    n, channels, height, width = x.shape
+    (sh, sw), (kh, kw), (dh, dw) = layer.stride, layer.kernel_size, layer.dilation
+    spread = x.new_zeros(n, channels, (height - 1) * sh + 1, (width - 1) * sw + 1)
+    spread[:, :, ::sh, ::sw] = x
+    # what the transposed conv pads (negative: crops) on each side; output padding adds rows at the far end only
+    top, left = dh * (kh - 1) - layer.padding[0], dw * (kw - 1) - layer.padding[1]
+    spread = F.pad(spread, (left, left + layer.output_padding[1], top, top + layer.output_padding[0]))
+    cols = F.unfold(spread, (kh, kw), (dh, dw))  # (N, C_in * kh * kw, positions), flipped kernel order
+    cols = cols.reshape(n, channels, kh, kw, -1).flip(2, 3).reshape(n, channels * kh * kw, -1)
+    return cols.transpose(1, 2).reshape(1, -1, channels * kh * kw)
+
+
 def _positions(layer: QuantLayer, x: torch.Tensor) -> int:
     """How many patches one input gives the layer (output positions; a linear layer's leading dimensions)."""
     if isinstance(layer, QLinear):
         return max(1, x[0].numel() // x.shape[-1])
     count = 1
+    if isinstance(layer, QConvTranspose2d):
+        for size, k, d, p, s, extra in zip(x.shape[2:], layer.kernel_size, layer.dilation, layer.padding,
+                                           layer.stride, layer.output_padding):
+            count *= max(1, (size - 1) * s - 2 * p + d * (k - 1) + extra + 1)
+        return count
     for size, k, d, p, s in zip(x.shape[2:], layer.kernel_size, layer.dilation, layer.padding, layer.stride):
         count *= max(1, (size + 2 * p - d * (k - 1) - 1) // s + 1)
     return count
@@ -76,7 +101,7 @@ class _Accumulator:
 
     def add(self, layer: QuantLayer, x: torch.Tensor) -> None:
         x = x.detach().float()
-        d = layer.weight[0].numel()  # values per weight row
+        d = layer.weight[:, 0].numel() if isinstance(layer, QConvTranspose2d) else layer.weight[0].numel()
         budget = (MATRIX_ROWS if d <= MATRIX_LIMIT else FACTOR_ROWS) * len(x) / COVARIANCE_IMAGES
         # unfold only as many images as the sample needs (twice over, so rows still come from several images)
         wanted = min(len(x), max(1, math.ceil(2 * budget / _positions(layer, x))))

@@ -140,9 +140,8 @@ class QConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 conv.output_padding, conv.groups, conv.bias is not None, conv.dilation, conv.padding_mode,
                 device=conv.weight.device, dtype=conv.weight.dtype)
-        if weight_spec.granularity == "per_channel":
-            weight_spec = replace(weight_spec, axis=1)
-        return q._adopt(conv, weight_spec, input_spec, seed)
+        # output channels lie on axis 1: per-channel grids follow them, a per-tensor grid's output error too
+        return q._adopt(conv, replace(weight_spec, axis=1), input_spec, seed)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         output_padding = self._output_padding(x, output_size, list(self.stride), list(self.padding),

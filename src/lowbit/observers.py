@@ -12,6 +12,7 @@ constant however many calibration batches are seen.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Callable
 
@@ -174,9 +175,9 @@ def _output_errors(weight_rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
 def output_qparams(w: torch.Tensor, spec: QuantSpec,
                    covariance: InputCovariance) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale/zero point of the range (shrunk from min/max by a factor of ``MSE_GRID``) whose rounded weights
-    change the layer's output least on the inputs ``covariance`` describes (output channels on axis 0)."""
+    change the layer's output least on the inputs ``covariance`` describes (output channels on ``spec.axis``)."""
     bits = int(spec.bits)
-    rows = w.reshape(w.shape[0], -1)
+    rows = _channel_rows(w, replace(spec, granularity="per_channel"))
     lo, hi = tensor_range(w, spec)
     shape = lo.shape
     lo, hi = lo.reshape(-1), hi.reshape(-1)
@@ -191,7 +192,7 @@ def static_qparams(x: torch.Tensor, spec: QuantSpec,
     """Quantization parameters of a fully known tensor (weights) with the spec's observer; ``covariance`` is
     that of the layer's inputs (the ``output`` observer's, which without it searches like ``mse``)."""
     x = x.detach().float()
-    if spec.observer == "output" and covariance is not None and spec.axis % x.dim() == 0:
+    if spec.observer == "output" and covariance is not None:
         return output_qparams(x, spec, covariance)
     if spec.observer == "percentile":
         lo, hi = percentile_range(x, spec)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -9,10 +10,11 @@ from lowbit.graph import prepare
 from lowbit.layers import quant_layers
 
 
-def _clipping_setup() -> tuple[nn.Module, torch.Tensor]:
-    """A conv whose 2-bit output-aware ranges clip: heavy-tailed weights, correlated inputs."""
+def _clipping_setup(transposed: bool = False) -> tuple[nn.Module, torch.Tensor]:
+    """A conv (or a decoder's transposed conv) whose 2-bit output-aware ranges clip: heavy-tailed weights,
+    correlated inputs."""
     gen = torch.Generator().manual_seed(0)
-    conv = nn.Conv2d(8, 16, 3, padding=1)
+    conv = nn.ConvTranspose2d(8, 16, 4, stride=2, padding=1) if transposed else nn.Conv2d(8, 16, 3, padding=1)
     with torch.no_grad():
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) ** 3)
     x = nn.functional.avg_pool2d(torch.randn(48, 8, 12, 12, generator=gen), 3, stride=1, padding=1)
@@ -28,8 +30,9 @@ def _gains(model: nn.Module, q: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (y * yq).sum(1) / (y * y).sum(1)
 
 
-def test_gain_correction_brings_each_channel_gain_back_to_one():
-    model, x = _clipping_setup()
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gain_correction_brings_each_channel_gain_back_to_one(transposed):
+    model, x = _clipping_setup(transposed)
     fresh = nn.functional.avg_pool2d(torch.randn(48, 8, 12, 12, generator=torch.Generator().manual_seed(1)), 3,
                                      stride=1, padding=1)
     kw = dict(weights_bits=3, activation_bits=None, bias_correction=False)

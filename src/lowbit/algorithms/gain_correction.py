@@ -38,9 +38,9 @@ class GainRounding(nn.Module):
 
 def channel_gains(layer: QuantLayer, covariance: InputCovariance) -> torch.Tensor:
     """Per output channel, the factor that makes the rounded channel's output gain one (see the module)."""
-    w = layer.weight.detach().float()
-    rows = w.reshape(w.shape[0], -1)
-    wq = layer.fake_quant_weight().detach().float().reshape(rows.shape)
+    axis = layer.weight_quant.spec.axis % layer.weight.dim()
+    rows = layer.weight.detach().float().movedim(axis, 0).flatten(1)
+    wq = layer.fake_quant_weight().detach().float().movedim(axis, 0).flatten(1)
     covariance = covariance.to(rows)
     energy, overlap = covariance.quadratic(rows), covariance.inner(rows, wq)
     gain = energy / overlap.clamp_min(torch.finfo(torch.float32).tiny)
@@ -55,8 +55,9 @@ def correct_gains(qmodel: nn.Module, covariances: dict[str, InputCovariance]) ->
         wq = layer.weight_quant
         if name not in covariances or wq.state != "quantize" or wq.spec.granularity != "per_channel":
             continue
-        if wq.spec.axis % layer.weight.dim() != 0 or wq.scale.numel() != layer.weight.shape[0]:
+        axis = wq.spec.axis % layer.weight.dim()
+        if wq.scale.numel() != layer.weight.shape[axis]:
             continue
-        code_scale = qmath.channel_view(wq.scale.clone(), 0, layer.weight.dim())
+        code_scale = qmath.channel_view(wq.scale.clone(), axis, layer.weight.dim())
         wq.set_qparams(wq.scale * channel_gains(layer, covariances[name]), wq.zero_point)
         layer.rounding = GainRounding(code_scale)
