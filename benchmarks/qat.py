@@ -58,13 +58,17 @@ def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int,
                            first_last_bits=first_last_bits)
 
 
-def section(first_last_bits: int | None) -> tuple[str, str, str]:
-    """The page section's key and title, and which layers the rows' widths cover."""
+def section(first_last_bits: int | None, data_percentage: float) -> tuple[str, str, str]:
+    """The page section's key and title, and which layers the rows' widths cover; runs over another share of
+    the training split get sections of their own."""
+    share = f"-{100 * data_percentage:g}pct"
     if not first_last_bits:
-        return ("qat", "Quantization-aware fine-tuning on Fashion-MNIST, lowbit and MCT",
+        return ("qat" + share, f"Quantization-aware fine-tuning on Fashion-MNIST, lowbit and MCT, {share[1:-3]}% of "
+                "the training split per epoch",
                 "every layer at the row's widths for both tools")
-    return (f"qat-first-last-{first_last_bits}",
-            f"Quantization-aware fine-tuning, first and last layers at {first_last_bits} bits (lowbit only)",
+    return (f"qat-first-last-{first_last_bits}{share}",
+            f"Quantization-aware fine-tuning, first and last layers at {first_last_bits} bits (lowbit only), "
+            f"{share[1:-3]}% of the training split per epoch",
             f"first and last layers and their inputs at {first_last_bits} bits")
 
 
@@ -166,7 +170,7 @@ def main() -> None:
     train, _ = load_dataset("fashion-mnist", "train")
     test, _ = load_dataset("fashion-mnist", "test")
     rows: list[list] = []
-    key, title, scope = section(args.first_last_bits)
+    key, title, scope = section(args.first_last_bits, args.data_percentage)
     for name in args.models:
         torch.manual_seed(0)
         model = bundled_model(name)
