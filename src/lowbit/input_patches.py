@@ -101,7 +101,7 @@ class _Accumulator:
 
     def add(self, layer: QuantLayer, x: torch.Tensor) -> None:
         x = x.detach().float()
-        d = layer.weight[:, 0].numel() if isinstance(layer, QConvTranspose2d) else layer.weight[0].numel()
+        d = _row_length(layer)
         budget = (MATRIX_ROWS if d <= MATRIX_LIMIT else FACTOR_ROWS) * len(x) / COVARIANCE_IMAGES
         # unfold only as many images as the sample needs (twice over, so rows still come from several images)
         wanted = min(len(x), max(1, math.ceil(2 * budget / _positions(layer, x))))
@@ -128,6 +128,13 @@ class _Accumulator:
             return InputCovariance(factor=(p - p.mean(dim=1, keepdim=True)) / math.sqrt(p.shape[1]))
         mean = self.total / self.count  # type: ignore[operator]
         return InputCovariance(matrix=self.outer / self.count - mean[:, :, None] * mean[:, None, :])
+
+
+def _row_length(layer: QuantLayer) -> int:
+    """Values per weight row: the weight's size over its output channels (on the grid's axis: 1 for a
+    transposed conv)."""
+    weight = layer.weight
+    return weight.numel() // weight.shape[layer.weight_quant.spec.axis % weight.dim()]
 
 
 def input_covariances(model: nn.Module, batches: Iterable[torch.Tensor], layers: list[tuple[str, QuantLayer]],
