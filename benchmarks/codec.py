@@ -93,7 +93,7 @@ def main() -> None:
         md_table(["codec", "variant", "bpp", "PSNR dB", "MS-SSIM", "encode ms", "decode ms", "weights"], rows),
         "PSNR gain over JPEG at equal bpp, per held-out photo (dB):",
         md_table(["variant", *[n for n, _ in images]], gaps),
-        "BD-rate against JPEG (Bjøntegaard, PSNR; negative = fewer bits for the same PSNR):",
+        "BD-rate against JPEG (Bjøntegaard, PSNR, PCHIP interpolation; negative = fewer bits for the same PSNR):",
         md_table(["variant", "BD-rate %", "PSNR range dB"], bd_rows),
         f"Held-out photos: {', '.join(n for n, _ in images)} from scikit-image's data folder ({size_note}), never "
         "used in training. Codec bpp counts the entropy-coded strings of real bitstreams (the lowbit container's "

@@ -125,8 +125,8 @@ def main() -> None:
     body = "\n\n".join([
         md_table(["codec", "variant", "bpp", "PSNR dB", "MS-SSIM", "encode ms", "decode ms", "bpp vs FP32 %",
                   "PSNR vs FP32 dB", "file", "quantize s"], rows),
-        "BD-rate against FP32 of the same codec (Bjøntegaard, PSNR, three rate points; positive = more bits "
-        "for the same PSNR):",
+        "BD-rate against FP32 of the same codec (Bjøntegaard, PSNR, PCHIP through three rate points; positive = "
+        "more bits for the same PSNR):",
         md_table(["codec", "variant", "BD-rate %"], bd_rows),
         "\n".join(plots),
         f"Calibration: {CALIB_CROPS} random {CROP}x{CROP} crops (seed {SEED}) of the codecs' scikit-image training "

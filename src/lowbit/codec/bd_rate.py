@@ -1,13 +1,16 @@
 """Bjøntegaard delta rate: the average bitrate difference between two rate-distortion curves at equal quality.
 
-The standard method (VCEG-M33): fit log-rate as a cubic polynomial of PSNR for each curve, integrate both
-over the PSNR interval the curves share, and turn the mean difference of log-rates into a percentage. A
-negative figure means the test curve needs fewer bits than the anchor for the same quality.
+Computed by the ``bjontegaard`` package with piecewise cubic Hermite interpolation (PCHIP) of log-rate over
+PSNR, the method of the JCT-VC/JVET common test conditions. The original single cubic polynomial (VCEG-M33)
+becomes a quadratic through three rate points, which can overshoot between them and rank a curve that is ahead
+at every rate point behind one it beats; PCHIP is monotone between points and cannot. A negative figure means
+the test curve needs fewer bits than the anchor for the same quality.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,28 +18,34 @@ import numpy as np
 from lowbit.errors import LowbitError
 
 
+def _curve(name: str, rate: Sequence[float], psnr: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The curve's points ordered by PSNR, checked: positive rates, finite and distinct PSNRs."""
+    rate, psnr = np.asarray(rate, dtype=float), np.asarray(psnr, dtype=float)
+    if rate.shape != psnr.shape or rate.ndim != 1 or len(rate) < 2:
+        raise LowbitError(f"BD-rate: the {name} curve needs matching rate and PSNR lists of at least 2 points")
+    if not (np.all(rate > 0) and np.all(np.isfinite(rate)) and np.all(np.isfinite(psnr))):
+        raise LowbitError(f"BD-rate: the {name} curve has a non-positive or non-finite rate or a non-finite PSNR")
+    order = np.argsort(psnr)
+    if np.any(np.diff(psnr[order]) <= 0):
+        raise LowbitError(f"BD-rate: the {name} curve has two points with the same PSNR; drop one of them")
+    return rate[order], psnr[order]
+
+
 def bd_rate(anchor_rate: Sequence[float], anchor_psnr: Sequence[float], test_rate: Sequence[float],
             test_psnr: Sequence[float]) -> float:
     """Average rate change of ``test`` against ``anchor`` in percent, over their common PSNR range.
 
-    Each curve needs at least two points (a cubic fit uses up to four: the degree is one less than the number
-    of points, capped at three), with positive rates. Returns NaN when the PSNR ranges do not overlap.
+    Each curve needs at least two points with positive rates and distinct PSNRs, in any order; the two curves
+    may have different numbers of points. Returns NaN when the PSNR ranges do not overlap.
     """
-    curves = []
-    for name, rate, psnr in (("anchor", anchor_rate, anchor_psnr), ("test", test_rate, test_psnr)):
-        rate, psnr = np.asarray(rate, dtype=float), np.asarray(psnr, dtype=float)
-        if rate.shape != psnr.shape or rate.ndim != 1 or len(rate) < 2:
-            raise LowbitError(f"BD-rate: the {name} curve needs matching rate and PSNR lists of at least 2 points")
-        if not (np.all(rate > 0) and np.all(np.isfinite(psnr))):
-            raise LowbitError(f"BD-rate: the {name} curve has a non-positive rate or non-finite PSNR")
-        curves.append((np.log(rate), psnr))
-    low = max(float(p.min()) for _, p in curves)
-    high = min(float(p.max()) for _, p in curves)
-    if not high > low:
+    import bjontegaard  # imports matplotlib: only when a BD-rate is asked for
+
+    a_rate, a_psnr = _curve("anchor", anchor_rate, anchor_psnr)
+    t_rate, t_psnr = _curve("test", test_rate, test_psnr)
+    if not min(a_psnr.max(), t_psnr.max()) > max(a_psnr.min(), t_psnr.min()):
         return math.nan
-    integrals = []
-    for log_rate, psnr in curves:
-        fit = np.polyfit(psnr, log_rate, min(3, len(psnr) - 1))
-        primitive = np.polyint(fit)
-        integrals.append((np.polyval(primitive, high) - np.polyval(primitive, low)) / (high - low))
-    return float((math.exp(integrals[1] - integrals[0]) - 1) * 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its low-overlap warning: the overlap used is the one documented above
+        value = bjontegaard.bd_rate(a_rate, a_psnr, t_rate, t_psnr, method="pchip", require_matching_points=False,
+                                    min_overlap=0)
+    return float(value)
