@@ -1,11 +1,12 @@
 """Quantized learned codecs: every variant of each bundled codec, at every rate point, on the held-out photos.
 
 Rows per codec and rate point: FP32; FP16; INT8 light (8-bit per-channel weights, 16-bit dynamic per-tensor
-activations); INT8 entropy-only (the hyperprior networks quantized, transforms float; hyperprior codecs only);
-W8A8 static with nearest and with learned rounding; W4A8 with nearest and with learned rounding (learned rounding:
-QDrop, a label-free reconstruction objective with activation step sizes learned); and the peer, onnxruntime's dynamic int8 quantization of the same transforms. Every figure comes
-from real bitstreams; BD-rate is against the FP32 curve of the same codec (positive: more bits for the same
-PSNR). Calibration: random 128x128 crops of the codecs' training photos; evaluation: the held-out photos.
+activations); INT8 entropy-only (the hyperprior networks quantized, transforms float; hyperprior codecs only); W8A8
+static and W4A8, each with nearest and with learned rounding (QDrop: a label-free reconstruction objective,
+activation step sizes learned too); and the peer, onnxruntime's dynamic int8 quantization of the same transforms.
+Every figure comes from real bitstreams; BD-rate is against the FP32 curve of the same codec (positive: more bits
+for the same PSNR). Calibration: random 128x128 crops of the codecs' training photos; evaluation: the held-out
+photos.
 Run: OMP_NUM_THREADS=1 python3 benchmarks/codec_quant.py [--no-write] [--iters N]
 """
 
