@@ -43,7 +43,7 @@ def test_zero_channel_gets_finite_scale():
 
 def test_activation_observer_accumulates_extremes_over_batches():
     obs = ActivationObserver(QuantSpec(bits=8, observer="minmax"))
-    obs.observe(torch.tensor([0.0, 1.0]))
+    obs.observe(torch.tensor([0.0, 1.0, 0.37]))  # not evenly spaced: the range decides the grid
     obs.observe(torch.tensor([-2.0, 0.5]))
     scale, zp = obs.qparams()
     assert torch.isclose(scale, torch.tensor(3.0 / 255))

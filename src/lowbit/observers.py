@@ -7,7 +7,9 @@
 - ``output`` (weights only): the same search, keeping the range with the least squared error in the layer's
   output over the calibration inputs (see :mod:`lowbit.input_covariance`); ``mse`` where there are none.
 Activation observers keep running extremes plus a bounded random sample of values, so memory stays
-constant however many calibration batches are seen.
+constant however many calibration batches are seen. Whatever the observer, an activation whose values all lie on
+one evenly spaced lattice that fits in the grid (8-bit pixels, rounded latents) gets that lattice as its grid
+(see :mod:`lowbit.lattice`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from lowbit import qmath
 from lowbit.input_covariance import InputCovariance
+from lowbit.lattice import LatticeTracker
 from lowbit.spec import QuantSpec
 
 SAMPLE_PER_BATCH = 1 << 16
@@ -213,6 +216,8 @@ class ActivationObserver:
         self.samples: list[torch.Tensor] = []
         self.n_sampled = 0
         self.gen = torch.Generator().manual_seed(seed)
+        qmin, qmax = qmath.qrange(int(spec.bits), spec.symmetric)
+        self.lattice = LatticeTracker(qmax - qmin + 1)
 
     def observe(self, x: torch.Tensor) -> None:
         x = x.detach().float().flatten()
@@ -221,6 +226,7 @@ class ActivationObserver:
         lo, hi = x.min().cpu(), x.max().cpu()
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        self.lattice.observe(x)
         if self.spec.observer != "minmax" and self.n_sampled < SAMPLE_LIMIT:
             take = min(SAMPLE_PER_BATCH, x.numel(), SAMPLE_LIMIT - self.n_sampled)
             idx = torch.randint(0, x.numel(), (take,), generator=self.gen)
@@ -236,6 +242,9 @@ class ActivationObserver:
         if self.lo is None or self.hi is None:
             raise RuntimeError("observer saw no data")
         bits = int(self.spec.bits)
+        exact = self.lattice.qparams(*qmath.qrange(bits, self.spec.symmetric), self.spec.symmetric)
+        if exact is not None:  # every observed value is representable: no range beats that (see lowbit.lattice)
+            return exact
         if self.spec.observer == "minmax":
             return qmath.choose_qparams(self.lo, self.hi, bits, self.spec.symmetric)
         sample = torch.cat(self.samples)

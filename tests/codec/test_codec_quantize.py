@@ -169,3 +169,13 @@ def test_the_rate_distortion_plot_is_a_png(tmp_path):
     path = plot_rd_curves({"FP32": [(0.1, 25.0), (0.2, 27.0)], "INT8": [(0.1, 24.9), (0.2, 26.8)]},
                           tmp_path / "rd.png", "codec", {"INT8": 1.5})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["rd.png"]
+
+
+def test_hyperprior_decoder_reads_its_rounded_latents_exactly_at_8_bits():
+    codec = _tiny_hyperprior()
+    with torch.no_grad():
+        codec.g_a[-1].weight.mul_(30)  # latents spanning many integers, as a trained codec's do
+    qmodel = lowbit.quantize(codec, _photos(), weights_bits=8, activation_bits=8)
+    latents = torch.round(codec.g_a(_photos(2)).detach())
+    assert latents.max() - latents.min() > 8
+    assert torch.equal(qmodel.get_submodule("g_s.0").input_quant(latents), latents)
