@@ -134,7 +134,7 @@ def _row_length(layer: QuantLayer) -> int:
     """Values per weight row: the weight's size over its output channels (on the grid's axis: 1 for a
     transposed conv)."""
     weight = layer.weight
-    return weight.numel() // weight.shape[layer.weight_quant.spec.axis % weight.dim()]
+    return weight.numel() // weight.shape[layer.weight_quant.spec.channel_axis(weight.dim())]
 
 
 def input_covariances(model: nn.Module, batches: Iterable[torch.Tensor], layers: list[tuple[str, QuantLayer]],

@@ -44,7 +44,7 @@ def bias_grid(layer: QuantLayer, feeding: Quantizer | None) -> torch.Tensor | No
     if feeding.spec.is_fp16 or feeding.spec.dynamic or feeding.qrange != INTEGER_KERNEL_GRID \
             or feeding.scale.numel() != 1:
         return None
-    channels = layer.weight.shape[wq.spec.axis % layer.weight.dim()]
+    channels = layer.weight.shape[wq.spec.channel_axis(layer.weight.dim())]
     if bias.numel() != channels:
         return None
     return integer_bias_scale(feeding.scale, wq.scale, channels)

@@ -39,7 +39,7 @@ EXHAUSTIVE_LIMIT = 2 * COARSE_STRIDE * REFINED_BASINS
 def _reduce_dims(x: torch.Tensor, spec: QuantSpec) -> tuple[int, ...] | None:
     if spec.granularity == "per_tensor":
         return None
-    return tuple(d for d in range(x.dim()) if d != spec.axis % x.dim())
+    return tuple(d for d in range(x.dim()) if d != spec.channel_axis(x.dim()))
 
 
 def tensor_range(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +57,7 @@ def percentile_range(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, to
     if dims is None:
         lo, hi = torch.quantile(x.flatten().float(), q)
         return lo, hi
-    flat = x.movedim(spec.axis % x.dim(), 0).reshape(x.shape[spec.axis], -1).float()
+    flat = x.movedim(spec.channel_axis(x.dim()), 0).reshape(x.shape[spec.axis], -1).float()
     lo, hi = torch.quantile(flat, q, dim=1)
     return lo, hi
 
@@ -66,7 +66,7 @@ def _channel_rows(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """``x`` as ``(channels, values)`` (one row when per-tensor)."""
     if spec.granularity == "per_tensor":
         return x.reshape(1, -1)
-    return x.movedim(spec.axis % x.dim(), 0).reshape(x.shape[spec.axis], -1)
+    return x.movedim(spec.channel_axis(x.dim()), 0).reshape(x.shape[spec.axis], -1)
 
 
 def _candidate_errors(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, index: torch.Tensor, *, bits: int,

@@ -109,7 +109,7 @@ class Quantizer(nn.Module):
     def grid(self, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point shaped to broadcast against an ``ndim``-dimensional tensor."""
         if self.spec.granularity == "per_channel" and self.scale.numel() > 1:
-            axis = self.spec.axis % ndim
+            axis = self.spec.channel_axis(ndim)
             return qmath.channel_view(self.scale, axis, ndim), qmath.channel_view(self.zero_point, axis, ndim)
         return self.scale, self.zero_point
 

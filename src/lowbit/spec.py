@@ -55,6 +55,11 @@ class QuantSpec:
     def is_fp16(self) -> bool:
         return self.bits == "fp16"
 
+    def channel_axis(self, ndim: int) -> int:
+        """The channel axis of an ``ndim``-dimensional tensor (``axis`` may count from the end: a transposed
+        convolution's output channels are its weight's axis 1, a linear layer's its axis 0)."""
+        return self.axis % ndim
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -38,7 +38,7 @@ class GainRounding(nn.Module):
 
 def channel_gains(layer: QuantLayer, covariance: InputCovariance) -> torch.Tensor:
     """Per output channel, the factor that makes the rounded channel's output gain one (see the module)."""
-    axis = layer.weight_quant.spec.axis % layer.weight.dim()
+    axis = layer.weight_quant.spec.channel_axis(layer.weight.dim())
     rows = layer.weight.detach().float().movedim(axis, 0).flatten(1)
     wq = layer.fake_quant_weight().detach().float().movedim(axis, 0).flatten(1)
     covariance = covariance.to(rows)
@@ -55,7 +55,7 @@ def correct_gains(qmodel: nn.Module, covariances: dict[str, InputCovariance]) ->
         wq = layer.weight_quant
         if name not in covariances or wq.state != "quantize" or wq.spec.granularity != "per_channel":
             continue
-        axis = wq.spec.axis % layer.weight.dim()
+        axis = wq.spec.channel_axis(layer.weight.dim())
         if wq.scale.numel() != layer.weight.shape[axis]:
             continue
         code_scale = qmath.channel_view(wq.scale.clone(), axis, layer.weight.dim())

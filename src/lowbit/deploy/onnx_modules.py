@@ -119,7 +119,7 @@ class DequantizedWeight(nn.Module):
             self.register_buffer("bias", bias)
             return
         qmin, qmax = wq.qrange
-        self.axis = wq.spec.axis % weight.dim()  # the output-channel axis: 1 for a transposed convolution
+        self.axis = wq.spec.channel_axis(weight.dim())  # the output-channel axis: 1 for a transposed convolution
         channels = weight.shape[self.axis]
         codes, zero_point = layer.qweight.detach(), wq.zero_point.detach()
         if store_unsigned(qmin, qmax, signed_weights):

@@ -40,7 +40,7 @@ class PayloadError(LowbitError):
 def weight_channels(layer: QuantLayer) -> int:
     """How many scales the layer's weight grid has (one per output channel, or one)."""
     spec, shape = layer.weight_quant.spec, layer.weight.shape
-    return shape[spec.axis % len(shape)] if spec.granularity == "per_channel" else 1
+    return shape[spec.channel_axis(len(shape))] if spec.granularity == "per_channel" else 1
 
 
 ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

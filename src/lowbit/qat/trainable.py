@@ -114,7 +114,7 @@ def _batch_range(q: Quantizer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     x = x.detach().float()
     if q.scale.numel() == 1:
         return x.min().reshape(1), x.max().reshape(1)
-    rows = x.transpose(0, q.spec.axis % x.dim()).reshape(x.shape[q.spec.axis], -1)
+    rows = x.transpose(0, q.spec.channel_axis(x.dim())).reshape(x.shape[q.spec.axis], -1)
     return rows.amin(1), rows.amax(1)
 
 
