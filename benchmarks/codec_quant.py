@@ -34,6 +34,7 @@ from lowbit.codec.rd_plot import plot_rd_curves
 from lowbit.codec.task import scope_overrides
 from lowbit.codec.zoo import BUNDLED
 from lowbit.config import QuantConfig
+from lowbit.errors import LowbitError
 from lowbit.report import human_bytes
 
 CALIB_CROPS, CROP, SEED = 64, 128, 0
@@ -121,8 +122,13 @@ def main() -> None:
         fp32, rates = curves["FP32"], {}
         for name, points in curves.items():
             if name != "FP32":
-                rates[name] = bd_rate([b for b, _ in fp32], [p for _, p in fp32], [b for b, _ in points],
-                                      [p for _, p in points])
+                try:
+                    rates[name] = bd_rate([b for b, _ in fp32], [p for _, p in fp32], [b for b, _ in points],
+                                          [p for _, p in points])
+                except LowbitError:  # a rate point with more bits and less PSNR than another
+                    rates[name] = math.nan
+                    bd_rows.append([codec_name, name, "undefined: PSNR falls from one rate point to a higher one"])
+                    continue
                 bd_rows.append([codec_name, name, "no PSNR overlap with FP32" if math.isnan(rates[name])
                                 else rates[name]])
         plot = PAGES / f"{codec_name}_rd.png"

@@ -49,3 +49,10 @@ def test_disjoint_curves_give_nan_and_bad_curves_raise():
         bd_rate([0.0, 0.1], [30.0, 31.0], RATES, PSNRS)
     with pytest.raises(LowbitError, match="same PSNR"):
         bd_rate([0.1, 0.2], [30.0, 30.0], RATES, PSNRS)
+
+
+def test_a_curve_whose_psnr_falls_at_a_higher_rate_has_no_bd_rate():
+    # measured on a small hyperprior codec at W4A8: its highest rate point lost PSNR against the middle one
+    falling = ([0.137, 0.189, 0.244], [25.11, 25.87, 25.86])
+    with pytest.raises(LowbitError, match="more bits and less PSNR"):
+        bd_rate([0.137, 0.187, 0.243], [25.70, 26.29, 26.59], *falling)

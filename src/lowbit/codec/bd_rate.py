@@ -18,7 +18,8 @@ from lowbit.errors import LowbitError
 
 
 def _curve(name: str, rate: Sequence[float], psnr: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """The curve's points ordered by PSNR, checked: positive rates, finite and distinct PSNRs."""
+    """The curve's points ordered by PSNR, checked: positive rates, finite and distinct PSNRs, and a rate that
+    rises with PSNR (where it falls, log-rate is no function of PSNR and the interpolated area means nothing)."""
     rate, psnr = np.asarray(rate, dtype=float), np.asarray(psnr, dtype=float)
     if rate.shape != psnr.shape or rate.ndim != 1 or len(rate) < 2:
         raise LowbitError(f"BD-rate: the {name} curve needs matching rate and PSNR lists of at least 2 points")
@@ -27,6 +28,9 @@ def _curve(name: str, rate: Sequence[float], psnr: Sequence[float]) -> tuple[np.
     order = np.argsort(psnr)
     if np.any(np.diff(psnr[order]) <= 0):
         raise LowbitError(f"BD-rate: the {name} curve has two points with the same PSNR; drop one of them")
+    if np.any(np.diff(rate[order]) <= 0):
+        raise LowbitError(f"BD-rate: the {name} curve has a point with more bits and less PSNR than another, so it "
+                          "is undefined; compare those rate points one by one")
     return rate[order], psnr[order]
 
 
@@ -34,8 +38,8 @@ def bd_rate(anchor_rate: Sequence[float], anchor_psnr: Sequence[float], test_rat
             test_psnr: Sequence[float]) -> float:
     """Average rate change of ``test`` against ``anchor`` in percent, over their common PSNR range.
 
-    Each curve needs at least two points with positive rates and distinct PSNRs, in any order; the two curves
-    may have different numbers of points. Returns NaN when the PSNR ranges do not overlap.
+    Each curve needs at least two points with positive rates and distinct PSNRs, in any order, whose PSNR
+    rises with their rate; the two curves may have different numbers of points. Returns NaN when the PSNR ranges do not overlap.
     """
     import bjontegaard  # imports matplotlib: only when a BD-rate is asked for
 
