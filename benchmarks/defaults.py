@@ -13,7 +13,9 @@ Run (MCT installed): python3 defaults.py --extra resnet20=r20_seed1.safetensors 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,6 +44,23 @@ def models(args) -> list[tuple[str, nn.Module]]:
         name, path = spec.split("=", 1)
         found.append((f"{name} ({path})", bundled_model(name, path)))
     return found
+
+
+def provenance(extra: list[str]) -> str:
+    """Where each further checkpoint came from: the training recipe ``lowbit train`` writes beside it."""
+    lines = []
+    for spec in extra:
+        path = Path(spec.split("=", 1)[1])
+        recipe = path.with_suffix(".json")
+        if recipe.is_file():
+            r = json.loads(recipe.read_text())
+            o = r.get("options", {})
+            lines.append(f"`{path.name}`: {r.get('model')} trained on {r.get('dataset')} by `lowbit train` "
+                         f"({o.get('epochs')} epochs, seed {o.get('seed')}, {o.get('optimizer')} lr {o.get('lr')}), "
+                         "not in the repository")
+        else:
+            lines.append(f"`{path.name}`: no training recipe beside it")
+    return (" Further checkpoints: " + "; ".join(lines) + ".") if lines else ""
 
 
 def main() -> None:
@@ -78,7 +97,7 @@ def main() -> None:
             + "\n\nlowbit's defaults: per-channel weight ranges searched for the least error in each layer's output "
               "on the calibration images (below 8 bits), with gain and bias correction; activation ranges by "
               "min/max at 8 bits and MSE search below. MCT's: per-channel symmetric weights with MSE thresholds, "
-              "power-of-two activation thresholds with MSE, weight bias correction on.")
+              "power-of-two activation thresholds with MSE, weight bias correction on." + provenance(args.extra))
     publish("defaults", "Round-to-nearest defaults against MCT's, several models", body, topic_page("bitwidths"),
             write=not args.no_write)
 
