@@ -78,3 +78,13 @@ def test_symmetric_grid_needs_the_lattice_inside_its_signed_range():
     assert scale.item() == 1.0 and zp.item() == 0
     tracker.observe(torch.tensor([200.0]))
     assert tracker.qparams(-128, 127, True) is None
+
+
+def test_a_sparse_activation_is_ruled_out_without_sorting_the_whole_batch(monkeypatch):
+    x = torch.relu(torch.randn(1 << 20, generator=torch.Generator().manual_seed(0)) - 2.3)  # about 1% non-zero
+    sorted_sizes = []
+    unique = torch.unique
+    monkeypatch.setattr(torch, "unique", lambda t, *a, **k: sorted_sizes.append(t.numel()) or unique(t, *a, **k))
+    tracker = LatticeTracker(256)
+    tracker.observe(x)
+    assert not tracker.possible and max(sorted_sizes) < x.numel() // 8

@@ -9,17 +9,18 @@ reproduces the tensor exactly; the spare levels are split on both sides, so valu
 stay exact too.
 
 Detection keeps the set of distinct values seen, and gives up (for good) as soon as there are more of them than
-the grid has levels; a continuous activation is ruled out on its first batch by a small sample.
+the grid has levels; a continuous activation is ruled out on its first batch by small samples.
 """
 
 from __future__ import annotations
 
 import torch
 
-# Values of each batch looked at first; more than PROBE_DISTINCT distinct ones among them (or more than the grid
-# has levels) rule a lattice out without examining the whole batch. Wider lattices go undetected: they only
-# occur with 16-bit grids, whose rounding error is negligible anyway.
-PROBE_VALUES = 4096
+# Evenly strided samples of each batch looked at first, smallest first; more than PROBE_DISTINCT distinct values
+# in one (or more than the grid has levels) rule a lattice out without sorting the whole batch: a continuous
+# activation fails the first, a sparse one (mostly zeros after a ReLU) the second. Wider lattices go undetected:
+# they only occur with 16-bit grids, whose rounding error is negligible anyway.
+PROBE_SIZES = (4096, 65536)
 PROBE_DISTINCT = 1024
 # How far from an integer ``value / step`` may land (float rounding of e.g. k/255) and still be on the lattice.
 TOLERANCE = 1e-3
@@ -37,9 +38,10 @@ class LatticeTracker:
         """Add the distinct values of ``x`` (flat, float, on any device); stop tracking once too many are seen."""
         if not self.possible:
             return
-        if torch.unique(x[:PROBE_VALUES]).numel() > min(self.levels, PROBE_DISTINCT):
-            self.possible = False
-            return
+        for size in PROBE_SIZES:
+            if x.numel() > size and torch.unique(x[::x.numel() // size]).numel() > min(self.levels, PROBE_DISTINCT):
+                self.possible = False
+                return
         distinct = torch.unique(x).cpu()
         seen = distinct if self.values is None else torch.unique(torch.cat([self.values, distinct]))
         if seen.numel() > self.levels or not bool(torch.isfinite(seen).all()):
