@@ -125,12 +125,10 @@ def main() -> None:
                 try:
                     rates[name] = bd_rate([b for b, _ in fp32], [p for _, p in fp32], [b for b, _ in points],
                                           [p for _, p in points])
+                    shown = "no PSNR overlap with FP32" if math.isnan(rates[name]) else rates[name]
                 except LowbitError:  # a rate point with more bits and less PSNR than another
-                    rates[name] = math.nan
-                    bd_rows.append([codec_name, name, "undefined: PSNR falls from one rate point to a higher one"])
-                    continue
-                bd_rows.append([codec_name, name, "no PSNR overlap with FP32" if math.isnan(rates[name])
-                                else rates[name]])
+                    rates[name], shown = math.nan, "undefined: PSNR falls from one rate point to a higher one"
+                bd_rows.append([codec_name, name, shown])
         plot = PAGES / f"{codec_name}_rd.png"
         if not args.no_write:
             plot_rd_curves(curves, plot, f"{codec_name}: quantized variants, 4 held-out photos")

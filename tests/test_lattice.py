@@ -51,33 +51,33 @@ def test_continuous_activations_keep_their_range_grid():
 
 def test_a_lattice_wider_than_the_grid_falls_back_to_the_range():
     x = torch.arange(-200.0, 201.0)  # 401 integers: more than 8 bits hold
-    assert _observer(x).lattice.qparams(0, 255, False) is None
+    assert _observer(x).lattice.qparams() is None
     scale, _ = _observer(x).qparams()
     assert scale.item() == pytest.approx(400 / 255)
 
 
 def test_a_lattice_that_misses_zero_is_not_used():
     x = torch.arange(0, 20).float() + 0.3  # evenly spaced, but zero is not a lattice point
-    assert LatticeTracker(256).step() is None
-    tracker = LatticeTracker(256)
+    assert LatticeTracker(0, 255, False).step() is None
+    tracker = LatticeTracker(0, 255, False)
     tracker.observe(x)
     assert tracker.step() is None
 
 
 def test_batches_with_a_finer_lattice_refine_the_step():
-    tracker = LatticeTracker(256)
+    tracker = LatticeTracker(0, 255, False)
     tracker.observe(torch.arange(-4.0, 5.0) * 2)
     tracker.observe(torch.arange(-4.0, 5.0))
     assert tracker.step() == pytest.approx(1.0)
 
 
 def test_symmetric_grid_needs_the_lattice_inside_its_signed_range():
-    tracker = LatticeTracker(256)
+    tracker = LatticeTracker(-128, 127, True)
     tracker.observe(torch.arange(-50.0, 51.0))
-    scale, zp = tracker.qparams(-128, 127, True)
+    scale, zp = tracker.qparams()
     assert scale.item() == 1.0 and zp.item() == 0
     tracker.observe(torch.tensor([200.0]))
-    assert tracker.qparams(-128, 127, True) is None
+    assert tracker.qparams() is None
 
 
 def test_a_sparse_activation_is_ruled_out_without_sorting_the_whole_batch(monkeypatch):
@@ -85,6 +85,6 @@ def test_a_sparse_activation_is_ruled_out_without_sorting_the_whole_batch(monkey
     sorted_sizes = []
     unique = torch.unique
     monkeypatch.setattr(torch, "unique", lambda t, *a, **k: sorted_sizes.append(t.numel()) or unique(t, *a, **k))
-    tracker = LatticeTracker(256)
+    tracker = LatticeTracker(0, 255, False)
     tracker.observe(x)
     assert not tracker.possible and max(sorted_sizes) < x.numel() // 8

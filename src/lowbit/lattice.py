@@ -29,8 +29,10 @@ TOLERANCE = 1e-3
 class LatticeTracker:
     """Whether the values observed so far all lie on one evenly spaced lattice through 0, and its step."""
 
-    def __init__(self, levels: int) -> None:
-        self.levels = levels
+    def __init__(self, qmin: int, qmax: int, symmetric: bool) -> None:
+        """The integer grid a lattice must fit in: codes ``qmin..qmax``, zero point 0 when ``symmetric``."""
+        self.qmin, self.qmax, self.symmetric = qmin, qmax, symmetric
+        self.levels = qmax - qmin + 1
         self.values: torch.Tensor | None = None
         self.possible = True
 
@@ -40,7 +42,7 @@ class LatticeTracker:
             return
         for size in PROBE_SIZES:
             if x.numel() > size and torch.unique(x[::x.numel() // size]).numel() > min(self.levels, PROBE_DISTINCT):
-                self.possible = False
+                self.possible, self.values = False, None
                 return
         distinct = torch.unique(x).cpu()
         seen = distinct if self.values is None else torch.unique(torch.cat([self.values, distinct]))
@@ -62,22 +64,22 @@ class LatticeTracker:
             return None
         return step
 
-    def qparams(self, qmin: int, qmax: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Scale and zero point of the grid holding every lattice point seen (centred in the integer range
-        when affine), or None when there is no lattice or its span does not fit between ``qmin`` and ``qmax``."""
+        when affine), or None when there is no lattice or its span does not fit in the integer grid."""
         step = self.step()
         if step is None:
             return None
         assert self.values is not None
         low = min(round(float(self.values[0]) / step), 0)
         high = max(round(float(self.values[-1]) / step), 0)
-        if symmetric:
-            if low < qmin or high > qmax:
+        if self.symmetric:
+            if low < self.qmin or high > self.qmax:
                 return None
             zero_point = 0
         else:
-            spare = (qmax - qmin) - (high - low)
+            spare = (self.qmax - self.qmin) - (high - low)
             if spare < 0:
                 return None
-            zero_point = qmin - low + spare // 2
+            zero_point = self.qmin - low + spare // 2
         return torch.tensor(step, dtype=torch.float32), torch.tensor(zero_point, dtype=torch.int32)

@@ -216,8 +216,7 @@ class ActivationObserver:
         self.samples: list[torch.Tensor] = []
         self.n_sampled = 0
         self.gen = torch.Generator().manual_seed(seed)
-        qmin, qmax = qmath.qrange(int(spec.bits), spec.symmetric)
-        self.lattice = LatticeTracker(qmax - qmin + 1)
+        self.lattice = LatticeTracker(*qmath.qrange(int(spec.bits), spec.symmetric), spec.symmetric)
 
     def observe(self, x: torch.Tensor) -> None:
         x = x.detach().float().flatten()
@@ -242,7 +241,7 @@ class ActivationObserver:
         if self.lo is None or self.hi is None:
             raise RuntimeError("observer saw no data")
         bits = int(self.spec.bits)
-        exact = self.lattice.qparams(*qmath.qrange(bits, self.spec.symmetric), self.spec.symmetric)
+        exact = self.lattice.qparams()
         if exact is not None:  # every observed value is representable: no range beats that (see lowbit.lattice)
             return exact
         if self.spec.observer == "minmax":
