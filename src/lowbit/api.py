@@ -12,6 +12,7 @@ from torch import nn
 
 from lowbit.algorithms import get_algorithm, make_options
 from lowbit.algorithms.bias_correction import correct_biases
+from lowbit.algorithms.equalization import equalize_ranges
 from lowbit.algorithms.gain_correction import correct_gains
 from lowbit.calibrate import calibrate_activations, calibrate_weights, freeze
 from lowbit.config import QuantConfig
@@ -52,7 +53,7 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     ``qmodel.lowbit_info.extra["mixed"]`` and saved with the model.
     """
     if config is None:
-        config_keys = {"bias_correction", "gain_correction", "weights_observer", "activation_observer",
+        config_keys = {"bias_correction", "gain_correction", "equalize", "weights_observer", "activation_observer",
                        "symmetric_weights", "per_channel", "dynamic_activations", "first_last_bits", "overrides"}
         config_kwargs = {k: options.pop(k) for k in list(options) if k in config_keys}
         config = QuantConfig.from_bits(weights_bits, activation_bits, method=method, method_options=options,
@@ -62,6 +63,8 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     task = task_of(model)
     task.setup()
     config = task.configure(model, config)
+    if config.equalize is None:
+        config = replace(config, equalize=task.equalizes)
     algorithm = get_algorithm(config.method)
     method_options = make_options(config.method, config.method_options, config.seed)
     config = replace(config, method_options=asdict(method_options))  # record every option in the saved metadata
@@ -76,6 +79,8 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     batches = calibration_batches(data, config.calib_images, config.batch_size, config.seed) if data is not None else []
     if batches:
         check_input_scale(model, batches[0])
+    if config.equalize:
+        model = equalize_ranges(model, batches, config)
     allocation = None
     if mixed is not None:
         sensitivity = task.sensitivity(sensitivity)

@@ -68,6 +68,8 @@ class QuantConfig:
     ``bias_correction`` removes the mean output shift of rounded weights and ``gain_correction`` the shrinkage
     of each output channel's gain that clipped ranges leave (on layers whose ranges the ``output`` observer
     chose); both apply to round-to-nearest (learned rounding already minimizes the output error).
+    ``equalize`` rescales channels through ReLU and GDN so that static activation grids fit every channel
+    (:mod:`lowbit.algorithms.equalization`); ``None`` lets the task decide (on for codecs).
     """
 
     weights: QuantSpec = field(default_factory=lambda: weight_spec(8))
@@ -80,6 +82,7 @@ class QuantConfig:
     seed: int = 0
     bias_correction: bool = True
     gain_correction: bool = True
+    equalize: bool | None = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -179,7 +182,7 @@ class QuantConfig:
                 "overrides": [o.to_dict() for o in self.overrides], "method": self.method,
                 "method_options": dict(self.method_options), "calib_images": self.calib_images,
                 "batch_size": self.batch_size, "seed": self.seed, "bias_correction": self.bias_correction,
-                "gain_correction": self.gain_correction}
+                "gain_correction": self.gain_correction, "equalize": self.equalize}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
@@ -191,6 +194,7 @@ class QuantConfig:
                        calib_images=d.get("calib_images", 1024), batch_size=d.get("batch_size", 64),
                        seed=d.get("seed", 0), bias_correction=d.get("bias_correction", True),
                        gain_correction=d.get("gain_correction", False),  # recipes written before it had none
+                       equalize=d.get("equalize", False),
                        version=d.get("version", CONFIG_VERSION))
         except (KeyError, TypeError) as exc:
             raise LowbitError(f"malformed quantization config ({exc}); regenerate it with lowbit") from None

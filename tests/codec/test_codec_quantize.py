@@ -72,6 +72,7 @@ def test_quantized_codec_keeps_its_interface_and_codes_close_to_float():
 
 def test_save_and_load_round_trip_a_quantized_codec_exactly(tmp_path):
     qmodel = lowbit.quantize(tiny_codec(), _photos(), weights_bits=4, activation_bits=8)
+    assert qmodel.lowbit_info.config.equalize  # codecs equalize by default; the equalized weights are saved
     qmodel.lowbit_arch = None  # the tiny codec is not from the zoo: load it into an instance
     path = lowbit.save(qmodel, tmp_path / "c.lowbit")
     loaded = lowbit.load(str(path), model=tiny_codec(seed=1))

@@ -60,6 +60,9 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="keep rounded weights' mean output shift (round-to-nearest corrects it by default)")
     g.add_argument("--no-gain-correction", action="store_true",
                    help="keep the per-channel gain that clipped weight ranges shrink (corrected by default)")
+    g.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="rescale channels through ReLU and GDN inside Sequential containers so that static "
+                        "activation grids fit every channel (default: on for codecs, off for classifiers)")
     g.add_argument("--per-tensor-weights", action="store_true", help="one weight grid per layer instead of per channel")
     g.add_argument("--first-last-bits", help="keep the first and last weight layers (and their inputs) at these bits")
     g.add_argument("--override", action="append", default=[], metavar="GLOB=W[:A]",
@@ -120,7 +123,7 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         dynamic_activations=args.dynamic_activations, first_last_bits=parse_bits(args.first_last_bits, "--first-last-bits"),
         method=args.method, method_options=method_options, calib_images=args.calib_images,
         batch_size=args.batch_size, seed=args.seed, bias_correction=not args.no_bias_correction,
-        gain_correction=not args.no_gain_correction)
+        gain_correction=not args.no_gain_correction, equalize=args.equalize)
     overrides = tuple(parse_override(o, config) for o in args.override)
     return replace(config, overrides=overrides + config.overrides) if overrides else config
 

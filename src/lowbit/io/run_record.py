@@ -161,7 +161,7 @@ def _spec(d: Any, where: str) -> dict[str, Any]:
 
 def _config(d: Any) -> QuantConfig:
     where = "header.config"
-    d = s.obj(d, where, CONFIG_KEYS, ("gain_correction",))
+    d = s.obj(d, where, CONFIG_KEYS, ("gain_correction", "equalize"))
     s.integer(d["version"], f"{where}.version", 1, 2**31)
     _spec(d["weights"], f"{where}.weights")
     s.optional(d["activations"], _spec, f"{where}.activations")
@@ -178,6 +178,7 @@ def _config(d: Any) -> QuantConfig:
     s.integer(d["seed"], f"{where}.seed", -(2**63), 2**64 - 1)
     s.boolean(d["bias_correction"], f"{where}.bias_correction")
     s.boolean(d.get("gain_correction", False), f"{where}.gain_correction")
+    s.optional(d.get("equalize"), s.boolean, f"{where}.equalize")
     return QuantConfig.from_dict(d)
 
 

@@ -1,0 +1,161 @@
+"""Cross-layer equalization of activation ranges (Nagel et al. 2019, "Data-Free Quantization", and
+SmoothQuant's migration strength), through ReLU and through GDN/IGDN.
+
+A static activation grid is one per tensor, so a channel whose values span a tenth of the widest channel's
+range uses a tenth of the grid. Where a weight layer ``a`` feeds a weight layer ``b`` through a layer that is
+equivariant to positive per-channel scaling, the channels can be rescaled for free: scaling ``a``'s output
+channel ``i`` by ``s_i`` and dividing ``b``'s input channel ``i`` by ``s_i`` leaves the float model's outputs
+unchanged. ReLU is positively homogeneous; GDN, ``x_i / sqrt(beta_i + sum_j gamma_ij x_j^2)``, is too once
+``gamma_ij`` is divided by ``s_j^2`` (IGDN likewise). Choosing ``s_i`` from each channel's calibrated range
+brings every channel to the same span, so every channel gets the whole grid.
+
+Moving a range into ``b``'s weights widens ``b``'s input-channel columns, which a coarse weight grid pays
+for: the strength ``alpha`` in ``s_i = r_i^-alpha * c_i^(1 - alpha)`` (``r_i`` the activation range, ``c_i``
+the largest weight of ``b``'s column) is full (1) where ``b``'s weights have 8 bits or more and balanced
+(0.5) below. Both values were chosen on a codec's training photos.
+
+Chains are found inside ``nn.Sequential`` containers, where the order of the children is the order of the
+data: ``weight layer, ReLU or GDN, weight layer``. A chain is skipped when a layer in it stays float, its
+activations are not quantized on a static grid, or a layer is grouped.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lowbit.config import QuantConfig
+from lowbit.device import model_device
+
+WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU)
+DEAD_CHANNEL = 1e-3  # a channel narrower than this share of the widest is treated as that narrow
+
+
+@dataclass(frozen=True)
+class Chain:
+    """``producer -> between -> consumer`` inside one ``nn.Sequential``, by qualified module name."""
+
+    producer: str
+    between: str
+    consumer: str
+
+
+def is_gdn(module: nn.Module) -> bool:
+    """CompressAI's GDN/IGDN (recognised by its reparametrized ``gamma``, without importing CompressAI)."""
+    return hasattr(module, "gamma_reparam") and hasattr(module, "beta_reparam")
+
+
+def find_chains(model: nn.Module, config: QuantConfig) -> list[Chain]:
+    """Every chain the config quantizes with static activation grids, in model order."""
+    chains = []
+    for prefix, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        named = [(f"{prefix}.{n}" if prefix else n, m) for n, m in seq.named_children()]
+        for (na, a), (ng, g), (nb, b) in zip(named, named[1:], named[2:]):
+            if (isinstance(a, WEIGHT_LAYERS) and isinstance(b, WEIGHT_LAYERS)
+                    and (isinstance(g, HOMOGENEOUS) or is_gdn(g))
+                    and getattr(a, "groups", 1) == 1 and getattr(b, "groups", 1) == 1
+                    and _static(config, na, ng, nb, gdn=is_gdn(g))):
+                chains.append(Chain(na, ng, nb))
+    return chains
+
+
+def _static(config: QuantConfig, producer: str, between: str, consumer: str, gdn: bool) -> bool:
+    """True when every layer of the chain is quantized and the activations it rescales have static grids."""
+    names = (producer, between, consumer) if gdn else (producer, consumer)
+    if any(config.keeps_float(n) for n in names):
+        return False
+    readers = (between, consumer) if gdn else (consumer,)
+    specs = [config.activation_spec_for(n) for n in readers]
+    return all(spec is not None and not spec.dynamic for spec in specs)
+
+
+def _out_axis(layer: nn.Module) -> int:
+    return 1 if isinstance(layer, nn.ConvTranspose2d) else 0
+
+
+def _in_axis(layer: nn.Module) -> int:
+    return 0 if isinstance(layer, nn.ConvTranspose2d) else 1
+
+
+def _along(values: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return values.reshape(shape)
+
+
+def channel_ranges(model: nn.Module, names: set[str], batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The largest magnitude of each input channel of the modules ``names`` over ``batches``."""
+    ranges: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple) -> None:
+            x = inputs[0].detach()
+            axis = x.dim() - 1 if isinstance(module, nn.Linear) else 1
+            r = x.abs().amax(dim=[d for d in range(x.dim()) if d != axis])
+            ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
+        return record
+
+    modules = dict(model.named_modules())
+    device = model_device(model)
+    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+def strength(config: QuantConfig, consumer: str) -> float:
+    """How much of an activation range moves into the consumer's weights: all of it at 8 bits or more."""
+    bits = config.weight_spec_for(consumer).bits
+    return 1.0 if not isinstance(bits, int) or bits >= 8 else 0.5
+
+
+def channel_scales(activation: torch.Tensor, columns: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-channel scales ``r^-alpha * c^(1-alpha)``, normalized to a geometric mean of one so that the
+    weights keep their overall magnitude."""
+    r = activation.clamp_min(activation.max() * DEAD_CHANNEL)
+    c = columns.clamp_min(columns.max() * DEAD_CHANNEL)
+    s = r.pow(-alpha) * c.pow(1 - alpha)
+    return s / s.log().mean().exp()
+
+
+@torch.no_grad()
+def rescale(a: nn.Module, between: nn.Module, b: nn.Module, s: torch.Tensor) -> None:
+    """Multiply ``a``'s output channels by ``s`` and divide ``b``'s input channels by it (in place)."""
+    a.weight.mul_(_along(s, _out_axis(a), a.weight.dim()))
+    if a.bias is not None:
+        a.bias.mul_(s)
+    if is_gdn(between):
+        gamma = between.gamma_reparam(between.gamma) / (s * s).reshape(1, -1)
+        between.gamma.copy_(between.gamma_reparam.init(gamma))
+    b.weight.div_(_along(s, _in_axis(b), b.weight.dim()))
+
+
+def equalize_ranges(model: nn.Module, batches: list[torch.Tensor], config: QuantConfig) -> nn.Module:
+    """A copy of ``model`` with every chain's activation ranges equalized (``model`` itself when there is no
+    chain to equalize); the copy computes the same function in floating point."""
+    chains = find_chains(model, config)
+    if not chains or not batches:
+        return model
+    model = copy.deepcopy(model)
+    readers = {c.consumer for c in chains} | {c.between for c in chains if is_gdn(model.get_submodule(c.between))}
+    ranges = channel_ranges(model, readers, batches)
+    for chain in chains:
+        a, g, b = (model.get_submodule(n) for n in (chain.producer, chain.between, chain.consumer))
+        r = ranges[chain.consumer]
+        if is_gdn(g):
+            r = (r * ranges[chain.between]).sqrt()  # the GDN input and output share the scale
+        in_axis = _in_axis(b)
+        columns = b.weight.detach().abs().amax(dim=[d for d in range(b.weight.dim()) if d != in_axis])
+        rescale(a, g, b, channel_scales(r, columns, strength(config, chain.consumer)))
+    return model
