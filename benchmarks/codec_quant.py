@@ -7,7 +7,8 @@ activation step sizes learned too); and the peer, onnxruntime's dynamic int8 qua
 Every figure comes from real bitstreams; BD-rate is against the FP32 curve of the same codec (positive: more bits
 for the same PSNR). Calibration: random 128x128 crops of the codecs' training photos; evaluation: the held-out
 photos.
-Run: OMP_NUM_THREADS=1 python3 benchmarks/codec_quant.py [--no-write] [--iters N]
+Each codec is its own section, so the two can run as two single-threaded processes.
+Run: OMP_NUM_THREADS=1 python3 benchmarks/codec_quant.py [--codecs NAME ...] [--no-write] [--iters N]
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def variants(iters: int) -> list[Variant]:
             Variant("INT8 light (W8, A16 dynamic)", LIGHT),
             Variant("INT8 entropy only", LIGHT, entropy_only=True),
             Variant("W8A8 static", {"weights_bits": 8, "activation_bits": 8}),
+            Variant("W8A8 static, not equalized", {"weights_bits": 8, "activation_bits": 8, "equalize": False}),
             Variant(f"W8A8 QDrop ({iters} steps/unit)", learned(8, iters)),
             Variant("W4A8 nearest", {"weights_bits": 4, "activation_bits": 8}),
             Variant(f"W4A8 QDrop ({iters} steps/unit)", learned(4, iters)),
@@ -95,51 +97,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks/codec.md alone")
     parser.add_argument("--iters", type=int, default=150, help="learned rounding steps per unit (batches of 8 crops)")
+    parser.add_argument("--codecs", nargs="+", choices=list(BUNDLED), default=list(BUNDLED))
     args = parser.parse_args()
     torch.set_num_threads(1)
     images = [(p.name, read_image(p)) for p in held_out_photos()]
     calib = calibration_crops(training_photos(), CALIB_CROPS, CROP, SEED)
-    rows, bd_rows, plots = [], [], []
-    for codec_name, (_, qualities) in BUNDLED.items():
-        curves: dict[str, list[tuple[float, float]]] = {}
-        for quality in range(1, qualities + 1):
-            codec = open_codec(codec_name, quality)
-            reference = None
-            for variant in variants(args.iters):
-                if variant.entropy_only and not has_hyperprior(codec.model):
-                    continue
-                with tempfile.TemporaryDirectory() as tmp:
-                    model, size, seconds = build(variant, codec.model, calib, Path(tmp))
-                    size = codec.weights_path.stat().st_size if size is None else size
-                    s = evaluate_codec(model, images, codec.stride).summary()
-                reference = reference or s
-                curves.setdefault(variant.name, []).append((s["bpp"], s["psnr"]))
-                rows.append([f"{codec_name} q{quality}", variant.name,
-                             *figures(s["bpp"], s["psnr"], s["ms_ssim"], s["encode_seconds"], s["decode_seconds"]),
-                             f"{100 * (s['bpp'] / reference['bpp'] - 1):+.2f}",
-                             f"{s['psnr'] - reference['psnr']:+.3f}", human_bytes(size), f"{seconds:.1f}"])
-                print(rows[-1], flush=True)
-        fp32, rates = curves["FP32"], {}
-        for name, points in curves.items():
-            if name != "FP32":
-                try:
-                    rates[name] = bd_rate([b for b, _ in fp32], [p for _, p in fp32], [b for b, _ in points],
-                                          [p for _, p in points])
-                    shown = "no PSNR overlap with FP32" if math.isnan(rates[name]) else rates[name]
-                except LowbitError:  # a rate point with more bits and less PSNR than another
-                    rates[name], shown = math.nan, "undefined: PSNR falls from one rate point to a higher one"
-                bd_rows.append([codec_name, name, shown])
-        plot = PAGES / f"{codec_name}_rd.png"
-        if not args.no_write:
-            plot_rd_curves(curves, plot, f"{codec_name}: quantized variants, 4 held-out photos")
-        plots.append(f"![{codec_name} rate-distortion]({plot.name})")
+    for codec_name in args.codecs:
+        run_codec(codec_name, BUNDLED[codec_name][1], images, calib, args)
+
+
+def run_codec(codec_name: str, qualities: int, images, calib: torch.Tensor, args) -> None:
+    """Every variant of one codec at every rate point; publishes the codec's section."""
+    rows, bd_rows = [], []
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for quality in range(1, qualities + 1):
+        codec = open_codec(codec_name, quality)
+        reference = None
+        for variant in variants(args.iters):
+            if variant.entropy_only and not has_hyperprior(codec.model):
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                model, size, seconds = build(variant, codec.model, calib, Path(tmp))
+                size = codec.weights_path.stat().st_size if size is None else size
+                s = evaluate_codec(model, images, codec.stride).summary()
+            reference = reference or s
+            curves.setdefault(variant.name, []).append((s["bpp"], s["psnr"]))
+            rows.append([f"{codec_name} q{quality}", variant.name,
+                         *figures(s["bpp"], s["psnr"], s["ms_ssim"], s["encode_seconds"], s["decode_seconds"]),
+                         f"{100 * (s['bpp'] / reference['bpp'] - 1):+.2f}",
+                         f"{s['psnr'] - reference['psnr']:+.3f}", human_bytes(size), f"{seconds:.1f}"])
+            print(rows[-1], flush=True)
+    fp32, rates = curves["FP32"], {}
+    for name, points in curves.items():
+        if name != "FP32":
+            try:
+                rates[name] = bd_rate([b for b, _ in fp32], [p for _, p in fp32], [b for b, _ in points],
+                                      [p for _, p in points])
+                shown = "no PSNR overlap with FP32" if math.isnan(rates[name]) else rates[name]
+            except LowbitError:  # a rate point with more bits and less PSNR than another
+                rates[name], shown = math.nan, "undefined: PSNR falls from one rate point to a higher one"
+            bd_rows.append([codec_name, name, shown])
+    plot = PAGES / f"{codec_name}_rd.png"
+    if not args.no_write:
+        plot_rd_curves(curves, plot, f"{codec_name}: quantized variants, 4 held-out photos")
     body = "\n\n".join([
         md_table(["codec", "variant", "bpp", "PSNR dB", "MS-SSIM", "encode ms", "decode ms", "bpp vs FP32 %",
                   "PSNR vs FP32 dB", "file", "quantize s"], rows),
         "BD-rate against FP32 of the same codec (Bjøntegaard, PSNR, PCHIP through three rate points; positive = "
         "more bits for the same PSNR):",
         md_table(["codec", "variant", "BD-rate %"], bd_rows),
-        "\n".join(plots),
+        f"![{codec_name} rate-distortion]({plot.name})",
         f"Calibration: {CALIB_CROPS} random {CROP}x{CROP} crops (seed {SEED}) of the codecs' scikit-image training "
         "photos; evaluation: the four held-out photos, real bitstreams, one thread. Files: the bundled float weights "
         "(float16 transforms, float32 entropy model) for FP32; the `.lowbit` file for lowbit's variants; the "
@@ -147,10 +154,11 @@ def main() -> None:
         "quantizes Conv and GDN's Conv to int8 with per-call activation ranges; onnxruntime's dynamic "
         "quantization has no ConvTranspose, so the peer's synthesis upsampling stays float, while lowbit "
         "quantizes every layer but the entropy bottleneck's density model. Quantize seconds include "
-        "calibration and, for QDrop, the learned rounding.",
+        "calibration and, for QDrop, the learned rounding. lowbit's static-activation variants equalize channel "
+        "ranges through GDN first (the codec default); the row marked not equalized switches that off.",
     ])
-    publish("codec-quant", "Quantized codecs: rate-distortion of every variant", body, topic_page("codec"),
-            write=not args.no_write)
+    publish(f"codec-quant-{codec_name}", f"Quantized codecs: {codec_name}, rate-distortion of every variant", body,
+            topic_page("codec"), write=not args.no_write)
 
 
 if __name__ == "__main__":
