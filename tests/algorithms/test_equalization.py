@@ -102,14 +102,11 @@ def test_chains_left_alone_where_nothing_is_on_a_static_grid():
     assert find_chains(grouped, QuantConfig.from_bits(8, 8)) == []
 
 
-def test_weaker_strength_below_8_bits_keeps_consumer_columns_narrower(pictures):
-    model = relu_net()
-    column_spread = {}
-    for bits in (8, 4):
-        eq = equalize_ranges(model, [pictures], QuantConfig.from_bits(bits, 8))
-        columns = eq[2].weight.abs().amax(dim=(0, 2, 3))
-        column_spread[bits] = (columns.max() / columns.min()).item()
-    assert column_spread[4] < 0.5 * column_spread[8]
+def test_consumers_with_weights_below_8_bits_are_left_alone():
+    model = gdn_net()
+    assert find_chains(model, QuantConfig.from_bits(4, 8)) == []
+    wide_last = QuantConfig.from_bits(4, 8, overrides=(Override("4", weights=QuantConfig().weights_at(8)),))
+    assert [c.consumer for c in find_chains(model, wide_last)] == ["4"]
 
 
 def test_classifiers_leave_it_off_and_the_cli_can_turn_it_on(residual_net, images):

@@ -1,5 +1,5 @@
-"""Cross-layer equalization of activation ranges (Nagel et al. 2019, "Data-Free Quantization", and
-SmoothQuant's migration strength), through ReLU and through GDN/IGDN.
+"""Cross-layer equalization of activation ranges (Nagel et al. 2019, "Data-Free Quantization"), through ReLU
+and through GDN/IGDN.
 
 A static activation grid is one per tensor, so a channel whose values span a tenth of the widest channel's
 range uses a tenth of the grid. Where a weight layer ``a`` feeds a weight layer ``b`` through a layer that is
@@ -10,9 +10,9 @@ unchanged. ReLU is positively homogeneous; GDN, ``x_i / sqrt(beta_i + sum_j gamm
 brings every channel to the same span, so every channel gets the whole grid.
 
 Moving a range into ``b``'s weights widens ``b``'s input-channel columns, which a coarse weight grid pays
-for: the strength ``alpha`` in ``s_i = r_i^-alpha * c_i^(1 - alpha)`` (``r_i`` the activation range, ``c_i``
-the largest weight of ``b``'s column) is full (1) where ``b``'s weights have 8 bits or more and balanced
-(0.5) below. Both values were chosen on a codec's training photos.
+for: chains are equalized only where ``b``'s weights have 8 bits or more. Below that, moving half of the range
+(SmoothQuant's balance with the weight columns) did not pay on a codec's photos: the wider columns cost about
+what the activations gained.
 
 Chains are found inside ``nn.Sequential`` containers, where the order of the children is the order of the
 data: ``weight layer, ReLU or GDN, weight layer``. A chain is skipped when a layer in it stays float, its
@@ -66,9 +66,13 @@ def find_chains(model: nn.Module, config: QuantConfig) -> list[Chain]:
 
 
 def _static(config: QuantConfig, producer: str, between: str, consumer: str, gdn: bool) -> bool:
-    """True when every layer of the chain is quantized and the activations it rescales have static grids."""
+    """True when every layer of the chain is quantized, the consumer's weights have 8 bits or more and the
+    activations it rescales have static grids."""
     names = (producer, between, consumer) if gdn else (producer, consumer)
     if any(config.keeps_float(n) for n in names):
+        return False
+    bits = config.weight_spec_for(consumer).bits
+    if isinstance(bits, int) and bits < 8:
         return False
     readers = (between, consumer) if gdn else (consumer,)
     specs = [config.activation_spec_for(n) for n in readers]
@@ -114,18 +118,10 @@ def channel_ranges(model: nn.Module, names: set[str], batches: list[torch.Tensor
     return ranges
 
 
-def strength(config: QuantConfig, consumer: str) -> float:
-    """How much of an activation range moves into the consumer's weights: all of it at 8 bits or more."""
-    bits = config.weight_spec_for(consumer).bits
-    return 1.0 if not isinstance(bits, int) or bits >= 8 else 0.5
-
-
-def channel_scales(activation: torch.Tensor, columns: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Per-channel scales ``r^-alpha * c^(1-alpha)``, normalized to a geometric mean of one so that the
-    weights keep their overall magnitude."""
-    r = activation.clamp_min(activation.max() * DEAD_CHANNEL)
-    c = columns.clamp_min(columns.max() * DEAD_CHANNEL)
-    s = r.pow(-alpha) * c.pow(1 - alpha)
+def channel_scales(activation: torch.Tensor) -> torch.Tensor:
+    """Per-channel scales ``1 / range``, normalized to a geometric mean of one so that the weights keep their
+    overall magnitude."""
+    s = 1 / activation.clamp_min(activation.max() * DEAD_CHANNEL)
     return s / s.log().mean().exp()
 
 
@@ -155,7 +151,5 @@ def equalize_ranges(model: nn.Module, batches: list[torch.Tensor], config: Quant
         r = ranges[chain.consumer]
         if is_gdn(g):
             r = (r * ranges[chain.between]).sqrt()  # the GDN input and output share the scale
-        in_axis = _in_axis(b)
-        columns = b.weight.detach().abs().amax(dim=[d for d in range(b.weight.dim()) if d != in_axis])
-        rescale(a, g, b, channel_scales(r, columns, strength(config, chain.consumer)))
+        rescale(a, g, b, channel_scales(r))
     return model
