@@ -29,6 +29,7 @@ from torch import nn
 
 from lowbit.config import QuantConfig
 from lowbit.device import model_device
+from lowbit.hooks import watching_inputs
 
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU)
@@ -42,6 +43,7 @@ class Chain:
     producer: str
     between: str
     consumer: str
+    through_gdn: bool  # GDN/IGDN between (its input is quantized too), else ReLU
 
 
 def is_gdn(module: nn.Module) -> bool:
@@ -61,7 +63,7 @@ def find_chains(model: nn.Module, config: QuantConfig) -> list[Chain]:
                     and (isinstance(g, HOMOGENEOUS) or is_gdn(g))
                     and getattr(a, "groups", 1) == 1 and getattr(b, "groups", 1) == 1
                     and _static(config, na, ng, nb, gdn=is_gdn(g))):
-                chains.append(Chain(na, ng, nb))
+                chains.append(Chain(na, ng, nb, is_gdn(g)))
     return chains
 
 
@@ -96,25 +98,17 @@ def _along(values: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
 def channel_ranges(model: nn.Module, names: set[str], batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """The largest magnitude of each input channel of the modules ``names`` over ``batches``."""
     ranges: dict[str, torch.Tensor] = {}
+    linear = {n for n in names if isinstance(model.get_submodule(n), nn.Linear)}
 
-    def hook(name: str):
-        def record(module: nn.Module, inputs: tuple) -> None:
-            x = inputs[0].detach()
-            axis = x.dim() - 1 if isinstance(module, nn.Linear) else 1
-            r = x.abs().amax(dim=[d for d in range(x.dim()) if d != axis])
-            ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
-        return record
+    def record(name: str, x: torch.Tensor) -> None:
+        axis = x.dim() - 1 if name in linear else 1
+        r = x.detach().abs().amax(dim=[d for d in range(x.dim()) if d != axis])
+        ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
 
-    modules = dict(model.named_modules())
     device = model_device(model)
-    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(batch.to(device))
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad(), watching_inputs(((n, model.get_submodule(n)) for n in names), record):
+        for batch in batches:
+            model(batch.to(device))
     return ranges
 
 
@@ -144,12 +138,12 @@ def equalize_ranges(model: nn.Module, batches: list[torch.Tensor], config: Quant
     if not chains or not batches:
         return model
     model = copy.deepcopy(model)
-    readers = {c.consumer for c in chains} | {c.between for c in chains if is_gdn(model.get_submodule(c.between))}
+    readers = {c.consumer for c in chains} | {c.between for c in chains if c.through_gdn}
     ranges = channel_ranges(model, readers, batches)
     for chain in chains:
         a, g, b = (model.get_submodule(n) for n in (chain.producer, chain.between, chain.consumer))
         r = ranges[chain.consumer]
-        if is_gdn(g):
+        if chain.through_gdn:
             r = (r * ranges[chain.between]).sqrt()  # the GDN input and output share the scale
         rescale(a, g, b, channel_scales(r))
     return model
