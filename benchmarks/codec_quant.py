@@ -127,15 +127,15 @@ def run_codec(codec_name: str, qualities: int, images, calib: torch.Tensor, args
                          f"{100 * (s['bpp'] / reference['bpp'] - 1):+.2f}",
                          f"{s['psnr'] - reference['psnr']:+.3f}", human_bytes(size), f"{seconds:.1f}"])
             print(rows[-1], flush=True)
-    fp32, rates = curves["FP32"], {}
+    fp32 = curves["FP32"]
     for name, points in curves.items():
         if name != "FP32":
             try:
-                rates[name] = bd_rate([b for b, _ in fp32], [p for _, p in fp32], [b for b, _ in points],
-                                      [p for _, p in points])
-                shown = "no PSNR overlap with FP32" if math.isnan(rates[name]) else rates[name]
+                rate = bd_rate([b for b, _ in fp32], [p for _, p in fp32], [b for b, _ in points],
+                               [p for _, p in points])
+                shown = "no PSNR overlap with FP32" if math.isnan(rate) else rate
             except LowbitError:  # a rate point with more bits and less PSNR than another
-                rates[name], shown = math.nan, "undefined: PSNR falls from one rate point to a higher one"
+                shown = "undefined: PSNR falls from one rate point to a higher one"
             bd_rows.append([codec_name, name, shown])
     plot = PAGES / f"{codec_name}_rd.png"
     if not args.no_write:
