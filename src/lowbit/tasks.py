@@ -44,6 +44,7 @@ class Task:
     default_sensitivity: str  # the mixed-precision metric used when none is named
     sensitivities: tuple[str, ...] | None = None  # the only metrics that fit its outputs (None: any registered)
     equalizes: bool = False  # equalize activation ranges when the config leaves it to the task
+    calibrated: Callable[[nn.Module, list, QuantConfig], None] = _nothing  # after activation calibration
 
     def sensitivity(self, name: str | None) -> str:
         """``name``, or the task's default metric; a one-line error for a metric that cannot score this task."""
@@ -61,7 +62,8 @@ TASKS.add(DEFAULT, Task(DEFAULT, "image classifiers (top-1, precision, recall, F
 TASKS.add(codec_task.TASK, Task(codec_task.TASK, "learned image codecs with CompressAI's interface (bpp, PSNR, "
                                 "MS-SSIM from real bitstreams)", codec_task.is_codec, "swap", codec_task.setup,
                                 codec_task.configure, codec_task.finish, codec_task.check_loaded, codec_task.rebuild,
-                                codec_task.SENSITIVITY, (codec_task.SENSITIVITY,), equalizes=True))
+                                codec_task.SENSITIVITY, (codec_task.SENSITIVITY,), equalizes=True,
+                                calibrated=codec_task.calibrated))
 
 
 def task_of(model: nn.Module) -> Task:
