@@ -269,3 +269,14 @@ def test_bad_calls_are_one_line_errors(tiny):
         lowbit.finetune(tiny["q"], tiny["x"][:10], val_images=10)
     with pytest.raises(LowbitError, match="labels must be class indices"):
         lowbit.finetune(tiny["q"], (tiny["x"], tiny["y"].float()))
+
+
+def test_distilling_from_its_own_narrow_codes_is_called_out(tiny, caplog):
+    images = tiny["x"][:96]  # no labels: the model distills
+    with caplog.at_level("WARNING", logger="lowbit.qat.finetune"):
+        lowbit.finetune(tiny["q"], images, **SHORT)
+    assert "3-bit codes, a poor teacher" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lowbit.qat.finetune"):
+        lowbit.finetune(tiny["q"], images, teacher=tiny["model"], **SHORT)
+    assert "poor teacher" not in caplog.text

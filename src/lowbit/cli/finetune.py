@@ -56,7 +56,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--distill-loss", choices=DISTILL_LOSSES, default=d.distill_loss,
                    help="KL divergence of the softmax or MSE of the logits (default: %(default)s)")
     t.add_argument("--teacher-checkpoint", metavar="FILE", help="float weights of the file's architecture to "
-                   "distill from (default: the input model with its quantizers switched off)")
+                   "distill from (default: the input model with its quantizers switched off, a poor teacher "
+                   "below 8-bit weights)")
     t.add_argument("--seed", type=int, default=d.seed)
     c = p.add_argument_group("checkpoints")
     c.add_argument("--checkpoint", metavar="FILE", help="checkpoint written every epoch "

@@ -6,6 +6,7 @@ module ties them together, so that neither imports the other's user.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,12 @@ from lowbit.qat.checkpoint import restore, write_checkpoint
 from lowbit.qat.data import split
 from lowbit.qat.loop import Trainer
 from lowbit.qat.options import FinetuneOptions
-from lowbit.qat.trainable import copy_quantized, float_teacher
+from lowbit.qat.trainable import copy_quantized, float_teacher, weight_quantizers
+
+log = logging.getLogger(__name__)
+# Below this width a model's own weights, dequantized, are too far from the float ones to teach: distilling
+# from them pulls a 2-bit model towards its own rounding error.
+TEACHER_MIN_BITS = 8
 
 
 def _options(options: FinetuneOptions | None, overrides: dict[str, Any]) -> FinetuneOptions:
@@ -30,6 +36,15 @@ def _options(options: FinetuneOptions | None, overrides: dict[str, Any]) -> Fine
 def _check_quantized(qmodel: nn.Module) -> None:
     if getattr(qmodel, "lowbit_info", None) is None:
         raise LowbitError("finetune needs a quantized model (from lowbit.quantize or lowbit.load); quantize it first")
+
+
+def warn_about_own_teacher(qmodel: nn.Module) -> None:
+    """Say so when distillation falls back on ``qmodel`` itself as the teacher while its weights are narrow codes."""
+    widths = [int(q.spec.bits) for q in weight_quantizers(qmodel) if isinstance(q.spec.bits, int)]
+    if widths and min(widths) < TEACHER_MIN_BITS:
+        log.warning("distilling from the quantized model itself with its quantizers off: its weights are the "
+                    "%d-bit codes, a poor teacher; pass the float model (teacher=..., CLI --teacher-checkpoint)",
+                    min(widths))
 
 
 def finetune(qmodel: nn.Module, train_data: Any, options: FinetuneOptions | None = None, *,
@@ -62,6 +77,7 @@ def finetune(qmodel: nn.Module, train_data: Any, options: FinetuneOptions | None
     teacher_kind = "given" if teacher is not None else "quantizers off"
     if use_teacher and teacher is None:
         teacher = float_teacher(qmodel)
+        warn_about_own_teacher(qmodel)
     teacher = teacher.to(device).eval() if use_teacher and teacher is not None else None
     model = copy_quantized(qmodel).to(device)
     trainer = Trainer(model, teacher, data, options, device)
