@@ -97,7 +97,8 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     if config.gain_correction and config.method == "nearest":
         correct_gains(qmodel, covariances)
     calibrate_activations(qmodel, batches, progress)
-    task.calibrated(qmodel, batches, config)
+    if config.method == "nearest":
+        task.correct_nearest(qmodel, batches)
     if config.bias_correction and config.method == "nearest" and batches:
         correct_biases(qmodel, batches)
     algorithm.run(qmodel, batches, method_options, progress)

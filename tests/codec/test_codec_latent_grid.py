@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from codec_helpers import photo_like, tiny_codec
 
 import lowbit
-from lowbit.codec.latent_grid import exact_grid, lattice_offsets
+from lowbit.codec.latent_grid import channel_rows, exact_grid, lattice_offsets
 from lowbit.quantizer import Quantizer
 from lowbit.spec import QuantSpec
 
@@ -36,8 +36,8 @@ def _decoded_latents(codec: torch.nn.Module, images: torch.Tensor) -> torch.Tens
 def test_lattice_offsets_finds_one_offset_per_channel_and_nothing_in_continuous_values():
     offsets = torch.tensor([0.25, 0.0, 0.7])
     x = torch.randint(-20, 20, (4, 3, 5, 5)).float() + offsets[None, :, None, None]
-    assert torch.allclose(lattice_offsets(x), offsets, atol=1e-5)
-    assert lattice_offsets(x + 0.01 * torch.randn_like(x)) is None
+    assert torch.allclose(lattice_offsets(channel_rows(x)), offsets, atol=1e-5)
+    assert lattice_offsets(channel_rows(x + 0.01 * torch.randn_like(x))) is None
 
 
 def test_exact_grid_holds_every_integer_of_its_range_and_refuses_ranges_too_wide_for_the_width():

@@ -25,6 +25,7 @@ import math
 import torch
 from torch import nn
 
+from lowbit.device import model_device
 from lowbit.hooks import watching_inputs
 from lowbit.layers import QuantLayer
 from lowbit.quantizer import Quantizer
@@ -53,11 +54,15 @@ def first_layers(model: nn.Module) -> list[tuple[str, QuantLayer]]:
     return found
 
 
-def lattice_offsets(x: torch.Tensor) -> torch.Tensor | None:
-    """Per-channel offsets ``o`` such that ``x - o`` is integer everywhere (channels on dimension 1), or None
-    where some channel's values are not integers plus one offset."""
-    channels = x.detach().float().transpose(0, 1).reshape(x.shape[1], -1)
-    frac = channels - torch.floor(channels)
+def channel_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (batch, channels, ...) as one row of values per channel."""
+    return x.detach().float().transpose(0, 1).reshape(x.shape[1], -1)
+
+
+def lattice_offsets(rows: torch.Tensor) -> torch.Tensor | None:
+    """Per-channel offsets ``o`` such that each row of ``rows`` (one channel's values) less ``o`` is integer, or
+    None where some channel's values are not integers plus one offset."""
+    frac = rows - torch.floor(rows)
     offsets = frac[:, 0]
     spread = (frac - offsets[:, None]).abs()
     spread = torch.minimum(spread, 1 - spread)  # 0.99999 and 0.00001 are the same offset
@@ -96,7 +101,7 @@ def constant_input_shift(layer: QuantLayer, error: torch.Tensor, shape: torch.Si
         shifted = layer(zero + error.reshape(view)) - layer(zero)
     finally:
         q.set_state(saved)
-    return shifted.transpose(0, 1).reshape(shifted.shape[1], -1).mean(1)
+    return channel_rows(shifted).mean(1)
 
 
 @torch.no_grad()
@@ -106,18 +111,19 @@ def align_latent_grids(qmodel: nn.Module, batches: list[torch.Tensor]) -> list[s
     if not layers or not batches:
         return []
     seen: dict[str, list[torch.Tensor]] = {}
+    device = model_device(qmodel)
     with watching_inputs(layers, lambda name, x: seen.setdefault(name, []).append(x.detach())):
         for batch in batches[:4]:
-            qmodel(batch)
+            qmodel(batch.to(device))
     changed = []
     for name, layer in layers:
         if name not in seen:
             continue
-        x = torch.cat([v.transpose(0, 1).reshape(v.shape[1], -1) for v in seen[name]], 1)
-        offsets = lattice_offsets(x.t()[:, :, None])
+        rows = torch.cat([channel_rows(x) for x in seen[name]], 1)
+        offsets = lattice_offsets(rows)
         if offsets is None or bool((torch.minimum(offsets, 1 - offsets) <= OFFSET_TOLERANCE).all()):
             continue  # not a lattice, or integers alone: the lattice observer's grid holds those already
-        grid = exact_grid(float(x.min()), float(x.max()), layer.input_quant)
+        grid = exact_grid(float(rows.min()), float(rows.max()), layer.input_quant)
         if grid is None:
             continue
         step, zero_point = grid

@@ -5,8 +5,8 @@
 - After quantization the entropy models' tables are rebuilt from the parameters the quantized model holds,
   so that real bitstreams code at the quantized model's rate; after loading, the tables read from the file are
   checked before the range coder ever sees them (a malformed table can crash or hang it).
-- The synthesis networks' inputs, the decoded latents, get grids that hold them exactly where their range
-  allows (:mod:`lowbit.codec.latent_grid`).
+- Under round-to-nearest, a synthesis network's input latents that are integers plus per-channel medians get a
+  grid that holds them exactly where their range allows (:mod:`lowbit.codec.latent_grid`).
 - A quantized hyperprior synthesis ``h_s`` gets static activation grids and is computed in exact integers
   (:mod:`lowbit.codec.exact`), so that encoder and decoder pick the same probability tables on any machine.
 - ``scope="entropy"`` quantizes only the entropy-coding networks (the hyperprior's ``h_a``/``h_s``) and keeps
@@ -66,11 +66,10 @@ def configure(model: nn.Module, config: QuantConfig) -> QuantConfig:
     return replace(config, overrides=config.overrides + (Override("h_s*", activations=replace(acts, dynamic=False)),))
 
 
-def calibrated(qmodel: nn.Module, batches: list[torch.Tensor], config: QuantConfig) -> None:
-    """Under round-to-nearest, grids that hold the synthesis networks' input latents exactly
-    (:mod:`lowbit.codec.latent_grid`)."""
-    if config.method == "nearest":
-        align_latent_grids(qmodel, batches)
+def correct_nearest(qmodel: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Round-to-nearest's grids that hold the synthesis networks' input latents exactly
+    (:mod:`lowbit.codec.latent_grid`); learned rounding reconstructs against the calibrated ones instead."""
+    align_latent_grids(qmodel, batches)
 
 
 def finish(qmodel: nn.Module) -> None:
