@@ -8,7 +8,12 @@ same budgets. Sizes count weight codes only (MCT's weights-memory measure). Repo
 standard deviation per setting, and paired differences. Metrics: the full test split. ``--method nearest``
 runs round-to-nearest alone, cheap enough for many draws; ``--weights-observer minmax`` (or ``percentile``) sets
 every weight range another way than lowbit's default MSE search, to compare range rules.
-Run: python3 benchmarks/mixed_seeds.py --models resnet20 mobilenet_v2_small --seeds 0 1 2 --mct
+
+Peers within one rounding family: round-to-nearest mixed precision is paired with MCT's mixed-precision PTQ, and
+learned rounding with MCT's mixed precision followed by its GPTQ (``--mct-gptq``, a quarter of an hour per run
+on a CPU core), both given about ``--steps`` optimization steps over the whole model at the same batch (lowbit
+spreads them over its blocks, MCT runs whole-model epochs over the calibration batches).
+Run: python3 benchmarks/mixed_seeds.py --models resnet20 --seeds 0 1 2 --crs 8 --mct --mct-gptq
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from lowbit.config import QuantConfig
 from lowbit.data import calibration_batches
 from lowbit.mixed import Budget, analyze, solve_budget
 from lowbit.spec import OBSERVERS
+from rounding import mct_epochs, steps_per_unit
 from report import bundled_model, fashion_mnist_splits, float_weight_bytes, md_table, publish, topic_page
 
 SENSITIVITY_IMAGES = 256
@@ -37,7 +43,7 @@ def methods(args) -> list[str]:
 
 def section_key(name: str, args) -> str:
     """One section per model, step count, budget list and weight observer, so each variant keeps its own table."""
-    steps = "nearest" if args.method == "nearest" else str(args.iters)
+    steps = "nearest" if args.method == "nearest" else f"{args.steps}-total"
     crs = "" if args.crs == DEFAULT_CRS else "-CR" + "-".join(f"{cr:g}" for cr in args.crs)
     observer = f"-{args.weights_observer}-weights" if args.weights_observer else ""
     return f"mixed-seeds-{name}-{steps}{crs}{observer}"
@@ -45,7 +51,7 @@ def section_key(name: str, args) -> str:
 
 def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: int) -> dict[str, float]:
     """Top-1 (%) of every setting with calibration draw ``seed``."""
-    calib = calibration_batches(train, args.calib_images, 64, seed=seed)
+    calib = calibration_batches(train, args.calib_images, args.batch, seed=seed)
     results: dict[str, float] = {}
 
     def record(setting: str, q: torch.nn.Module) -> None:
@@ -53,7 +59,9 @@ def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: 
         print(f"seed {seed} {setting}: {results[setting]:.2f}", flush=True)
 
     def options(method: str) -> dict:
-        return {} if method == "nearest" else {"iters": args.iters}
+        if method == "nearest":
+            return {}
+        return {"iters": steps_per_unit(model, method, args.steps, None), "batch_size": args.batch}
 
     for method in methods(args):
         record(f"uniform W4A8 {method}",
@@ -68,8 +76,15 @@ def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: 
                                                             seed=seed, weights_observer=args.weights_observer))
             record(f"mixed CR {cr:g} {method}", lowbit.quantize(model, calib, config))
         if args.mct:
-            record(f"MCT {peers.mct_version()} mixed CR {cr:g}", peers.mct_mixed_precision(model, calib, float_bytes / cr))
+            record(mct_setting(cr, False), peers.mct_mixed_precision(model, calib, float_bytes / cr))
+        if args.mct_gptq:
+            record(mct_setting(cr, True), peers.mct_mixed_precision(model, calib, float_bytes / cr,
+                                                                    gptq_epochs=mct_epochs(args.steps, len(calib))))
     return results
+
+
+def mct_setting(cr: float, gptq: bool) -> str:
+    return f"MCT {peers.mct_version()} mixed{' + GPTQ' if gptq else ''} CR {cr:g}"
 
 
 def verdicts(runs: dict[str, list[float]], args) -> list[str]:
@@ -82,10 +97,11 @@ def verdicts(runs: dict[str, list[float]], args) -> list[str]:
                 f"of {len(diffs)} draws")
 
     lines = [paired(f"mixed CR 8 {m}", f"uniform W4A8 {m}") for m in methods(args) if 8 in args.crs]
-    if args.mct:
-        for cr in args.crs:
-            mct = f"MCT {peers.mct_version()} mixed CR {cr:g}"
-            lines += [paired(f"mixed CR {cr:g} {m}", mct) for m in methods(args)]
+    for cr in args.crs:  # each rounding family against its own kind of peer
+        if args.mct:
+            lines.append(paired(f"mixed CR {cr:g} nearest", mct_setting(cr, False)))
+        if args.mct_gptq and args.method != "nearest":
+            lines.append(paired(f"mixed CR {cr:g} {args.method}", mct_setting(cr, True)))
     return lines
 
 
@@ -95,11 +111,14 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--crs", nargs="+", type=float, default=DEFAULT_CRS)
     parser.add_argument("--method", default="brecq", help="learned rounding method beside nearest")
-    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=300, help="optimization steps over the whole model")
+    parser.add_argument("--batch", type=int, default=32, help="calibration and optimization batch, both tools")
     parser.add_argument("--calib-images", type=int, default=1024)
     parser.add_argument("--weights-observer", choices=OBSERVERS,
                         help="one weight observer at every width (default: lowbit's, mse)")
     parser.add_argument("--mct", action="store_true", help="also run MCT mixed precision at the same budgets")
+    parser.add_argument("--mct-gptq", action="store_true",
+                        help="also run MCT mixed precision followed by its GPTQ, the peer of learned rounding")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     train, test = fashion_mnist_splits()
@@ -115,11 +134,16 @@ def main() -> None:
         headers = ["setting", *[f"seed {s}" for s in args.seeds], "mean", "std", "mean vs float"]
         rows = [[s, *v, means[s], statistics.stdev(v) if len(v) > 1 else 0.0, means[s] - float_top1]
                 for s, v in runs.items()]
-        steps = "" if args.method == "nearest" else f"{args.iters} reconstruction steps per block for {args.method}. "
+        steps = ""
+        if args.method != "nearest":
+            epochs = mct_epochs(args.steps, -(-args.calib_images // args.batch))
+            gptq = f" and for MCT's GPTQ ({epochs} epochs over the calibration batches)" if args.mct_gptq else ""
+            steps = (f"About {args.steps} optimization steps over the whole model for {args.method} (spread over "
+                     f"its blocks){gptq}, batch {args.batch}. ")
         body = (f"Float top-1: {float_top1:.2f}%. {steps}Sizes in weight codes (parameters x bits / 8).\n\n"
                 + md_table(headers, rows) + "\n\n" + "\n".join(f"- {line}" for line in verdicts(runs, args)))
         title = f"Mixed precision over calibration draws: {name} on Fashion-MNIST"
-        title += ", round-to-nearest" if args.method == "nearest" else f", {args.iters} steps"
+        title += ", round-to-nearest" if args.method == "nearest" else f", {args.steps} steps over the model"
         title += f", {args.weights_observer} weight ranges at every width" if args.weights_observer else ""
         publish(section_key(name, args), title, body, topic_page("mixed"), write=not args.no_write)
 

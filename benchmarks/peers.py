@@ -89,19 +89,27 @@ def torchao_fx_int8_ptq(model: nn.Module, calib_batches: list[torch.Tensor], bac
         return convert_fx(prepared).eval()
 
 
-def mct_mixed_precision(model: nn.Module, calib_batches: list[torch.Tensor], weights_memory_bytes: float) -> nn.Module:
+def mct_mixed_precision(model: nn.Module, calib_batches: list[torch.Tensor], weights_memory_bytes: float,
+                        gptq_epochs: int | None = None) -> nn.Module:
     """MCT mixed-precision PTQ over its default kernel options (8, 4, 2 bits; activations 8 bits) under a
-    weights-memory target in bytes (``ResourceUtilization(weights_memory=...)``)."""
+    weights-memory target in bytes (``ResourceUtilization(weights_memory=...)``); with ``gptq_epochs``, followed
+    by its gradient-based PTQ with Hessian-weighted loss for that many passes over the batches (the learned
+    rounding peer of lowbit's learned methods)."""
     import model_compression_toolkit as mct
     from model_compression_toolkit.target_platform_capabilities.tpc_models.imx500_tpc.v1_0 import tpc as imx500
 
     core = mct.core.CoreConfig(mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig())
+    common = dict(target_resource_utilization=mct.core.ResourceUtilization(weights_memory=weights_memory_bytes),
+                  core_config=core, target_platform_capabilities=imx500.get_tpc())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qmodel, _ = mct.ptq.pytorch_post_training_quantization(
-            copy.deepcopy(model).eval(), _representative(calib_batches),
-            target_resource_utilization=mct.core.ResourceUtilization(weights_memory=weights_memory_bytes),
-            core_config=core, target_platform_capabilities=imx500.get_tpc())
+        if gptq_epochs is None:
+            qmodel, _ = mct.ptq.pytorch_post_training_quantization(
+                copy.deepcopy(model).eval(), _representative(calib_batches), **common)
+        else:
+            gptq = mct.gptq.get_pytorch_gptq_config(n_epochs=gptq_epochs, use_hessian_based_weights=True)
+            qmodel, _ = mct.gptq.pytorch_gradient_post_training_quantization(
+                copy.deepcopy(model).eval(), _representative(calib_batches), gptq_config=gptq, **common)
     return qmodel.cpu().eval()
 
 

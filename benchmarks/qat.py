@@ -5,11 +5,13 @@ activations; mobilenet_v2_small: W4A4 and W2A4), every layer at the row's widths
 weight bits only (MCT's ``weights_memory``); at 16x every resnet20 layer must take 2 bits, which leaves mixed
 precision no choice (that is the W2A8 model), so the mixed row runs at 12x:
 - PTQ with BRECQ on 1024 calibration images of the training split (the starting point of lowbit's QAT);
-- ``lowbit.finetune`` from that model for ``--epochs`` epochs (cross-entropy, the defaults otherwise);
+- ``lowbit.finetune`` from that model for ``--epochs`` epochs, once on the labels (cross-entropy, the API's
+  default without a teacher) and once distilled from the float model (what ``lowbit finetune`` does when the
+  float weights the file came from are at hand), the defaults otherwise;
 - MCT 2.6.1's PyTorch QAT (its PTQ on the same calibration images, then LSQ quantizers on weights and
   activations, its mixed precision under the same weights-memory target for the mixed row), trained by the same
-  loop as lowbit's: the same images in the same order, batch, epochs, AdamW with the same learning rates and
-  weight decay on one cosine schedule, step sizes at the same rate relative to their magnitude.
+  loop as lowbit's cross-entropy row: the same images in the same order, batch, epochs, AdamW with the same
+  learning rates and weight decay on one cosine schedule, step sizes at the same rate relative to their magnitude.
 Both tools hold out the same 10% of the training split and keep the epoch (0 = before fine-tuning) with the best
 top-1 on it; top-1 on the full test split. Wall time per epoch includes the held-out evaluation. MCT's
 finalization rounds its activation thresholds to powers of two (its target platform's choice), which the
@@ -133,12 +135,13 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
     q = ptq(model, calib, setting, args.iters, args.first_last_bits)
     ptq_seconds = time.perf_counter() - start
     record("lowbit PTQ (brecq)", q, "-", None, None, ptq_seconds)
-    start = time.perf_counter()
-    tuned = lowbit.finetune(q, train, options)
-    seconds = time.perf_counter() - start
-    run = tuned.lowbit_info.extra["finetune"]
-    history = [h["held_out_top1"] for h in run["history"]]
-    record("lowbit QAT", tuned, str(run["kept_epoch"]), history, seconds / args.epochs, ptq_seconds + seconds)
+    for tool, teacher in (("lowbit QAT, cross-entropy", None), ("lowbit QAT, distilled from float", model)):
+        start = time.perf_counter()
+        tuned = lowbit.finetune(q, train, options, teacher=teacher)
+        seconds = time.perf_counter() - start
+        run = tuned.lowbit_info.extra["finetune"]
+        history = [h["held_out_top1"] for h in run["history"]]
+        record(tool, tuned, str(run["kept_epoch"]), history, seconds / args.epochs, ptq_seconds + seconds)
     if args.no_mct or args.first_last_bits:
         return
     start = time.perf_counter()
@@ -183,8 +186,8 @@ def main() -> None:
                              "held-out top-1 % by epoch (0 = start)", "s / epoch", "total s"], rows) + (
                 f"\n\n{args.epochs} epochs over {100 * args.data_percentage:g}% of the training split less the 10% "
                 f"held out (batch {args.batch}); BRECQ {args.iters} steps per block on {args.calib_images} "
-                f"calibration images; {scope}. Total seconds include the "
-                "PTQ start (lowbit's BRECQ; MCT's own PTQ and QAT set-up).")
+                f"calibration images; {scope}. MCT trains on the labels, like lowbit's cross-entropy row. Total "
+                "seconds include the PTQ start (lowbit's BRECQ; MCT's own PTQ and QAT set-up).")
             publish(key, title, body, topic_page("qat"), write=not args.no_write)
 
 

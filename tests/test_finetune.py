@@ -280,3 +280,12 @@ def test_distilling_from_its_own_narrow_codes_is_called_out(tiny, caplog):
     with caplog.at_level("WARNING", logger="lowbit.qat.finetune"):
         lowbit.finetune(tiny["q"], images, teacher=tiny["model"], **SHORT)
     assert "poor teacher" not in caplog.text
+
+
+def test_a_given_float_teacher_is_learned_from_even_with_labels(tiny):
+    labelled = (tiny["x"][:96], tiny["y"][:96])
+    run = lowbit.finetune(tiny["q"], labelled, teacher=tiny["model"], **SHORT).lowbit_info.extra["finetune"]
+    assert run["objective"] == "distill_kl" and run["teacher"] == "given"
+    assert run["held_out_metric"] == "top1"  # the epoch kept is still chosen against the labels
+    run = lowbit.finetune(tiny["q"], labelled, **SHORT).lowbit_info.extra["finetune"]
+    assert run["objective"] == "cross_entropy" and run["teacher"] is None

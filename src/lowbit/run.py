@@ -25,6 +25,7 @@ from lowbit.evaluate import evaluate
 from lowbit.io.lowbit_file import save
 from lowbit.mixed import Allocation
 from lowbit.mixed.allocation_files import write_allocation
+from lowbit.models.weights_source import PROVENANCE_KEY
 
 SAVED_METRICS = ("top1", "top5", "precision", "recall", "f1", "n")
 
@@ -43,17 +44,19 @@ def _timed_metrics(model: nn.Module, test_set: Any, info: DatasetInfo, progress:
 def quantize_evaluate_save(model: nn.Module, calib: Any, config: QuantConfig, out: str | Path, *, model_name: str,
                            info: DatasetInfo | None = None, test_set: Any = None, calib_record: dict | None = None,
                            mixed: dict[str, Any] | None = None, per_layer: bool = False, progress: bool = False,
-                           device: str | torch.device | None = None, weights_only_too: bool = False) -> dict[str, Any]:
+                           device: str | torch.device | None = None, weights_only_too: bool = False,
+                           float_weights: dict[str, Any] | None = None) -> dict[str, Any]:
     """Quantize ``model`` on ``calib`` with ``config``, evaluate float and quantized on ``test_set`` (when
     given), save to ``out``, and return every figure (the JSON ``lowbit quantize --json`` writes).
 
     ``mixed``: the keywords of :func:`lowbit.quantize` for mixed precision (``mixed``, ``sensitivity``...);
     the allocation is then also written beside ``out`` as CSV and PNG. ``calib_record`` says where the
-    calibration images came from and is saved with the model. ``weights_only_too`` also quantizes the weights
+    calibration images came from and ``float_weights`` which weights file ``model`` was loaded from
+    (:mod:`lowbit.models.weights_source`); both are saved with the model. ``weights_only_too`` also quantizes the weights
     alone on the same calibration images and reports that model's metrics (``weights_only_metrics``), as DGH
     reports both from one set of synthesized images; only the fully quantized model is saved.
     """
-    calib_record = calib_record or {}
+    calib_record = {**(calib_record or {}), **({PROVENANCE_KEY: float_weights} if float_weights else {})}
     start = time.perf_counter()
     qmodel = quantize(model, calib, config, progress=progress, device=device, **(mixed or {}))
     share = coverage(qmodel)

@@ -79,10 +79,23 @@ def test_resume_after_an_interrupt_continues_the_epoch_count(w2a4, tmp_path, cap
     assert lowbit.load(str(out))  # a complete, loadable file
 
 
+def test_finetune_distills_from_the_float_weights_the_file_came_from(w2a4, tmp_path, capsys):
+    out = tmp_path / "f.lowbit"
+    assert main(["finetune", str(w2a4), "--epochs", "1", "--no-checkpoint", *SMALL, "--no-eval",
+                 "--out", str(out)]) == 0
+    assert "distilling from the float weights it was quantized from (resnet20_fmnist.safetensors)" in capsys.readouterr().out
+    run = read_metadata(out)["provenance"]["finetune"]
+    assert run["objective"] == "distill_kl" and run["held_out_metric"] == "top1"
+    assert run["teacher"].startswith("the float weights it was quantized from")
+    assert main(["finetune", str(w2a4), "--epochs", "1", "--no-checkpoint", *SMALL, "--no-eval", "--no-teacher",
+                 "--out", str(out)]) == 0
+    assert read_metadata(out)["provenance"]["finetune"]["objective"] == "cross_entropy"
+
+
 def test_label_free_finetune_distills_from_the_unquantized_model(w2a4, tmp_path):
     out = tmp_path / "d.lowbit"
-    assert main(["finetune", str(w2a4), "--epochs", "1", "--distill", "--no-checkpoint", *SMALL, "--no-eval",
-                 "--out", str(out)]) == 0
+    assert main(["finetune", str(w2a4), "--epochs", "1", "--distill", "--no-teacher", "--no-checkpoint", *SMALL,
+                 "--no-eval", "--out", str(out)]) == 0
     run = read_metadata(out)["provenance"]["finetune"]
     assert run["objective"] == "distill_kl" and run["teacher"] == "quantizers off"
     assert run["history"][1]["held_out_loss"] < run["history"][0]["held_out_loss"]
@@ -109,4 +122,4 @@ def test_info_shows_how_a_model_was_fine_tuned(w2a4, tmp_path, capsys):
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("fine-tuned"))
-    assert "1 epoch(s) of 1" in line and "cross_entropy" in line and "lr 0.001" in line and "64 held out" in line
+    assert "1 epoch(s) of 1" in line and "distill_kl" in line and "lr 0.001" in line and "64 held out" in line

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
-from typing import Any
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -191,6 +192,14 @@ def _check_cuda(requested: str, device: torch.device) -> None:
                           "or check CUDA_VISIBLE_DEVICES")
 
 
+def float_checkpoint(args: argparse.Namespace, info: DatasetInfo | None) -> str | Path | None:
+    """The float weights file a command loads: ``--checkpoint``, else the bundled weights on Fashion-MNIST
+    (none with ``--pretrained`` alone)."""
+    if args.checkpoint is not None or args.pretrained:
+        return args.checkpoint
+    return bundled_checkpoint(args.model) if info is not None and info.name == "fashion-mnist" else None
+
+
 def load_float_model(args: argparse.Namespace, info: DatasetInfo | None) -> nn.Module:
     """Build the architecture for the dataset and load its weights (checkpoint, bundled, or pretrained)."""
     size = info.input_shape[1] if info is not None else args.image_size
@@ -200,9 +209,7 @@ def load_float_model(args: argparse.Namespace, info: DatasetInfo | None) -> nn.M
     elif architecture(args.model).sized:  # its layers are built for one input size, pretrained or not
         kwargs["image_size"] = size
     model = build_model(args.model, pretrained=args.pretrained, **kwargs)
-    checkpoint = args.checkpoint
-    if checkpoint is None and not args.pretrained and info is not None and info.name == "fashion-mnist":
-        checkpoint = bundled_checkpoint(args.model)
+    checkpoint = float_checkpoint(args, info)
     if checkpoint is None and not args.pretrained:
         raise LowbitError(f"no weights for {args.model}: pass --checkpoint FILE or --pretrained")
     if checkpoint is not None:

@@ -21,6 +21,7 @@ from lowbit.errors import LowbitError
 from lowbit.evaluate import evaluate
 from lowbit.io.lowbit_file import read_record, save
 from lowbit.io.run_record import METRIC_KEYS, RunRecord
+from lowbit.models.weights_source import PROVENANCE_KEY, find_weights
 from lowbit.qat import FinetuneOptions, finetune
 from lowbit.qat.checkpoint import state_path
 from lowbit.qat.options import DISTILL_LOSSES, OPTIMIZERS
@@ -56,8 +57,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--distill-loss", choices=DISTILL_LOSSES, default=d.distill_loss,
                    help="KL divergence of the softmax or MSE of the logits (default: %(default)s)")
     t.add_argument("--teacher-checkpoint", metavar="FILE", help="float weights of the file's architecture to "
-                   "distill from (default: the input model with its quantizers switched off, a poor teacher "
-                   "below 8-bit weights)")
+                   "distill from (default: the float weights the file was quantized from, when they are still "
+                   "there unchanged; the labels otherwise)")
+    t.add_argument("--no-teacher", action="store_true",
+                   help="learn the labels even when the float weights the file came from are at hand")
     t.add_argument("--seed", type=int, default=d.seed)
     c = p.add_argument_group("checkpoints")
     c.add_argument("--checkpoint", metavar="FILE", help="checkpoint written every epoch "
@@ -94,18 +97,24 @@ def planned_files(args: argparse.Namespace) -> tuple[Path, Path | None]:
     return out, Path(args.resume) if args.resume else out.with_name(f"{out.stem}.ckpt.lowbit")
 
 
-def teacher_from_args(args: argparse.Namespace, record: RunRecord) -> nn.Module | None:
-    """The float model named by ``--teacher-checkpoint``, built as the file's architecture."""
-    if not args.teacher_checkpoint:
-        return None
-    if record.arch is None:
-        raise LowbitError(f"{args.file} holds a custom architecture, so --teacher-checkpoint cannot be built; "
-                          "use the Python API with teacher=YourNet()")
+def teacher_from_args(args: argparse.Namespace, record: RunRecord) -> tuple[nn.Module | None, str | None]:
+    """The float teacher and where it came from: ``--teacher-checkpoint``, else the float weights the file was
+    quantized from when they are still at hand with the same bytes (``--no-teacher`` skips that), else none."""
     from lowbit.models import load_checkpoint, rebuild
 
+    if args.teacher_checkpoint:
+        if record.arch is None:
+            raise LowbitError(f"{args.file} holds a custom architecture, so --teacher-checkpoint cannot be built; "
+                              "use the Python API with teacher=YourNet()")
+        path, source = Path(args.teacher_checkpoint), f"checkpoint {Path(args.teacher_checkpoint).name}"
+    else:
+        path = None if args.no_teacher or record.arch is None else find_weights(record.provenance.get(PROVENANCE_KEY))
+        if path is None:
+            return None, None
+        source = f"the float weights it was quantized from ({path.name})"
     teacher = rebuild(record.arch.to_dict())
-    load_checkpoint(teacher, args.teacher_checkpoint)
-    return teacher.eval()
+    load_checkpoint(teacher, path)
+    return teacher.eval(), source
 
 
 def _metrics(m: Any) -> dict[str, Any]:
@@ -128,15 +137,17 @@ def run_finetune(args: argparse.Namespace) -> int:
     refuse_codec_file(record.arch.to_dict() if record.arch else None, args.file, "finetune")
     args.dataset = args.dataset or (record.dataset or {}).get("name") or "fashion-mnist"
     qmodel = load(args.file, device=device)
-    teacher = teacher_from_args(args, record)
+    teacher, teacher_source = teacher_from_args(args, record)
+    if teacher_source:
+        print(f"distilling from {teacher_source}")
     train_set, info = load_data(args, "train")
     start = time.perf_counter()
     tuned = finetune(qmodel, train_set, options, teacher=teacher, checkpoint=checkpoint, resume=args.resume,
                      progress=not args.quiet, device=device)
     seconds = time.perf_counter() - start
     run = dict(tuned.lowbit_info.extra["finetune"], train_seconds=round(seconds, 1))
-    if args.teacher_checkpoint:
-        run["teacher"] = f"checkpoint {Path(args.teacher_checkpoint).name}"
+    if teacher_source:
+        run["teacher"] = teacher_source
     result: dict[str, Any] = {"file": args.file, "out": str(out), "dataset": info.name, "finetune": run}
     if not args.no_eval:
         test_set, _ = load_data(args, "test")  # read only now: nothing above could have looked at it

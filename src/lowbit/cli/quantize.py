@@ -7,8 +7,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from lowbit.cli.common import (add_data_args, add_model_args, add_quant_args, config_from_args, load_data,
-                               load_float_model, resolve_dataset, resolve_device)
+from lowbit.cli.common import (add_data_args, add_model_args, add_quant_args, config_from_args, float_checkpoint,
+                               load_data, load_float_model, resolve_dataset, resolve_device)
 from lowbit.cli.mixed import add_mixed_args, budget_from_args, mixed_keywords, print_allocation
 from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.synth import add_calib_args, calibration_data
@@ -18,6 +18,7 @@ from lowbit.io.atomic import atomic_path
 from lowbit.mixed import Allocation, Budget
 from lowbit.mixed.allocation_files import allocation_paths
 from lowbit.mixed.bit_cfg import apply_bit_cfg, parse_bit_cfg
+from lowbit.models.weights_source import describe_weights
 from lowbit.report import METRIC_HEADERS, metrics_row, table
 from lowbit.run import quantize_evaluate_save
 
@@ -71,6 +72,7 @@ def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
     resolve_dataset(args)
     train_set, info = load_data(args, "train") if args.dataset else (None, None)
     model = load_float_model(args, info).to(device)
+    weights_file = float_checkpoint(args, info)
     budget = budget_from_args(args)
     if getattr(args, "bit_cfg", None):
         if budget is not None:
@@ -82,6 +84,7 @@ def quantize_and_report(args: argparse.Namespace, config: QuantConfig) -> dict:
     out = Path(args.out) if args.out else default_out(args.model, config, budget)
     return quantize_evaluate_save(model, calib, config, out, model_name=args.model, info=info, test_set=test_set,
                                   calib_record=calib_record, mixed=mixed, per_layer=args.per_layer,
+                                  float_weights=describe_weights(weights_file, args.model) if weights_file else None,
                                   progress=not args.quiet, device=device,
                                   weights_only_too=getattr(args, "also_weights_only", False))
 

@@ -57,9 +57,12 @@ def finetune(qmodel: nn.Module, train_data: Any, options: FinetuneOptions | None
     (cross-entropy), or of inputs alone (distillation from ``teacher``), a tensor, ``(inputs, labels)``, a list
     of batches or a dataset name (its training split); a DataLoader's dataset and collate function are used,
     in ``batch_size`` batches of a seeded order. Images held out from it (``val_fraction``) choose the epoch
-    returned, so no test data is needed or wanted. ``teacher`` is the float model to distill from; by default it
-    is ``qmodel`` with every quantizer switched off (for a model loaded from a file, its weights are then the
-    dequantized codes: the file stores no float weights). Options come as :class:`FinetuneOptions` or keywords
+    returned, so no test data is needed or wanted. ``teacher`` is the float model to distill from: when given,
+    the model learns its outputs even where labels exist, because a float teacher's soft outputs carry more than
+    the labels its own training already fitted (the held-out images still pick the epoch by top-1 against the
+    labels). Without one, distillation (``distill=True`` or unlabelled data) falls back on ``qmodel`` with every
+    quantizer switched off (for a model loaded from a file, its weights are then the dequantized codes: the
+    file stores no float weights). Options come as :class:`FinetuneOptions` or keywords
     (``epochs=3``, ``lr=1e-4``, ``act_range_momentum=0.99``, ...).
 
     ``checkpoint``: a ``.lowbit`` file written atomically after every epoch (and every ``checkpoint_every``
@@ -73,7 +76,7 @@ def finetune(qmodel: nn.Module, train_data: Any, options: FinetuneOptions | None
     data = split(train_data, options)
     device = torch.device(device) if device is not None else model_device(qmodel)
     torch.manual_seed(options.seed)
-    use_teacher = options.distill or not data.labelled
+    use_teacher = options.distill or not data.labelled or teacher is not None
     teacher_kind = "given" if teacher is not None else "quantizers off"
     if use_teacher and teacher is None:
         teacher = float_teacher(qmodel)

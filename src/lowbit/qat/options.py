@@ -32,7 +32,8 @@ class FinetuneOptions:
     - ``val_fraction`` / ``val_images``: how many training images are held out to choose the epoch kept
       (``val_images`` wins when given). Epoch 0, the starting model, is a candidate: fine-tuning never returns
       a model worse on the held-out images than the one it was given.
-    - ``distill``: train against the teacher's outputs even when labels exist (without labels it always does).
+    - ``distill``: train against the teacher's outputs even when labels exist and no float teacher is given
+      (without labels, or with a float teacher, it always does).
     - ``checkpoint_every``: steps between checkpoints; 0 writes one at the end of each epoch.
     """
 
