@@ -11,8 +11,8 @@ every weight range another way than lowbit's default MSE search, to compare rang
 
 Peers within one rounding family: round-to-nearest mixed precision is paired with MCT's mixed-precision PTQ, and
 learned rounding with MCT's mixed precision followed by its GPTQ (``--mct-gptq``, about ten minutes per run
-on one CPU core for resnet20), both given about ``--steps`` optimization steps over the whole model at the same batch (lowbit
-spreads them over its blocks, MCT runs whole-model epochs over the calibration batches).
+on one CPU core for resnet20), both given about ``--steps`` optimization steps over the whole model at the same
+batch (lowbit spreads them over its blocks, MCT runs whole-model epochs over the calibration batches).
 Run: python3 benchmarks/mixed_seeds.py --models resnet20 --seeds 0 1 2 --crs 8 --mct --mct-gptq
 """
 
