@@ -57,10 +57,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--distill-loss", choices=DISTILL_LOSSES, default=d.distill_loss,
                    help="KL divergence of the softmax or MSE of the logits (default: %(default)s)")
     t.add_argument("--teacher-checkpoint", metavar="FILE", help="float weights of the file's architecture to "
-                   "distill from (default: the float weights the file was quantized from, when they are still "
-                   "there unchanged; the labels otherwise)")
-    t.add_argument("--no-teacher", action="store_true",
-                   help="learn the labels even when the float weights the file came from are at hand")
+                   "distill from (default with --distill: the float weights the file was quantized from, when "
+                   "they are still there unchanged)")
     t.add_argument("--seed", type=int, default=d.seed)
     c = p.add_argument_group("checkpoints")
     c.add_argument("--checkpoint", metavar="FILE", help="checkpoint written every epoch "
@@ -98,8 +96,8 @@ def planned_files(args: argparse.Namespace) -> tuple[Path, Path | None]:
 
 
 def teacher_from_args(args: argparse.Namespace, record: RunRecord) -> tuple[nn.Module | None, str | None]:
-    """The float teacher and where it came from: ``--teacher-checkpoint``, else the float weights the file was
-    quantized from when they are still at hand with the same bytes (``--no-teacher`` skips that), else none."""
+    """The float teacher and where it came from: ``--teacher-checkpoint``, else, when distilling, the float
+    weights the file was quantized from if they are still at hand with the same bytes, else none."""
     from lowbit.models import load_checkpoint, rebuild
 
     if args.teacher_checkpoint:
@@ -108,7 +106,7 @@ def teacher_from_args(args: argparse.Namespace, record: RunRecord) -> tuple[nn.M
                               "use the Python API with teacher=YourNet()")
         path, source = Path(args.teacher_checkpoint), f"checkpoint {Path(args.teacher_checkpoint).name}"
     else:
-        path = None if args.no_teacher or record.arch is None else find_weights(record.provenance.get(PROVENANCE_KEY))
+        path = find_weights(record.provenance.get(PROVENANCE_KEY)) if args.distill and record.arch else None
         if path is None:
             return None, None
         source = f"the float weights it was quantized from ({path.name})"

@@ -58,9 +58,8 @@ def finetune(qmodel: nn.Module, train_data: Any, options: FinetuneOptions | None
     of batches or a dataset name (its training split); a DataLoader's dataset and collate function are used,
     in ``batch_size`` batches of a seeded order. Images held out from it (``val_fraction``) choose the epoch
     returned, so no test data is needed or wanted. ``teacher`` is the float model to distill from: when given,
-    the model learns its outputs even where labels exist, because a float teacher's soft outputs carry more than
-    the labels its own training already fitted (the held-out images still pick the epoch by top-1 against the
-    labels). Without one, distillation (``distill=True`` or unlabelled data) falls back on ``qmodel`` with every
+    the model learns its outputs even where labels exist (a teacher passed is a teacher used; the held-out
+    images still pick the epoch by top-1 against the labels). Without one, distillation (``distill=True`` or unlabelled data) falls back on ``qmodel`` with every
     quantizer switched off (for a model loaded from a file, its weights are then the dequantized codes: the
     file stores no float weights). Options come as :class:`FinetuneOptions` or keywords
     (``epochs=3``, ``lr=1e-4``, ``act_range_momentum=0.99``, ...).
