@@ -58,10 +58,10 @@ def run_seed(model: torch.nn.Module, seed: int, args, train, test, float_bytes: 
         results[setting] = 100 * lowbit.evaluate(q, test).top1
         print(f"seed {seed} {setting}: {results[setting]:.2f}", flush=True)
 
+    iters = {m: steps_per_unit(model, m, args.steps, None) for m in methods(args) if m != "nearest"}
+
     def options(method: str) -> dict:
-        if method == "nearest":
-            return {}
-        return {"iters": steps_per_unit(model, method, args.steps, None), "batch_size": args.batch}
+        return {"iters": iters[method], "batch_size": args.batch} if method in iters else {}
 
     for method in methods(args):
         record(f"uniform W4A8 {method}",
