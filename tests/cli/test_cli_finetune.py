@@ -133,3 +133,6 @@ def test_info_shows_how_a_model_was_fine_tuned(w2a4, tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("fine-tuned"))
     assert "1 epoch(s) of 1" in line and "cross_entropy" in line and "lr 0.001" in line and "64 held out" in line
+    assert main(["info", str(out)]) == 0  # the float weights it came from, passed on from the quantized file
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("float weights"))
+    assert "bundled resnet20 (sha256 " in line

@@ -16,6 +16,7 @@ from lowbit.coverage import Coverage
 from lowbit.evaluate import evaluate
 from lowbit.io.lowbit_file import read_metadata
 from lowbit.mixed.budget import TARGETS
+from lowbit.models.weights_source import PROVENANCE_KEY
 from lowbit.report import METRIC_HEADERS, human_bytes, metrics_row, table
 
 
@@ -94,6 +95,10 @@ def _provenance_lines(meta: dict) -> list[tuple[str, str]]:
         lines.append(("fine-tuned", f"{len(tuned.get('history', [])) - 1} epoch(s) of {options.get('epochs')}, kept "
                       f"epoch {tuned.get('kept_epoch')} ({tuned.get('objective')}, lr {options.get('lr')}, "
                       f"{tuned.get('train_images')} training images, {tuned.get('held_out_images')} held out)"))
+    source = extra.get(PROVENANCE_KEY)
+    if isinstance(source, dict) and isinstance(source.get("sha256"), str):
+        where = f"bundled {source.get('bundled')}" if "bundled" in source else f"{source.get('path')}"
+        lines.append(("float weights", f"{where} (sha256 {source['sha256'][:12]})"))
     for key, value in sorted(extra.items()):
         if key != "finetune" and isinstance(value, (str, int, float, bool)):
             lines.append((key.replace("_", " "), str(value)))
