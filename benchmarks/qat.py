@@ -6,8 +6,8 @@ weight bits only (MCT's ``weights_memory``); at 16x every resnet20 layer must ta
 precision no choice (that is the W2A8 model), so the mixed row runs at 12x:
 - PTQ with BRECQ on 1024 calibration images of the training split (the starting point of lowbit's QAT);
 - ``lowbit.finetune`` from that model for ``--epochs`` epochs, once on the labels (cross-entropy, the API's
-  default without a teacher) and once distilled from the float model (what ``lowbit finetune`` does when the
-  float weights the file came from are at hand), the defaults otherwise;
+  default without a teacher) and once distilled from the float model (what ``lowbit finetune --distill`` does
+  when the float weights the file came from are at hand), the defaults otherwise;
 - MCT 2.6.1's PyTorch QAT (its PTQ on the same calibration images, then LSQ quantizers on weights and
   activations, its mixed precision under the same weights-memory target for the mixed row), trained by the same
   loop as lowbit's cross-entropy row: the same images in the same order, batch, epochs, AdamW with the same
