@@ -1,5 +1,5 @@
-"""``lowbit codec``: evaluate, quantize, train and use learned image codecs (``eval``, ``quantize``,
-``compress``, ``decompress``, ``train``).
+"""``lowbit codec``: evaluate, quantize, fine-tune, train and use learned image codecs (``eval``, ``quantize``,
+``finetune``, ``compress``, ``decompress``, ``train``).
 
 A codec is named as a bundled one with a quality (``--model codec-factorized-small --quality 2``) or as a
 weights file written by ``lowbit codec train`` (``--model my_codec.safetensors``); the library resolves both
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lowbit.cli import codec_quantize
+from lowbit.cli import codec_finetune, codec_quantize
 from lowbit.cli.outputs import check_outputs
 from lowbit.errors import LowbitError
 
@@ -25,7 +25,7 @@ from lowbit.errors import LowbitError
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lowbit.codec.zoo import BUNDLED
 
-    p = sub.add_parser("codec", help="learned image codecs: eval, quantize, compress, decompress, train")
+    p = sub.add_parser("codec", help="learned image codecs: eval, quantize, finetune, compress, decompress, train")
     codec_sub = p.add_subparsers(dest="codec_command", metavar="SUBCOMMAND", required=True)
     model_help = (f"a bundled codec ({', '.join(BUNDLED)}), a .safetensors file from lowbit codec train, or (eval, "
                   "compress) a .lowbit file from lowbit codec quantize")
@@ -55,6 +55,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_decompress)
 
     codec_quantize.add_parser(codec_sub, model_help)
+    codec_finetune.add_parser(codec_sub)
 
     t = codec_sub.add_parser("train", help="train a codec on random crops of photos (lambda*255^2*MSE + bpp)")
     _add_train_args(t)

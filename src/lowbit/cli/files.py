@@ -90,7 +90,12 @@ def _provenance_lines(meta: dict) -> list[tuple[str, str]]:
                                     if mixed.get("total_compression") else "")))
     extra = meta.get("provenance") or {}
     tuned = extra.get("finetune")
-    if isinstance(tuned, dict):
+    if isinstance(tuned, dict) and tuned.get("objective") == "rate_distortion":  # a codec's run
+        options = tuned.get("options", {})
+        lines.append(("fine-tuned", f"{options.get('steps')} steps on the rate-distortion loss (lambda "
+                      f"{options.get('lmbda')}, lr {options.get('lr')}), kept step {tuned.get('kept_step')}; "
+                      f"{tuned.get('train_photos')} training photos, {tuned.get('held_out_photos')} held out"))
+    elif isinstance(tuned, dict):
         options = tuned.get("options", {})
         lines.append(("fine-tuned", f"{len(tuned.get('history', [])) - 1} epoch(s) of {options.get('epochs')}, kept "
                       f"epoch {tuned.get('kept_epoch')} ({tuned.get('objective')}, lr {options.get('lr')}, "

@@ -1,5 +1,6 @@
 """Learned image codecs (CompressAI models): architectures, bundled weights, rate-distortion evaluation with
-real bitstreams, the JPEG baseline, BD-rate, training and the bitstream file format."""
+real bitstreams, the JPEG baseline, BD-rate, training, the bitstream file format; fine-tuning a quantized codec is
+:func:`lowbit.codec.finetune.finetune_codec`."""
 
 from lowbit.codec.architectures import CODEC_ARCHITECTURES, codec_architecture
 from lowbit.codec.bd_rate import bd_rate

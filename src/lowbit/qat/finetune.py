@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.codec.task import is_codec
 from lowbit.device import model_device
 from lowbit.errors import LowbitError
 from lowbit.qat.checkpoint import restore, write_checkpoint
@@ -36,6 +37,9 @@ def _options(options: FinetuneOptions | None, overrides: dict[str, Any]) -> Fine
 def _check_quantized(qmodel: nn.Module) -> None:
     if getattr(qmodel, "lowbit_info", None) is None:
         raise LowbitError("finetune needs a quantized model (from lowbit.quantize or lowbit.load); quantize it first")
+    if is_codec(qmodel):
+        raise LowbitError("lowbit.finetune trains classifiers; fine-tune a codec with lowbit.codec.finetune_codec "
+                          "(CLI: lowbit codec finetune)")
 
 
 def warn_about_own_teacher(qmodel: nn.Module) -> None:
