@@ -3,17 +3,21 @@
 Rows per codec and rate point: FP32; FP16; INT8 light (8-bit per-channel weights, 16-bit dynamic per-tensor
 activations); INT8 entropy-only (the hyperprior networks quantized, transforms float; hyperprior codecs only); W8A8
 static and W4A8, each with nearest and with learned rounding (QDrop: a label-free reconstruction objective,
-activation step sizes learned too); and the peer, onnxruntime's dynamic int8 quantization of the same transforms.
+activation step sizes learned too); W8A8 and W4A8 round-to-nearest followed by quantization-aware fine-tuning on
+the codec's own rate-distortion loss (``lowbit codec finetune``), beside the float codec trained for the same
+steps on the same crops (what the extra training alone is worth); and the peer, onnxruntime's dynamic int8
+quantization of the same transforms.
 Every figure comes from real bitstreams; BD-rate is against the FP32 curve of the same codec (positive: more bits
 for the same PSNR). Calibration: random 128x128 crops of the codecs' training photos; evaluation: the held-out
 photos.
 Each codec is its own section, so the two can run as two single-threaded processes.
-Run: OMP_NUM_THREADS=1 python3 benchmarks/codec_quant.py [--codecs NAME ...] [--no-write] [--iters N]
+Run: OMP_NUM_THREADS=1 python3 benchmarks/codec_quant.py [--codecs NAME ...] [--no-write] [--iters N] [--qat-steps N]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import tempfile
 import time
@@ -28,11 +32,13 @@ from report import PAGES, md_table, publish, topic_page
 
 import lowbit
 from lowbit.codec import bd_rate, evaluate_codec, open_codec
-from lowbit.codec.images import read_image
+from lowbit.codec.finetune import CodecFinetuneOptions, finetune_codec, split_photos
+from lowbit.codec.images import read_image, to_uint8
 from lowbit.codec.photos import held_out_photos, training_photos
 from lowbit.codec.quantize_run import calibration_crops
 from lowbit.codec.rd_plot import plot_rd_curves
 from lowbit.codec.task import scope_overrides
+from lowbit.codec.train import CodecTrainOptions, train_codec
 from lowbit.codec.zoo import BUNDLED
 from lowbit.config import QuantConfig
 from lowbit.errors import LowbitError
@@ -48,6 +54,8 @@ class Variant:
     settings: dict[str, Any] | None = None  # lowbit.quantize keywords; None: the float codec itself
     entropy_only: bool = False
     peer: bool = False
+    finetune: bool = False  # quantization-aware fine-tuning after quantizing (lowbit codec finetune)
+    float_training: bool = False  # the float codec trained for as many steps: the reference for fine-tuning
     targets: dict[str, float] = field(default_factory=dict)
 
 
@@ -57,8 +65,9 @@ def learned(weights_bits: int, iters: int) -> dict[str, Any]:
             "method_options": {"iters": iters, "batch_size": 8}}
 
 
-def variants(iters: int) -> list[Variant]:
+def variants(iters: int, qat_steps: int) -> list[Variant]:
     return [Variant("FP32"),
+            Variant(f"FP32 + {qat_steps} training steps (reference)", float_training=True),
             Variant("FP16", {"weights_bits": "fp16", "activation_bits": "fp16"}),
             Variant("INT8 light (W8, A16 dynamic)", LIGHT),
             Variant("INT8 entropy only", LIGHT, entropy_only=True),
@@ -67,13 +76,26 @@ def variants(iters: int) -> list[Variant]:
             Variant(f"W8A8 QDrop ({iters} steps/unit)", learned(8, iters)),
             Variant("W4A8 nearest", {"weights_bits": 4, "activation_bits": 8}),
             Variant(f"W4A8 QDrop ({iters} steps/unit)", learned(4, iters)),
+            Variant(f"W8A8 nearest + fine-tuning ({qat_steps} steps)", {"weights_bits": 8, "activation_bits": 8},
+                    finetune=True),
+            Variant(f"W4A8 nearest + fine-tuning ({qat_steps} steps)", {"weights_bits": 4, "activation_bits": 8},
+                    finetune=True),
             Variant("onnxruntime dynamic int8 (peer)", peer=True)]
 
 
-def build(variant: Variant, float_model: torch.nn.Module, calib: torch.Tensor,
-          folder: Path) -> tuple[torch.nn.Module, int | None, float]:
-    """The variant's model, its file size and the seconds it took to make."""
+def build(variant: Variant, float_model: torch.nn.Module, calib: torch.Tensor, folder: Path,
+          training: CodecFinetuneOptions) -> tuple[torch.nn.Module, int | None, float]:
+    """The variant's model, its file size and the seconds it took to make. ``training``: the fine-tuning run of
+    the variants that fine-tune (its lambda, steps and seed also train the float reference)."""
     start = time.perf_counter()
+    photos = [to_uint8(read_image(p)) for p in training_photos()]
+    if variant.float_training:  # the same photos (held-out ones excluded), crops, batch, steps and schedule
+        model = copy.deepcopy(float_model)
+        train_codec(model, split_photos(photos, training.val_photos, training.seed)[0],
+                    CodecTrainOptions(lmbda=training.lmbda, steps=training.steps, crop=training.crop,
+                                      batch_size=training.batch_size, lr=training.lr, final_lr=0.0,
+                                      clip_norm=training.clip_norm, seed=training.seed), quiet=True)
+        return model, None, time.perf_counter() - start
     if variant.peer:
         model = ort_dynamic_int8(float_model, folder)
         return model, int8_files_bytes(folder), time.perf_counter() - start
@@ -84,6 +106,8 @@ def build(variant: Variant, float_model: torch.nn.Module, calib: torch.Tensor,
     config = QuantConfig.from_bits(settings.pop("weights_bits"), settings.pop("activation_bits"), overrides=overrides,
                                    seed=SEED, **settings)
     model = lowbit.quantize(float_model, calib, config)
+    if variant.finetune:
+        model = finetune_codec(model, photos, training)
     seconds = time.perf_counter() - start
     path = lowbit.save(model, folder / "model.lowbit")
     return model, path.stat().st_size, seconds
@@ -97,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks/codec.md alone")
     parser.add_argument("--iters", type=int, default=150, help="learned rounding steps per unit (batches of 8 crops)")
+    parser.add_argument("--qat-steps", type=int, default=300, help="fine-tuning steps (batches of 8 crops)")
     parser.add_argument("--codecs", nargs="+", choices=list(BUNDLED), default=list(BUNDLED))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -112,12 +137,13 @@ def run_codec(codec_name: str, qualities: int, images, calib: torch.Tensor, args
     curves: dict[str, list[tuple[float, float]]] = {}
     for quality in range(1, qualities + 1):
         codec = open_codec(codec_name, quality)
+        training = CodecFinetuneOptions(lmbda=codec.recipe["options"]["lmbda"], steps=args.qat_steps, seed=SEED)
         reference = None
-        for variant in variants(args.iters):
+        for variant in variants(args.iters, args.qat_steps):
             if variant.entropy_only and not has_hyperprior(codec.model):
                 continue
             with tempfile.TemporaryDirectory() as tmp:
-                model, size, seconds = build(variant, codec.model, calib, Path(tmp))
+                model, size, seconds = build(variant, codec.model, calib, Path(tmp), training)
                 size = codec.weights_path.stat().st_size if size is None else size
                 s = evaluate_codec(model, images, codec.stride).summary()
             reference = reference or s
@@ -142,7 +168,7 @@ def run_codec(codec_name: str, qualities: int, images, calib: torch.Tensor, args
         plot_rd_curves(curves, plot, f"{codec_name}: quantized variants, 4 held-out photos")
     body = "\n\n".join([
         md_table(["codec", "variant", "bpp", "PSNR dB", "MS-SSIM", "encode ms", "decode ms", "bpp vs FP32 %",
-                  "PSNR vs FP32 dB", "file", "quantize s"], rows),
+                  "PSNR vs FP32 dB", "file", "quantize / train s"], rows),
         "BD-rate against FP32 of the same codec (Bjøntegaard, PSNR, PCHIP through three rate points; positive = "
         "more bits for the same PSNR):",
         md_table(["codec", "variant", "BD-rate %"], bd_rows),
@@ -155,7 +181,12 @@ def run_codec(codec_name: str, qualities: int, images, calib: torch.Tensor, args
         "quantization has no ConvTranspose, so the peer's synthesis upsampling stays float, while lowbit "
         "quantizes every layer but the entropy bottleneck's density model. Quantize seconds include "
         "calibration and, for QDrop, the learned rounding. lowbit's static-activation variants equalize channel "
-        "ranges through GDN first (the codec default); the row marked not equalized switches that off.",
+        "ranges through GDN first (the codec default); the row marked not equalized switches that off. The "
+        "fine-tuning rows train the round-to-nearest model end to end on the codec's own loss (lambda * 255^2 * MSE "
+        "+ bpp, its recipe's lambda), weights through their quantizers and step sizes learned, on crops of the "
+        "training photos less two held out to pick the checkpoint kept; the reference row trains the float codec "
+        "for the same steps on the same crops with the same schedule, so the rows below FP32 show what "
+        "quantization costs and the reference row what the extra training alone gains.",
     ])
     publish(f"codec-quant-{codec_name}", f"Quantized codecs: {codec_name}, rate-distortion of every variant", body,
             topic_page("codec"), write=not args.no_write)
