@@ -113,6 +113,16 @@ def build(variant: Variant, float_model: torch.nn.Module, calib: torch.Tensor, f
     return model, path.stat().st_size, seconds
 
 
+def bd_shown(reference: list[tuple[float, float]], points: list[tuple[float, float]]) -> float | str:
+    """BD-rate of ``points`` against ``reference`` (both (bpp, PSNR) per rate point), or why there is none."""
+    try:
+        rate = bd_rate([b for b, _ in reference], [p for _, p in reference], [b for b, _ in points],
+                       [p for _, p in points])
+    except LowbitError:  # a rate point with more bits and less PSNR than another
+        return "undefined: PSNR falls from one rate point to a higher one"
+    return "no PSNR overlap" if math.isnan(rate) else rate
+
+
 def has_hyperprior(model: torch.nn.Module) -> bool:
     return hasattr(model, "h_a")
 
@@ -154,15 +164,11 @@ def run_codec(codec_name: str, qualities: int, images, calib: torch.Tensor, args
                          f"{s['psnr'] - reference['psnr']:+.3f}", human_bytes(size), f"{seconds:.1f}"])
             print(rows[-1], flush=True)
     fp32 = curves["FP32"]
+    trained = next((points for name, points in curves.items() if name.startswith("FP32 + ")), None)
     for name, points in curves.items():
         if name != "FP32":
-            try:
-                rate = bd_rate([b for b, _ in fp32], [p for _, p in fp32], [b for b, _ in points],
-                               [p for _, p in points])
-                shown = "no PSNR overlap with FP32" if math.isnan(rate) else rate
-            except LowbitError:  # a rate point with more bits and less PSNR than another
-                shown = "undefined: PSNR falls from one rate point to a higher one"
-            bd_rows.append([codec_name, name, shown])
+            fine_tuned = trained is not None and "fine-tuning" in name
+            bd_rows.append([codec_name, name, bd_shown(fp32, points), bd_shown(trained, points) if fine_tuned else "-"])
     plot = PAGES / f"{codec_name}_rd.png"
     if not args.no_write:
         plot_rd_curves(curves, plot, f"{codec_name}: quantized variants, 4 held-out photos")
@@ -170,8 +176,9 @@ def run_codec(codec_name: str, qualities: int, images, calib: torch.Tensor, args
         md_table(["codec", "variant", "bpp", "PSNR dB", "MS-SSIM", "encode ms", "decode ms", "bpp vs FP32 %",
                   "PSNR vs FP32 dB", "file", "quantize / train s"], rows),
         "BD-rate against FP32 of the same codec (Bjøntegaard, PSNR, PCHIP through three rate points; positive = "
-        "more bits for the same PSNR):",
-        md_table(["codec", "variant", "BD-rate %"], bd_rows),
+        "more bits for the same PSNR), and for the fine-tuned rows also against the float codec trained for as many "
+        "steps (what quantization costs once the extra training is counted on both sides):",
+        md_table(["codec", "variant", "BD-rate % vs FP32", "BD-rate % vs FP32 trained as long"], bd_rows),
         f"![{codec_name} rate-distortion]({plot.name})",
         f"Calibration: {CALIB_CROPS} random {CROP}x{CROP} crops (seed {SEED}) of the codecs' scikit-image training "
         "photos; evaluation: the four held-out photos, real bitstreams, one thread. Files: the bundled float weights "
