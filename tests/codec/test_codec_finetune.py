@@ -1,5 +1,5 @@
 """Fine-tuning a quantized codec on its rate-distortion loss: it learns, keeps the model best on held-out photos
-(the start included), leaves the latent grids exact, and saves and reloads bit-exactly."""
+(the start included), leaves the latent grids exact and GDN valid, and saves and reloads bit-exactly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from codec_helpers import photo_like, tiny_codec
 
 import lowbit
-from lowbit.codec.finetune import CodecFinetuneOptions, finetune_codec, split_photos
+from lowbit.codec.finetune import BETA_MIN, CodecFinetuneOptions, finetune_codec, split_photos
+from lowbit.codec.gdn import QGDN
 from lowbit.codec.latent_grid import first_layers
 from lowbit.errors import LowbitError
 from lowbit.layers import quant_layers
@@ -126,3 +127,10 @@ def test_too_few_photos_or_a_float_codec_are_refused():
 def test_the_classifier_finetune_points_a_codec_to_its_own():
     with pytest.raises(LowbitError, match="lowbit.codec.finetune_codec"):
         lowbit.finetune(_quantized(), _photos())
+
+
+def test_gdn_stays_a_valid_normalization():
+    tuned = finetune_codec(_quantized(), _photos(), _options())
+    gdns = [m for m in tuned.modules() if isinstance(m, QGDN)]
+    assert gdns and all(float(m.fake_quant_weight().min()) >= 0 and float(m.bias.detach().min()) >= BETA_MIN
+                        for m in gdns)

@@ -23,12 +23,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lowbit import qmath
 from lowbit.codec.exact import ExactPath
+from lowbit.codec.gdn import QGDN
 from lowbit.codec.latent_grid import first_layers
 from lowbit.codec.task import finish, is_codec
 from lowbit.codec.train import random_crops, rate_distortion_loss
 from lowbit.errors import LowbitError
 from lowbit.qat.trainable import copy_quantized, grid_activation_quantizers, refreeze, unfreeze, weight_quantizers
+
+# GDN's norm, sqrt(beta + gamma @ x^2), needs gamma >= 0 and beta > 0; CompressAI's GDN keeps them there by a
+# reparametrization with this lower bound on beta, which the quantized layer (plain gamma and beta) replaces by a
+# projection after every step.
+BETA_MIN = 1e-6
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,18 @@ def _trainable(qmodel: nn.Module) -> tuple[nn.Module, list[nn.Parameter], list[n
     return model, main, scales, aux
 
 
+@torch.no_grad()
+def project(model: nn.Module, scales: list[nn.Parameter]) -> None:
+    """Back into the valid set after a step: positive step sizes, GDN's gamma non-negative and beta above
+    :data:`BETA_MIN` (a negative norm would give NaN)."""
+    for p in scales:
+        p.clamp_(min=qmath.MIN_SCALE)
+    for m in model.modules():
+        if isinstance(m, QGDN):
+            m.weight.clamp_(min=0.0)
+            m.bias.clamp_(min=BETA_MIN)
+
+
 def finetune_codec(qmodel: nn.Module, photos: list[torch.Tensor], options: CodecFinetuneOptions,
                    progress: bool = False) -> nn.Module:
     """A fine-tuned copy of quantized codec ``qmodel`` (same widths, frozen again, entropy tables rebuilt) trained
@@ -158,8 +177,7 @@ def finetune_codec(qmodel: nn.Module, photos: list[torch.Tensor], options: Codec
             nn.utils.clip_grad_norm_(main, options.clip_norm)
         optimizer.step()
         scale_optimizer.step()
-        for p in scales:  # a step size must stay positive
-            p.data.clamp_(min=torch.finfo(torch.float32).tiny)
+        project(model, scales)
         if aux_optimizer is not None:
             aux_optimizer.zero_grad(set_to_none=True)
             model.aux_loss().backward()
