@@ -10,9 +10,16 @@ import torch
 from codec_helpers import photo_like, tiny_codec
 
 import lowbit
-from lowbit.codec.finetune import BETA_MIN, CodecFinetuneOptions, finetune_codec, split_photos
+import lowbit.codec.finetune as finetune_module
+from lowbit.codec.finetune import (
+    BETA_MIN,
+    CodecFinetuneOptions,
+    finetune_codec,
+    split_photos,
+)
 from lowbit.codec.gdn import QGDN
 from lowbit.codec.latent_grid import first_layers
+from lowbit.codec.train import rate_distortion_loss
 from lowbit.errors import LowbitError
 from lowbit.layers import quant_layers
 
@@ -132,5 +139,20 @@ def test_the_classifier_finetune_points_a_codec_to_its_own():
 def test_gdn_stays_a_valid_normalization():
     tuned = finetune_codec(_quantized(), _photos(), _options())
     gdns = [m for m in tuned.modules() if isinstance(m, QGDN)]
-    assert gdns and all(float(m.fake_quant_weight().min()) >= 0 and float(m.bias.detach().min()) >= BETA_MIN
+    assert gdns and all(float(m.fake_quant_weight().detach().min()) >= 0 and float(m.bias.detach().min()) >= BETA_MIN
                         for m in gdns)
+
+
+def test_training_and_held_out_crops_are_the_photos_in_unit_range(monkeypatch):
+    photos = _photos()
+    seen: list[torch.Tensor] = []
+
+    def recording(output, target, lmbda):
+        seen.append(target)
+        return rate_distortion_loss(output, target, lmbda)
+
+    monkeypatch.setattr(finetune_module, "rate_distortion_loss", recording)
+    finetune_codec(_quantized(), photos, _options(steps=4, eval_every=4))
+    expected = float(torch.stack(photos).float().mean()) / 255
+    for target in seen:  # each batch's mean brightness is that of the photos, give or take the crop drawn
+        assert 0.5 * expected < float(target.mean()) < 1.5 * expected and float(target.max()) <= 1.0

@@ -146,7 +146,6 @@ def finetune_codec(qmodel: nn.Module, photos: list[torch.Tensor], options: Codec
         raise LowbitError("codec fine-tuning needs a quantized codec (from lowbit codec quantize or lowbit.load)")
     train_photos, held_photos = split_photos(photos, options.val_photos, options.seed)
     held_crops = random_crops(held_photos, options.crop, options.val_crops, random.Random(options.seed + 1))
-    held_crops = held_crops.float().div_(255)
     torch.manual_seed(options.seed)
     model, main, scales, aux = _trainable(qmodel)
     if not scales:
@@ -166,7 +165,7 @@ def finetune_codec(qmodel: nn.Module, photos: list[torch.Tensor], options: Codec
             for group, lr in zip(opt.param_groups, lrs):
                 group["lr"] = lr * factor
         model.train()
-        batch = random_crops(train_photos, options.crop, options.batch_size, generator).float().div_(255)
+        batch = random_crops(train_photos, options.crop, options.batch_size, generator)  # in [0, 1]
         loss = rate_distortion_loss(model(batch), batch, options.lmbda)[0]
         if not torch.isfinite(loss):
             raise LowbitError(f"the loss became {float(loss)} at step {step}; lower --lr (now {options.lr})")
