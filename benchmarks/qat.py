@@ -60,10 +60,13 @@ def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int,
                            first_last_bits=first_last_bits)
 
 
-def section(first_last_bits: int | None, data_percentage: float) -> tuple[str, str, str]:
+def section(first_last_bits: int | None, data_percentage: float, lr: float | None = None) -> tuple[str, str, str]:
     """The page section's key and title, and which layers the rows' widths cover; runs over another share of
-    the training split get sections of their own."""
+    the training split, or at a learning rate other than the default, get sections of their own."""
     share = f"-{100 * data_percentage:g}pct"
+    if lr is not None:
+        key, title, scope = section(first_last_bits, data_percentage)
+        return f"{key}-lr{lr:g}", f"{title}, learning rate {lr:g}", scope
     if not first_last_bits:
         return ("qat" + share, f"Quantization-aware fine-tuning on Fashion-MNIST, lowbit and MCT, {share[1:-3]}% of "
                 "the training split per epoch",
@@ -122,7 +125,8 @@ def train_like_lowbit(model: nn.Module, data: TrainingData, options: FinetuneOpt
 
 def run_setting(name: str, model: nn.Module, setting: str, args, train, test, calib, float_top1: float,
                 rows: list[list]) -> None:
-    options = FinetuneOptions(epochs=args.epochs, data_percentage=args.data_percentage, batch_size=args.batch)
+    options = FinetuneOptions(epochs=args.epochs, data_percentage=args.data_percentage, batch_size=args.batch,
+                              **({"lr": args.lr} if args.lr is not None else {}))
 
     def record(tool: str, q: nn.Module, kept: str, history: list[float] | None, per_epoch: float | None,
                seconds: float) -> None:
@@ -135,7 +139,8 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
     q = ptq(model, calib, setting, args.iters, args.first_last_bits)
     ptq_seconds = time.perf_counter() - start
     record("lowbit PTQ (brecq)", q, "-", None, None, ptq_seconds)
-    for tool, teacher in (("lowbit QAT, cross-entropy", None), ("lowbit QAT, distilled from float", model)):
+    objectives = (("lowbit QAT, cross-entropy", None), ("lowbit QAT, distilled from float", model))
+    for tool, teacher in objectives if args.objective == "both" else objectives[args.objective == "distill":][:1]:
         start = time.perf_counter()
         tuned = lowbit.finetune(q, train, options, teacher=teacher)
         seconds = time.perf_counter() - start
@@ -166,6 +171,9 @@ def main() -> None:
     parser.add_argument("--calib-images", type=int, default=1024)
     parser.add_argument("--first-last-bits", type=int, help="keep the first and last layers (and their inputs) at "
                         "this width, as QAT papers do; lowbit only (MCT's per-layer widths are not set up here)")
+    parser.add_argument("--lr", type=float, help="lowbit's (and MCT's) weight learning rate (default: lowbit's)")
+    parser.add_argument("--objective", choices=("both", "labels", "distill"), default="both",
+                        help="which lowbit QAT rows to run (default: both)")
     parser.add_argument("--no-mct", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -173,7 +181,7 @@ def main() -> None:
     train, _ = load_dataset("fashion-mnist", "train")
     test, _ = load_dataset("fashion-mnist", "test")
     rows: list[list] = []
-    key, title, scope = section(args.first_last_bits, args.data_percentage)
+    key, title, scope = section(args.first_last_bits, args.data_percentage, args.lr)
     for name in args.models:
         torch.manual_seed(0)
         model = bundled_model(name)
@@ -186,8 +194,9 @@ def main() -> None:
                              "held-out top-1 % by epoch (0 = start)", "s / epoch", "total s"], rows) + (
                 f"\n\n{args.epochs} epochs over {100 * args.data_percentage:g}% of the training split less the 10% "
                 f"held out (batch {args.batch}); BRECQ {args.iters} steps per block on {args.calib_images} "
-                f"calibration images; {scope}. MCT trains on the labels, like lowbit's cross-entropy row. Total "
-                "seconds include the PTQ start (lowbit's BRECQ; MCT's own PTQ and QAT set-up).")
+                f"calibration images; {scope}. " + ("" if args.no_mct or args.first_last_bits else
+                "MCT trains on the labels, like lowbit's cross-entropy row. ") + "Total seconds include the PTQ "
+                "start (lowbit's BRECQ; MCT's own PTQ and QAT set-up).")
             publish(key, title, body, topic_page("qat"), write=not args.no_write)
 
 
