@@ -83,15 +83,19 @@ def variants(iters: int, qat_steps: int) -> list[Variant]:
             Variant("onnxruntime dynamic int8 (peer)", peer=True)]
 
 
+def training_images() -> list[torch.Tensor]:
+    """The training photos as uint8 tensors, read only by the variants that train."""
+    return [to_uint8(read_image(p)) for p in training_photos()]
+
+
 def build(variant: Variant, float_model: torch.nn.Module, calib: torch.Tensor, folder: Path,
           training: CodecFinetuneOptions) -> tuple[torch.nn.Module, int | None, float]:
     """The variant's model, its file size and the seconds it took to make. ``training``: the fine-tuning run of
     the variants that fine-tune (its lambda, steps and seed also train the float reference)."""
     start = time.perf_counter()
-    photos = [to_uint8(read_image(p)) for p in training_photos()]
     if variant.float_training:  # the same photos (held-out ones excluded), crops, batch, steps and schedule
         model = copy.deepcopy(float_model)
-        train_codec(model, split_photos(photos, training.val_photos, training.seed)[0],
+        train_codec(model, split_photos(training_images(), training.val_photos, training.seed)[0],
                     CodecTrainOptions(lmbda=training.lmbda, steps=training.steps, crop=training.crop,
                                       batch_size=training.batch_size, lr=training.lr, final_lr=0.0,
                                       clip_norm=training.clip_norm, seed=training.seed), quiet=True)
@@ -107,7 +111,7 @@ def build(variant: Variant, float_model: torch.nn.Module, calib: torch.Tensor, f
                                    seed=SEED, **settings)
     model = lowbit.quantize(float_model, calib, config)
     if variant.finetune:
-        model = finetune_codec(model, photos, training)
+        model = finetune_codec(model, training_images(), training)
     seconds = time.perf_counter() - start
     path = lowbit.save(model, folder / "model.lowbit")
     return model, path.stat().st_size, seconds

@@ -30,6 +30,7 @@ from lowbit.codec.latent_grid import first_layers
 from lowbit.codec.task import finish, is_codec
 from lowbit.codec.train import random_crops, rate_distortion_loss
 from lowbit.errors import LowbitError
+from lowbit.qat.loop import cosine_factor
 from lowbit.qat.trainable import copy_quantized, grid_activation_quantizers, refreeze, unfreeze, weight_quantizers
 
 # GDN's norm, sqrt(beta + gamma @ x^2), needs gamma >= 0 and beta > 0; CompressAI's GDN keeps them there by a
@@ -160,7 +161,7 @@ def finetune_codec(qmodel: nn.Module, photos: list[torch.Tensor], options: Codec
     best_loss, best_step, best_state = history[0]["loss"], 0, None
     generator, start = random.Random(options.seed), time.perf_counter()
     for step in tqdm(range(1, options.steps + 1), disable=not progress, desc="fine-tuning"):
-        factor = 0.5 * (1 + math.cos(math.pi * (step - 1) / options.steps))
+        factor = cosine_factor(step - 1, options.steps)
         for opt, lrs in zip((optimizer, scale_optimizer), base):
             for group, lr in zip(opt.param_groups, lrs):
                 group["lr"] = lr * factor
