@@ -169,7 +169,7 @@ def finetune_codec(qmodel: nn.Module, photos: list[torch.Tensor], options: Codec
         batch = random_crops(train_photos, options.crop, options.batch_size, generator)  # in [0, 1]
         loss = rate_distortion_loss(model(batch), batch, options.lmbda)[0]
         if not torch.isfinite(loss):
-            raise LowbitError(f"the loss became {float(loss)} at step {step}; lower --lr (now {options.lr})")
+            raise LowbitError(f"the loss became {loss.item()} at step {step}; lower --lr (now {options.lr})")
         optimizer.zero_grad(set_to_none=True)
         scale_optimizer.zero_grad(set_to_none=True)
         loss.backward()
