@@ -30,7 +30,7 @@ from lowbit.codec.latent_grid import first_layers
 from lowbit.codec.task import finish, is_codec
 from lowbit.codec.train import random_crops, rate_distortion_loss
 from lowbit.errors import LowbitError
-from lowbit.qat.loop import cosine_factor
+from lowbit.qat.loop import cosine_factor, scale_groups
 from lowbit.qat.trainable import copy_quantized, grid_activation_quantizers, refreeze, unfreeze, weight_quantizers
 
 # GDN's norm, sqrt(beta + gamma @ x^2), needs gamma >= 0 and beta > 0; CompressAI's GDN keeps them there by a
@@ -152,19 +152,16 @@ def finetune_codec(qmodel: nn.Module, photos: list[torch.Tensor], options: Codec
     if not scales:
         raise LowbitError("this codec has no integer grids to fine-tune (FP16 or dynamic ranges only); quantize "
                           "it to integer weights first")
-    optimizer = torch.optim.Adam(main, lr=options.lr)
-    scale_optimizer = torch.optim.Adam([{"params": [p], "lr": options.scale_lr * float(p.detach().abs().mean())}
-                                        for p in scales])
+    optimizer = torch.optim.Adam([{"params": main, "lr": options.lr, "base_lr": options.lr}])
+    scale_optimizer = torch.optim.Adam(scale_groups(scales, options.scale_lr))
     aux_optimizer = torch.optim.Adam(aux, lr=options.aux_lr) if aux else None
-    base = [[g["lr"] for g in o.param_groups] for o in (optimizer, scale_optimizer)]
     history = [{"step": 0, **held_out_score(model, held_crops, options.lmbda, options.batch_size), "seconds": 0.0}]
     best_loss, best_step, best_state = history[0]["loss"], 0, None
     generator, start = random.Random(options.seed), time.perf_counter()
     for step in tqdm(range(1, options.steps + 1), disable=not progress, desc="fine-tuning"):
         factor = cosine_factor(step - 1, options.steps)
-        for opt, lrs in zip((optimizer, scale_optimizer), base):
-            for group, lr in zip(opt.param_groups, lrs):
-                group["lr"] = lr * factor
+        for group in optimizer.param_groups + scale_optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
         model.train()
         batch = random_crops(train_photos, options.crop, options.batch_size, generator)  # in [0, 1]
         loss = rate_distortion_loss(model(batch), batch, options.lmbda)[0]

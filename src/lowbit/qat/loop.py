@@ -72,12 +72,12 @@ def _parameter_groups(model: nn.Module, scales: list[nn.Parameter], options: Fin
     return [dict(g, lr=options.lr, base_lr=options.lr) for g in groups if g["params"]]
 
 
-def _scale_groups(scales: list[nn.Parameter], options: FinetuneOptions) -> list[dict]:
+def scale_groups(scales: list[nn.Parameter], scale_lr: float) -> list[dict]:
     """One group per step size, its rate relative to its own magnitude: Adam moves every parameter by about
     its learning rate per step, and step sizes range over orders of magnitude across layers."""
     groups = []
     for p in scales:
-        lr = options.scale_lr * float(p.detach().abs().mean().clamp_min(1e-12))
+        lr = scale_lr * float(p.detach().abs().mean().clamp_min(1e-12))
         groups.append({"params": [p], "lr": lr, "base_lr": lr, "weight_decay": 0.0})
     return groups
 
@@ -104,7 +104,7 @@ class Trainer:
         self.scales = scales
         self.optimizers = {"weights": _weight_optimizer(_parameter_groups(model, scales, options), options)}
         if scales:
-            self.optimizers["scales"] = torch.optim.Adam(_scale_groups(scales, options))
+            self.optimizers["scales"] = torch.optim.Adam(scale_groups(scales, options.scale_lr))
         self.state = RunState()
         self.best: dict[str, torch.Tensor] | None = None
         self.steps_per_epoch = data.steps_per_epoch(options.batch_size)
