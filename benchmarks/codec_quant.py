@@ -3,10 +3,10 @@
 Rows per codec and rate point: FP32; FP16; INT8 light (8-bit per-channel weights, 16-bit dynamic per-tensor
 activations); INT8 entropy-only (the hyperprior networks quantized, transforms float; hyperprior codecs only); W8A8
 static and W4A8, each with nearest and with learned rounding (QDrop: a label-free reconstruction objective,
-activation step sizes learned too); W8A8 and W4A8 round-to-nearest, and W4A8 QDrop, followed by quantization-aware
-fine-tuning on the codec's own rate-distortion loss (``lowbit codec finetune``), beside the float codec trained for the same
-steps on the same crops (what the extra training alone is worth); and the peer, onnxruntime's dynamic int8
-quantization of the same transforms.
+activation step sizes learned too); W8A8 and W4A8 round-to-nearest, and W4A8 QDrop, followed by
+quantization-aware fine-tuning on the codec's own rate-distortion loss (``lowbit codec finetune``), beside the float
+codec trained for the same steps on the same crops (what the extra training alone is worth); and the peer,
+onnxruntime's dynamic int8 quantization of the same transforms.
 Every figure comes from real bitstreams; BD-rate is against the FP32 curve of the same codec (positive: more bits
 for the same PSNR). Calibration: random 128x128 crops of the codecs' training photos; evaluation: the held-out
 photos.
