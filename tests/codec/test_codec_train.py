@@ -66,6 +66,22 @@ def test_saved_half_weights_reload_to_the_same_model(tmp_path, arch):
     assert weights_digest(loaded) == weights_digest(model) == recipe["sha256"]
 
 
+@pytest.mark.parametrize("key", ["likelihood_lower_bound.bound", "lower_bound_scale.bound"])
+def test_a_file_with_other_entropy_bounds_is_refused(tmp_path, key):
+    from safetensors.torch import load_file, save_file
+
+    from lowbit.codec.architectures import codec_architecture
+
+    arch = "bmshj2018-hyperprior-small"
+    model = codec_architecture(arch).create(8, 8).eval()
+    save_codec(model, tmp_path / "c.safetensors", {"architecture": arch, "N": 8, "M": 8})
+    state = load_file(str(tmp_path / "c.safetensors"))
+    state[f"gaussian_conditional.{key}"] = torch.zeros_like(state[f"gaussian_conditional.{key}"])
+    save_file(state, str(tmp_path / "c.safetensors"))
+    with pytest.raises(LowbitError, match=f"gaussian_conditional.{key}.*architecture"):
+        load_codec(tmp_path / "c.safetensors")
+
+
 def test_bad_options_raise():
     with pytest.raises(LowbitError, match="lambda"):
         CodecTrainOptions(lmbda=0)
