@@ -110,17 +110,16 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     return recipe
 
 
-def check_entropy_bounds(model: nn.Module, fresh: nn.Module, path: str | Path) -> None:
+def check_entropy_bounds(fresh: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """The entropy models' lower bounds (on likelihoods and on scales) are constants of the architecture, stored in
-    the state dict only because CompressAI keeps them as buffers. A file whose bounds differ codes with other
-    tables, and a likelihood bound of zero lets training reach an infinite rate."""
+    the state dict only because CompressAI keeps them as buffers: ``state`` must hold the values of ``fresh``, the
+    architecture before loading. A file whose bounds differ codes with other tables, and a likelihood bound of
+    zero lets training reach an infinite rate."""
     for name in ENTROPY_MODELS:
-        if not hasattr(fresh, name):
-            continue
-        found = dict(getattr(model, name).named_buffers())
-        for key, value in getattr(fresh, name).named_buffers():
-            if key.endswith("bound") and not torch.equal(found[key], value):
-                raise LowbitError(f"{path}: {name}.{key} is {found[key].flatten().tolist()}, not the architecture's "
+        for key, value in getattr(fresh, name).named_buffers() if hasattr(fresh, name) else ():
+            found = state.get(f"{name}.{key}")
+            if key.endswith("bound") and found is not None and not torch.equal(found, value):
+                raise LowbitError(f"{path}: {name}.{key} is {found.flatten().tolist()}, not the architecture's "
                                   f"{value.flatten().tolist()}; the file was edited or saved in a lower precision, "
                                   "re-save it with lowbit codec train")
 
@@ -134,12 +133,12 @@ def load_codec(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     except (SafetensorError, OSError) as exc:
         raise LowbitError(f"{path} is not a readable safetensors file ({exc}); retrain or re-copy it") from None
+    check_entropy_bounds(model, state, path)
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as exc:
         raise LowbitError(f"{path} does not fit {arch.name} with N={recipe.get('N')}, M={recipe.get('M')}: "
                           f"{str(exc).splitlines()[0]}") from None
-    check_entropy_bounds(model, arch.create(recipe.get("N"), recipe.get("M")), path)
     model.eval()
     model.update(force=False)  # tables come from the file; build them only where it had none
     n, m = recipe.get("N") or arch.channels[0], recipe.get("M") or arch.channels[1]
