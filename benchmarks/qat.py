@@ -62,16 +62,16 @@ def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int,
 
 
 def section(first_last_bits: int | None, data_percentage: float, lr: float | None = None,
-            settings: list[str] | None = None) -> tuple[str, str, str]:
+            models: list[str] | None = None, settings: list[str] | None = None) -> tuple[str, str, str]:
     """The page section's key and title, and which layers the rows' widths cover; runs over another share of
-    the training split get sections of their own, and so does each set of settings run at a learning rate
-    other than the default."""
+    the training split get sections of their own, and so does each set of models and settings run at a
+    learning rate other than the default."""
     share = f"-{100 * data_percentage:g}pct"
     if lr is not None:
         key, title, scope = section(first_last_bits, data_percentage)
-        names = [label(s) for s in settings or []]
+        names = (models or []) + [label(s) for s in settings or []]
         return (f"{key}-lr{lr:g}" + "".join("-" + re.sub("[^a-z0-9]+", "-", n.lower()) for n in names),
-                f"{title}, learning rate {lr:g}" + (f", {' and '.join(names)}" if names else ""), scope)
+                f"{title}, learning rate {lr:g}" + (f", {' '.join(names)}" if names else ""), scope)
     if not first_last_bits:
         return ("qat" + share, f"Quantization-aware fine-tuning on Fashion-MNIST, lowbit and MCT, {share[1:-3]}% of "
                 "the training split per epoch",
@@ -186,7 +186,8 @@ def main() -> None:
     train, _ = load_dataset("fashion-mnist", "train")
     test, _ = load_dataset("fashion-mnist", "test")
     rows: list[list] = []
-    key, title, scope = section(args.first_last_bits, args.data_percentage, args.lr, args.settings)
+    key, title, scope = section(args.first_last_bits, args.data_percentage, args.lr, args.models,
+                                 args.settings)
     for name in args.models:
         torch.manual_seed(0)
         model = bundled_model(name)
