@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import math
 import tempfile
 import time
@@ -84,8 +85,9 @@ def variants(iters: int, qat_steps: int) -> list[Variant]:
             Variant("onnxruntime dynamic int8 (peer)", peer=True)]
 
 
+@functools.cache
 def training_images() -> list[torch.Tensor]:
-    """The training photos as uint8 tensors, read only by the variants that train."""
+    """The training photos as uint8 tensors, read once, and only when a variant trains (nothing modifies them)."""
     return [to_uint8(read_image(p)) for p in training_photos()]
 
 

@@ -144,8 +144,8 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
     q = ptq(model, calib, setting, args.iters, args.first_last_bits)
     ptq_seconds = time.perf_counter() - start
     record("lowbit PTQ (brecq)", q, "-", None, None, ptq_seconds)
-    objectives = (("lowbit QAT, cross-entropy", None), ("lowbit QAT, distilled from float", model))
-    for tool, teacher in objectives if args.objective == "both" else objectives[args.objective == "distill":][:1]:
+    labels, distill = ("lowbit QAT, cross-entropy", None), ("lowbit QAT, distilled from float", model)
+    for tool, teacher in {"both": (labels, distill), "labels": (labels,), "distill": (distill,)}[args.objective]:
         start = time.perf_counter()
         tuned = lowbit.finetune(q, train, options, teacher=teacher)
         seconds = time.perf_counter() - start
