@@ -93,6 +93,17 @@ def test_a_zoo_codec_is_rebuilt_from_its_file_alone(tmp_path):
     assert read_metadata(path)["arch"]["kwargs"] == {"N": 8, "M": 8}
 
 
+def test_a_quantized_codec_file_with_other_entropy_bounds_is_refused(tmp_path):
+    codec = _tiny_hyperprior()
+    codec.lowbit_arch = {"task": "image-codec", "name": "bmshj2018-hyperprior-small", "kwargs": {"N": 8, "M": 8}}
+    qmodel = lowbit.quantize(codec, _photos(2, 128), weights_bits=8, activation_bits=8)
+    assert weights_digest(lowbit.load(str(lowbit.save(qmodel, tmp_path / "ok.lowbit")))) == weights_digest(qmodel)
+    qmodel.gaussian_conditional.likelihood_lower_bound.bound.zero_()  # as a float16 save of the bound leaves it
+    path = lowbit.save(qmodel, tmp_path / "c.lowbit")
+    with pytest.raises(LowbitError, match="likelihood_lower_bound.bound.*architecture"):
+        lowbit.load(str(path))
+
+
 def test_entropy_scope_quantizes_only_the_hyperprior_networks():
     codec = _tiny_hyperprior()
     overrides = scope_overrides(codec, "entropy")

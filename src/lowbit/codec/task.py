@@ -80,9 +80,26 @@ def finish(qmodel: nn.Module) -> None:
 
 
 def check_loaded(qmodel: nn.Module) -> None:
-    """Check the entropy tables read from a file, and restore the exact ``h_s`` path."""
+    """Check the entropy tables and bounds read from a file, and restore the exact ``h_s`` path."""
     check_tables(qmodel)
+    record = getattr(qmodel, "lowbit_arch", None)
+    if isinstance(record, dict) and record.get("task") == TASK:  # rebuilt from the file's own record
+        check_entropy_bounds(rebuild(record), qmodel.state_dict(), "the file")
     install_exact_path(qmodel)
+
+
+def check_entropy_bounds(fresh: nn.Module, state: dict[str, torch.Tensor], path: object) -> None:
+    """The entropy models' lower bounds (on likelihoods and on scales) are constants of the architecture, stored in
+    the state dict only because CompressAI keeps them as buffers: ``state`` must hold the values of ``fresh``, the
+    architecture before loading. A file whose bounds differ codes with other tables, and a likelihood bound of
+    zero lets training reach an infinite rate."""
+    for name in ENTROPY_MODELS:
+        for key, value in getattr(fresh, name).named_buffers() if hasattr(fresh, name) else ():
+            found = state.get(f"{name}.{key}")
+            if key.endswith("bound") and found is not None and not torch.equal(found, value):
+                raise LowbitError(f"{path}: {name}.{key} is {found.flatten().tolist()}, not the architecture's "
+                                  f"{value.flatten().tolist()}; the file was edited or saved in a lower precision, "
+                                  "re-save it from a float model with the architecture's bounds")
 
 
 def arch_record(name: str, n: int, m: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lowbit.codec.architectures import codec_architecture
-from lowbit.codec.task import ENTROPY_MODELS, arch_record, is_codec
+from lowbit.codec.task import ENTROPY_MODELS, arch_record, check_entropy_bounds, is_codec
 from lowbit.errors import LowbitError
 from lowbit.io.atomic import atomic_path
 
@@ -108,20 +108,6 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     if not isinstance(recipe, dict) or "architecture" not in recipe:
         raise LowbitError(f"{recipe_path} names no architecture; it is not a codec recipe")
     return recipe
-
-
-def check_entropy_bounds(fresh: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
-    """The entropy models' lower bounds (on likelihoods and on scales) are constants of the architecture, stored in
-    the state dict only because CompressAI keeps them as buffers: ``state`` must hold the values of ``fresh``, the
-    architecture before loading. A file whose bounds differ codes with other tables, and a likelihood bound of
-    zero lets training reach an infinite rate."""
-    for name in ENTROPY_MODELS:
-        for key, value in getattr(fresh, name).named_buffers() if hasattr(fresh, name) else ():
-            found = state.get(f"{name}.{key}")
-            if key.endswith("bound") and found is not None and not torch.equal(found, value):
-                raise LowbitError(f"{path}: {name}.{key} is {found.flatten().tolist()}, not the architecture's "
-                                  f"{value.flatten().tolist()}; the file was edited or saved in a lower precision, "
-                                  "re-save it with lowbit codec train")
 
 
 def load_codec(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
