@@ -4,7 +4,7 @@
   capabilities: the IMX500 v1 TPC's op configs with the kernel bits and activation bits replaced, rebuilt with
   its own ``generate_tpc`` (the route its documentation gives for custom configurations). Its defaults are
   kept otherwise: per-channel symmetric weights and power-of-two activation thresholds.
-- torch.ao FX graph-mode static int8 PTQ (the x86/fbgemm backend), a real int8 CPU model.
+- torch.ao FX graph-mode static int8 PTQ (the x86/fbgemm backend), a real int8 CPU model, and its QAT at W8A8.
 """
 
 from __future__ import annotations
@@ -87,6 +87,55 @@ def torchao_fx_int8_ptq(model: nn.Module, calib_batches: list[torch.Tensor], bac
             for b in calib_batches:
                 prepared(b)
         return convert_fx(prepared).eval()
+
+
+class TorchAoQAT(nn.Module):
+    """A torch.ao FX QAT model whose observers track ranges while training and stand still in eval mode, so that
+    scoring held-out images does not move its grids (torch.ao's fake quantizers observe in either mode)."""
+
+    def __init__(self, prepared: nn.Module) -> None:
+        super().__init__()
+        self.prepared = prepared
+
+    def train(self, mode: bool = True) -> "TorchAoQAT":
+        from torch.ao.quantization import disable_observer, enable_observer
+
+        super().train(mode)
+        self.prepared.apply(enable_observer if mode else disable_observer)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prepared(x)
+
+
+def torchao_qat_model(model: nn.Module, calib_batches: list[torch.Tensor], backend: str = "x86") -> TorchAoQAT:
+    """torch.ao FX QAT at W8A8 (per-channel weights, moving-average activation ranges), ranges first observed on
+    the calibration images; batch-norm statistics frozen, as lowbit keeps them folded and fixed."""
+    from torch.ao.nn.intrinsic.qat import freeze_bn_stats
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    if backend not in torch.backends.quantized.supported_engines:
+        backend = "fbgemm"
+    torch.backends.quantized.engine = backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_qat_fx(copy.deepcopy(model).train(), get_default_qat_qconfig_mapping(backend),
+                                  (calib_batches[0],))
+    prepared.apply(freeze_bn_stats)
+    with torch.no_grad():
+        for b in calib_batches:
+            prepared(b)
+    return TorchAoQAT(prepared).eval()
+
+
+def torchao_qat_convert(qat_model: TorchAoQAT) -> nn.Module:
+    """The int8 model of a trained torch.ao QAT model (quantized kernels, x86/fbgemm)."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_fx(copy.deepcopy(qat_model.prepared).eval()).eval()
 
 
 def mct_mixed_precision(model: nn.Module, calib_batches: list[torch.Tensor], weights_memory_bytes: float,

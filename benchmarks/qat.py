@@ -4,7 +4,8 @@ For each setting (resnet20: W2A4, W2A2 and mixed 2/4/8 bits at 16x weights compr
 activations; mobilenet_v2_small: W4A4 and W2A4), every layer at the row's widths. Weights compression counts
 weight bits only (MCT's ``weights_memory``); at 16x every resnet20 layer must take 2 bits, which leaves mixed
 precision no choice (that is the W2A8 model), so the mixed row runs at 12x:
-- PTQ with BRECQ on 1024 calibration images of the training split (the starting point of lowbit's QAT);
+- PTQ with BRECQ (or ``--ptq-method qdrop``) on 1024 calibration images of the training split (the starting
+  point of lowbit's QAT);
 - ``lowbit.finetune`` from that model for ``--epochs`` epochs, once on the labels (cross-entropy, the API's
   default without a teacher) and once distilled from the float model (what ``lowbit finetune --distill`` does
   when the float weights the file came from are at hand), the defaults otherwise;
@@ -49,29 +50,35 @@ def label(setting: str) -> str:
 
 
 def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int,
-        first_last_bits: int | None = None) -> nn.Module:
-    """lowbit's PTQ with BRECQ at the setting's widths (mixed: Hessian allocation under the weights budget)."""
+        first_last_bits: int | None = None, method: str = "brecq") -> nn.Module:
+    """lowbit's PTQ with learned rounding (``method``) at the setting's widths (mixed: Hessian allocation under
+    the weights budget)."""
     if setting.startswith("mixed"):
         cr = float(setting.removeprefix("mixed"))
-        return lowbit.quantize(model, calib, weights_bits=8, activation_bits=8, method="brecq", iters=iters,
+        return lowbit.quantize(model, calib, weights_bits=8, activation_bits=8, method=method, iters=iters,
                                first_last_bits=first_last_bits,
                                mixed=Budget(weights_cr=cr, bits=(2, 4, 8), size_measure="codes"))
     w, a = (int(v) for v in setting.split("/"))
-    return lowbit.quantize(model, calib, weights_bits=w, activation_bits=a, method="brecq", iters=iters,
+    return lowbit.quantize(model, calib, weights_bits=w, activation_bits=a, method=method, iters=iters,
                            first_last_bits=first_last_bits)
 
 
 def section(first_last_bits: int | None, data_percentage: float, lr: float | None = None,
-            models: list[str] | None = None, settings: list[str] | None = None) -> tuple[str, str, str]:
+            models: list[str] | None = None, settings: list[str] | None = None,
+            ptq_method: str = "brecq") -> tuple[str, str, str]:
     """The page section's key and title, and which layers the rows' widths cover; runs over another share of
-    the training split get sections of their own, and so does each set of models and settings run at a
-    learning rate other than the default."""
+    the training split get sections of their own, and so does each set of models and settings chosen by
+    name, run at a learning rate other than the default or from another PTQ start."""
     share = f"-{100 * data_percentage:g}pct"
-    if lr is not None:
+    if ptq_method != "brecq":
+        key, title, scope = section(first_last_bits, data_percentage, lr, models, settings)
+        return f"{key}-from-{ptq_method}", f"{title}, starting from {ptq_method}", scope
+    if lr is not None or settings:
         key, title, scope = section(first_last_bits, data_percentage)
         names = (models or []) + [label(s) for s in settings or []]
-        return (f"{key}-lr{lr:g}" + "".join("-" + re.sub("[^a-z0-9]+", "-", n.lower()) for n in names),
-                f"{title}, learning rate {lr:g}" + (f", {' '.join(names)}" if names else ""), scope)
+        rate_key, rate_title = (f"-lr{lr:g}", f", learning rate {lr:g}") if lr is not None else ("", "")
+        return (key + rate_key + "".join("-" + re.sub("[^a-z0-9]+", "-", n.lower()) for n in names),
+                title + rate_title + (f", {' '.join(names)}" if names else ""), scope)
     if not first_last_bits:
         return ("qat" + share, f"Quantization-aware fine-tuning on Fashion-MNIST, lowbit and MCT, {share[1:-3]}% of "
                 "the training split per epoch",
@@ -141,9 +148,9 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
         print(rows[-1], flush=True)
 
     start = time.perf_counter()
-    q = ptq(model, calib, setting, args.iters, args.first_last_bits)
+    q = ptq(model, calib, setting, args.iters, args.first_last_bits, args.ptq_method)
     ptq_seconds = time.perf_counter() - start
-    record("lowbit PTQ (brecq)", q, "-", None, None, ptq_seconds)
+    record(f"lowbit PTQ ({args.ptq_method})", q, "-", None, None, ptq_seconds)
     labels, distill = ("lowbit QAT, cross-entropy", None), ("lowbit QAT, distilled from float", model)
     for tool, teacher in {"both": (labels, distill), "labels": (labels,), "distill": (distill,)}[args.objective]:
         start = time.perf_counter()
@@ -154,6 +161,14 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
         record(tool, tuned, str(run["kept_epoch"]), history, seconds / args.epochs, ptq_seconds + seconds)
     if args.no_mct or args.first_last_bits:
         return
+    if setting == "8/8":  # torch.ao's QAT has int8 kernels only
+        start = time.perf_counter()
+        ao_model = peers.torchao_qat_model(model, calib)
+        init_seconds = time.perf_counter() - start
+        trained, ao_history, kept = train_like_lowbit(ao_model, split(train, options), options)
+        seconds = time.perf_counter() - start - init_seconds
+        record(f"torch.ao {torch.__version__.split('+')[0]} QAT (int8 model)", peers.torchao_qat_convert(trained),
+               str(kept), ao_history, seconds / args.epochs, init_seconds + seconds)
     start = time.perf_counter()
     memory = float_weight_bytes(model) / float(setting.removeprefix("mixed")) if setting.startswith("mixed") else None
     w, a = (None, None) if memory else (int(v) for v in setting.split("/"))
@@ -172,7 +187,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data-percentage", type=float, default=1.0, help="share of the training images per epoch")
     parser.add_argument("--batch", type=int, default=64, help="fine-tuning batch, both tools")
-    parser.add_argument("--iters", type=int, default=500, help="BRECQ steps per block")
+    parser.add_argument("--iters", type=int, default=500, help="learned rounding steps per block")
+    parser.add_argument("--ptq-method", choices=("brecq", "qdrop"), default="brecq",
+                        help="lowbit's PTQ, the start of its QAT")
     parser.add_argument("--calib-images", type=int, default=1024)
     parser.add_argument("--first-last-bits", type=int, help="keep the first and last layers (and their inputs) at "
                         "this width, as QAT papers do; lowbit only (MCT's per-layer widths are not set up here)")
@@ -187,7 +204,7 @@ def main() -> None:
     test, _ = load_dataset("fashion-mnist", "test")
     rows: list[list] = []
     key, title, scope = section(args.first_last_bits, args.data_percentage, args.lr, args.models,
-                                 args.settings)
+                                 args.settings, args.ptq_method)
     for name in args.models:
         torch.manual_seed(0)
         model = bundled_model(name)
@@ -199,10 +216,13 @@ def main() -> None:
             body = md_table(["model", "setting", "tool", "test top-1 %", "vs float", "epoch kept",
                              "held-out top-1 % by epoch (0 = start)", "s / epoch", "total s"], rows) + (
                 f"\n\n{args.epochs} epochs over {100 * args.data_percentage:g}% of the training split less the 10% "
-                f"held out (batch {args.batch}); BRECQ {args.iters} steps per block on {args.calib_images} "
-                f"calibration images; {scope}. " + ("" if args.no_mct or args.first_last_bits else
-                "MCT trains on the labels, like lowbit's cross-entropy row. ") + "Total seconds include the PTQ "
-                "start (lowbit's BRECQ; MCT's own PTQ and QAT set-up).")
+                f"held out (batch {args.batch}); {args.ptq_method} {args.iters} steps per block on "
+                f"{args.calib_images} calibration images; {scope}. " + ("" if args.no_mct or args.first_last_bits else
+                "MCT trains on the labels, like lowbit's cross-entropy row. ") + (
+                "torch.ao's QAT (W8A8 only: its kernels are int8) trains the same way, its batch-norm statistics "
+                "frozen, and is scored as its converted int8 model. " if "8/8" in (args.settings or []) else "") + (
+                "Total seconds include the PTQ "
+                "start (lowbit's learned rounding; MCT's own PTQ and QAT set-up)."))
             publish(key, title, body, topic_page("qat"), write=not args.no_write)
 
 
