@@ -221,8 +221,7 @@ def main() -> None:
                 "MCT trains on the labels, like lowbit's cross-entropy row. ") + (
                 "torch.ao's QAT (W8A8 only: its kernels are int8) trains the same way, its batch-norm statistics "
                 "frozen, and is scored as its converted int8 model. " if "8/8" in (args.settings or []) else "") + (
-                "Total seconds include the PTQ "
-                "start (lowbit's learned rounding; MCT's own PTQ and QAT set-up)."))
+                "Total seconds include the PTQ start (lowbit's learned rounding; MCT's own PTQ and QAT set-up)."))
             publish(key, title, body, topic_page("qat"), write=not args.no_write)
 
 
