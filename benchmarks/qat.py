@@ -65,24 +65,25 @@ def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int,
 
 def section(first_last_bits: int | None, data_percentage: float, lr: float | None = None,
             models: list[str] | None = None, settings: list[str] | None = None,
-            ptq_method: str = "brecq") -> tuple[str, str, str]:
+            ptq_method: str = "brecq", with_mct: bool = True) -> tuple[str, str, str]:
     """The page section's key and title, and which layers the rows' widths cover; runs over another share of
     the training split get sections of their own, and so does each set of models and settings chosen by
     name, run at a learning rate other than the default or from another PTQ start."""
     share = f"-{100 * data_percentage:g}pct"
     if ptq_method != "brecq":
-        key, title, scope = section(first_last_bits, data_percentage, lr, models, settings)
+        key, title, scope = section(first_last_bits, data_percentage, lr, models, settings, with_mct=with_mct)
         return f"{key}-from-{ptq_method}", f"{title}, starting from {ptq_method}", scope
     if lr is not None or settings:
-        key, title, scope = section(first_last_bits, data_percentage)
+        key, title, scope = section(first_last_bits, data_percentage, with_mct=with_mct)
         names = (models or []) + [label(s) for s in settings or []]
         rate_key, rate_title = (f"-lr{lr:g}", f", learning rate {lr:g}") if lr is not None else ("", "")
         return (key + rate_key + "".join("-" + re.sub("[^a-z0-9]+", "-", n.lower()) for n in names),
                 title + rate_title + (f", {' '.join(names)}" if names else ""), scope)
     if not first_last_bits:
-        return ("qat" + share, f"Quantization-aware fine-tuning on Fashion-MNIST, lowbit and MCT, {share[1:-3]}% of "
+        tools = "lowbit and MCT" if with_mct else "every layer at the row's widths (lowbit only)"
+        return ("qat" + share, f"Quantization-aware fine-tuning on Fashion-MNIST, {tools}, {share[1:-3]}% of "
                 "the training split per epoch",
-                "every layer at the row's widths for both tools")
+                "every layer at the row's widths" + (" for both tools" if with_mct else ""))
     return (f"qat-first-last-{first_last_bits}{share}",
             f"Quantization-aware fine-tuning, first and last layers at {first_last_bits} bits (lowbit only), "
             f"{share[1:-3]}% of the training split per epoch",
@@ -204,7 +205,7 @@ def main() -> None:
     test, _ = load_dataset("fashion-mnist", "test")
     rows: list[list] = []
     key, title, scope = section(args.first_last_bits, args.data_percentage, args.lr, args.models,
-                                 args.settings, args.ptq_method)
+                                 args.settings, args.ptq_method, not args.no_mct)
     for name in args.models:
         torch.manual_seed(0)
         model = bundled_model(name)
@@ -221,7 +222,8 @@ def main() -> None:
                 "MCT trains on the labels, like lowbit's cross-entropy row. ") + (
                 "torch.ao's QAT (W8A8 only: its kernels are int8) trains the same way, its batch-norm statistics "
                 "frozen, and is scored as its converted int8 model. " if "8/8" in (args.settings or []) else "") + (
-                "Total seconds include the PTQ start (lowbit's learned rounding; MCT's own PTQ and QAT set-up)."))
+                "Total seconds include the PTQ start (lowbit's learned rounding" +
+                ("" if args.no_mct else "; MCT's own PTQ and QAT set-up") + ")."))
             publish(key, title, body, topic_page("qat"), write=not args.no_write)
 
 
