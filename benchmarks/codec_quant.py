@@ -4,7 +4,8 @@ Rows per codec and rate point: FP32; FP16; INT8 light (8-bit per-channel weights
 activations); INT8 entropy-only (the hyperprior networks quantized, transforms float; hyperprior codecs only); W8A8
 static and W4A8, each with nearest and with learned rounding (QDrop: a label-free reconstruction objective,
 activation step sizes learned too); W8A8 and W4A8 round-to-nearest, and W4A8 QDrop, followed by
-quantization-aware fine-tuning on the codec's own rate-distortion loss (``lowbit codec finetune``), beside the float
+quantization-aware fine-tuning on the codec's own rate-distortion loss (``lowbit codec finetune``), free or holding
+the starting model's rate (``--hold-rate``), beside the float
 codec trained for the same steps on the same crops (what the extra training alone is worth); and the peer,
 onnxruntime's dynamic int8 quantization of the same transforms.
 Every figure comes from real bitstreams; BD-rate is against the FP32 curve of the same codec (positive: more bits
@@ -22,7 +23,7 @@ import functools
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ class Variant:
     entropy_only: bool = False
     peer: bool = False
     finetune: bool = False  # quantization-aware fine-tuning after quantizing (lowbit codec finetune)
+    hold_rate: bool = False  # ... holding the starting model's rate (lowbit codec finetune --hold-rate)
     float_training: bool = False  # the float codec trained for as many steps: the reference for fine-tuning
     targets: dict[str, float] = field(default_factory=dict)
 
@@ -82,6 +84,12 @@ def variants(iters: int, qat_steps: int) -> list[Variant]:
             Variant(f"W4A8 nearest + fine-tuning ({qat_steps} steps)", {"weights_bits": 4, "activation_bits": 8},
                     finetune=True),
             Variant(f"W4A8 QDrop + fine-tuning ({qat_steps} steps)", learned(4, iters), finetune=True),
+            Variant(f"W8A8 nearest + fine-tuning ({qat_steps} steps), rate held",
+                    {"weights_bits": 8, "activation_bits": 8}, finetune=True, hold_rate=True),
+            Variant(f"W4A8 nearest + fine-tuning ({qat_steps} steps), rate held",
+                    {"weights_bits": 4, "activation_bits": 8}, finetune=True, hold_rate=True),
+            Variant(f"W4A8 QDrop + fine-tuning ({qat_steps} steps), rate held", learned(4, iters), finetune=True,
+                    hold_rate=True),
             Variant("onnxruntime dynamic int8 (peer)", peer=True)]
 
 
@@ -92,9 +100,12 @@ def training_images() -> list[torch.Tensor]:
 
 
 def build(variant: Variant, float_model: torch.nn.Module, calib: torch.Tensor, folder: Path,
-          training: CodecFinetuneOptions) -> tuple[torch.nn.Module, int | None, float]:
+          training: CodecFinetuneOptions, quantized: dict[str, tuple[torch.nn.Module, float]]
+          ) -> tuple[torch.nn.Module, int | None, float]:
     """The variant's model, its file size and the seconds it took to make. ``training``: the fine-tuning run of
-    the variants that fine-tune (its lambda, steps and seed also train the float reference)."""
+    the variants that fine-tune (its lambda, steps and seed also train the float reference); ``quantized``: the
+    rate point's quantized models and the seconds each took, by settings, made once for the rows that fine-tune
+    them (their seconds count them in)."""
     start = time.perf_counter()
     if variant.float_training:  # the same photos (held-out ones excluded), crops, batch, steps and schedule
         model = copy.deepcopy(float_model)
@@ -112,10 +123,14 @@ def build(variant: Variant, float_model: torch.nn.Module, calib: torch.Tensor, f
     settings = dict(variant.settings)
     config = QuantConfig.from_bits(settings.pop("weights_bits"), settings.pop("activation_bits"), overrides=overrides,
                                    seed=SEED, **settings)
-    model = lowbit.quantize(float_model, calib, config)
+    key = repr((sorted(variant.settings.items()), variant.entropy_only))
+    if key not in quantized:
+        quantized[key] = (lowbit.quantize(float_model, calib, config), time.perf_counter() - start)
+    model, seconds = quantized[key]
     if variant.finetune:
-        model = finetune_codec(model, training_images(), training)
-    seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        model = finetune_codec(model, training_images(), replace(training, hold_rate=variant.hold_rate))
+        seconds += time.perf_counter() - start
     path = lowbit.save(model, folder / "model.lowbit")
     return model, path.stat().st_size, seconds
 
@@ -155,12 +170,12 @@ def run_codec(codec_name: str, qualities: int, images, calib: torch.Tensor, args
     for quality in range(1, qualities + 1):
         codec = open_codec(codec_name, quality)
         training = CodecFinetuneOptions(lmbda=codec.recipe["options"]["lmbda"], steps=args.qat_steps, seed=SEED)
-        reference = None
+        reference, quantized = None, {}
         for variant in variants(args.iters, args.qat_steps):
             if variant.entropy_only and not has_hyperprior(codec.model):
                 continue
             with tempfile.TemporaryDirectory() as tmp:
-                model, size, seconds = build(variant, codec.model, calib, Path(tmp), training)
+                model, size, seconds = build(variant, codec.model, calib, Path(tmp), training, quantized)
                 size = codec.weights_path.stat().st_size if size is None else size
                 s = evaluate_codec(model, images, codec.stride).summary()
             reference = reference or s
@@ -200,7 +215,9 @@ def run_codec(codec_name: str, qualities: int, images, calib: torch.Tensor, args
         "+ bpp, its recipe's lambda), weights through their quantizers and step sizes learned, on crops of the "
         "training photos less two held out to pick the checkpoint kept; the reference row trains the float codec "
         "for the same steps on the same crops with the same schedule, so the rows below FP32 show what "
-        "quantization costs and the reference row what the extra training alone gains.",
+        "quantization costs and the reference row what the extra training alone gains. The rows marked rate held "
+        "fine-tune the same starting model with lambda adjusted after every step so that the bits spent follow the "
+        "starting model's on each batch (`lowbit codec finetune --hold-rate`).",
     ])
     publish(f"codec-quant-{codec_name}", f"Quantized codecs: {codec_name}, rate-distortion of every variant", body,
             topic_page("codec"), write=not args.no_write)

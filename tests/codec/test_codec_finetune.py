@@ -7,6 +7,7 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from codec_helpers import photo_like, tiny_codec
 
 import lowbit
@@ -15,11 +16,15 @@ from lowbit.codec.finetune import (
     BETA_MIN,
     CodecFinetuneOptions,
     finetune_codec,
+    next_lambda,
     split_photos,
 )
 from lowbit.codec.gdn import QGDN
+from lowbit.codec.images import read_image, to_uint8
 from lowbit.codec.latent_grid import first_layers
+from lowbit.codec.photos import held_out_photos
 from lowbit.codec.train import rate_distortion_loss
+from lowbit.codec.zoo import open_codec
 from lowbit.errors import LowbitError
 from lowbit.layers import quant_layers
 
@@ -98,6 +103,29 @@ def test_the_synthesis_input_keeps_its_grid_while_the_others_learn():
     moved = [n for n, m in tuned.named_modules() if n.endswith("input_quant") and n != f"{name}.input_quant"
              and not torch.equal(m.scale, start.get_submodule(n).scale)]
     assert moved  # the activation step sizes were learned
+
+
+def test_holding_the_rate_keeps_the_starting_models_bits():
+    # a trained codec (this package's tiny ones spend their bits however lambda is set) at 8x its own lambda
+    codec = open_codec("codec-factorized-small", 1)
+    photos = [to_uint8(F.interpolate(read_image(p)[None], scale_factor=0.5, mode="area")[0])
+              for p in held_out_photos()]
+    start = lowbit.quantize(codec.model, torch.stack([p[:, :64, :64] for p in photos]).float() / 255,
+                            weights_bits=8, activation_bits=8)
+    options = {"lmbda": 8 * codec.recipe["options"]["lmbda"], "steps": 30, "lr": 1e-3, "batch_size": 4, "crop": 64,
+               "val_photos": 1, "val_crops": 4, "eval_every": 10}
+    free, held = (finetune_codec(start, photos, CodecFinetuneOptions(**options, hold_rate=hold)).lowbit_info
+                  .extra["finetune"]["history"] for hold in (False, True))
+    start_bpp = free[0]["bpp"]
+    assert held[0]["bpp"] == start_bpp
+    assert free[-1]["bpp"] > 1.5 * start_bpp  # on its own loss it moves to the rate of the lambda it is given
+    assert abs(held[-1]["bpp"] / start_bpp - 1) < 0.1  # held, lambda falls until the start's rate is back
+    assert held[-1]["lmbda"] < options["lmbda"] == free[-1]["lmbda"]
+
+
+def test_lambda_follows_the_rate_towards_the_starting_models():
+    assert next_lambda(0.01, 0.3, 0.2) < 0.01 < next_lambda(0.01, 0.1, 0.2)
+    assert next_lambda(0.01, 0.2, 0.2) == 0.01
 
 
 def test_a_finetuned_codec_saves_and_reloads_exactly(tmp_path):

@@ -57,7 +57,19 @@ def test_finetune_uses_the_codecs_own_lambda_and_writes_a_file_that_evaluates_th
     assert (evaluated["bpp"], evaluated["psnr"]) == (result["quant_rd"]["mean"]["bpp"], result["quant_rd"]["mean"]["psnr"])
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
-    assert "6 steps on the rate-distortion loss (lambda 0.02" in capsys.readouterr().out
+    assert "6 steps on the rate-distortion loss (lambda 0.02, lr" in capsys.readouterr().out
+
+
+def test_hold_rate_reaches_the_run_and_the_file(tmp_path, photos, capsys):
+    quantized = _quantize(_weights_with_lambda(tmp_path / "c.safetensors", 0.02), photos, tmp_path / "q.lowbit")
+    out = tmp_path / "ft.lowbit"
+    assert _finetune(quantized, photos, out, "--hold-rate", "--json", str(tmp_path / "ft.json")) == 0
+    run = json.loads((tmp_path / "ft.json").read_text())["finetune"]
+    assert run["options"]["hold_rate"] is True
+    assert run["history"][-1]["lmbda"] != 0.02  # lambda moved to follow the rate
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "(lambda 0.02, the starting rate held, lr" in capsys.readouterr().out
 
 
 def test_a_bundled_codecs_lambda_comes_from_its_recipe():

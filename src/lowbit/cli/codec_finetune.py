@@ -13,7 +13,7 @@ from typing import Any
 from lowbit.cli.outputs import check_outputs
 from lowbit.errors import LowbitError
 
-HISTORY_HEADERS = ("step", "held-out loss", "PSNR dB", "bpp (estimated)", "s", "kept")
+HISTORY_HEADERS = ("step", "held-out loss", "PSNR dB", "bpp (estimated)", "lambda", "s", "kept")
 
 
 def add_parser(codec_sub: argparse._SubParsersAction) -> None:
@@ -38,6 +38,10 @@ def add_parser(codec_sub: argparse._SubParsersAction) -> None:
                    help="training photos held out to choose the model kept (default: %(default)s)")
     f.add_argument("--eval-every", type=int, default=d.eval_every,
                    help="steps between held-out scores (default: %(default)s)")
+    f.add_argument("--hold-rate", action="store_true",
+                   help="keep the starting model's rate: lambda follows the bits spent, so that what fine-tuning "
+                        "recovers shows as quality at the same bpp (for codecs trained short of convergence, which "
+                        "fine-tuning on their own loss moves to more bits)")
     f.add_argument("--seed", type=int, default=d.seed)
     f.add_argument("--eval-images", help="photos to measure rate-distortion on (default: the bundled held-out photos)")
     f.add_argument("--no-eval", action="store_true", help="skip the rate-distortion measurement")
@@ -69,7 +73,7 @@ def trained_lambda(provenance: dict[str, Any]) -> float | None:
 
 
 def history_rows(run: dict[str, Any]) -> list[list[Any]]:
-    return [[h["step"], f"{h['loss']:.5f}", f"{h['psnr']:.3f}", f"{h['bpp']:.4f}", h["seconds"],
+    return [[h["step"], f"{h['loss']:.5f}", f"{h['psnr']:.3f}", f"{h['bpp']:.4f}", f"{h['lmbda']:.5g}", h["seconds"],
              "*" if h["step"] == run["kept_step"] else ""]
             for h in run["history"]]
 
@@ -99,7 +103,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                           "pass --lmbda")
     options = CodecFinetuneOptions(lmbda=lmbda, steps=args.steps, lr=args.lr, scale_lr=args.scale_lr,
                                    batch_size=args.batch_size, crop=args.crop, val_photos=args.val_photos,
-                                   eval_every=args.eval_every, seed=args.seed)
+                                   eval_every=args.eval_every, seed=args.seed, hold_rate=args.hold_rate)
     paths = image_files(args.images) if args.images else training_photos()
     photos = [to_uint8(read_image(p)) for p in paths]
     eval_images = None

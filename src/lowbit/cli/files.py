@@ -92,8 +92,9 @@ def _provenance_lines(meta: dict) -> list[tuple[str, str]]:
     tuned = extra.get("finetune")
     if isinstance(tuned, dict) and tuned.get("objective") == "rate_distortion":  # a codec's run
         options = tuned.get("options", {})
+        held = ", the starting rate held" if options.get("hold_rate") is True else ""
         lines.append(("fine-tuned", f"{options.get('steps')} steps on the rate-distortion loss (lambda "
-                      f"{options.get('lmbda')}, lr {options.get('lr')}), kept step {tuned.get('kept_step')}; "
+                      f"{options.get('lmbda')}{held}, lr {options.get('lr')}), kept step {tuned.get('kept_step')}; "
                       f"{tuned.get('train_photos')} training photos, {tuned.get('held_out_photos')} held out"))
     elif isinstance(tuned, dict):
         options = tuned.get("options", {})

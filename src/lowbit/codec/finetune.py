@@ -37,6 +37,18 @@ from lowbit.qat.trainable import copy_quantized, grid_activation_quantizers, ref
 # reparametrization with this lower bound on beta, which the quantized layer (plain gamma and beta) replaces by a
 # projection after every step.
 BETA_MIN = 1e-6
+# How fast lambda follows the rate under ``hold_rate``: its logarithm moves by this times the relative rate excess.
+RATE_GAIN = 0.5
+
+
+def next_lambda(lmbda: float, bpp: float, target_bpp: float) -> float:
+    """Lambda for the next step when the codec just spent ``bpp`` where the starting model spends ``target_bpp``.
+
+    A codec trained on its own loss keeps training and slides along its rate-distortion curve (to more bits when
+    it was not trained to convergence), which changes its rate point without moving the curve. Lowering lambda
+    when the rate runs above the start's, raising it when below (a multiplicative dual step on the rate
+    constraint), holds the rate, so what fine-tuning recovers appears as quality at the starting rate."""
+    return lmbda * math.exp(-RATE_GAIN * (bpp - target_bpp) / max(target_bpp, 1e-6))
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,9 @@ class CodecFinetuneOptions:
     """One fine-tuning run: ``steps`` batches of ``batch_size`` random ``crop`` crops, Adam at ``lr`` for the
     weights and ``scale_lr`` (relative to each step size) for the grids, both decaying on one cosine;
     ``lmbda`` is the codec's rate-distortion trade-off (the one it was trained with); gradients are clipped to
-    ``clip_norm`` as in training (0: no clipping). ``val_photos`` photos
+    ``clip_norm`` as in training (0: no clipping). ``hold_rate`` keeps the starting model's rate: lambda is
+    then adjusted after every step (:func:`next_lambda`) so that the codec spends on each batch the bits the
+    starting model spends, and what training gains shows as quality at that rate. ``val_photos`` photos
     are held out to choose the checkpoint kept, scored every ``eval_every`` steps on ``val_crops`` crops."""
 
     lmbda: float
@@ -59,6 +73,7 @@ class CodecFinetuneOptions:
     val_crops: int = 16
     eval_every: int = 100
     seed: int = 0
+    hold_rate: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.lmbda, (int, float)) and math.isfinite(self.lmbda) and self.lmbda > 0):
@@ -103,14 +118,22 @@ def held_out_score(model: nn.Module, crops: torch.Tensor, lmbda: float, batch_si
     return {"loss": total["loss"] / n, "psnr": -10 * math.log10(max(total["mse"] / n, 1e-10)), "bpp": total["bpp"] / n}
 
 
+def float_path_copy(qmodel: nn.Module) -> nn.Module:
+    """A copy of ``qmodel`` whose hyperprior synthesis runs in floating point: the exact integer path computes
+    without gradients and needs integer inputs, which training's uniform noise does not give (:func:`finish`
+    puts it back)."""
+    model = copy_quantized(qmodel)
+    h_s = getattr(model, "h_s", None)
+    if h_s is not None:
+        for key in [k for k, hook in h_s._forward_hooks.items() if isinstance(hook, ExactPath)]:
+            del h_s._forward_hooks[key]
+    return model
+
+
 def _trainable(qmodel: nn.Module) -> tuple[nn.Module, list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
     """A trainable copy of ``qmodel`` and its parameter groups: weights and biases, step sizes, and the entropy
     bottlenecks' quantiles (fitted by CompressAI's auxiliary loss, as in training)."""
-    model = copy_quantized(qmodel)
-    h_s = getattr(model, "h_s", None)
-    if h_s is not None:  # the exact integer path computes without gradients; finish() puts it back
-        for key in [k for k, hook in h_s._forward_hooks.items() if isinstance(hook, ExactPath)]:
-            del h_s._forward_hooks[key]
+    model = float_path_copy(qmodel)
     unfreeze(model)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -155,16 +178,21 @@ def finetune_codec(qmodel: nn.Module, photos: list[torch.Tensor], options: Codec
     optimizer = torch.optim.Adam([{"params": main, "lr": options.lr, "base_lr": options.lr}])
     scale_optimizer = torch.optim.Adam(scale_groups(scales, options.scale_lr))
     aux_optimizer = torch.optim.Adam(aux, lr=options.aux_lr) if aux else None
-    history = [{"step": 0, **held_out_score(model, held_crops, options.lmbda, options.batch_size), "seconds": 0.0}]
+    history = [{"step": 0, **held_out_score(model, held_crops, options.lmbda, options.batch_size),
+                "lmbda": options.lmbda, "seconds": 0.0}]
     best_loss, best_step, best_state = history[0]["loss"], 0, None
-    generator, start = random.Random(options.seed), time.perf_counter()
+    reference = float_path_copy(qmodel).requires_grad_(False) if options.hold_rate else None
+    lmbda, generator, start = options.lmbda, random.Random(options.seed), time.perf_counter()
     for step in tqdm(range(1, options.steps + 1), disable=not progress, desc="fine-tuning"):
         factor = cosine_factor(step - 1, options.steps)
         for group in optimizer.param_groups + scale_optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         model.train()
         batch = random_crops(train_photos, options.crop, options.batch_size, generator)  # in [0, 1]
-        loss = rate_distortion_loss(model(batch), batch, options.lmbda)[0]
+        if reference is not None:  # the same uniform noise in place of rounding: the random state is replayed
+            with torch.no_grad(), torch.random.fork_rng(devices=[batch.device] if batch.is_cuda else []):
+                target_bpp = float(rate_distortion_loss(reference.train()(batch), batch, lmbda)[2])
+        loss, _, bpp = rate_distortion_loss(model(batch), batch, lmbda)
         if not torch.isfinite(loss):
             raise LowbitError(f"the loss became {loss.item()} at step {step}; lower --lr (now {options.lr})")
         optimizer.zero_grad(set_to_none=True)
@@ -175,13 +203,15 @@ def finetune_codec(qmodel: nn.Module, photos: list[torch.Tensor], options: Codec
         optimizer.step()
         scale_optimizer.step()
         project(model, scales)
+        if reference is not None:
+            lmbda = next_lambda(lmbda, float(bpp.detach()), target_bpp)
         if aux_optimizer is not None:
             aux_optimizer.zero_grad(set_to_none=True)
             model.aux_loss().backward()
             aux_optimizer.step()
         if step % options.eval_every == 0 or step == options.steps:
             score = held_out_score(model, held_crops, options.lmbda, options.batch_size)
-            history.append({"step": step, **score, "seconds": round(time.perf_counter() - start, 1)})
+            history.append({"step": step, **score, "lmbda": lmbda, "seconds": round(time.perf_counter() - start, 1)})
             if score["loss"] < best_loss:
                 best_loss, best_step = score["loss"], step
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
