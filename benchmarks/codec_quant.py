@@ -119,12 +119,12 @@ def build(variant: Variant, float_model: torch.nn.Module, calib: torch.Tensor, f
         return model, int8_files_bytes(folder), time.perf_counter() - start
     if variant.settings is None:
         return float_model, None, 0.0
-    overrides = scope_overrides(float_model, "entropy") if variant.entropy_only else ()
-    settings = dict(variant.settings)
-    config = QuantConfig.from_bits(settings.pop("weights_bits"), settings.pop("activation_bits"), overrides=overrides,
-                                   seed=SEED, **settings)
     key = repr((sorted(variant.settings.items()), variant.entropy_only))
     if key not in quantized:
+        overrides = scope_overrides(float_model, "entropy") if variant.entropy_only else ()
+        settings = dict(variant.settings)
+        config = QuantConfig.from_bits(settings.pop("weights_bits"), settings.pop("activation_bits"),
+                                       overrides=overrides, seed=SEED, **settings)
         quantized[key] = (lowbit.quantize(float_model, calib, config), time.perf_counter() - start)
     model, seconds = quantized[key]
     if variant.finetune:

@@ -181,7 +181,8 @@ def finetune_codec(qmodel: nn.Module, photos: list[torch.Tensor], options: Codec
     history = [{"step": 0, **held_out_score(model, held_crops, options.lmbda, options.batch_size),
                 "lmbda": options.lmbda, "seconds": 0.0}]
     best_loss, best_step, best_state = history[0]["loss"], 0, None
-    reference = float_path_copy(qmodel).requires_grad_(False) if options.hold_rate else None
+    # the starting model, in training mode so that its rate is estimated as the student's is
+    reference = float_path_copy(qmodel).requires_grad_(False).train() if options.hold_rate else None
     lmbda, generator, start = options.lmbda, random.Random(options.seed), time.perf_counter()
     for step in tqdm(range(1, options.steps + 1), disable=not progress, desc="fine-tuning"):
         factor = cosine_factor(step - 1, options.steps)
@@ -191,7 +192,7 @@ def finetune_codec(qmodel: nn.Module, photos: list[torch.Tensor], options: Codec
         batch = random_crops(train_photos, options.crop, options.batch_size, generator)  # in [0, 1]
         if reference is not None:  # the same uniform noise in place of rounding: the random state is replayed
             with torch.no_grad(), torch.random.fork_rng(devices=[batch.device] if batch.is_cuda else []):
-                target_bpp = float(rate_distortion_loss(reference.train()(batch), batch, lmbda)[2])
+                target_bpp = float(rate_distortion_loss(reference(batch), batch, lmbda)[2])
         loss, _, bpp = rate_distortion_loss(model(batch), batch, lmbda)
         if not torch.isfinite(loss):
             raise LowbitError(f"the loss became {loss.item()} at step {step}; lower --lr (now {options.lr})")
