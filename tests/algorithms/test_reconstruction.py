@@ -114,6 +114,17 @@ def test_rounding_regularizer_drives_offsets_to_zero_or_one(reg_weight, monkeypa
         assert undecided > 0.6
 
 
+def test_step_sizes_learned_at_rate_zero_leave_the_rounding_as_without_them(setup):
+    """The step sizes' learning-rate schedule is theirs alone: the rounding variables keep their rate to the end
+    whether or not step sizes are learned beside them, so learning them at rate 0 gives the same integer weights."""
+    model, calib, _ = on_device(setup, "cpu")
+    common = dict(weights_bits=4, activation_bits=4, first_last_bits=8, method="brecq", iters=60)
+    fixed = lowbit.quantize(model, calib, learn_act_scale=False, **common)
+    at_rate_zero = lowbit.quantize(model, calib, act_lr=0.0, **common)
+    for (name, a), (_, b) in zip(quant_layers(fixed), quant_layers(at_rate_zero)):
+        assert torch.equal(a.integer_weight(), b.integer_weight()), name
+
+
 def test_hessian_diagonals_stay_on_the_model_device(setup):
     """The diagonals stay on the model device (meta stands in for a GPU): EPTQ weights every step with them."""
     q = prepare(copy.deepcopy(setup[0]).to("meta"), QuantConfig.from_bits(8, 8))

@@ -77,12 +77,14 @@ def optimize_unit(unit: nn.Module, layers: list[QuantLayer], quantizers: list[Qu
     nearest_loss = _unit_loss(unit, data.x_q[check], data.target[check], data.weight_fn(check), device)
     saved_scales = [q.scale.detach().clone() for q in quantizers]
     roundings: list[SoftRounding] = [install(layer) for layer in layers]
-    groups = [{"params": [r.v for r in roundings], "lr": options.lr}]
+    # two optimizers, as in BRECQ: the step sizes' rate follows a cosine to zero while the rounding variables
+    # keep theirs, which they need to the end to settle at 0 or 1 as the regularizer sharpens
+    optimizers = [torch.optim.Adam([r.v for r in roundings], lr=options.lr)]
     scales, scale_lr = method.learned_step_sizes(quantizers)
+    sched = None
     if scales:
-        groups.append({"params": scales, "lr": scale_lr})
-    opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, options.iters) if scales else None
+        optimizers.append(torch.optim.Adam(scales, lr=scale_lr))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizers[-1], options.iters)
     with method.during_optimization(quantizers):
         for step in range(options.iters):
             idx = torch.randint(0, len(data.x_q), (min(options.batch_size, len(data.x_q)),), generator=gen)
@@ -92,9 +94,11 @@ def optimize_unit(unit: nn.Module, layers: list[QuantLayer], quantizers: list[Qu
             beta = beta_schedule(step, options.iters, options.warmup, options.beta_start, options.beta_end)
             reg = sum(r.regularizer(beta) for r in roundings) if beta is not None else torch.zeros((), device=device)
             loss = rec + options.reg_weight * reg
-            opt.zero_grad(set_to_none=True)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            for opt in optimizers:
+                opt.step()
             if sched is not None:
                 sched.step()
             if state.bar is not None and step % 50 == 0:
