@@ -1,12 +1,14 @@
 import numpy as np
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lowbit import qmath
 
 bits_st = st.integers(2, 16)
 values_st = st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=1, max_size=64)
+# no time limits: drawing and running examples is slow on a loaded machine, which says nothing of the code
+ANY_MACHINE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def naive_fake_quant(x: list[float], scale: float, zp: int, qmin: int, qmax: int) -> list[float]:
@@ -18,6 +20,7 @@ def naive_fake_quant(x: list[float], scale: float, zp: int, qmin: int, qmax: int
     return out
 
 
+@ANY_MACHINE
 @given(bits_st, st.booleans())
 def test_qrange_has_2_to_the_bits_levels(bits, symmetric):
     lo, hi = qmath.qrange(bits, symmetric)
@@ -25,7 +28,7 @@ def test_qrange_has_2_to_the_bits_levels(bits, symmetric):
     assert (lo < 0) == symmetric
 
 
-@settings(deadline=None)
+@ANY_MACHINE
 @given(values_st, bits_st, st.booleans())
 def test_error_within_half_step_inside_range(values, bits, symmetric):
     x = torch.tensor(values)
@@ -36,7 +39,7 @@ def test_error_within_half_step_inside_range(values, bits, symmetric):
     assert torch.all((fq - x).abs() <= scale / 2 + 1e-4 * x.abs().max().clamp_min(1))
 
 
-@settings(deadline=None)
+@ANY_MACHINE
 @given(values_st, bits_st, st.booleans())
 def test_fake_quant_is_idempotent_and_matches_naive(values, bits, symmetric):
     x = torch.tensor(values)
@@ -48,6 +51,7 @@ def test_fake_quant_is_idempotent_and_matches_naive(values, bits, symmetric):
     assert torch.allclose(once, ref, atol=float(scale) * 1e-3 + 1e-6)
 
 
+@ANY_MACHINE
 @given(values_st, bits_st)
 def test_codes_stay_on_grid_and_dequantize_back(values, bits):
     x = torch.tensor(values)
@@ -90,7 +94,7 @@ def test_fp16_rounding_saturates():
     assert torch.isfinite(y).all()
 
 
-@settings(deadline=None)
+@ANY_MACHINE
 @given(values_st, bits_st, st.booleans(), st.floats(2**-10, 8.0, width=32), st.integers(-3, 3))
 def test_inference_path_matches_the_trainable_one(values, bits, symmetric, scale, zp_offset):
     x = torch.tensor(values)
@@ -103,7 +107,7 @@ def test_inference_path_matches_the_trainable_one(values, bits, symmetric, scale
     assert torch.allclose(qmath.fake_quantize_no_grad(x, s, zp, qmin, qmax), expected, rtol=0, atol=1e-6 * (1 + scale))
 
 
-@settings(deadline=None, max_examples=60)
+@settings(ANY_MACHINE, max_examples=60)
 @given(st.integers(1, 6), st.integers(1, 40), st.integers(1, 5), bits_st, st.booleans(), st.integers(1, 300),
        st.integers(0, 2**31 - 1))
 def test_grid_errors_match_fake_quantize(n_rows, width, n_grids, bits, symmetric, block, seed):

@@ -56,6 +56,13 @@ def test_unknown_model(capsys, tmp_path, out):
     assert_clean_error(code, err, "resnet1000", tmp_path)
 
 
+def test_unknown_model_is_named_before_the_data_is_looked_for(capsys, tmp_path, out, monkeypatch):
+    monkeypatch.setattr("lowbit.data.fashion_mnist.SYSTEM_DIR", tmp_path / "no-data")
+    monkeypatch.delenv("LOWBIT_DATA", raising=False)
+    code, err = run(capsys, "quantize", "--model", "resnet1000", "--out", out)
+    assert_clean_error(code, err, "resnet1000", tmp_path)
+
+
 def test_unknown_dataset(capsys, tmp_path, out):
     code, err = run(capsys, "quantize", "--dataset", "mnist-ish", "--out", out)
     assert_clean_error(code, err, "mnist-ish", tmp_path)

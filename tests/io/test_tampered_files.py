@@ -191,6 +191,21 @@ def test_a_header_asking_for_more_than_the_file_holds_is_refused_before_building
     assert built_on == ["meta"]
 
 
+def _builder_without_meta_kernels(record):
+    """A zoo builder that, like older timm's RegNet, runs an op with no meta kernel while it builds."""
+    torch.unique(torch.arange(3))
+    return build_model(**{"name": record["name"], **record["kwargs"]})
+
+
+def test_a_builder_that_cannot_run_on_meta_still_loads_and_checks(saved, tmp_path, monkeypatch):
+    monkeypatch.setattr("lowbit.api.rebuild", _builder_without_meta_kernels)
+    with torch.no_grad():
+        assert torch.equal(lowbit.load(saved[0])(INPUT), saved[1])
+    edited = rewrite(saved[0], tmp_path / "m.lowbit", edit_header=_set(("arch", "kwargs", "num_classes"), 90_000))
+    with pytest.raises(LowbitError, match="header implies"):
+        lowbit.load(edited)
+
+
 def test_header_that_is_not_an_object_or_not_json(saved, tmp_path):
     for header in ("[1, 2]", "{" * 100_000, '{"format": "lowbit"'):
         with safe_open(str(saved[0]), "pt") as f:

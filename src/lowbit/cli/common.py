@@ -142,7 +142,8 @@ def load_data(args: argparse.Namespace, split: str, model_name: str | None = Non
     ``--model`` option's architecture, or ``model_name``, e.g. from a saved file's record)."""
     check_count(args.image_size, "--image-size")
     name = model_name or getattr(args, "model", None)
-    preprocessing = architecture(name).preprocessing if name in ARCHITECTURES else IMAGENET
+    # an unknown model name is reported before any data is read (a missing dataset would hide it)
+    preprocessing = architecture(name).preprocessing if name is not None else IMAGENET
     return load_dataset(args.dataset, split, data_dir=args.data_dir, train_path=args.train_data_path,
                         val_path=args.val_data_path, image_size=args.image_size, preprocessing=preprocessing)
 

@@ -260,8 +260,15 @@ def load(path: str | Path, architecture: Architecture, device: str | torch.devic
         qmodel = _prepared(path, record, architecture, "cpu")
         _check_against(path, qmodel, record, index)
     else:  # a zoo builder: checked on the meta device first, so nothing the header asks for is allocated
-        _check_against(path, _prepared(path, record, architecture, "meta"), record, index)
+        try:
+            on_meta = _prepared(path, record, architecture, "meta")
+        except NotImplementedError:  # the builder runs an op with no meta kernel (older timm's RegNet widths);
+            on_meta = None  # the header's architecture record is already held to the zoo's sizes, so build it
+        if on_meta is not None:
+            _check_against(path, on_meta, record, index)
         qmodel = _prepared(path, record, architecture, "cpu")
+        if on_meta is None:
+            _check_against(path, qmodel, record, index)
     tensors = _read_tensors(path, header, digest)
     try:
         payload.check_finite(tensors)
