@@ -3,6 +3,7 @@ best on held-out training images, resumes exactly, and freezes again so that sav
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -104,11 +105,13 @@ def tiny() -> dict:
     return {"model": model, "q": q, "x": x, "y": y, "probe": x[:8]}
 
 
-def test_save_load_after_finetune_is_bit_exact(tiny, tmp_path):
-    tuned = lowbit.finetune(tiny["q"], (tiny["x"], tiny["y"]), **SHORT)
+def test_save_load_after_finetune_is_bit_exact(tiny, tmp_path, device):
+    x = tiny["x"].to(device)
+    q = lowbit.quantize(copy.deepcopy(tiny["model"]).to(device), x[:64], weights_bits=3, activation_bits=3)
+    tuned = lowbit.finetune(q, (tiny["x"], tiny["y"]), **SHORT)
     path = lowbit.save(tuned, tmp_path / "tuned.lowbit")
-    loaded = lowbit.load(str(path), model=ResidualNet())
-    assert torch.equal(_logits(loaded, tiny["x"]), _logits(tuned, tiny["x"]))
+    loaded = lowbit.load(str(path), model=ResidualNet(), device=device)
+    assert torch.equal(_logits(loaded, x), _logits(tuned, x))
     run = loaded.lowbit_record.provenance["finetune"]
     assert [r["epoch"] for r in run["history"]] == [0, 1] and run["options"]["lr"] == SHORT["lr"]
 

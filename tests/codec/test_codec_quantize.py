@@ -164,8 +164,8 @@ def test_rate_distortion_scores_grow_as_layers_get_narrower():
     assert sum(s[2] for s in scores.weights.values()) > 10 * abs(sum(s[8] for s in scores.weights.values()))
 
 
-def test_learned_rounding_reconstructs_codec_layers_without_labels():
-    codec, images, synthesis = tiny_codec(), _photos(8, 32), (Override("g_s*", keep_float=True),)
+def test_learned_rounding_reconstructs_codec_layers_without_labels(device):
+    codec, images, synthesis = tiny_codec().to(device), _photos(8, 32).to(device), (Override("g_s*", keep_float=True),)
     nearest = lowbit.quantize(codec, images, weights_bits=2, activation_bits=None, overrides=synthesis)
     learned = lowbit.quantize(codec, images, weights_bits=2, activation_bits=None, method="adaround", iters=60,
                               batch_size=4, overrides=synthesis)

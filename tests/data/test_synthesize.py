@@ -24,12 +24,13 @@ def _bn_loss(model, images):
     return loss
 
 
-def test_bn_loss_falls_and_images_have_shape_and_range():
-    net = randomize_bn(ResidualNet()).eval()
+def test_bn_loss_falls_and_images_have_shape_and_range(device):
+    net = randomize_bn(ResidualNet()).eval().to(device)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     short = synthesize(net, 24, (3, 16, 16), mean, std, iters=1, batch_size=8, output_loss_factor=0)
     long = synthesize(net, 24, (3, 16, 16), mean, std, iters=25, batch_size=8, output_loss_factor=0)
-    assert short.shape == long.shape == (24, 3, 16, 16)
+    assert short.shape == long.shape == (24, 3, 16, 16) and short.device.type == long.device.type == "cpu"
+    net.cpu()
     low, high = valid_range(mean, std)
     assert (long >= low.view(1, 3, 1, 1) - 1e-6).all() and (long <= high.view(1, 3, 1, 1) + 1e-6).all()
     assert _bn_loss(net, long) < 0.8 * _bn_loss(net, short)

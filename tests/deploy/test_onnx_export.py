@@ -47,9 +47,10 @@ def dequantized_weights(path):
             if n.op_type == "DequantizeLinear" and n.input[0] in inits}
 
 
-def test_w8a8_runs_integer_kernels_and_matches_lowbit(residual_net, images, tmp_path):
-    qmodel = lowbit.quantize(residual_net, images, weights_bits=8, activation_bits=8)
-    path = export(qmodel, tmp_path / "m.onnx", images[:2]).path
+def test_w8a8_runs_integer_kernels_and_matches_lowbit(residual_net, images, tmp_path, device):
+    qmodel = lowbit.quantize(residual_net.to(device), images.to(device), weights_bits=8, activation_bits=8)
+    path = export(qmodel, tmp_path / "m.onnx", images[:2].to(device)).path
+    qmodel.cpu()
     model = onnx.load(str(path))
     assert {n.domain for n in model.graph.node} <= {""}, "a plain onnxruntime must read the file"
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
