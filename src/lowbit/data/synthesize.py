@@ -127,7 +127,7 @@ def synthesize(model: nn.Module, n_images: int = 1024, input_shape: Sequence[int
     try:
         bar = tqdm(range(options.iters), desc="synthesizing", disable=not progress, leave=False)
         for _ in bar:
-            pass_loss = 0.0
+            summed = torch.zeros((), device=device)  # kept where it is computed: one sync per pass, not per step
             for b in torch.randperm(len(batches), generator=gen).tolist():
                 optimizer.zero_grad(set_to_none=True)
                 logits = model(pipeline.augment(batches[b], gen))
@@ -139,7 +139,8 @@ def synthesize(model: nn.Module, n_images: int = 1024, input_shape: Sequence[int
                 optimizer.step()
                 with torch.no_grad():
                     batches[b].copy_(pipeline.clip(batches[b]))
-                pass_loss += float(loss.detach()) / len(batches)
+                summed += loss.detach() / len(batches)
+            pass_loss = float(summed)
             scheduler.step(pass_loss)
             log.debug("pass loss %.5f, lr %.3g", pass_loss, optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{pass_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
