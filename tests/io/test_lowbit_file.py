@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from safetensors import safe_open
 
 import lowbit
 from conftest import ResidualNet, TinyViT
@@ -112,3 +113,20 @@ def test_a_buffer_the_architecture_cannot_take_is_a_one_line_error(tmp_path):
     path = lowbit.save(qmodel, tmp_path / "t.lowbit")
     with pytest.raises(LowbitError, match="t.lowbit: .*size"):
         lowbit.load(str(path), model=WithTable())
+
+
+def test_float_weights_exact_in_float16_are_stored_in_half_the_bytes(residual_net, images, tmp_path):
+    """A layer kept float whose weights came from a float16 file is stored as float16 and reloads bit-exactly;
+    float32 values that float16 would round stay float32."""
+    with torch.no_grad():
+        residual_net.head.weight.copy_(residual_net.head.weight.half().float())
+    q = lowbit.quantize(residual_net, images, weights_bits=8, activation_bits=8,
+                        overrides=(lowbit.Override("head", keep_float=True),))
+    path = lowbit.save(q, tmp_path / "m.lowbit")
+    with safe_open(str(path), "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes["head.weight"] == "F16" and dtypes["head.bias"] == "F32"
+    r = lowbit.load(path, model=ResidualNet())
+    assert r.head.weight.dtype == torch.float32 and torch.equal(r.head.weight, q.head.weight)
+    with torch.no_grad():
+        assert torch.equal(r(images), q(images))

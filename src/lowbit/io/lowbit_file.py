@@ -6,7 +6,8 @@ Tensors, per quantized weight layer ``L``:
   int16 codes for 9-16 bits, or the float16 weight in fp16 mode;
 - ``L.scale`` (float32, one per channel) and, for affine grids, ``L.zero_point`` packed like the codes.
 Activation quantizers store ``act.scale`` / ``act.zero_point``; everything else in the state dict (biases,
-unfolded norms, embeddings) is stored as it is. Loading rebuilds the architecture, prepares it with the saved
+unfolded norms, embeddings, layers kept float) is stored as it is, float32 tensors as float16 when every value is
+exact in float16 (weights read from float16 files). Loading rebuilds the architecture, prepares it with the saved
 config, and dequantizes the codes with the same function the quantizer used, so outputs are bit-identical.
 """
 
@@ -88,7 +89,7 @@ def state_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]
     skip = payload.stored_separately(qmodel)
     for key, value in qmodel.state_dict().items():
         if key not in skip and value is not None:
-            tensors[key] = value.detach().contiguous()
+            tensors[key] = payload.narrowed(value.detach().contiguous())
     return {k: v.cpu() for k, v in tensors.items()}, act_names
 
 

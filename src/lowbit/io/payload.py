@@ -31,6 +31,8 @@ DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
                torch.bool: "BOOL"}
 Layout = dict[str, tuple[str, tuple[int, ...]]]
+# the expected dtype of a plain float32 state entry: stored as F16 when every value is exact in it
+FLOAT_STATE = "F32/F16"
 
 
 class PayloadError(LowbitError):
@@ -65,8 +67,17 @@ def weight_tensors(name: str, spec: QuantSpec, shape: tuple[int, ...], channels:
 
 
 def layout_nbytes(layout: Layout) -> int:
-    """Bytes the tensors of ``layout`` take in the file."""
-    return sum(ITEM_BYTES[dtype] * math.prod(shape) for dtype, shape in layout.values())
+    """Bytes the tensors of ``layout`` take in the file (at most, where a dtype may be narrowed)."""
+    return sum(ITEM_BYTES[dtype.split("/")[0]] * math.prod(shape) for dtype, shape in layout.values())
+
+
+def narrowed(value: torch.Tensor) -> torch.Tensor:
+    """A float32 tensor as float16 when that loses nothing (weights kept float that came from float16 files,
+    such as the bundled codecs' transforms), so that they take half the bytes and reload bit-exactly."""
+    if value.dtype != torch.float32 or value.numel() == 0:
+        return value
+    half = value.half()
+    return half if torch.equal(half.float(), value) else value
 
 
 def weight_layout(name: str, layer: QuantLayer) -> Layout:
@@ -97,7 +108,8 @@ def expected_layout(qmodel: nn.Module, calibrated: Iterable[str]) -> Layout:
     skip = stored_separately(qmodel)
     for key, value in qmodel.state_dict().items():
         if key not in skip and value is not None:
-            layout[key] = (DTYPE_NAMES.get(value.dtype, str(value.dtype)), tuple(value.shape))
+            dtype = FLOAT_STATE if value.dtype == torch.float32 else DTYPE_NAMES.get(value.dtype, str(value.dtype))
+            layout[key] = (dtype, tuple(value.shape))
     return layout
 
 
@@ -118,9 +130,10 @@ def check_layout(found: Layout, expected: Layout) -> None:
         raise PayloadError(f"does not match this architecture (tensors missing {missing[:3]}, unexpected "
                            f"{unexpected[:3]}); load the file with the model it was saved from")
     for key, want in expected.items():
-        if 0 in want[1] and found[key][0] == want[0]:
+        dtype_fits = found[key][0] in want[0].split("/")
+        if 0 in want[1] and dtype_fits:
             continue  # a buffer the model holds empty until loading fills it (a codec's entropy tables)
-        if found[key] != want:
+        if not dtype_fits or found[key][1] != want[1]:
             raise PayloadError(f"tensor {key} is {found[key][0]} {list(found[key][1])} but the header implies "
                                f"{want[0]} {list(want[1])}; the file was edited or damaged, save it again")
 
