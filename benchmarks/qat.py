@@ -33,6 +33,7 @@ from torch import nn
 
 import lowbit
 import peers
+from lowbit.config import Override, QuantConfig, QuantSpec
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.mixed import Budget
 from lowbit.qat.data import TrainingData, split
@@ -41,9 +42,14 @@ from lowbit.qat.options import FinetuneOptions
 from report import bundled_model, float_weight_bytes, md_table, publish, topic_page
 
 SETTINGS = {"resnet20": ["2/4", "2/2", "mixed12"], "mobilenet_v2_small": ["4/4", "2/4"]}
+# What 4-bit activations on every layer cost through the image alone: the first layer's input at 4 bits, every
+# other weight and activation at 16 (round-to-nearest); lowbit only
+INPUT_ONLY = "input4"
 
 
 def label(setting: str) -> str:
+    if setting == INPUT_ONLY:
+        return "float, input image at 4 bits"
     if setting.startswith("mixed"):
         return f"mixed 2/4/8 at {setting.removeprefix('mixed')}x weights, A8"
     return "W{}A{}".format(*setting.split("/"))
@@ -52,7 +58,11 @@ def label(setting: str) -> str:
 def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int,
         first_last_bits: int | None = None, method: str = "brecq") -> nn.Module:
     """lowbit's PTQ with learned rounding (``method``) at the setting's widths (mixed: Hessian allocation under
-    the weights budget)."""
+    the weights budget; ``INPUT_ONLY``: round-to-nearest)."""
+    if setting == INPUT_ONLY:
+        first = next(n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        config = QuantConfig.from_bits(16, 16, overrides=(Override(first, activations=QuantSpec(bits=4)),))
+        return lowbit.quantize(model, calib, config)
     if setting.startswith("mixed"):
         cr = float(setting.removeprefix("mixed"))
         return lowbit.quantize(model, calib, weights_bits=8, activation_bits=8, method=method, iters=iters,
@@ -151,7 +161,8 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
     start = time.perf_counter()
     q = ptq(model, calib, setting, args.iters, args.first_last_bits, args.ptq_method)
     ptq_seconds = time.perf_counter() - start
-    record(f"lowbit PTQ ({args.ptq_method})", q, "-", None, None, ptq_seconds)
+    method = "nearest" if setting == INPUT_ONLY else args.ptq_method
+    record(f"lowbit PTQ ({method})", q, "-", None, None, ptq_seconds)
     labels, distill = ("lowbit QAT, cross-entropy", None), ("lowbit QAT, distilled from float", model)
     for tool, teacher in {"both": (labels, distill), "labels": (labels,), "distill": (distill,)}[args.objective]:
         start = time.perf_counter()
@@ -160,7 +171,7 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
         run = tuned.lowbit_info.extra["finetune"]
         history = [h["held_out_top1"] for h in run["history"]]
         record(tool, tuned, str(run["kept_epoch"]), history, seconds / args.epochs, ptq_seconds + seconds)
-    if args.no_mct or args.first_last_bits:
+    if args.no_mct or args.first_last_bits or setting == INPUT_ONLY:
         return
     if setting == "8/8":  # torch.ao's QAT has int8 kernels only
         start = time.perf_counter()
@@ -184,7 +195,8 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=list(SETTINGS))
-    parser.add_argument("--settings", nargs="+", help="W/A pairs or mixedCR (default: each model's own list)")
+    parser.add_argument("--settings", nargs="+", help=f"W/A pairs, mixedCR or {INPUT_ONLY} (the image alone at 4 "
+                        "bits) (default: each model's own list)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data-percentage", type=float, default=1.0, help="share of the training images per epoch")
     parser.add_argument("--batch", type=int, default=64, help="fine-tuning batch, both tools")

@@ -8,7 +8,6 @@ codec gets exactly the same treatment as the float one.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -87,8 +86,3 @@ def evaluate_codec(model: nn.Module, images: Sequence[tuple[str, torch.Tensor]],
         if save_recon is not None and index % every == 0:
             save_png(decoded, Path(save_recon) / f"{Path(name).stem}.png")
     return RDResult(tuple(results))
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """JSON has no infinity: a lossless PSNR is written as null."""
-    return None if value is None or not math.isfinite(value) else value
