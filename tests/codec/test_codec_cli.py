@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -103,3 +106,19 @@ def test_train_writes_weights_and_recipe(tmp_path, capsys):
     _fails(capsys, ["codec", "train", "--arch", "bmshj2018-hyperprior", "--images", str(photos), "--init", str(out),
                     "--out", str(tmp_path / "d.safetensors")], "pass the matching --arch")
     assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_codec_commands_print_no_warning_from_compressai_imports(tmp_path, weights):
+    """CompressAI's package import pulls in torch-geometric, whose ``torch.jit.script`` deprecation warning is
+    not the user's concern: loading a quantized codec prints only the command's own output."""
+    image = write_png(tmp_path / "img.png", 32, 32)
+    path = tmp_path / "tiny.lowbit"
+    assert main(["codec", "quantize", "--model", str(weights), "--images", str(image), "--calib-images", "2",
+                 "--crop", "32", "--weights-bits", "8", "--activation-bits", "16", "--dynamic-activations",
+                 "--quiet", "--out", str(path)]) == 0
+    for argv, code in ((["codec", "eval", "--model", str(path), "--images", str(image), "--no-jpeg"], 0),
+                       (["codec", "finetune", str(path), "--images", str(tmp_path), "--steps", "0",
+                         "--out", str(tmp_path / "out.lowbit")], 2)):
+        done = subprocess.run([sys.executable, "-m", "lowbit", *argv], capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+        assert done.returncode == code and "Warning" not in done.stderr, done.stderr

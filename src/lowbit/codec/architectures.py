@@ -7,13 +7,13 @@ coded. Weights never come from here; CompressAI's zoo downloads them, and lowbit
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable
 
 from torch import nn
 
+from lowbit.codec.compressai_modules import compressai_module
 from lowbit.registry import Registry
 
 Builder = Callable[[int, int], nn.Module]
@@ -51,14 +51,8 @@ def codec_architecture(name: str) -> CodecArchitecture:
 
 
 def _compressai_models() -> ModuleType:
-    """``compressai.models``, imported on first use: it pulls in SciPy, pandas and torch-geometric, which
-    commands that never build a codec should not pay for. Its import-time deprecation warning about
-    ``torch.jit.script`` concerns CompressAI's code, not the user's, so it is silenced here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-        import compressai.models
-
-    return compressai.models
+    """``compressai.models``, imported on first use (see ``compressai_modules``)."""
+    return compressai_module("models")
 
 @register("bmshj2018-factorized", "Balle et al. 2018 factorized prior (GDN transforms, one entropy bottleneck)",
           stride=16, channels=(128, 192))

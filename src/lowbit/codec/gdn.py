@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.codec.compressai_modules import compressai_module
 from lowbit.layers import QuantLayer, register_quantized
 from lowbit.spec import QuantSpec
 
@@ -50,6 +51,6 @@ class QGDN(QuantLayer, nn.Module):
 
 def register_gdn() -> None:
     """Make CompressAI's GDN a layer lowbit quantizes (called when a codec is first prepared)."""
-    from compressai.layers import GDN
+    GDN = compressai_module("layers").GDN
 
     register_quantized(GDN, QGDN.from_float)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lowbit.codec.compressai_modules import compressai_module
 from lowbit.codec.exact import install_exact_path
 from lowbit.codec.latent_grid import align_latent_grids
 from lowbit.config import Override, QuantConfig
@@ -142,7 +143,7 @@ def check_tables(model: nn.Module) -> None:
     Every row must start at 0, rise strictly over its stated length and end at 2^16; offsets must be finite
     integers and lengths within the table.
     """
-    from compressai.entropy_models import EntropyModel
+    EntropyModel = compressai_module("entropy_models").EntropyModel
 
     for name, module in model.named_modules():
         if not isinstance(module, EntropyModel):

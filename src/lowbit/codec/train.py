@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lowbit.codec.compressai_modules import compressai_module
 from lowbit.codec.images import pad_to_stride
 from lowbit.errors import LowbitError
 
@@ -57,7 +58,7 @@ def rate_distortion_loss(output: dict, target: torch.Tensor, lmbda: float) -> tu
                                                                                    torch.Tensor]:
     """``(loss, mse, bpp)`` of a codec's ``forward`` output: CompressAI's own rate-distortion loss,
     ``lmbda * 255^2 * MSE + bpp``, with MSE on [0, 1] pixels and bpp per pixel of ``target``."""
-    from compressai.losses import RateDistortionLoss  # imported here: the CLI reads this module's options at start
+    RateDistortionLoss = compressai_module("losses").RateDistortionLoss  # here: the CLI reads this module at start
 
     out = RateDistortionLoss(lmbda=lmbda)(output, target)
     return out["loss"], out["mse_loss"], out["bpp_loss"]
