@@ -115,3 +115,19 @@ def test_text_file_given_as_checkpoint(capsys, tmp_path, out):
     text.write_text("hello world\n")
     code, err = run(capsys, "quantize", "--checkpoint", str(text), "--out", out)
     assert_clean_error(code, err, "not a checkpoint", tmp_path)
+
+
+@pytest.mark.parametrize("command", ["info", "export"])
+def test_onnx_file_given_where_a_lowbit_file_is_read(capsys, tmp_path, command):
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"\x08\x09\x12\x04test" * 8)
+    argv = [command, str(f)] + (["--out", str(tmp_path / "x.onnx")] if command == "export" else [])
+    code, err = run(capsys, *argv)
+    assert_clean_error(code, err, "is an ONNX model, not a .lowbit file", tmp_path)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_missing_cifar10_says_where_it_looked(capsys, tmp_path, out, monkeypatch):
+    monkeypatch.delenv("LOWBIT_DATA", raising=False)
+    code, err = run(capsys, "quantize", "--dataset", "cifar10", "--out", out)
+    assert_clean_error(code, err, "no --data-dir given and LOWBIT_DATA unset", tmp_path)

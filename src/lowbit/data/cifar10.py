@@ -65,8 +65,8 @@ def find_cifar10(data_dir: str | Path | None) -> Path:
     for c in candidates:
         if (c / "test_batch").is_file():
             return c
-    raise LowbitError(f"CIFAR-10 ({FOLDER}) not found in {', '.join(map(str, candidates)) or 'no folder'}; "
-                      "download the python version and pass --data-dir")
+    where = f"in {', '.join(map(str, candidates))}" if candidates else "(no --data-dir given and LOWBIT_DATA unset)"
+    raise LowbitError(f"CIFAR-10 ({FOLDER}) not found {where}; download the python version and pass --data-dir")
 
 
 def load_cifar10(split: Literal["train", "test"], data_dir: str | Path | None = None) -> tuple[TensorDataset, tuple[str, ...]]:

@@ -114,6 +114,9 @@ def save(qmodel: nn.Module, path: str | Path, extra: dict[str, Any] | None = Non
 
 
 def _open_error(path: Path, exc: BaseException) -> LowbitError:
+    if path.suffix.lower() == ".onnx":
+        return LowbitError(f"{path} is an ONNX model, not a .lowbit file; give the .lowbit file it was exported "
+                           "from (lowbit eval also runs the .onnx file)")
     return LowbitError(f"{path} is not a readable .lowbit file ({str(exc).strip()[:200] or type(exc).__name__}); "
                        "it may be truncated or damaged — save it again")
 
