@@ -88,6 +88,8 @@ def variants(iters: int, qat_steps: int) -> list[Variant]:
                     {"weights_bits": 8, "activation_bits": 8}, finetune=True, hold_rate=True),
             Variant(f"W4A8 nearest + fine-tuning ({qat_steps} steps), rate held",
                     {"weights_bits": 4, "activation_bits": 8}, finetune=True, hold_rate=True),
+            Variant(f"W8A8 QDrop + fine-tuning ({qat_steps} steps), rate held", learned(8, iters), finetune=True,
+                    hold_rate=True),
             Variant(f"W4A8 QDrop + fine-tuning ({qat_steps} steps), rate held", learned(4, iters), finetune=True,
                     hold_rate=True),
             Variant("onnxruntime dynamic int8 (peer)", peer=True)]
