@@ -8,7 +8,6 @@ coded. Weights never come from here; CompressAI's zoo downloads them, and lowbit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Callable
 
 from torch import nn
@@ -50,29 +49,25 @@ def codec_architecture(name: str) -> CodecArchitecture:
     return CODEC_ARCHITECTURES.get(name)
 
 
-def _compressai_models() -> ModuleType:
-    """``compressai.models``, imported on first use (see ``compressai_modules``)."""
-    return compressai_module("models")
-
 @register("bmshj2018-factorized", "Balle et al. 2018 factorized prior (GDN transforms, one entropy bottleneck)",
           stride=16, channels=(128, 192))
 def _factorized(n: int, m: int) -> nn.Module:
-    return _compressai_models().FactorizedPrior(N=n, M=m)
+    return compressai_module("models").FactorizedPrior(N=n, M=m)
 
 
 @register("bmshj2018-factorized-small", "the factorized prior at 64 channels: trains on one CPU core, small files",
           stride=16, channels=(64, 64))
 def _factorized_small(n: int, m: int) -> nn.Module:
-    return _compressai_models().FactorizedPrior(N=n, M=m)
+    return compressai_module("models").FactorizedPrior(N=n, M=m)
 
 
 @register("bmshj2018-hyperprior", "Balle et al. 2018 scale hyperprior (Gaussian latents with side information)",
           stride=64, channels=(128, 192))
 def _hyperprior(n: int, m: int) -> nn.Module:
-    return _compressai_models().ScaleHyperprior(N=n, M=m)
+    return compressai_module("models").ScaleHyperprior(N=n, M=m)
 
 
 @register("bmshj2018-hyperprior-small", "the scale hyperprior at 64 channels: trains on one CPU core, small files",
           stride=64, channels=(64, 64))
 def _hyperprior_small(n: int, m: int) -> nn.Module:
-    return _compressai_models().ScaleHyperprior(N=n, M=m)
+    return compressai_module("models").ScaleHyperprior(N=n, M=m)
