@@ -12,24 +12,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.layers import QConv2d, QLinear, QuantLayer, quant_layers
+from lowbit.layers import QConv1d, QConv2d, QConvTranspose2d, QLinear, QuantLayer, quant_layers
 
 
 def mean_weight_error_output(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     """Per-channel mean of the output of the layer's weight rounding error alone, ``op(x, W_q - W)``.
 
     The op and the mean are both linear, so the op is applied to the input already averaged over the batch
-    (and, for a linear layer, over every position): exact, at the cost of one sample instead of a batch.
+    (and, for a linear layer, over every position): exact, at the cost of one sample instead of a batch. A
+    transposed convolution (a decoder's upsampling) is applied with the output padding its forward pass uses,
+    so the positions averaged are the ones it produces.
     """
     delta = (layer.fake_quant_weight() - layer.weight).detach()
-    if isinstance(layer, QConv2d):
-        return layer._conv_forward(x.mean(0, keepdim=True), delta, None).mean(dim=(0, 2, 3))
-    return F.linear(x.reshape(-1, x.shape[-1]).mean(0), delta)
+    if isinstance(layer, QConvTranspose2d):
+        out = F.conv_transpose2d(x.mean(0, keepdim=True), delta, None, layer.stride, layer.padding,
+                                 layer.output_padding, layer.groups, layer.dilation)
+    elif isinstance(layer, (QConv1d, QConv2d)):
+        out = layer._conv_forward(x.mean(0, keepdim=True), delta, None)
+    else:
+        return F.linear(x.reshape(-1, x.shape[-1]).mean(0), delta)
+    return out.mean(dim=[0, *range(2, out.dim())])
 
 
 def correct_biases(qmodel: nn.Module, batches: list[torch.Tensor]) -> None:
     """Fold the mean output shift of each layer's weight quantization into its bias (in place)."""
-    layers = [(n, l) for n, l in quant_layers(qmodel) if isinstance(l, (QConv2d, QLinear))
+    linear = (QConv1d, QConv2d, QConvTranspose2d, QLinear)
+    layers = [(n, l) for n, l in quant_layers(qmodel) if isinstance(l, linear)
               and not l.weight_quant.spec.is_fp16 and l.weight_quant.state == "quantize"]
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
