@@ -56,6 +56,11 @@ class QuantLayer:
         the observer weighs errors by them (see :mod:`lowbit.input_covariance`)."""
         self.weight_quant.calibrate_to(self.weight, input_covariance)
 
+    def weight_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The layer's linear operation on ``x`` with ``weight`` in place of its own, without bias or input
+        quantizer: what bias correction and exact integer arithmetic apply to other weights."""
+        raise NotImplementedError(f"{type(self).__name__} has no linear weight operation")
+
     def fake_quant_weight(self) -> torch.Tensor:
         """The weight as the quantized layer sees it, with gradients for the optimizing methods."""
         wq = self.weight_quant
@@ -118,6 +123,10 @@ class _QConv(QuantLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.quantize_input(x), self.fake_quant_weight(), self.bias)
 
+    def weight_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The convolution of ``x`` with ``weight`` in place of the layer's own: no bias, no input quantizer."""
+        return self._conv_forward(x, weight, None)
+
 
 class QConv2d(_QConv, nn.Conv2d):
     """``nn.Conv2d`` with quantized weights (and, in module-swap mode, a quantized input)."""
@@ -149,6 +158,12 @@ class QConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
         return F.conv_transpose2d(self.quantize_input(x), self.fake_quant_weight(), self.bias, self.stride,
                                   self.padding, output_padding, self.groups, self.dilation)
 
+    def weight_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The transposed convolution of ``x`` with ``weight`` in place of the layer's own (no bias, no input
+        quantizer), with the output padding its forward pass uses when no output size is asked for."""
+        return F.conv_transpose2d(x, weight, None, self.stride, self.padding, self.output_padding, self.groups,
+                                  self.dilation)
+
 
 class QLinear(QuantLayer, nn.Linear):
     """``nn.Linear`` with quantized weights (and, in module-swap mode, a quantized input)."""
@@ -162,6 +177,10 @@ class QLinear(QuantLayer, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.quantize_input(x), self.fake_quant_weight(), self.bias)
+
+    def weight_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``x`` times ``weight`` in place of the layer's own: no bias, no input quantizer."""
+        return F.linear(x, weight)
 
 
 _QUANTIZED: dict[type, Callable[..., QuantLayer]] = {

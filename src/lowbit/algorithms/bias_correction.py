@@ -9,7 +9,6 @@ cost of one forward pass.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lowbit.layers import QConv1d, QConv2d, QConvTranspose2d, QLinear, QuantLayer, quant_layers
@@ -19,18 +18,14 @@ def mean_weight_error_output(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor
     """Per-channel mean of the output of the layer's weight rounding error alone, ``op(x, W_q - W)``.
 
     The op and the mean are both linear, so the op is applied to the input already averaged over the batch
-    (and, for a linear layer, over every position): exact, at the cost of one sample instead of a batch. A
-    transposed convolution (a decoder's upsampling) is applied with the output padding its forward pass uses,
-    so the positions averaged are the ones it produces.
+    (and, for a linear layer, over every position): exact, at the cost of one sample instead of a batch. The
+    op is the layer's own (:meth:`weight_op`), so a transposed convolution produces, and averages over, the
+    positions its forward pass produces.
     """
     delta = (layer.fake_quant_weight() - layer.weight).detach()
-    if isinstance(layer, QConvTranspose2d):
-        out = F.conv_transpose2d(x.mean(0, keepdim=True), delta, None, layer.stride, layer.padding,
-                                 layer.output_padding, layer.groups, layer.dilation)
-    elif isinstance(layer, (QConv1d, QConv2d)):
-        out = layer._conv_forward(x.mean(0, keepdim=True), delta, None)
-    else:
-        return F.linear(x.reshape(-1, x.shape[-1]).mean(0), delta)
+    if isinstance(layer, QLinear):
+        return layer.weight_op(x.reshape(-1, x.shape[-1]).mean(0), delta)
+    out = layer.weight_op(x.mean(0, keepdim=True), delta)
     return out.mean(dim=[0, *range(2, out.dim())])
 
 

@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lowbit import qmath
@@ -61,13 +60,6 @@ def _stages(h_s: nn.Module) -> list[tuple[QuantLayer, bool]] | None:
                 or q.state != "quantize" or wq.state != "quantize":
             return None
     return stages or None
-
-
-def _conv(layer: QuantLayer, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    if isinstance(layer, QConvTranspose2d):
-        return F.conv_transpose2d(a, w, None, layer.stride, layer.padding, layer.output_padding, layer.groups,
-                                  layer.dilation)
-    return F.conv2d(a, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
 def _integer_weight(layer: QuantLayer) -> torch.Tensor:
@@ -156,7 +148,7 @@ def integer_forward(h_s: nn.Module, x: torch.Tensor) -> torch.Tensor:
     view = (1, -1) + (1,) * (x.dim() - 2)
     for stage in plan:
         zp_in = int(stage.layer.input_quant.zero_point.reshape(-1)[0])
-        acc = _conv(stage.layer, (q - zp_in).double(), stage.weight).to(torch.int64)  # exact: integers < 2^53
+        acc = stage.layer.weight_op((q - zp_in).double(), stage.weight).to(torch.int64)  # exact: integers < 2^53
         y = acc * stage.multiplier.view(view) + stage.offset.view(view)
         unit = torch.ones_like(stage.shift.view(view)) << stage.shift.view(view)  # 2^shift per channel
         nxt = stage.next_input
