@@ -38,7 +38,7 @@ from lowbit.data import calibration_batches, load_dataset
 from lowbit.mixed import Budget
 from lowbit.qat.data import TrainingData, split
 from lowbit.qat.loop import cosine_factor
-from lowbit.qat.options import FinetuneOptions
+from lowbit.qat.options import DISTILL_LOSSES, FinetuneOptions
 from report import bundled_model, float_weight_bytes, md_table, publish, topic_page
 
 SETTINGS = {"resnet20": ["2/4", "2/2", "mixed12"], "mobilenet_v2_small": ["4/4", "2/4"]}
@@ -75,11 +75,15 @@ def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int,
 
 def section(first_last_bits: int | None, data_percentage: float, lr: float | None = None,
             models: list[str] | None = None, settings: list[str] | None = None,
-            ptq_method: str = "brecq", with_mct: bool = True) -> tuple[str, str, str]:
+            ptq_method: str = "brecq", with_mct: bool = True, distill_loss: str = "kl") -> tuple[str, str, str]:
     """The page section's key and title, and which layers the rows' widths cover; runs over another share of
     the training split get sections of their own, and so does each set of models and settings chosen by
-    name, run at a learning rate other than the default or from another PTQ start."""
+    name, run at a learning rate other than the default, from another PTQ start or with another distillation
+    loss."""
     share = f"-{100 * data_percentage:g}pct"
+    if distill_loss != "kl":
+        key, title, scope = section(first_last_bits, data_percentage, lr, models, settings, ptq_method, with_mct)
+        return f"{key}-{distill_loss}", f"{title}, distilled by {distill_loss} on logits", scope
     if ptq_method != "brecq":
         key, title, scope = section(first_last_bits, data_percentage, lr, models, settings, with_mct=with_mct)
         return f"{key}-from-{ptq_method}", f"{title}, starting from {ptq_method}", scope
@@ -149,7 +153,7 @@ def train_like_lowbit(model: nn.Module, data: TrainingData, options: FinetuneOpt
 def run_setting(name: str, model: nn.Module, setting: str, args, train, test, calib, float_top1: float,
                 rows: list[list]) -> None:
     options = FinetuneOptions(epochs=args.epochs, data_percentage=args.data_percentage, batch_size=args.batch,
-                              **({"lr": args.lr} if args.lr is not None else {}))
+                              distill_loss=args.distill_loss, **({"lr": args.lr} if args.lr is not None else {}))
 
     def record(tool: str, q: nn.Module, kept: str, history: list[float] | None, per_epoch: float | None,
                seconds: float) -> None:
@@ -209,6 +213,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="lowbit's (and MCT's) weight learning rate (default: lowbit's)")
     parser.add_argument("--objective", choices=("both", "labels", "distill"), default="both",
                         help="which lowbit QAT rows to run (default: both)")
+    parser.add_argument("--distill-loss", choices=DISTILL_LOSSES, default=FinetuneOptions().distill_loss,
+                        help="loss of the distilled rows: KL divergence of the softmax or squared error of logits")
     parser.add_argument("--no-mct", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -217,7 +223,7 @@ def main() -> None:
     test, _ = load_dataset("fashion-mnist", "test")
     rows: list[list] = []
     key, title, scope = section(args.first_last_bits, args.data_percentage, args.lr, args.models,
-                                 args.settings, args.ptq_method, not args.no_mct)
+                                 args.settings, args.ptq_method, not args.no_mct, args.distill_loss)
     for name in args.models:
         torch.manual_seed(0)
         model = bundled_model(name)
@@ -235,7 +241,7 @@ def main() -> None:
                 "torch.ao's QAT (W8A8 only: its kernels are int8) trains the same way, its batch-norm statistics "
                 "frozen, and is scored as its converted int8 model. " if "8/8" in (args.settings or []) else "") + (
                 "Total seconds include the PTQ start (lowbit's learned rounding" +
-                ("" if args.no_mct else "; MCT's own PTQ and QAT set-up") + ")."))
+                ("" if args.no_mct or args.first_last_bits else "; MCT's own PTQ and QAT set-up") + ")."))
             publish(key, title, body, topic_page("qat"), write=not args.no_write)
 
 
