@@ -2,12 +2,13 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import lowbit
 from conftest import ResidualNet, randomize_bn
 from lowbit import LowbitError, QuantConfig
 from lowbit.calibrate import calibrate
-from lowbit.graph import activation_quantizers, prepare
+from lowbit.graph import activation_quantizers, layer_input_quantizers, prepare
 from lowbit.layers import quant_layers
 
 
@@ -114,6 +115,18 @@ def test_first_last_bits_keep_outer_layers_wide(images):
     bits = {n: l.weight_quant.spec.bits for n, l in quant_layers(q)}
     assert bits["stem.0"] == 8 and bits["head"] == 8 and bits["b1.0"] == 2
     assert dict(activation_quantizers(q))["act_quant.x"].spec.bits == 8
+
+
+def test_first_last_bits_reach_the_last_layers_input_through_a_flatten(images):
+    """The classifier's input is quantized after pooling, a flatten away from the layer: it is the last layer's
+    input all the same and takes the outer layers' width."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 5)).eval()
+    q = lowbit.quantize(net, images, weights_bits=2, activation_bits=2, first_last_bits=8)
+    feeding = layer_input_quantizers(q)
+    quantizers = dict(q.named_modules())
+    assert quantizers[feeding["6"]].spec.bits == 8 and quantizers[feeding["2"]].spec.bits == 2
 
 
 def test_constant_channel_does_not_produce_nan(residual_net, images):

@@ -207,13 +207,26 @@ def _requant_points(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if n in points and n.op != "output"]
 
 
+def _weight_consumers(node: fx.Node, modules: dict[str, nn.Module]) -> list[str]:
+    """The weight layers that read ``node``'s value, looking through shape-only operations (a flatten before
+    the classifier), so that an override of a layer reaches the quantizer of its input."""
+    found: list[str] = []
+    for user in node.users:
+        kind = _kind(user, modules)
+        if kind == "weight":
+            found.append(user.target)
+        elif kind == "pass":
+            found += _weight_consumers(user, modules)
+    return found
+
+
 def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> None:
     modules = dict(gm.named_modules())
     device = model_device(gm)  # activations flow on the model's device, so their grids live there too
     store = nn.ModuleDict()
     gm.add_submodule(ACT_QUANT, store)
     for node in _requant_points(gm):
-        consumers = [u.target for u in node.users if u.op == "call_module" and isinstance(modules[u.target], QuantLayer)]
+        consumers = _weight_consumers(node, modules)
         producer = node.target if node.op == "call_module" else ""
         spec = config.activation_spec_for(f"{ACT_QUANT}.{node.name}", producer, node.name, *consumers)
         if spec is None:
