@@ -56,7 +56,7 @@ def label(setting: str) -> str:
 
 
 def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int,
-        first_last_bits: int | None = None, method: str = "brecq") -> nn.Module:
+        first_last_bits: int | None = None, method: str = "brecq", residual_bits: int | None = None) -> nn.Module:
     """lowbit's PTQ with learned rounding (``method``) at the setting's widths (mixed: Hessian allocation under
     the weights budget; ``INPUT_ONLY``: round-to-nearest)."""
     if setting == INPUT_ONLY:
@@ -66,21 +66,28 @@ def ptq(model: nn.Module, calib: list[torch.Tensor], setting: str, iters: int,
     if setting.startswith("mixed"):
         cr = float(setting.removeprefix("mixed"))
         return lowbit.quantize(model, calib, weights_bits=8, activation_bits=8, method=method, iters=iters,
-                               first_last_bits=first_last_bits,
+                               first_last_bits=first_last_bits, residual_bits=residual_bits,
                                mixed=Budget(weights_cr=cr, bits=(2, 4, 8), size_measure="codes"))
     w, a = (int(v) for v in setting.split("/"))
     return lowbit.quantize(model, calib, weights_bits=w, activation_bits=a, method=method, iters=iters,
-                           first_last_bits=first_last_bits)
+                           first_last_bits=first_last_bits, residual_bits=residual_bits)
 
 
 def section(first_last_bits: int | None, data_percentage: float, lr: float | None = None,
             models: list[str] | None = None, settings: list[str] | None = None,
-            ptq_method: str = "brecq", with_mct: bool = True, distill_loss: str = "kl") -> tuple[str, str, str]:
+            ptq_method: str = "brecq", with_mct: bool = True, distill_loss: str = "kl",
+            residual_bits: int | None = None) -> tuple[str, str, str]:
     """The page section's key and title, and which layers the rows' widths cover; runs over another share of
     the training split get sections of their own, and so does each set of models and settings chosen by
-    name, run at a learning rate other than the default, from another PTQ start or with another distillation
-    loss."""
+    name, run at a learning rate other than the default, from another PTQ start, with another distillation
+    loss or with residual branches at another width."""
     share = f"-{100 * data_percentage:g}pct"
+    if residual_bits is not None:
+        key, title, scope = section(first_last_bits, data_percentage, lr, models, settings, ptq_method, with_mct,
+                                    distill_loss)
+        return (f"{key}-residual{residual_bits}", f"{title}, residual branches at {residual_bits} bits",
+                f"{scope}; the outputs of the layers that feed a residual add (each block's last convolution and "
+                f"its downsample shortcut) at {residual_bits} bits, every layer input at the row's width")
     if distill_loss != "kl":
         key, title, scope = section(first_last_bits, data_percentage, lr, models, settings, ptq_method, with_mct)
         return f"{key}-{distill_loss}", f"{title}, distilled by {distill_loss} on logits", scope
@@ -163,7 +170,7 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
         print(rows[-1], flush=True)
 
     start = time.perf_counter()
-    q = ptq(model, calib, setting, args.iters, args.first_last_bits, args.ptq_method)
+    q = ptq(model, calib, setting, args.iters, args.first_last_bits, args.ptq_method, args.residual_bits)
     ptq_seconds = time.perf_counter() - start
     method = "nearest" if setting == INPUT_ONLY else args.ptq_method
     record(f"lowbit PTQ ({method})", q, "-", None, None, ptq_seconds)
@@ -175,7 +182,7 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
         run = tuned.lowbit_info.extra["finetune"]
         history = [h["held_out_top1"] for h in run["history"]]
         record(tool, tuned, str(run["kept_epoch"]), history, seconds / args.epochs, ptq_seconds + seconds)
-    if args.no_mct or args.first_last_bits or setting == INPUT_ONLY:
+    if args.no_mct or args.first_last_bits or args.residual_bits or setting == INPUT_ONLY:
         return
     if setting == "8/8":  # torch.ao's QAT has int8 kernels only
         start = time.perf_counter()
@@ -210,6 +217,9 @@ def main() -> None:
     parser.add_argument("--calib-images", type=int, default=1024)
     parser.add_argument("--first-last-bits", type=int, help="keep the first and last layers (and their inputs) at "
                         "this width, as QAT papers do; lowbit only (MCT's per-layer widths are not set up here)")
+    parser.add_argument("--residual-bits", type=int, help="requantize the outputs of the layers that feed a residual "
+                        "add at this width (learned rounding's papers quantize a block's output once, after its add); "
+                        "lowbit only")
     parser.add_argument("--lr", type=float, help="lowbit's (and MCT's) weight learning rate (default: lowbit's)")
     parser.add_argument("--objective", choices=("both", "labels", "distill"), default="both",
                         help="which lowbit QAT rows to run (default: both)")
@@ -223,7 +233,8 @@ def main() -> None:
     test, _ = load_dataset("fashion-mnist", "test")
     rows: list[list] = []
     key, title, scope = section(args.first_last_bits, args.data_percentage, args.lr, args.models,
-                                 args.settings, args.ptq_method, not args.no_mct, args.distill_loss)
+                                 args.settings, args.ptq_method, not args.no_mct, args.distill_loss,
+                                 args.residual_bits)
     for name in args.models:
         torch.manual_seed(0)
         model = bundled_model(name)
@@ -241,7 +252,7 @@ def main() -> None:
                 "torch.ao's QAT (W8A8 only: its kernels are int8) trains the same way, its batch-norm statistics "
                 "frozen, and is scored as its converted int8 model. " if "8/8" in (args.settings or []) else "") + (
                 "Total seconds include the PTQ start (lowbit's learned rounding" +
-                ("" if args.no_mct or args.first_last_bits else "; MCT's own PTQ and QAT set-up") + ")."))
+                ("" if args.no_mct or args.first_last_bits or args.residual_bits else "; MCT's own PTQ and QAT set-up") + ")."))
             publish(key, title, body, topic_page("qat"), write=not args.no_write)
 
 

@@ -28,3 +28,8 @@ def test_weights_only_config_has_no_activation_spec():
 def test_activation_ranges_cannot_use_the_weights_only_output_observer():
     with pytest.raises(LowbitError, match="activation observer"):
         QuantConfig.from_bits(4, 4, activation_observer="output")
+
+
+def test_residual_bits_need_quantized_activations():
+    with pytest.raises(LowbitError, match="residual_bits"):
+        QuantConfig.from_bits(4, None, residual_bits=8)

@@ -156,3 +156,18 @@ def test_sizes_computed_from_shapes_get_no_activation_quantizer(recwarn):
     assert not any("mul" in n for n in names), names
     assert {"act_quant.x", "act_quant.conv"} <= names
     assert not [w for w in recwarn if "saw no calibration data" in str(w.message)]
+
+
+def test_residual_bits_widen_only_the_branches_summed_by_an_add(residual_net, images):
+    """The last convolution of each block and the projection shortcut feed an add and take ``residual_bits``;
+    every other activation (ReLU outputs, the branch concatenated instead of added) keeps the default."""
+    q = lowbit.quantize(residual_net, images, weights_bits=2, activation_bits=2, residual_bits=8)
+    bits = {n.removeprefix("act_quant."): m.spec.bits for n, m in activation_quantizers(q)}
+    assert {n for n, b in bits.items() if b == 8} == {"b1_3", "b2_3", "proj_0"}
+    assert bits["side"] == 2 and bits["relu"] == 2
+
+
+def test_residual_bits_on_a_model_without_residual_adds_is_refused(images):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+    with pytest.raises(LowbitError, match="no weight layer of this model feeds a residual add"):
+        lowbit.quantize(net, images, weights_bits=2, activation_bits=2, residual_bits=8)

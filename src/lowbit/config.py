@@ -15,6 +15,9 @@ CONFIG_VERSION = 1
 # Placeholders for "the first/last weight layer", replaced by real names once the model is traced.
 FIRST_LAYER = "<first>"
 LAST_LAYER = "<last>"
+# The role of a weight layer's output that feeds only a residual add (a block's last convolution, its downsample
+# shortcut), matched by overrides like a name; see ``QuantConfig.from_bits(residual_bits=...)``.
+RESIDUAL_BRANCH = "<residual-branch>"
 
 
 def _moved(value: Any, default: Callable[[Bits], Any], old: Bits, new: Bits) -> Any:
@@ -103,11 +106,17 @@ class QuantConfig:
     def from_bits(cls, weights_bits: Bits = 8, activation_bits: Bits | None = 8, *,
                   weights_observer: ObserverName | None = None, activation_observer: ObserverName | None = None,
                   symmetric_weights: bool | None = None, per_channel: bool = True, dynamic_activations: bool = False,
-                  first_last_bits: Bits | None = None, **kwargs: Any) -> "QuantConfig":
+                  first_last_bits: Bits | None = None, residual_bits: Bits | None = None,
+                  **kwargs: Any) -> "QuantConfig":
         """The keyword form behind ``lowbit.quantize(model, data, weights_bits=4, activation_bits=8)``.
 
         ``first_last_bits`` adds overrides keeping the first and last weight layers (and their input
         activations) at that width; they are resolved when the model is prepared (see ``FIRST_LAYER``).
+        ``residual_bits`` requantizes the outputs of weight layers that feed a residual add at that width
+        instead of the activations' (traced models only). Every multiply-accumulate still reads activations at
+        the activations' width; only the two branches summed into a block's output are kept wider, as learned
+        rounding's papers do by quantizing a block's output once after its add, while an integer runtime
+        still sees a requantized value at each point.
         """
         wbits = check_bits(weights_bits, "weights_bits")
         weights = weight_spec(wbits, weights_observer, symmetric_weights, per_channel)
@@ -122,6 +131,13 @@ class QuantConfig:
                                         activations=(replace(activations, bits=fl, observer=activation_observer or default_activation_observer(fl))
                                                      if activations else None))
                                for p in (FIRST_LAYER, LAST_LAYER))
+        if residual_bits is not None:
+            rb = check_bits(residual_bits, "residual_bits")
+            if activations is None:
+                raise LowbitError("residual_bits sets the width of activations, which are not quantized here; "
+                                  "set activation bits or drop residual_bits")
+            overrides += (Override(RESIDUAL_BRANCH, activations=replace(
+                activations, bits=rb, observer=activation_observer or default_activation_observer(rb))),)
         return cls(weights=weights, activations=activations, overrides=overrides, **kwargs)
 
     def weights_at(self, bits: Bits) -> QuantSpec:

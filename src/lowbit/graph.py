@@ -3,7 +3,8 @@
 Activation quantizers go where an integer runtime would requantize:
 - the model inputs;
 - the outputs of conv/linear layers, after the ReLU-like activation that follows them when there is one
-  (runtimes fuse conv+ReLU);
+  (runtimes fuse conv+ReLU); an output read only by a residual add plays the role ``RESIDUAL_BRANCH``,
+  which ``residual_bits`` overrides;
 - the outputs of residual adds, concatenations, tensor products and attention matmuls (again after a
   directly following ReLU);
 - any other value that feeds a weight layer or a matmul (a GELU, LayerNorm, softmax or average-pool output),
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from lowbit.config import QuantConfig
+from lowbit.config import RESIDUAL_BRANCH, QuantConfig
 from lowbit.device import model_device
 from lowbit.errors import LowbitError, first_line
 from lowbit.layers import QuantLayer, is_quantizable, quantized_type_names, to_quantized
@@ -49,6 +50,7 @@ PRODUCER_FUNCTIONS = {operator.add, operator.iadd, torch.add, torch.cat, torch.c
 PRODUCER_METHODS = {"add", "add_", "matmul", "bmm", "mul"}
 MATMUL_FUNCTIONS = {torch.matmul, operator.matmul, torch.bmm, F.scaled_dot_product_attention}
 MATMUL_METHODS = {"matmul", "bmm"}
+ADD_TARGETS = {operator.add, operator.iadd, torch.add, "add", "add_"}
 # per node kind: the ReLU-like, shape-only, producing and matmul targets
 TARGET_KINDS = {"call_function": (RELU_FUNCTIONS, PASSTHROUGH_FUNCTIONS, PRODUCER_FUNCTIONS, MATMUL_FUNCTIONS),
                 "call_method": (RELU_METHODS, PASSTHROUGH_METHODS, PRODUCER_METHODS, MATMUL_METHODS)}
@@ -220,24 +222,37 @@ def _weight_consumers(node: fx.Node, modules: dict[str, nn.Module]) -> list[str]
     return found
 
 
-def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> None:
+def _feeds_residual_add(node: fx.Node, kinds: dict[fx.Node, str]) -> bool:
+    """True for a weight layer's own output (no ReLU after it) read only by adds: a residual branch."""
+    return kinds[node] == "weight" and bool(node.users) and all(
+        u.op in ("call_function", "call_method") and u.target in ADD_TARGETS for u in node.users)
+
+
+def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> set[str]:
+    """Place the quantizers; returns the roles (``RESIDUAL_BRANCH``) that some activation of the graph plays."""
     modules = dict(gm.named_modules())
+    kinds = {n: _kind(n, modules) for n in gm.graph.nodes}
     device = model_device(gm)  # activations flow on the model's device, so their grids live there too
     store = nn.ModuleDict()
     gm.add_submodule(ACT_QUANT, store)
+    roles: set[str] = set()
     for node in _requant_points(gm):
         consumers = _weight_consumers(node, modules)
         producer = node.target if node.op == "call_module" else ""
-        spec = config.activation_spec_for(f"{ACT_QUANT}.{node.name}", producer, node.name, *consumers)
+        role = RESIDUAL_BRANCH if _feeds_residual_add(node, kinds) else ""
+        roles.add(role)
+        spec = config.activation_spec_for(f"{ACT_QUANT}.{node.name}", producer, node.name, *consumers, role)
         if spec is None:
             continue
         store[node.name] = Quantizer(spec, config.seed, device)
         with gm.graph.inserting_after(node):
             q = gm.graph.call_module(f"{ACT_QUANT}.{node.name}", (node,))
         node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+    return roles - {""}
 
 
-def _prepare_fx(gm: fx.GraphModule, config: QuantConfig) -> QuantConfig:
+def _prepare_fx(gm: fx.GraphModule, config: QuantConfig) -> tuple[QuantConfig, set[str]]:
+    """Fold, swap and place quantizers; returns the resolved config and the roles its activations play."""
     fold_batchnorm(gm)
     modules = dict(gm.named_modules())
     layer_names = [n.target for n in gm.graph.nodes if n.op == "call_module" and is_quantizable(modules[n.target])]
@@ -245,11 +260,12 @@ def _prepare_fx(gm: fx.GraphModule, config: QuantConfig) -> QuantConfig:
     for name in dict.fromkeys(layer_names):
         if not config.keeps_float(name):
             set_module(gm, name, to_quantized(modules[name], config.weight_spec_for(name), seed=config.seed))
+    roles: set[str] = set()
     if config.activations is not None or any(o.activations for o in config.overrides):
-        _insert_activation_quantizers(gm, config)
+        roles = _insert_activation_quantizers(gm, config)
     gm.graph.lint()
     gm.recompile()
-    return config
+    return config, roles
 
 
 def _prepare_swap(model: nn.Module, config: QuantConfig) -> QuantConfig:
@@ -290,8 +306,8 @@ def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> 
             "graph quantization, move data-dependent Python control flow out of forward() or mark that submodule "
             "as a leaf with torch.fx.wrap.", stacklevel=2)
         return _swapped(model, config, arch)
-    resolved = _prepare_fx(gm, config)
-    _check_overrides_match(gm, resolved)
+    resolved, roles = _prepare_fx(gm, config)
+    _check_overrides_match(gm, resolved, roles)
     gm.lowbit_info = QuantInfo(resolved, "fx", arch)
     return gm
 
@@ -303,12 +319,15 @@ def _swapped(model: nn.Module, config: QuantConfig, arch: dict | None) -> nn.Mod
     return model
 
 
-def _check_overrides_match(prepared: nn.Module, config: QuantConfig) -> None:
+def _check_overrides_match(prepared: nn.Module, config: QuantConfig, roles: set[str] = frozenset()) -> None:
     """An override that matches nothing is almost always a typo: refuse it rather than quietly ignore it."""
-    names = {n for n, _ in prepared.named_modules()}
+    names = {n for n, _ in prepared.named_modules()} | roles
     if isinstance(prepared, fx.GraphModule):
         names |= {node.name for node in prepared.graph.nodes}
     for o in config.overrides:
+        if not any(o.matches(n) for n in names) and o.pattern == RESIDUAL_BRANCH:
+            raise LowbitError("residual_bits: no weight layer of this model feeds a residual add (or the model "
+                              "could not be traced); drop residual_bits (--residual-bits)")
         if not any(o.matches(n) for n in names):
             layers = ", ".join(n for n, m in prepared.named_modules() if isinstance(m, QuantLayer))
             raise LowbitError(f"override {o.pattern!r} matches no layer or activation; layer names are: "

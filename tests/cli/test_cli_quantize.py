@@ -8,6 +8,7 @@ import torch
 import lowbit
 from conftest import fashion_mnist_subset
 from lowbit.cli import main
+from lowbit.graph import activation_quantizers
 
 SHORT_SPLITS = {"train": 4096, "t10k": 2000}  # Fashion-MNIST's file prefixes and the images kept of each
 
@@ -56,6 +57,14 @@ def test_overrides_and_weights_only(tmp_path, capsys):
                  "--first-last-bits", "8", "--calib-images", "64", "--no-eval", "--out", str(out), "--quiet"]) == 0
     bits = lowbit.io.lowbit_file.read_metadata(out)["bits"]
     assert bits["conv1"] == 8 and bits["fc"] == 8 and bits["layer3.0.conv1"] == 8 and bits["layer1.0.conv1"] == 2
+
+
+def test_residual_bits_flag_reaches_the_saved_model(tmp_path):
+    out = tmp_path / "r.lowbit"
+    assert main(["quantize", "--weights-bits", "4", "--activation-bits", "4", "--residual-bits", "8",
+                 "--calib-images", "64", "--no-eval", "--out", str(out), "--quiet"]) == 0
+    bits = {n: m.spec.bits for n, m in activation_quantizers(lowbit.load(out))}
+    assert bits["act_quant.layer1_0_conv2"] == 8 and bits["act_quant.layer1_0_relu1"] == 4
 
 
 def test_output_corrections_can_be_switched_off(tmp_path):

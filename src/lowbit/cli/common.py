@@ -66,6 +66,8 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                         "activation grids fit every channel (default: on for codecs, off for classifiers)")
     g.add_argument("--per-tensor-weights", action="store_true", help="one weight grid per layer instead of per channel")
     g.add_argument("--first-last-bits", help="keep the first and last weight layers (and their inputs) at these bits")
+    g.add_argument("--residual-bits", help="requantize the outputs of layers that feed a residual add (a block's "
+                   "last convolution, its downsample shortcut) at these bits instead of the activation bits")
     g.add_argument("--override", action="append", default=[], metavar="GLOB=W[:A]",
                    help="per-layer bits by module-name glob, e.g. 'layer1.*=8' or 'fc=8:8', or 'g_s.*=float' to "
                         "keep layers float (repeatable)")
@@ -122,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         symmetric_weights=None if args.weights_grid is None else args.weights_grid == "symmetric",
         per_channel=not args.per_tensor_weights,
         dynamic_activations=args.dynamic_activations, first_last_bits=parse_bits(args.first_last_bits, "--first-last-bits"),
+        residual_bits=parse_bits(args.residual_bits, "--residual-bits"),
         method=args.method, method_options=method_options, calib_images=args.calib_images,
         batch_size=args.batch_size, seed=args.seed, bias_correction=not args.no_bias_correction,
         gain_correction=not args.no_gain_correction, equalize=args.equalize)
