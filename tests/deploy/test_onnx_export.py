@@ -112,14 +112,27 @@ def test_w4_weights_are_stored_in_4_bit_types_and_still_run_on_integers(tmp_path
 
 
 @pytest.mark.parametrize("activation_bits", [3, 4])
-def test_narrow_activations_keep_their_exact_range(residual_net, images, tmp_path, activation_bits):
+@pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL])
+def test_narrow_activations_keep_their_exact_range(residual_net, images, tmp_path, activation_bits, level):
+    """Also through onnxruntime's optimizer, which would otherwise fuse 4-bit activations into kernels that
+    take none and round float biases to the coarse input-times-weight grid of narrow inputs."""
     qmodel = lowbit.quantize(residual_net, images, weights_bits=4, activation_bits=activation_bits)
     report = export(qmodel, tmp_path / "a.onnx", images[:2])
     assert any(f"{activation_bits}-bit activations" in line for line in report.float_compute)
     with torch.no_grad():
         ours = qmodel(images)
-    theirs = run_onnx(report.path, images, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    theirs = run_onnx(report.path, images, level)
     assert (ours - theirs).abs().max() < 1e-3 * ours.abs().max()
+
+
+def test_narrow_inputs_feeding_8_bit_outputs_keep_their_biases(residual_net, images, tmp_path):
+    """2-bit inputs and weights with the residual branches requantized at 8 bits: the layers that read 2-bit
+    codes and write 8-bit ones keep lowbit's float bias in the optimized onnxruntime graph."""
+    qmodel = lowbit.quantize(residual_net, images, weights_bits=2, activation_bits=2, residual_bits=8)
+    report = export(qmodel, tmp_path / "r.onnx", images[:2])
+    with torch.no_grad():
+        ours = qmodel(images)
+    assert (ours - run_onnx(report.path, images)).abs().max() < 1e-3 * ours.abs().max()
 
 
 def test_dynamic_16_bit_activations(residual_net, images, tmp_path):
@@ -161,3 +174,4 @@ def test_transformer_exports_with_integer_matmuls(tiny_vit, tmp_path):
     with torch.no_grad():
         ours = qmodel(x)
     assert (ours.argmax(1) == run_onnx(path, x).argmax(1)).float().mean() >= 0.9
+

@@ -44,6 +44,13 @@ def store_unsigned(qmin: int, qmax: int, signed_weights: bool) -> bool:
     return not signed_weights and -128 <= qmin < -64 and qmax <= 127
 
 
+def exact_bias_scale(bias: torch.Tensor) -> torch.Tensor:
+    """Per-channel powers of two on which each float32 bias is an int32 code exactly (its 24-bit mantissa
+    shifted to fill 31 bits): ``bias / scale`` lies in [2**30, 2**31) in magnitude, or is 0."""
+    _, exponent = torch.frexp(bias.detach().float())
+    return torch.ldexp(torch.ones_like(bias, dtype=torch.float32), exponent - 31)
+
+
 @dataclass
 class ExportNotes:
     """What the export could not express as integer computation in onnxruntime, for the user to read."""
@@ -131,8 +138,14 @@ class DequantizedWeight(nn.Module):
         self.register_buffer("zero_point", zero_point.to(dtype).expand(channels).contiguous())
         self.bits = (qmin, qmax)
         # int32 biases where onnxruntime runs the layer on integers (an 8-bit static input grid) and the
-        # scales line up with the bias channel for channel; freezing put the bias on that grid already
+        # scales line up with the bias channel for channel; freezing put the bias on that grid already.
+        # Behind any other static grid the bias is stored as int32 codes on a per-channel power-of-two scale
+        # that holds it exactly: a float bias next to a constant input grid and dequantized weights would be
+        # rounded by onnxruntime's optimizer to the input-times-weight grid, which is coarse for narrow inputs.
+        # (Behind a dynamic grid the float bias stays: the optimizer fuses it into the dynamic integer kernels.)
         bias_scale = bias_grid(layer, feeding)
+        if bias_scale is None and bias is not None and bias.numel() == channels and _static_grid(feeding):
+            bias_scale = exact_bias_scale(bias)
         self.bias_codes = bias_scale is not None
         if self.bias_codes:
             self.register_buffer("bias_q", bias_codes(bias, bias_scale))
@@ -201,6 +214,11 @@ def _exported(layer: QuantLayer, weight: DequantizedWeight, input_quant: nn.Modu
     if isinstance(layer, QConv2d):
         return ExportedConv2d(layer, weight, input_quant)
     return ExportedLinear(weight, input_quant)
+
+
+def _static_grid(q: Quantizer | None) -> bool:
+    """Whether ``q`` quantizes to a calibrated integer grid (any width), the grids onnxruntime sees as constants."""
+    return q is not None and q.state == "quantize" and not q.spec.is_fp16 and not q.spec.dynamic
 
 
 def _input_grid(q: Quantizer | None) -> tuple[torch.Tensor, int, int] | None:
