@@ -185,10 +185,8 @@ def _tensor_args(node: fx.Node) -> int:
     return sum(not _is_shape_value(a) for a in node.all_input_nodes)
 
 
-def _requant_points(gm: fx.GraphModule) -> list[fx.Node]:
-    """The nodes whose outputs get an activation quantizer, in graph order."""
-    modules = dict(gm.named_modules())
-    kinds = {n: _kind(n, modules) for n in gm.graph.nodes}
+def _requant_points(gm: fx.GraphModule, kinds: dict[fx.Node, str]) -> list[fx.Node]:
+    """The nodes whose outputs get an activation quantizer, in graph order (``kinds``: each node's kind)."""
     points: set[fx.Node] = set()
 
     def after_relu(n: fx.Node) -> fx.Node:
@@ -236,7 +234,7 @@ def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> se
     store = nn.ModuleDict()
     gm.add_submodule(ACT_QUANT, store)
     roles: set[str] = set()
-    for node in _requant_points(gm):
+    for node in _requant_points(gm, kinds):
         consumers = _weight_consumers(node, modules)
         producer = node.target if node.op == "call_module" else ""
         role = RESIDUAL_BRANCH if _feeds_residual_add(node, kinds) else ""
@@ -325,13 +323,14 @@ def _check_overrides_match(prepared: nn.Module, config: QuantConfig, roles: set[
     if isinstance(prepared, fx.GraphModule):
         names |= {node.name for node in prepared.graph.nodes}
     for o in config.overrides:
-        if not any(o.matches(n) for n in names) and o.pattern == RESIDUAL_BRANCH:
+        if any(o.matches(n) for n in names):
+            continue
+        if o.pattern == RESIDUAL_BRANCH:
             raise LowbitError("residual_bits: no weight layer of this model feeds a residual add (or the model "
                               "could not be traced); drop residual_bits (--residual-bits)")
-        if not any(o.matches(n) for n in names):
-            layers = ", ".join(n for n, m in prepared.named_modules() if isinstance(m, QuantLayer))
-            raise LowbitError(f"override {o.pattern!r} matches no layer or activation; layer names are: "
-                              f"{layers[:200]}{'...' if len(layers) > 200 else ''}")
+        layers = ", ".join(n for n, m in prepared.named_modules() if isinstance(m, QuantLayer))
+        raise LowbitError(f"override {o.pattern!r} matches no layer or activation; layer names are: "
+                          f"{layers[:200]}{'...' if len(layers) > 200 else ''}")
 
 
 def activation_quantizers(model: nn.Module) -> list[tuple[str, Quantizer]]:

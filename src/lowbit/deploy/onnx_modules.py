@@ -223,7 +223,7 @@ def _static_grid(q: Quantizer | None) -> bool:
 
 def _input_grid(q: Quantizer | None) -> tuple[torch.Tensor, int, int] | None:
     """The static 8-bit grid feeding a layer, the one case where onnxruntime runs the layer on integers."""
-    if q is None or q.state != "quantize" or q.spec.is_fp16 or q.spec.dynamic or q.qrange != INTEGER_KERNEL_GRID:
+    if not _static_grid(q) or q.qrange != INTEGER_KERNEL_GRID:
         return None
     return q.scale, *q.qrange
 
