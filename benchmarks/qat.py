@@ -157,6 +157,11 @@ def train_like_lowbit(model: nn.Module, data: TrainingData, options: FinetuneOpt
     return model.eval(), history, best[1]
 
 
+def runs_mct(args: argparse.Namespace) -> bool:
+    """MCT's rows run unless switched off or a row keeps some layers at another width (not set up for MCT)."""
+    return not (args.no_mct or args.first_last_bits or args.residual_bits)
+
+
 def run_setting(name: str, model: nn.Module, setting: str, args, train, test, calib, float_top1: float,
                 rows: list[list]) -> None:
     options = FinetuneOptions(epochs=args.epochs, data_percentage=args.data_percentage, batch_size=args.batch,
@@ -182,7 +187,7 @@ def run_setting(name: str, model: nn.Module, setting: str, args, train, test, ca
         run = tuned.lowbit_info.extra["finetune"]
         history = [h["held_out_top1"] for h in run["history"]]
         record(tool, tuned, str(run["kept_epoch"]), history, seconds / args.epochs, ptq_seconds + seconds)
-    if args.no_mct or args.first_last_bits or args.residual_bits or setting == INPUT_ONLY:
+    if not runs_mct(args) or setting == INPUT_ONLY:
         return
     if setting == "8/8":  # torch.ao's QAT has int8 kernels only
         start = time.perf_counter()
@@ -247,12 +252,12 @@ def main() -> None:
                              "held-out top-1 % by epoch (0 = start)", "s / epoch", "total s"], rows) + (
                 f"\n\n{args.epochs} epochs over {100 * args.data_percentage:g}% of the training split less the 10% "
                 f"held out (batch {args.batch}); {args.ptq_method} {args.iters} steps per block on "
-                f"{args.calib_images} calibration images; {scope}. " + ("" if args.no_mct or args.first_last_bits else
+                f"{args.calib_images} calibration images; {scope}. " + ("" if not runs_mct(args) else
                 "MCT trains on the labels, like lowbit's cross-entropy row. ") + (
                 "torch.ao's QAT (W8A8 only: its kernels are int8) trains the same way, its batch-norm statistics "
                 "frozen, and is scored as its converted int8 model. " if "8/8" in (args.settings or []) else "") + (
                 "Total seconds include the PTQ start (lowbit's learned rounding" +
-                ("" if args.no_mct or args.first_last_bits or args.residual_bits else "; MCT's own PTQ and QAT set-up") + ")."))
+                ("; MCT's own PTQ and QAT set-up" if runs_mct(args) else "") + ")."))
             publish(key, title, body, topic_page("qat"), write=not args.no_write)
 
 
