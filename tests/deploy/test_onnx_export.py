@@ -104,6 +104,7 @@ def test_w4_weights_are_stored_in_4_bit_types_and_still_run_on_integers(tmp_path
     assert report.bytes <= 0.16 * float_size
     graph = onnx.load(str(report.path)).graph  # no debugging records: runtimes infer shapes themselves
     assert not graph.value_info and not any(node.metadata_props for node in graph.node)
+    assert not any(p.key.startswith("pkg.torch.") for p in graph.metadata_props)
     counts = optimized_op_counts(report.path)
     assert counts["QLinearConv"] == 3 and counts["Conv"] == 0, counts
     with torch.no_grad():

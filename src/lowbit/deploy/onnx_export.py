@@ -30,6 +30,7 @@ from lowbit.io.atomic import atomic_path
 
 OPSET = 21  # the first opset with 4-bit integer types and 16-bit QuantizeLinear
 INPUT_NAME, OUTPUT_NAME = "input", "output"
+TORCH_EXPORT_RECORDS = "pkg.torch."  # graph properties torch.export writes about the program it traced
 FOUR_BIT = {np.dtype(np.int8): ml_dtypes.int4, np.dtype(np.uint8): ml_dtypes.uint4}
 
 
@@ -77,12 +78,16 @@ def store_narrow(proto: onnx.ModelProto, four_bit: set[str], halves: list[np.nda
 
 
 def _drop_debug_records(proto: onnx.ModelProto) -> None:
-    """Remove the exporter's debugging records: per-node Python stack traces and module paths, and the inferred
-    shape of every intermediate tensor. In a small model they weigh more than the 4-bit weights; runtimes infer
-    shapes again when they load a model, and no runtime reads the stack traces."""
+    """Remove the exporter's debugging records: per-node Python stack traces and module paths, the inferred
+    shape of every intermediate tensor and torch.export's description of the traced program (its buffer names
+    and shape constraints, kept in the graph's properties). In a small model they weigh more than the 4-bit
+    weights; runtimes infer shapes again when they load a model, and none reads the other two."""
     for node in proto.graph.node:
         del node.metadata_props[:]
     del proto.graph.value_info[:]
+    kept = [p for p in proto.graph.metadata_props if not p.key.startswith(TORCH_EXPORT_RECORDS)]
+    del proto.graph.metadata_props[:]
+    proto.graph.metadata_props.extend(kept)
 
 
 def _torch_export(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
