@@ -31,9 +31,9 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 import lowbit
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.deploy import export, export_float
-from lowbit.deploy.bench import median_seconds
+from lowbit.deploy.bench import BLOCK, SETTLE_S, median_seconds
 from lowbit.deploy.openvino_check import INTEGER_PRECISIONS, compile_openvino, openvino_version
-from lowbit.deploy.runtime import OnnxClassifier
+from lowbit.deploy.runtime import OnnxClassifier, x86_without_vnni
 from report import bundled_model, md_table, publish, topic_page
 
 PAGE = topic_page("deploy")
@@ -167,7 +167,20 @@ def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path) -
              for label, size in (("float32", float_bytes), ("lowbit W8A8", w8.bytes), ("lowbit W4A8", w4.bytes))]
     return (md_table(["form", "batch", "median ms", "images/s", "speed vs onnxruntime fp32",
                       "speed vs onnxruntime int8"], rows)
+            + f"\n\nMedians of {repeats} timed runs per form and batch size, taken in turns of {BLOCK} runs; each turn "
+            f"starts with untimed runs (at least {SETTLE_S} s) so that the threads of the runtime timed before it are "
+            f"idle. {vnni_note()}"
             + "\n\nONNX files of this ResNet-18:\n\n" + md_table(["file", "size", "x float32 ONNX"], sizes))
+
+
+def vnni_note() -> str:
+    """Whether onnxruntime's int8 kernels had VNNI instructions here (without them its int8 speed-up is smaller)."""
+    if x86_without_vnni():
+        return "This CPU has no VNNI instructions, which onnxruntime's int8 kernels use where present."
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and "vnni" in cpuinfo.read_text(errors="replace"):
+        return "This CPU has VNNI instructions, which onnxruntime's int8 kernels use."
+    return ""
 
 
 def main() -> None:
@@ -178,7 +191,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=300, help="brecq steps per block")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=50, help="timed runs per form and batch size, in turns of 5")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     parser.add_argument("--no-speed", action="store_true", help="accuracy tables only")
     args = parser.parse_args()

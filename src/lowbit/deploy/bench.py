@@ -18,6 +18,8 @@ from lowbit.deploy.onnx_export import export, export_float
 from lowbit.deploy.runtime import OnnxClassifier
 from lowbit.graph import activation_quantizers
 
+# Timed runs of one form in a row, and the least time its untimed runs take before them (see :func:`median_seconds`)
+BLOCK, SETTLE_S = 5, 0.1
 FORMS = ("float PyTorch", "lowbit simulated", "onnxruntime fp32", "onnxruntime int8")
 
 
@@ -36,19 +38,25 @@ class Timing:
         return asdict(self)
 
 
-def median_seconds(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median wall time of each ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones. The functions take
-    turns, one run each per round, so that a slow spell of the machine (another process, a clock change) falls on
-    every one of them alike instead of on whichever was being timed then."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
+def median_seconds(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
+                   block: int = BLOCK) -> dict[str, float]:
+    """Median wall time of each ``fn()`` over ``repeats`` timed runs. The functions take turns in blocks of
+    ``block`` timed runs, each block after untimed ones (at least ``warmup`` runs and :data:`SETTLE_S` seconds):
+    turns spread a slow spell of the machine (another process, a clock change) over every function alike, and
+    the untimed runs let the threads of the runtime timed before (onnxruntime's and PyTorch's pools keep
+    spinning for a while after a call) go idle and this runtime's settle, which short turns would count in
+    every run, most of all in short ones."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    while any(len(t) < repeats for t in times.values()):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            start, runs = time.perf_counter(), 0
+            while runs < warmup or time.perf_counter() - start < SETTLE_S:
+                fn()
+                runs += 1
+            for _ in range(min(block, repeats - len(times[name]))):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
