@@ -33,7 +33,7 @@ from lowbit.data import calibration_batches, load_dataset
 from lowbit.deploy import export, export_float
 from lowbit.deploy.bench import BLOCK, SETTLE_S, median_seconds
 from lowbit.deploy.openvino_check import INTEGER_PRECISIONS, compile_openvino, openvino_version
-from lowbit.deploy.runtime import OnnxClassifier, x86_without_vnni
+from lowbit.deploy.runtime import VNNI_FLAGS, OnnxClassifier, cpu_flags
 from report import bundled_model, md_table, publish, topic_page
 
 PAGE = topic_page("deploy")
@@ -175,12 +175,12 @@ def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path) -
 
 def vnni_note() -> str:
     """Whether onnxruntime's int8 kernels had VNNI instructions here (without them its int8 speed-up is smaller)."""
-    if x86_without_vnni():
-        return "This CPU has no VNNI instructions, which onnxruntime's int8 kernels use where present."
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file() and "vnni" in cpuinfo.read_text(errors="replace"):
+    flags = cpu_flags()
+    if flags is None or "sse2" not in flags:
+        return ""
+    if VNNI_FLAGS & flags:
         return "This CPU has VNNI instructions, which onnxruntime's int8 kernels use."
-    return ""
+    return "This CPU has no VNNI instructions, which onnxruntime's int8 kernels use where present."
 
 
 def main() -> None:
@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=300, help="brecq steps per block")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=50, help="timed runs per form and batch size, in turns of 5")
+    parser.add_argument("--repeats", type=int, default=50, help=f"timed runs per form and batch size, in turns of {BLOCK}")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     parser.add_argument("--no-speed", action="store_true", help="accuracy tables only")
     args = parser.parse_args()

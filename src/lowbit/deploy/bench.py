@@ -43,9 +43,9 @@ def median_seconds(fns: dict[str, Callable[[], object]], warmup: int, repeats: i
     """Median wall time of each ``fn()`` over ``repeats`` timed runs. The functions take turns in blocks of
     ``block`` timed runs, each block after untimed ones (at least ``warmup`` runs and :data:`SETTLE_S` seconds):
     turns spread a slow spell of the machine (another process, a clock change) over every function alike, and
-    the untimed runs let the threads of the runtime timed before (onnxruntime's and PyTorch's pools keep
-    spinning for a while after a call) go idle and this runtime's settle, which short turns would count in
-    every run, most of all in short ones."""
+    the untimed runs give the threads of the runtime timed before time to go idle (onnxruntime's and PyTorch's
+    pools keep spinning for a while after a call). Turns of one run would time that contention in every run,
+    which at batch 1 can double a latency."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     while any(len(t) < repeats for t in times.values()):
         for name, fn in fns.items():

@@ -26,15 +26,25 @@ FLOAT_COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm", "FusedConv", "FusedMatM
 ALL_OPTIMIZATIONS = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
-def x86_without_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this is an x86 CPU without VNNI, where onnxruntime's uint8 x int8 kernel can saturate on
-    8-bit weights (then ``--unsigned-weights`` is exact). False where it cannot tell (not Linux, not x86)."""
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The instruction-set flags of the first CPU listed in ``cpuinfo``; None where it cannot tell (not Linux,
+    not x86)."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
-    return flags is not None and "sse2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+        return None
+    return next((frozenset(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
+                None)
+
+
+def x86_without_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this is an x86 CPU without VNNI, where onnxruntime's uint8 x int8 kernel can saturate on
+    8-bit weights (then ``--unsigned-weights`` is exact). False where it cannot tell (not Linux, not x86)."""
+    flags = cpu_flags(cpuinfo)
+    return flags is not None and "sse2" in flags and not VNNI_FLAGS & flags
 
 
 def session_options(threads: int | None = None,
