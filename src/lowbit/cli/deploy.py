@@ -43,7 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch-size", type=int, nargs="+", default=[1, 64], help="batch sizes (default: 1 64)")
     b.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads for every form")
     b.add_argument("--repeats", type=int, default=20, help="timed runs per form and batch size (median reported)")
-    b.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    b.add_argument("--warmup", type=int, default=3,
+                   help="untimed runs before each turn of timed runs (at least 0.1 s of them)")
     b.add_argument("--input-shape", help="C,H,W of one input (default: the shape recorded at quantization)")
     b.add_argument("--json", help="write the timings to this JSON file")
     b.set_defaults(func=run_bench)
@@ -135,7 +136,7 @@ def _print_onnx_summary(args: argparse.Namespace, meta: dict, qmodel: torch.nn.M
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from lowbit.deploy.bench import FORMS, bench_model
+    from lowbit.deploy.bench import BLOCK, FORMS, SETTLE_S, bench_model
 
     check_outputs({"file": args.file}, {"--json": args.json})
     meta = read_metadata(args.file)
@@ -149,7 +150,8 @@ def run_bench(args: argparse.Namespace) -> int:
         base = next(b for b in timings if b.batch_size == t.batch_size and b.form == FORMS[0])
         rows.append([t.form, t.batch_size, 1000 * t.median_s, t.images_per_s, f"{base.median_s / t.median_s:.2f}x"])
     print(table(("form", "batch", "median ms", "images/s", "speed vs float"), rows))
-    print(f"{args.threads} thread(s), median of {args.repeats} runs after {args.warmup} warm-up runs")
+    print(f"{args.threads} thread(s), median of {args.repeats} runs taken in turns of {BLOCK}, each turn after at "
+          f"least {args.warmup} untimed runs and {SETTLE_S} s")
     if args.json:
         write_json(args.json, {"file": args.file, "timings": [t.to_dict() for t in timings]})
     return 0
