@@ -40,11 +40,29 @@ def initializers(path):
 
 
 def dequantized_weights(path):
-    """codes initializer name -> (codes, scale, zero point) of every DequantizeLinear reading an initializer."""
+    """codes initializer name -> (codes, scale, zero point) of every DequantizeLinear reading an initializer
+    (a zero point left out is zeros of the codes' type, as ONNX defines it)."""
     graph = onnx.load(str(path)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    return {n.input[0]: tuple(inits[i] for i in n.input) for n in graph.node
-            if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    out = {}
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            codes, scale = inits[n.input[0]], inits[n.input[1]]
+            given = len(n.input) > 2 and n.input[2]
+            out[n.input[0]] = codes, scale, inits[n.input[2]] if given else np.zeros(scale.shape, codes.dtype)
+    return out
+
+
+def repeated_defaults(graph) -> list[str]:
+    """``op.attribute`` for every node attribute written with its operator's default value."""
+    found = []
+    for node in graph.node:
+        schema = onnx.defs.get_schema(node.op_type, 21, node.domain)
+        for attribute in node.attribute:
+            default = schema.attributes[attribute.name].default_value
+            if default.type and onnx.helper.get_attribute_value(default) == onnx.helper.get_attribute_value(attribute):
+                found.append(f"{node.op_type}.{attribute.name}")
+    return found
 
 
 def test_w8a8_runs_integer_kernels_and_matches_lowbit(residual_net, images, tmp_path, device):
@@ -105,6 +123,9 @@ def test_w4_weights_are_stored_in_4_bit_types_and_still_run_on_integers(tmp_path
     graph = onnx.load(str(report.path)).graph  # no debugging records: runtimes infer shapes themselves
     assert not graph.value_info and not any(node.metadata_props for node in graph.node)
     assert not any(p.key.startswith("pkg.torch.") for p in graph.metadata_props)
+    assert not repeated_defaults(graph)  # nor copies of each operator's default attributes
+    weight_reads = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".codes")]
+    assert weight_reads and all(len(n.input) == 2 for n in weight_reads)  # symmetric grids: zero points are ONNX's 0
     counts = optimized_op_counts(report.path)
     assert counts["QLinearConv"] == 3 and counts["Conv"] == 0, counts
     with torch.no_grad():

@@ -18,6 +18,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import onnx
+import onnx.defs
 import torch
 from onnx import helper, numpy_helper
 from torch import nn
@@ -90,6 +91,35 @@ def _drop_debug_records(proto: onnx.ModelProto) -> None:
     proto.graph.metadata_props.extend(kept)
 
 
+def _is_default(attribute: onnx.AttributeProto, schema: onnx.defs.OpSchema) -> bool:
+    known = schema.attributes.get(attribute.name)
+    default = known.default_value if known is not None else None
+    if default is None or default.type == onnx.AttributeProto.UNDEFINED:
+        return False
+    return helper.get_attribute_value(default) == helper.get_attribute_value(attribute)
+
+
+def drop_default_attributes(proto: onnx.ModelProto) -> int:
+    """Remove every node attribute that repeats its operator's default (the exporter writes them all out:
+    ``block_size=0`` and ``saturate=1`` on each Q/DQ node, ``group=1`` on each convolution). Every reader
+    fills defaults in from the operator's schema; in a small 4-bit model these copies weigh several percent
+    of the file. onnx ships the opposite pass only (onnx_ir's AddDefaultAttributesPass). Returns how many
+    were removed."""
+    opset = {entry.domain: entry.version for entry in proto.opset_import}
+    removed = 0
+    for node in proto.graph.node:
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset.get(domain, OPSET), domain)
+        except onnx.defs.SchemaError:  # a custom or function op: its attributes are left as written
+            continue
+        kept = [a for a in node.attribute if not _is_default(a, schema)]
+        removed += len(node.attribute) - len(kept)
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    return removed
+
+
 def _torch_export(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1)
     sink = io.StringIO()
@@ -103,6 +133,7 @@ def _torch_export(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
                           "replace that operation or make the model traceable by torch.export") from None
     proto = program.model_proto
     _drop_debug_records(proto)
+    drop_default_attributes(proto)
     return proto
 
 

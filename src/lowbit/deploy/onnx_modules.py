@@ -135,7 +135,8 @@ class DequantizedWeight(nn.Module):
         dtype = codes_dtype(qmin, qmax)
         self.register_buffer("codes", codes.to(dtype))
         self.register_buffer("scale", wq.scale.detach().float().expand(channels).contiguous())
-        self.register_buffer("zero_point", zero_point.to(dtype).expand(channels).contiguous())
+        zero_point = zero_point.to(dtype).expand(channels).contiguous()
+        self.register_buffer("zero_point", zero_point if zero_point.any() else None)  # ONNX's default is 0
         self.bits = (qmin, qmax)
         # int32 biases where onnxruntime runs the layer on integers (an 8-bit static input grid) and the
         # scales line up with the bias channel for channel; freezing put the bias on that grid already.
@@ -150,7 +151,6 @@ class DequantizedWeight(nn.Module):
         if self.bias_codes:
             self.register_buffer("bias_q", bias_codes(bias, bias_scale))
             self.register_buffer("bias_scale", bias_scale)
-            self.register_buffer("bias_zero_point", torch.zeros(channels, dtype=torch.int32))
         else:
             self.register_buffer("bias", bias)
 
@@ -161,7 +161,7 @@ class DequantizedWeight(nn.Module):
 
     def bias_value(self) -> torch.Tensor | None:
         if not self.float16 and self.bias_codes:
-            return torch.ops.lowbit.dequantize(self.bias_q, self.bias_scale, self.bias_zero_point, 0)
+            return torch.ops.lowbit.dequantize(self.bias_q, self.bias_scale, None, 0)
         return self.bias
 
 

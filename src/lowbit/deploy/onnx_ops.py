@@ -63,15 +63,17 @@ def _(x: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
 
 
 @torch.library.custom_op("lowbit::dequantize", mutates_args=())
-def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
-    """Per-channel integer codes (weights, biases) to float, along ``axis``."""
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, axis: int) -> torch.Tensor:
+    """Per-channel integer codes (weights, biases) to float, along ``axis``; no ``zero_point`` means zeros
+    (ONNX's default, so symmetric grids store none)."""
     shape = [1] * codes.dim()
     shape[axis] = -1
-    return (codes.float() - zero_point.float().reshape(shape)) * scale.reshape(shape)
+    centred = codes.float() if zero_point is None else codes.float() - zero_point.float().reshape(shape)
+    return centred * scale.reshape(shape)
 
 
 @dequantize.register_fake
-def _(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+def _(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, axis: int) -> torch.Tensor:
     return torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
 
 
@@ -114,6 +116,8 @@ def dynamic_quantize_dequantize_onnx(x, qmin: int, qmax: int):
 
 
 def dequantize_onnx(codes, scale, zero_point, axis: int):
+    if zero_point is None:
+        return op.DequantizeLinear(codes, scale, axis=axis)
     return op.DequantizeLinear(codes, scale, zero_point, axis=axis)
 
 
