@@ -9,7 +9,9 @@ is measured): float PyTorch, lowbit's simulated model, onnxruntime fp32, lowbit'
 own int8 model, at batch 1 and 8 with a fixed thread count, and the file sizes at W8A8 and W4A8. When OpenVINO is
 installed (``pip install openvino``), the same lowbit files also run in OpenVINO's CPU plugin (float parts in f32):
 top-1, agreement with lowbit's PyTorch model, and how many convolutions and matmuls it runs on integers.
-Run: python3 benchmarks/deploy.py
+``--provider cuda`` (or ``tensorrt``; both need onnxruntime-gpu and a CUDA build of torch) runs every onnxruntime
+row with that execution provider and the PyTorch forms of the speed table on the GPU, into sections of their own.
+Run: python3 benchmarks/deploy.py [--provider cpu|cuda|tensorrt]
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 import lowbit
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.deploy import export, export_float
-from lowbit.deploy.bench import BLOCK, SETTLE_S, median_seconds
+from lowbit.deploy.bench import BLOCK, SETTLE_S, median_seconds, pytorch_device, timed_run
 from lowbit.deploy.openvino_check import INTEGER_PRECISIONS, compile_openvino, openvino_version
-from lowbit.deploy.runtime import VNNI_FLAGS, OnnxClassifier, cpu_flags
+from lowbit.deploy.providers import PROVIDERS
+from lowbit.deploy.runtime import VNNI_FLAGS, OnnxClassifier, check_provider, cpu_flags
 from report import bundled_model, md_table, publish, topic_page
 
 PAGE = topic_page("deploy")
@@ -89,7 +92,7 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100 * float((logits.argmax(1) == labels).float().mean())
 
 
-def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path) -> str:
+def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path, provider: str) -> str:
     train, _ = load_dataset("fashion-mnist", "train")
     test, _ = load_dataset("fashion-mnist", "test")
     labels = torch.tensor([int(y) for _, y in test])
@@ -107,12 +110,12 @@ def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path) -> str:
         seconds = time.perf_counter() - start
         report = export(qmodel, tmp / f"{name}_{label.replace(' ', '_')}.onnx", example,
                         signed_weights="unsigned" not in label)
-        ours, theirs = outputs(qmodel, test), outputs(OnnxClassifier(report.path), test)
+        ours, theirs = outputs(qmodel, test), outputs(OnnxClassifier(report.path, provider=provider), test)
         agree, diff = agreement(ours, theirs)
         both = f"{top1(ours, labels):.2f} / {top1(theirs, labels):.2f}"
         size = f"{report.bytes / 1024:.0f} KB ({report.bytes / float_size:.3f}x)"
         rows.append([f"lowbit {label} (PyTorch / onnxruntime)", both, agree, diff, seconds, size])
-        in_openvino = openvino_outputs(report.path, test, torch.get_num_threads())
+        in_openvino = openvino_outputs(report.path, test, torch.get_num_threads()) if provider == "cpu" else None
         if in_openvino is not None:
             theirs, integer = in_openvino
             openvino_rows.append([f"lowbit {label}", top1(theirs, labels), *agreement(ours, theirs), integer])
@@ -120,7 +123,7 @@ def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path) -> str:
         start = time.perf_counter()
         path = ort_static(float_onnx, tmp / f"{name}_ort_{method.name}.onnx", batches, method)
         seconds = time.perf_counter() - start
-        theirs = outputs(OnnxClassifier(path), test)
+        theirs = outputs(OnnxClassifier(path, provider=provider), test)
         size = path.stat().st_size
         rows.append([f"onnxruntime quantize_static W8A8 {method.name}", top1(theirs, labels), "-", "-", seconds,
                      f"{size / 1024:.0f} KB ({size / float_size:.3f}x)"])
@@ -133,7 +136,7 @@ def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path) -> str:
     return table
 
 
-def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path) -> str:
+def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path, provider: str) -> str:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
     gen = torch.Generator().manual_seed(0)
@@ -143,20 +146,27 @@ def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path) -
     w4 = export(lowbit.quantize(model, batches, weights_bits=4, activation_bits=8), tmp / "r18_w4a8.onnx", example)
     float_onnx = export_float(model, tmp / "r18_float.onnx", example)
     w8 = export(qmodel, tmp / "r18_w8a8.onnx", example)
-    runners = {"float PyTorch": model, "lowbit simulated (PyTorch)": qmodel,
-               "onnxruntime fp32": OnnxClassifier(float_onnx, threads),
-               "lowbit W8A8 ONNX (onnxruntime)": OnnxClassifier(w8.path, threads),
-               "lowbit W8A8 ONNX --unsigned-weights (onnxruntime)": OnnxClassifier(
-                   export(qmodel, tmp / "r18_w8a8_u8.onnx", example, signed_weights=False).path, threads),
-               "lowbit W4A8 ONNX (onnxruntime)": OnnxClassifier(w4.path, threads),
-               "onnxruntime quantize_static W8A8": OnnxClassifier(
-                   ort_static(float_onnx, tmp / "r18_ort.onnx", batches, CalibrationMethod.MinMax), threads)}
+    def ort(path: Path) -> OnnxClassifier:
+        return OnnxClassifier(path, threads, provider)
+
+    device = pytorch_device(provider)
+    runners = {"float PyTorch": model.to(device), "lowbit simulated (PyTorch)": qmodel.to(device),
+               "onnxruntime fp32": ort(float_onnx),
+               "lowbit W8A8 ONNX (onnxruntime)": ort(w8.path),
+               "lowbit W8A8 ONNX --unsigned-weights (onnxruntime)": ort(
+                   export(qmodel, tmp / "r18_w8a8_u8.onnx", example, signed_weights=False).path),
+               "lowbit W4A8 ONNX (onnxruntime)": ort(w4.path),
+               "onnxruntime quantize_static W8A8": ort(
+                   ort_static(float_onnx, tmp / "r18_ort.onnx", batches, CalibrationMethod.MinMax))}
     torch.set_num_threads(threads)
     rows, times = [], {}
     for batch in batch_sizes:
         x = torch.randn(batch, 3, 224, 224, generator=gen)
+        on_device = x.to(device)
         with torch.inference_mode():
-            medians = median_seconds({form: lambda r=runner: r(x) for form, runner in runners.items()}, 2, repeats)
+            runs = {form: timed_run(runner, x if isinstance(runner, OnnxClassifier) else on_device)
+                    for form, runner in runners.items()}
+            medians = median_seconds(runs, 2, repeats)
         times.update({(form, batch): t for form, t in medians.items()})
         for form in runners:
             t = times[form, batch]
@@ -169,8 +179,13 @@ def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path) -
                       "speed vs onnxruntime int8"], rows)
             + f"\n\nMedians of {repeats} timed runs per form and batch size, taken in turns of {BLOCK} runs; each turn "
             f"starts with untimed runs (at least {SETTLE_S} s) so that the threads of the runtime timed before it are "
-            f"idle. {vnni_note()}"
+            f"idle. {vnni_note() if provider == 'cpu' else gpu_note(provider)}"
             + "\n\nONNX files of this ResNet-18:\n\n" + md_table(["file", "size", "x float32 ONNX"], sizes))
+
+
+def gpu_note(provider: str) -> str:
+    return (f"onnxruntime ran with its {provider} execution provider (its times include copying each batch to the "
+            f"GPU and the outputs back), PyTorch on {torch.cuda.get_device_name()}.")
 
 
 def vnni_note() -> str:
@@ -194,19 +209,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50, help=f"timed runs per form and batch size, in turns of {BLOCK}")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     parser.add_argument("--no-speed", action="store_true", help="accuracy tables only")
+    parser.add_argument("--provider", default="cpu", choices=list(PROVIDERS),
+                        help="onnxruntime's execution provider (sections of its own for cuda and tensorrt)")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     torch.set_num_threads(args.threads)
+    check_provider(args.provider)
+    pytorch_device(args.provider)
+    key, where = ("", "") if args.provider == "cpu" else (f"-{args.provider}", f", onnxruntime's {args.provider} provider")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for name in args.models:
-            body = accuracy_table(name, args.calib_images, args.iters, tmp)
-            publish(f"deploy-{name}", f"ONNX export: {name} on Fashion-MNIST, onnxruntime vs lowbit",
+            body = accuracy_table(name, args.calib_images, args.iters, tmp, args.provider)
+            publish(f"deploy-{name}{key}", f"ONNX export: {name} on Fashion-MNIST, onnxruntime vs lowbit{where}",
                     body, PAGE, not args.no_write)
         if args.no_speed:
             return
-        body = speed_table(args.threads, args.batch_sizes, args.repeats, tmp)
-        publish("deploy-speed", "Speed: torchvision ResNet-18 at 224x224", body, PAGE, not args.no_write)
+        body = speed_table(args.threads, args.batch_sizes, args.repeats, tmp, args.provider)
+        publish(f"deploy-speed{key}", f"Speed: torchvision ResNet-18 at 224x224{where}", body, PAGE, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -89,3 +89,15 @@ def test_unexportable_model_gives_one_line(capsys, tmp_path):
         export(qmodel, tmp_path / "x.onnx", torch.randn(2, 3, 16, 16))
     assert len(str(info.value).splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_gpu_provider_missing_is_one_line(r20, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(lowbit.deploy.runtime.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    onnx_path = tmp_path / "r20.onnx"
+    assert main(["export", str(r20), "--out", str(onnx_path), "--check-images", "0"]) == 0
+    capsys.readouterr()
+    for argv in (["eval", str(onnx_path), "--provider", "cuda"], ["bench", str(r20), "--provider", "tensorrt"]):
+        code, err = run(capsys, *argv)
+        assert code == 2 and len(err.splitlines()) == 1 and "onnxruntime-gpu" in err, err
+    code, err = run(capsys, "eval", str(r20), "--provider", "cuda")
+    assert code == 2 and len(err.splitlines()) == 1 and "runs .onnx files" in err, err

@@ -1,10 +1,13 @@
-"""Timing of the four forms: which runs a turn-based median counts."""
+"""Timing of the four forms: which runs a turn-based median counts, and every form timed on each provider."""
 
 from __future__ import annotations
 
+import onnxruntime as ort
 import pytest
 
+import lowbit
 import lowbit.deploy.bench as bench
+from lowbit.deploy.providers import PROVIDERS
 
 
 class SwitchCostClock:
@@ -40,3 +43,13 @@ def test_short_runs_warm_up_for_a_settling_time(monkeypatch):
     medians = bench.median_seconds({"a": clock.runner("a")}, warmup=1, repeats=5, block=5)
     assert medians["a"] == pytest.approx(step)
     assert 20 <= len(clock.calls) - 5 <= 21  # untimed runs for SETTLE_S, not just the one warm-up run asked for
+
+
+@pytest.mark.parametrize("provider", [name for name, full in PROVIDERS.items() if full in ort.get_available_providers()])
+def test_every_form_is_timed_with_each_present_provider(residual_net, images, provider):
+    """The CPU here; onnxruntime's CUDA and TensorRT providers too where onnxruntime-gpu is installed."""
+    qmodel = lowbit.quantize(residual_net, images, weights_bits=8, activation_bits=8)
+    timings = bench.bench_model(qmodel, tuple(images.shape[1:]), [1, 2], threads=1, warmup=0, repeats=1,
+                                provider=provider)
+    assert sorted((t.form, t.batch_size) for t in timings) == sorted((f, b) for f in bench.FORMS for b in (1, 2))
+    assert {t.provider for t in timings} == {provider}

@@ -17,6 +17,7 @@ from lowbit.cli.quantize import write_json
 from lowbit.data import labelled_batches
 from lowbit.deploy.export_report import ExportReport
 from lowbit.deploy.exporters import EXPORTERS, export_as
+from lowbit.deploy.providers import PROVIDERS
 from lowbit.errors import LowbitError
 from lowbit.io.lowbit_file import read_metadata
 from lowbit.models import default_input_shape
@@ -46,6 +47,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--warmup", type=int, default=3,
                    help="untimed runs before each turn of timed runs (at least 0.1 s of them)")
     b.add_argument("--input-shape", help="C,H,W of one input (default: the shape recorded at quantization)")
+    b.add_argument("--provider", default="cpu", choices=list(PROVIDERS),
+                   help="onnxruntime's execution provider; cuda and tensorrt (from onnxruntime-gpu) also run the "
+                        "PyTorch forms on the GPU (default: %(default)s)")
     b.add_argument("--json", help="write the timings to this JSON file")
     b.set_defaults(func=run_bench)
 
@@ -144,14 +148,17 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1:
         raise LowbitError("--threads, --repeats and --batch-size must be at least 1 and --warmup at least 0")
     qmodel = load(args.file)
-    timings = bench_model(qmodel, input_shape(args, meta), args.batch_size, args.threads, args.warmup, args.repeats)
+    timings = bench_model(qmodel, input_shape(args, meta), args.batch_size, args.threads, args.warmup, args.repeats,
+                          provider=args.provider)
     rows = []
     for t in timings:
         base = next(b for b in timings if b.batch_size == t.batch_size and b.form == FORMS[0])
         rows.append([t.form, t.batch_size, 1000 * t.median_s, t.images_per_s, f"{base.median_s / t.median_s:.2f}x"])
     print(table(("form", "batch", "median ms", "images/s", "speed vs float"), rows))
-    print(f"{args.threads} thread(s), median of {args.repeats} runs taken in turns of {BLOCK}, each turn after at "
-          f"least {args.warmup} untimed runs and {SETTLE_S} s")
+    where = "on the CPU" if args.provider == "cpu" else (f"on the GPU (onnxruntime's {args.provider} provider, "
+                                                         "its times including the copies to and from the GPU)")
+    print(f"{args.threads} thread(s), {where}, median of {args.repeats} runs taken in turns of {BLOCK}, each turn "
+          f"after at least {args.warmup} untimed runs and {SETTLE_S} s")
     if args.json:
         write_json(args.json, {"file": args.file, "timings": [t.to_dict() for t in timings]})
     return 0

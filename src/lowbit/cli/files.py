@@ -13,6 +13,8 @@ from lowbit.cli.common import add_data_args, load_data, refuse_codec_file
 from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.quantize import write_json
 from lowbit.coverage import Coverage
+from lowbit.deploy.providers import PROVIDERS
+from lowbit.errors import LowbitError
 from lowbit.evaluate import evaluate
 from lowbit.io.lowbit_file import read_metadata
 from lowbit.mixed.budget import TARGETS
@@ -25,6 +27,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("file", help="a .lowbit file, or an .onnx file run by onnxruntime")
     add_data_args(e, default=None)
     e.add_argument("--json", help="write the metrics to this JSON file")
+    e.add_argument("--provider", default="cpu", choices=list(PROVIDERS),
+                   help="onnxruntime's execution provider for an .onnx file (cuda and tensorrt come with "
+                        "onnxruntime-gpu; default: %(default)s)")
     e.add_argument("--per-class", action="store_true", help="also print per-class precision, recall and F1")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=run_eval)
@@ -37,7 +42,7 @@ def _load_onnx(args: argparse.Namespace):
     """An exported file under onnxruntime, evaluated on the dataset named in it unless --dataset says otherwise."""
     from lowbit.deploy.runtime import OnnxClassifier
 
-    model = OnnxClassifier(args.file)
+    model = OnnxClassifier(args.file, provider=args.provider)
     import onnx
 
     props = {p.key: p.value for p in onnx.load(args.file, load_external_data=False).metadata_props}
@@ -51,6 +56,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if onnx_file:
         qmodel, meta = _load_onnx(args), {}
     else:
+        if args.provider != "cpu":
+            raise LowbitError(f"--provider runs .onnx files in onnxruntime; {args.file} runs in PyTorch (export it "
+                              "with `lowbit export` to run it there)")
         meta = read_metadata(args.file)
         refuse_codec_file(meta.get("arch"), args.file, "eval")
         args.dataset = args.dataset or (meta.get("dataset") or {}).get("name") or "fashion-mnist"

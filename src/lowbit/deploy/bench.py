@@ -1,5 +1,6 @@
 """Latency and throughput of one model in four forms: float PyTorch, lowbit's simulated model, onnxruntime on
-the float graph and onnxruntime on the QDQ graph (integer kernels)."""
+the float graph and onnxruntime on the QDQ graph (integer kernels), on the CPU or, with onnxruntime's CUDA or
+TensorRT provider, on the GPU (PyTorch then runs there too)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 from torch import nn
 
 from lowbit.deploy.onnx_export import export, export_float
-from lowbit.deploy.runtime import OnnxClassifier
+from lowbit.deploy.runtime import OnnxClassifier, check_provider
+from lowbit.errors import LowbitError
 from lowbit.graph import activation_quantizers
 
 # Timed runs of one form in a row, and the least time its untimed runs take before them (see :func:`median_seconds`)
@@ -33,6 +35,7 @@ class Timing:
     images_per_s: float
     threads: int
     repeats: int
+    provider: str = "cpu"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,14 +72,36 @@ def float_view(qmodel: nn.Module) -> nn.Module:
     return model
 
 
+def pytorch_device(provider: str) -> torch.device:
+    """Where the PyTorch forms run beside onnxruntime's ``provider``: the GPU for a GPU provider, so that every
+    form is timed on the same hardware."""
+    if provider == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise LowbitError(f"--provider {provider} times PyTorch on the GPU as well, and this PyTorch sees no CUDA "
+                          "device; install a CUDA build of torch, or use --provider cpu")
+    return torch.device("cuda")
+
+
+def timed_run(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """One run of ``model`` on ``x`` that returns when the result exists (CUDA kernels run asynchronously)."""
+    if x.device.type != "cuda":
+        return lambda: model(x)
+    return lambda: (model(x), torch.cuda.synchronize(x.device))
+
+
 def bench_model(qmodel: nn.Module, input_shape: tuple[int, ...], batch_sizes: list[int], threads: int,
                 warmup: int = 3, repeats: int = 10, forms: tuple[str, ...] = FORMS,
-                work_dir: str | Path | None = None) -> list[Timing]:
+                work_dir: str | Path | None = None, provider: str = "cpu") -> list[Timing]:
     """Time each of ``forms`` at each batch size on random inputs (timing does not depend on the values).
 
-    PyTorch and onnxruntime both run with ``threads`` intra-op threads. The ONNX files are written to
-    ``work_dir`` (a temporary folder by default).
+    PyTorch and onnxruntime both run with ``threads`` intra-op threads; onnxruntime with ``provider`` (a key of
+    :data:`lowbit.deploy.runtime.PROVIDERS`), PyTorch on the GPU when that provider is a GPU one. onnxruntime's
+    times include copying each batch to the device and the outputs back, as a plain ``session.run`` does. The
+    ONNX files are written to ``work_dir`` (a temporary folder by default).
     """
+    check_provider(provider)
+    device = pytorch_device(provider)
     torch.set_num_threads(threads)
     example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,17 +109,24 @@ def bench_model(qmodel: nn.Module, input_shape: tuple[int, ...], batch_sizes: li
         runners: dict[str, nn.Module] = {}
         if "float PyTorch" in forms or "onnxruntime fp32" in forms:
             runners["float PyTorch"] = float_view(qmodel)
-        if "lowbit simulated" in forms:
-            runners["lowbit simulated"] = qmodel.cpu().eval()
         if "onnxruntime fp32" in forms:
             runners["onnxruntime fp32"] = OnnxClassifier(
-                export_float(runners["float PyTorch"], folder / "float.onnx", example), threads)
+                export_float(runners["float PyTorch"], folder / "float.onnx", example), threads, provider)
         if "onnxruntime int8" in forms:
-            runners["onnxruntime int8"] = OnnxClassifier(export(qmodel, folder / "int8.onnx", example).path, threads)
+            runners["onnxruntime int8"] = OnnxClassifier(export(qmodel, folder / "int8.onnx", example).path, threads,
+                                                         provider)
+        if "lowbit simulated" in forms:
+            runners["lowbit simulated"] = qmodel.to(device).eval()
+        if "float PyTorch" in runners:
+            runners["float PyTorch"].to(device)
         timings = []
         for batch in batch_sizes:
             x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(batch))
+            on_device = x.to(device)
             with torch.inference_mode():
-                seconds = median_seconds({form: lambda m=runners[form]: m(x) for form in forms}, warmup, repeats)
-            timings += [Timing(form, batch, seconds[form], batch / seconds[form], threads, repeats) for form in forms]
+                runs = {form: timed_run(runners[form], x if form.startswith("onnxruntime") else on_device)
+                        for form in forms}
+                seconds = median_seconds(runs, warmup, repeats)
+            timings += [Timing(form, batch, seconds[form], batch / seconds[form], threads, repeats, provider)
+                        for form in forms]
         return timings

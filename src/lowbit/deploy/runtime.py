@@ -13,6 +13,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from lowbit.deploy.providers import PROVIDERS
 from lowbit.errors import LowbitError, first_line
 
 # Kernels that compute on integers (onnxruntime's fused forms of QDQ groups, and ONNX's own integer ops)
@@ -58,25 +59,47 @@ def session_options(threads: int | None = None,
     return options
 
 
-def open_session(path: str | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
-    """An onnxruntime CPU session on ``path``, with one clear error for a file that is not a usable model."""
+def check_provider(provider: str) -> str:
+    """onnxruntime's name for ``provider`` (a key of :data:`PROVIDERS`), or one line saying how to get it."""
+    if provider not in PROVIDERS:
+        raise LowbitError(f"unknown execution provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    name = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if name not in available:
+        have = ", ".join(k for k, v in PROVIDERS.items() if v in available) or "none of lowbit's"
+        raise LowbitError(f"this onnxruntime {ort.__version__} has no {provider} execution provider (it has {have}); "
+                          "install onnxruntime-gpu in its place for cuda and tensorrt, or use --provider cpu")
+    return name
+
+
+def open_session(path: str | os.PathLike, threads: int | None = None, provider: str = "cpu") -> ort.InferenceSession:
+    """An onnxruntime session on ``path`` with ``provider`` (nodes it cannot run fall back to the CPU), with one
+    clear error for a file that is not a usable model or a provider that does not start: onnxruntime itself
+    would quietly run everything on the CPU instead."""
+    name = check_provider(provider)
     path = Path(path)
     if not path.is_file():
         raise LowbitError(f"file not found: {path}; check the path")
+    providers = [name] if name == PROVIDERS["cpu"] else [name, PROVIDERS["cpu"]]
     try:
-        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
         raise LowbitError(f"{path} is not an ONNX model onnxruntime can run ({first_line(exc)[:200]}); "
                           "pass a file written by `lowbit export`") from None
+    if name not in session.get_providers():
+        raise LowbitError(f"onnxruntime's {provider} execution provider did not start on this machine (the session "
+                          "fell back to the CPU); check the GPU driver and the CUDA and cuDNN libraries "
+                          "onnxruntime-gpu needs, or use --provider cpu")
+    return session
 
 
 class OnnxClassifier(nn.Module):
     """An onnxruntime session behind ``nn.Module``'s call, so lowbit's evaluation runs it unchanged."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, provider: str = "cpu") -> None:
         super().__init__()
         self.path = Path(path)
-        self.session = open_session(path, threads)
+        self.session = open_session(path, threads, provider)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) not in (2, 4):
             raise LowbitError(f"{path} is not an image classifier (it takes {len(inputs)} inputs and gives "
