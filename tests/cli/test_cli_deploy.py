@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import lowbit
+import lowbit.cli.demo
+import lowbit.cli.quantize
 import lowbit.deploy.runtime
 from conftest import ResidualNet
 from lowbit.cli import main
@@ -101,3 +103,24 @@ def test_gpu_provider_missing_is_one_line(r20, capsys, tmp_path, monkeypatch):
         assert code == 2 and len(err.splitlines()) == 1 and "onnxruntime-gpu" in err, err
     code, err = run(capsys, "eval", str(r20), "--provider", "cuda")
     assert code == 2 and len(err.splitlines()) == 1 and "runs .onnx files" in err, err
+
+
+def test_demo_deploys_its_w8a8_model(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(lowbit.cli.demo, "TIMING", ("--batch-size", "1", "2", "--repeats", "1", "--warmup", "0"))
+    assert main(["demo", "--quiet", "--no-eval", "--out", str(tmp_path / "d.lowbit")]) == 0
+    out = capsys.readouterr().out
+    onnx_file = tmp_path / "d.w8a8.onnx"
+    assert onnx_file.is_file() and f"$ lowbit export {tmp_path / 'd.w8a8.lowbit'}" in out, out
+    assert "QLinearConv x21" in out, out
+    agreement = float(re.search(r"same top-1 class for ([\d.]+)%", out).group(1))
+    assert agreement >= 99.0, out
+    assert sum(line.startswith("onnxruntime int8") for line in out.splitlines()) == 2, out  # both batch sizes
+
+
+def test_demo_without_deployment_stops_after_quantizing(capsys, tmp_path, monkeypatch):
+    made = []
+    monkeypatch.setattr(lowbit.cli.quantize, "quantize_and_report", lambda args, config: made.append(args.out) or {})
+    monkeypatch.setattr(lowbit.cli.demo, "print_report", lambda result, label: None)
+    assert main(["demo", "--no-deploy", "--out", str(tmp_path / "d.lowbit")]) == 0
+    assert made == [str(tmp_path / "d.w8a8.lowbit"), str(tmp_path / "d.w4a8.lowbit")]
+    assert "$ lowbit" not in capsys.readouterr().out and not list(tmp_path.glob("*.onnx"))

@@ -19,13 +19,14 @@ from lowbit.io.atomic import Terminated, recording_writes, sigterm_as_exception
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lowbit.cli import codec, deploy, files, finetune, quantize, synth, train
+    from lowbit.cli import codec, demo, deploy, files, finetune, quantize, synth, train
 
     parser = argparse.ArgumentParser(prog="lowbit", description="Post-training quantization for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     quantize.add_parsers(sub)
+    demo.add_parsers(sub)
     synth.add_parsers(sub)
     files.add_parsers(sub)
     deploy.add_parsers(sub)

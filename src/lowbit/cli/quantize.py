@@ -1,4 +1,4 @@
-"""``lowbit quantize``, ``lowbit mixed`` and ``lowbit demo``: options in, :mod:`lowbit.run` called, a table printed."""
+"""``lowbit quantize`` and ``lowbit mixed``: options in, :mod:`lowbit.run` called, a table printed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from lowbit.models.weights_source import describe_weights
 from lowbit.report import METRIC_HEADERS, metrics_row, table
 from lowbit.run import quantize_evaluate_save
 
-DEMO_BITS = ((8, 8), (4, 8))
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -37,10 +36,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         add_mixed_args(p, flag=mixed_flag)
         add_run_args(p)
         p.set_defaults(func=run_quantize)
-    d = sub.add_parser("demo", help="quantize the bundled Fashion-MNIST ResNet-20 at W8A8 and W4A8")
-    add_run_args(d)
-    d.set_defaults(func=run_demo)
-
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
@@ -145,24 +140,3 @@ def run_quantize(args: argparse.Namespace) -> int:
         write_json(args.json, result)
     return 0
 
-
-def run_demo(args: argparse.Namespace) -> int:
-    """The bundled ResNet-20 on Fashion-MNIST, quantized at W8A8 and W4A8 (1024 calibration images)."""
-    outs = {f"--out (W{w}A{a})": Path(args.out).with_suffix(f".w{w}a{a}.lowbit") if args.out
-            else default_out("resnet20", QuantConfig.from_bits(w, a)) for w, a in DEMO_BITS}
-    check_outputs({}, {**outs, "--json": args.json})
-    results = []
-    base = vars(args).copy()
-    for wbits, abits in DEMO_BITS:
-        ns = argparse.Namespace(**{**base, "model": "resnet20", "checkpoint": None, "pretrained": False,
-                                   "dataset": "fashion-mnist", "data_dir": None, "train_data_path": None,
-                                   "val_data_path": None, "image_size": 28, "calib_data": "train",
-                                   "out": args.out and str(Path(args.out).with_suffix(f".w{wbits}a{abits}.lowbit"))})
-        config = QuantConfig.from_bits(wbits, abits)
-        result = quantize_and_report(ns, config)
-        print_report(result, label_of(config))
-        print()
-        results.append(result)
-    if args.json:
-        write_json(args.json, results)
-    return 0
