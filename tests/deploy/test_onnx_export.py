@@ -75,6 +75,7 @@ def test_w8a8_runs_integer_kernels_and_matches_lowbit(residual_net, images, tmp_
     counts = optimized_op_counts(path)
     convs = sum(isinstance(layer, nn.Conv2d) for _, layer in quant_layers(qmodel))
     assert counts["QLinearConv"] == convs and counts["Conv"] == 0, counts
+    assert counts["QGemm"] == 1 and counts["Gemm"] == 0, counts  # the classifier head, on integers too
     with torch.no_grad():
         ours = qmodel(images)
     theirs = run_onnx(path, images)
@@ -124,8 +125,8 @@ def test_w4_weights_are_stored_in_4_bit_types_and_still_run_on_integers(tmp_path
     assert not graph.value_info and not any(node.metadata_props for node in graph.node)
     assert not any(p.key.startswith("pkg.torch.") for p in graph.metadata_props)
     assert not repeated_defaults(graph)  # nor copies of each operator's default attributes
-    weight_reads = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".codes")]
-    assert weight_reads and all(len(n.input) == 2 for n in weight_reads)  # symmetric grids: zero points are ONNX's 0
+    bias_reads = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".bias_q")]
+    assert bias_reads and all(len(n.input) == 2 for n in bias_reads)  # int32 biases: zero points are ONNX's 0
     counts = optimized_op_counts(report.path)
     assert counts["QLinearConv"] == 3 and counts["Conv"] == 0, counts
     with torch.no_grad():

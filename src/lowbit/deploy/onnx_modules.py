@@ -135,8 +135,9 @@ class DequantizedWeight(nn.Module):
         dtype = codes_dtype(qmin, qmax)
         self.register_buffer("codes", codes.to(dtype))
         self.register_buffer("scale", wq.scale.detach().float().expand(channels).contiguous())
-        zero_point = zero_point.to(dtype).expand(channels).contiguous()
-        self.register_buffer("zero_point", zero_point if zero_point.any() else None)  # ONNX's default is 0
+        # written even when all zero, unlike the int32 biases' (ONNX's default): onnxruntime fuses a Gemm into its
+        # integer QGemm only when the weight's DequantizeLinear names a zero point
+        self.register_buffer("zero_point", zero_point.to(dtype).expand(channels).contiguous())
         self.bits = (qmin, qmax)
         # int32 biases where onnxruntime runs the layer on integers (an 8-bit static input grid) and the
         # scales line up with the bias channel for channel; freezing put the bias on that grid already.
