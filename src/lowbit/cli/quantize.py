@@ -23,7 +23,6 @@ from lowbit.report import METRIC_HEADERS, metrics_row, table
 from lowbit.run import quantize_evaluate_save
 
 
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     # `mixed` is `quantize` with mixed precision always on (no --mixed-precision flag)
     for name, summary, mixed_flag in (("quantize", "quantize a model and report float vs quantized", True),
@@ -36,6 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         add_mixed_args(p, flag=mixed_flag)
         add_run_args(p)
         p.set_defaults(func=run_quantize)
+
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
@@ -139,4 +139,3 @@ def run_quantize(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
     return 0
-

@@ -96,7 +96,7 @@ def bench_model(qmodel: nn.Module, input_shape: tuple[int, ...], batch_sizes: li
     """Time each of ``forms`` at each batch size on random inputs (timing does not depend on the values).
 
     PyTorch and onnxruntime both run with ``threads`` intra-op threads; onnxruntime with ``provider`` (a key of
-    :data:`lowbit.deploy.runtime.PROVIDERS`), PyTorch on the GPU when that provider is a GPU one. onnxruntime's
+    :data:`lowbit.deploy.providers.PROVIDERS`), PyTorch on the GPU when that provider is a GPU one. onnxruntime's
     times include copying each batch to the device and the outputs back, as a plain ``session.run`` does. The
     ONNX files are written to ``work_dir`` (a temporary folder by default).
     """
