@@ -216,7 +216,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     check_provider(args.provider)
     pytorch_device(args.provider)
-    key, where = ("", "") if args.provider == "cpu" else (f"-{args.provider}", f", onnxruntime's {args.provider} provider")
+    gpu = args.provider != "cpu"
+    key, where = (f"-{args.provider}", f", onnxruntime's {args.provider} provider") if gpu else ("", "")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for name in args.models:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import onnxruntime as ort
 import pytest
 
 import lowbit
 import lowbit.deploy.bench as bench
-from lowbit.deploy.providers import PROVIDERS
+from lowbit.deploy.runtime import present_providers
 
 
 class SwitchCostClock:
@@ -45,7 +44,7 @@ def test_short_runs_warm_up_for_a_settling_time(monkeypatch):
     assert 20 <= len(clock.calls) - 5 <= 21  # untimed runs for SETTLE_S, not just the one warm-up run asked for
 
 
-@pytest.mark.parametrize("provider", [name for name, full in PROVIDERS.items() if full in ort.get_available_providers()])
+@pytest.mark.parametrize("provider", present_providers())
 def test_every_form_is_timed_with_each_present_provider(residual_net, images, provider):
     """The CPU here; onnxruntime's CUDA and TensorRT providers too where onnxruntime-gpu is installed."""
     qmodel = lowbit.quantize(residual_net, images, weights_bits=8, activation_bits=8)

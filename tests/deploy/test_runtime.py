@@ -1,7 +1,6 @@
 """onnxruntime sessions: the execution provider asked for or one clear line, and what lowbit reads of the
 machine before it advises on onnxruntime's int8 kernels."""
 
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -32,17 +31,13 @@ def test_other_machines_get_no_advice(tmp_path):
     assert not x86_without_vnni(tmp_path / "missing")
 
 
-# every provider this onnxruntime has: the CPU here, also CUDA and TensorRT where onnxruntime-gpu is installed
-PRESENT = [name for name, full in PROVIDERS.items() if full in ort.get_available_providers()]
-
-
 @pytest.fixture
 def w8_file(residual_net, images, tmp_path):
     qmodel = lowbit.quantize(residual_net, images, weights_bits=8, activation_bits=8)
     return qmodel, export(qmodel, tmp_path / "m.onnx", images[:2]).path
 
 
-@pytest.mark.parametrize("provider", PRESENT)
+@pytest.mark.parametrize("provider", runtime.present_providers())  # CUDA and TensorRT too with onnxruntime-gpu
 def test_every_present_provider_runs_the_file_as_lowbit_does(w8_file, images, provider):
     qmodel, path = w8_file
     model = runtime.OnnxClassifier(path, provider=provider)

@@ -59,14 +59,20 @@ def session_options(threads: int | None = None,
     return options
 
 
+def present_providers() -> list[str]:
+    """The keys of :data:`PROVIDERS` this onnxruntime has (the CPU's always; CUDA and TensorRT with
+    onnxruntime-gpu)."""
+    available = ort.get_available_providers()
+    return [key for key, name in PROVIDERS.items() if name in available]
+
+
 def check_provider(provider: str) -> str:
     """onnxruntime's name for ``provider`` (a key of :data:`PROVIDERS`), or one line saying how to get it."""
     if provider not in PROVIDERS:
         raise LowbitError(f"unknown execution provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
     name = PROVIDERS[provider]
-    available = ort.get_available_providers()
-    if name not in available:
-        have = ", ".join(k for k, v in PROVIDERS.items() if v in available) or "none of lowbit's"
+    if provider not in present_providers():
+        have = ", ".join(present_providers()) or "none of lowbit's"
         raise LowbitError(f"this onnxruntime {ort.__version__} has no {provider} execution provider (it has {have}); "
                           "install onnxruntime-gpu in its place for cuda and tensorrt, or use --provider cpu")
     return name
