@@ -21,7 +21,7 @@ from lowbit.deploy import onnx_ops  # noqa: F401 - registers torch.ops.lowbit
 from lowbit.errors import LowbitError
 from lowbit.graph import layer_input_quantizers, set_module
 from lowbit.integer_bias import INTEGER_KERNEL_GRID, bias_codes, bias_grid
-from lowbit.layers import QConv1d, QConv2d, QConvTranspose2d, QuantLayer, quant_layers
+from lowbit.layers import QConv1d, QConv2d, QConvTranspose2d, QLinear, QuantLayer, quant_layers
 from lowbit.quantizer import Quantizer
 
 UNSIGNED_OFFSET = 128
@@ -206,8 +206,11 @@ class ExportedLinear(nn.Module):
         return F.linear(self.input_quant(x), self.w.weight(), self.w.bias_value())
 
 
+EXPORTED_LAYERS = (QConvTranspose2d, QConv1d, QConv2d, QLinear)
+
+
 def _exported(layer: QuantLayer, weight: DequantizedWeight, input_quant: nn.Module) -> nn.Module:
-    """The export-time stand-in of one quantized layer."""
+    """The export-time stand-in of one quantized layer (one of :data:`EXPORTED_LAYERS`)."""
     if isinstance(layer, QConvTranspose2d):
         return ExportedConvTranspose2d(layer, weight, input_quant)
     if isinstance(layer, QConv1d):
@@ -237,6 +240,10 @@ def exportable(qmodel: nn.Module, signed_weights: bool = True) -> tuple[nn.Modul
     model = copy.deepcopy(qmodel).cpu().eval()
     inputs = layer_input_quantizers(model)
     for name, layer in list(quant_layers(model)):
+        if not isinstance(layer, EXPORTED_LAYERS):
+            raise LowbitError(f"layer {name} ({type(layer).__name__}) has no ONNX export; only convolutions, "
+                              "transposed convolutions and linear layers export (a quantized image codec runs in "
+                              "lowbit: `lowbit codec eval`, `compress` and `decompress`)")
         if layer.weight_quant.state != "quantize":
             notes.add(f"{name}: weights left in float")
             continue
