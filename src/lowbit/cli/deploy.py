@@ -125,8 +125,10 @@ def _print_onnx_summary(args: argparse.Namespace, meta: dict, qmodel: torch.nn.M
     float_bytes = 4 * sum(p.numel() for p in qmodel.parameters())
     counts = optimized_op_counts(out)
     integer, floating = kernel_summary(counts)
+    narrow = (f"; {report.narrowed_initializers} weight tensors in 4-bit or float16 types"
+              if report.narrowed_initializers else "")
     print(f"wrote {out} ({human_bytes(report.bytes)}, {report.bytes / float_bytes:.3f}x the float32 parameters "
-          f"of {human_bytes(float_bytes)}; {report.narrowed_initializers} weight tensors in 4-bit or float16 types)")
+          f"of {human_bytes(float_bytes)}{narrow})")
     kernels = ", ".join(f"{op} x{n}" for op, n in sorted(counts.items()) if n and op.startswith(("QLinear", "QGemm",
                         "MatMulInteger", "ConvInteger", "DynamicQuantize")))
     print(f"onnxruntime (CPU) runs {integer} integer kernels ({kernels or 'none'}) and {floating} float "
