@@ -13,29 +13,13 @@ import copy
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 from torch import nn
 
+from lowbit.codec.onnx_transforms import OnnxTransform, input_channels
+
 TRANSFORMS = ("g_a", "g_s", "h_a", "h_s")
-
-
-class OrtTransform(nn.Module):
-    """A transform run by onnxruntime from an ONNX file (float32 in and out, one thread)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})[0]
-        return torch.from_numpy(out)
 
 
 def _export(module: nn.Module, channels: int, path: Path) -> None:
@@ -43,11 +27,6 @@ def _export(module: nn.Module, channels: int, path: Path) -> None:
     # the TorchScript exporter, whose dynamic_axes give one graph for every image size
     torch.onnx.export(module.eval(), (example,), str(path), input_names=["x"], output_names=["y"], opset_version=17,
                       dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
-
-
-def _in_channels(module: nn.Module) -> int:
-    first = next(m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
-    return first.in_channels
 
 
 def ort_dynamic_int8(codec: nn.Module, folder: Path | None = None) -> nn.Module:
@@ -59,11 +38,11 @@ def ort_dynamic_int8(codec: nn.Module, folder: Path | None = None) -> nn.Module:
         if module is None:
             continue
         float_path, ready_path, int8_path = (folder / f"{name}{suffix}.onnx" for suffix in ("", ".pre", ".int8"))
-        _export(module, _in_channels(module), float_path)
+        _export(module, input_channels(module), float_path)
         # onnxruntime's own pre-processing folds GDN's reparametrized gamma into a constant Conv weight
         quant_pre_process(str(float_path), str(ready_path), skip_symbolic_shape=True)
         quantize_dynamic(str(ready_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
-        setattr(peer, name, OrtTransform(int8_path))
+        setattr(peer, name, OnnxTransform(int8_path, threads=1))
     return peer
 
 

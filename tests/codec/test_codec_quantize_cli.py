@@ -95,6 +95,29 @@ def test_classifier_commands_point_a_codec_file_to_the_codec_commands(tmp_path, 
     out = tmp_path / "c.lowbit"
     assert _quantize(weights, photos, out, "--no-eval") == 0
     capsys.readouterr()
-    for command in (["eval", str(out)], ["export", str(out)], ["bench", str(out)], ["finetune", str(out)]):
+    for command in (["eval", str(out)], ["bench", str(out)], ["finetune", str(out)]):
         _fails(capsys, main(command), "lowbit codec eval --model")
     assert main(["info", str(out)]) == 0
+
+
+def test_export_writes_the_transforms_that_eval_compress_and_decompress_run(tmp_path, setup, capsys):
+    weights, photos = setup
+    out = tmp_path / "c.lowbit"
+    assert _quantize(weights, photos, out, "--no-eval", "--weights-bits", "8", "--activation-bits", "8") == 0
+    assert main(["export", str(out), "--out", str(tmp_path / "c.onnx")]) == 0
+    assert sorted(p.name for p in tmp_path.glob("c.*.onnx")) == ["c.g_a.onnx", "c.g_s.onnx"]
+    assert "transposed convolution" in capsys.readouterr().out
+    onnx_stem = str(tmp_path / "c.onnx")
+    assert main(["codec", "eval", "--model", str(out), "--onnx", onnx_stem, "--images", str(photos), "--no-jpeg"]) == 0
+    assert "c.g_a.onnx" in capsys.readouterr().out
+    image, bits, png = photos / "p0.png", tmp_path / "p0.bits", tmp_path / "p0.png"
+    assert main(["codec", "compress", "--model", str(out), "--onnx", onnx_stem, str(image), str(bits)]) == 0
+    assert main(["codec", "decompress", "--model", str(out), str(bits), str(png)]) == 0  # lowbit reads it
+    assert read_image(png).shape == read_image(image).shape
+    capsys.readouterr()
+    other = tmp_path / "other.lowbit"
+    assert _quantize(weights, photos, other, "--no-eval", "--weights-bits", "4", "--activation-bits", "8") == 0
+    capsys.readouterr()
+    code = main(["codec", "eval", "--model", str(other), "--onnx", onnx_stem, "--images", str(photos)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "not this codec's g_a" in err, err

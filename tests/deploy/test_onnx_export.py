@@ -12,8 +12,9 @@ import lowbit
 from conftest import randomize_bn
 from lowbit.deploy import export
 from lowbit.deploy.runtime import INTEGER_OPS, optimized_op_counts, session_options
+from lowbit.errors import LowbitError
 from lowbit.graph import activation_quantizers
-from lowbit.layers import quant_layers
+from lowbit.layers import QuantLayer, quant_layers
 
 
 class WideNet(nn.Module):
@@ -198,3 +199,37 @@ def test_transformer_exports_with_integer_matmuls(tiny_vit, tmp_path):
         ours = qmodel(x)
     assert (ours.argmax(1) == run_onnx(path, x).argmax(1)).float().mean() >= 0.9
 
+
+
+class Scale(nn.Module):
+    """A per-channel scale: a layer type lowbit can be taught to quantize but has no ONNX stand-in for."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, channels).reshape(channels, 1, 1))
+        self.bias = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
+class QScale(QuantLayer, nn.Module):
+    def __init__(self) -> None:
+        nn.Module.__init__(self)
+
+    @classmethod
+    def from_float(cls, layer: Scale, weight_spec, input_spec=None, seed: int = 0) -> "QScale":
+        return cls()._adopt(layer, weight_spec, input_spec, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantize_input(x) * self.fake_quant_weight()
+
+
+def test_a_quantized_layer_without_an_onnx_form_is_named(tmp_path):
+    x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    conv = lowbit.quantize(nn.Sequential(nn.Conv2d(3, 4, 3)), x, weights_bits=8, activation_bits=8)
+    spec = next(layer for _, layer in quant_layers(conv)).weight_quant.spec
+    qmodel = nn.Sequential(conv, QScale.from_float(Scale(4), spec))  # as a module swap would place it
+    with pytest.raises(LowbitError, match=r"layer 1 \(QScale\) has no ONNX export"):
+        export(qmodel, tmp_path / "s.onnx", x[:2])
+    assert not (tmp_path / "s.onnx").exists()

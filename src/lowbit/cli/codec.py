@@ -22,6 +22,10 @@ from lowbit.cli.outputs import check_outputs
 from lowbit.errors import LowbitError
 
 
+ONNX_HELP = ("run the transforms from the ONNX files `lowbit export` wrote for this .lowbit codec (STEM.g_a.onnx "
+             "and so on, in onnxruntime); the entropy models stay in lowbit")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lowbit.codec.zoo import BUNDLED
 
@@ -38,6 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--every", type=int, default=1, help="with --save-recon: save every Nth image (default: 1)")
     e.add_argument("--no-jpeg", action="store_true", help="skip the JPEG baseline at equal bpp")
     e.add_argument("--json", help="write the results to this JSON file")
+    e.add_argument("--onnx", metavar="STEM", help=ONNX_HELP)
     e.set_defaults(func=run_eval)
 
     c = codec_sub.add_parser("compress", help="compress one image into a self-describing bitstream file")
@@ -45,6 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--quality", type=int, default=2, help="quality of a bundled codec (default: %(default)s)")
     c.add_argument("image")
     c.add_argument("output", help="bitstream file to write")
+    c.add_argument("--onnx", metavar="STEM", help=ONNX_HELP)
     c.set_defaults(func=run_compress)
 
     d = codec_sub.add_parser("decompress", help="decode a bitstream file (it names its codec) into a PNG")
@@ -52,6 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("output", help="PNG file to write")
     d.add_argument("--model", help="the codec's .safetensors or .lowbit file, for a bitstream written by a codec "
                                    "that is not bundled")
+    d.add_argument("--onnx", metavar="STEM", help=ONNX_HELP)
     d.set_defaults(func=run_decompress)
 
     codec_quantize.add_parser(codec_sub, model_help)
@@ -156,11 +163,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if recon is not None and recon.exists() and not recon.is_dir():
         raise LowbitError(f"--save-recon {recon} is a file, not a folder; name a folder to write PNGs into")
     codec = open_codec(args.model, args.quality)
+    model = _runnable(codec, args.onnx)
     if args.images:
         images = read_images(args.images)
     else:
         images = [(p.name, read_images(p)[0][1]) for p in held_out_photos()]
-    result = evaluate_codec(codec.model, images, codec.stride, save_recon=recon, every=args.every)
+    result = evaluate_codec(model, images, codec.stride, save_recon=recon, every=args.every)
     label = codec.name if codec.quality is None else f"{codec.name} q{codec.quality}"
     headers = ("image", "size", "bytes", "bpp", "PSNR dB", "MS-SSIM", "JPEG PSNR dB", "JPEG MS-SSIM",
                "encode s", "decode s")
@@ -176,7 +184,13 @@ def run_eval(args: argparse.Namespace) -> int:
     rows.append(["mean", "", None, mean["bpp"], mean["psnr"], mean["ms_ssim"], jpeg_psnr, jpeg_ssim,
                  mean["encode_seconds"], mean["decode_seconds"]])
     size = codec.weights_path.stat().st_size if codec.weights_path else None
-    print(f"{label} ({codec.architecture}, weights {human_bytes(size)}, sha256 {codec.digest[:12]})")
+    where = ""
+    if args.onnx:
+        from lowbit.codec.onnx_transforms import transform_paths
+
+        names = ", ".join(path.name for path in transform_paths(args.onnx, codec.model).values())
+        where = f"; transforms {names} in onnxruntime"
+    print(f"{label} ({codec.architecture}, weights {human_bytes(size)}, sha256 {codec.digest[:12]}{where})")
     print(table(headers, rows))
     notes = sorted({r.note for r in result.images if r.note})
     for note in notes:
@@ -188,6 +202,15 @@ def run_eval(args: argparse.Namespace) -> int:
                    "jpeg_mean": {"psnr": jpeg_psnr, "ms_ssim": jpeg_ssim}}
         write_json(args.json, payload)
     return 0
+
+
+def _runnable(codec, onnx_stem: str | None) -> torch.nn.Module:
+    """The codec's model, or with ``--onnx`` a copy whose transforms run from those files in onnxruntime."""
+    if onnx_stem is None:
+        return codec.model
+    from lowbit.codec.onnx_transforms import with_onnx_transforms
+
+    return with_onnx_transforms(codec.model, onnx_stem, codec.digest)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -203,7 +226,7 @@ def run_compress(args: argparse.Namespace) -> int:
     check_outputs({"image": args.image, "--model": args.model}, {"output": args.output})
     codec = open_codec(args.model, args.quality)
     image = read_image(args.image)
-    encoded = encode(prepare(codec.model), image, codec.stride)
+    encoded = encode(prepare(_runnable(codec, args.onnx)), image, codec.stride)
     name = codec.name if codec.weights_path is None or codec.quality is not None else codec.weights_path.name
     size = write_bitstream(args.output, CodecId(name, codec.quality, codec.architecture, codec.digest), encoded)
     bpp = encoded.num_bytes * 8 / (encoded.height * encoded.width)
@@ -228,7 +251,7 @@ def run_decompress(args: argparse.Namespace) -> int:
                 f"{codec.quality}", args.bitstream)
     if codec_id.architecture != codec.architecture:  # the digest already differs; this names the cause
         raise LowbitError(f"{args.bitstream} needs a {codec_id.architecture} codec, not {codec.architecture}")
-    decoded = decode(prepare(codec.model), encoded)
+    decoded = decode(prepare(_runnable(codec, args.onnx)), encoded)
     save_png(decoded, args.output)
     print(f"{args.bitstream} -> {args.output} ({encoded.width}x{encoded.height})")
     return 0

@@ -20,16 +20,18 @@ from lowbit.deploy.exporters import EXPORTERS, export_as
 from lowbit.deploy.providers import PROVIDERS
 from lowbit.errors import LowbitError
 from lowbit.io.lowbit_file import read_metadata
+from lowbit.io.run_record import CODEC_TASK
 from lowbit.models import default_input_shape
 from lowbit.report import human_bytes, table
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="write a .lowbit file as ONNX (QDQ form) for onnxruntime and other runtimes")
-    e.add_argument("file", help="a .lowbit file")
+    e.add_argument("file", help="a .lowbit file (a quantized codec's: its transforms, one file each)")
     e.add_argument("--format", default=EXPORTERS.names()[0], choices=EXPORTERS.names(),
                    help="; ".join(f"{name}: {EXPORTERS[name].summary}" for name in EXPORTERS))
-    e.add_argument("--out", help="the file to write (default: beside the input, with the format's suffix)")
+    e.add_argument("--out", help="the file to write (default: beside the input, with the format's suffix); for a "
+                                 "codec, OUT.g_a.onnx, OUT.g_s.onnx (and OUT.h_a.onnx) are written")
     e.add_argument("--unsigned-weights", action="store_true",
                    help="onnx-qdq: store 8-bit weight codes as uint8 instead of int8: exact in onnxruntime on x86 "
                         "CPUs without VNNI (where its int8-weight kernel can saturate), slower on CPUs with it; "
@@ -99,7 +101,8 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else source.with_suffix(EXPORTERS[args.format].suffix)
     check_outputs(cli_inputs(args, {"file": source}), {"--out": out})
     meta = read_metadata(source)
-    refuse_codec_file(meta.get("arch"), source, "export")
+    if (meta.get("arch") or {}).get("task") == CODEC_TASK:
+        return _export_codec(args, source, out)
     qmodel = load(source)
     shape = input_shape(args, meta)
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
@@ -112,6 +115,27 @@ def run_export(args: argparse.Namespace) -> int:
         _print_onnx_summary(args, meta, qmodel, example, report)
     else:
         print(f"wrote {out} ({human_bytes(report.bytes)})")
+    return 0
+
+
+def _export_codec(args: argparse.Namespace, source: Path, out: Path) -> int:
+    """A quantized codec's transforms, one ONNX file each beside ``out`` (see :mod:`lowbit.codec.onnx_transforms`)."""
+    from lowbit.codec.onnx_transforms import export_transforms, transform_paths
+    from lowbit.codec.zoo import open_codec
+
+    if args.format != EXPORTERS.names()[0] or args.unsigned_weights or args.input_shape:
+        raise LowbitError("a codec exports its transforms as ONNX QDQ files with int8 weights, for images of any "
+                          "size: drop --format, --unsigned-weights and --input-shape")
+    codec = open_codec(str(source))
+    paths = transform_paths(out, codec.model)
+    check_outputs(cli_inputs(args, {"file": source}), {f"--out ({name})": path for name, path in paths.items()})
+    reports = export_transforms(codec.model, out, codec.digest)
+    for name, report in reports.items():
+        print(f"wrote {report.path} ({human_bytes(report.bytes)}): {name}, any batch and image size")
+        for line in report.float_compute:
+            print(f"  in float: {line}")
+    print("the entropy models and the hyperprior's h_s stay in lowbit (exact integer scales on both sides); run the "
+          f"codec with these files: lowbit codec eval --model {source} --onnx {out}")
     return 0
 
 

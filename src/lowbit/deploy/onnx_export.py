@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -120,14 +121,24 @@ def drop_default_attributes(proto: onnx.ModelProto) -> int:
     return removed
 
 
-def _torch_export(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
-    batch = torch.export.Dim("batch", min=1)
+def _dynamic_dims(spatial_multiple: int | None) -> dict[int, Any]:
+    """The input dimensions left free in the file: the batch, and with ``spatial_multiple`` the height and width
+    (any multiple of it: an image codec's transforms take images of any size, padded to their stride)."""
+    dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1)}
+    if spatial_multiple is not None:
+        height, width = torch.export.Dim("height", min=1), torch.export.Dim("width", min=1)
+        dims.update({2: height, 3: width} if spatial_multiple == 1 else
+                    {2: spatial_multiple * height, 3: spatial_multiple * width})
+    return dims
+
+
+def _torch_export(model: nn.Module, example: torch.Tensor, spatial_multiple: int | None = None) -> onnx.ModelProto:
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink), torch.no_grad():
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-                                        output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False,
-                                        custom_translation_table=TRANSLATIONS)
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=(_dynamic_dims(spatial_multiple),),
+                                        verbose=False, custom_translation_table=TRANSLATIONS)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the user needs the first line
         raise LowbitError(f"the ONNX exporter could not export this model ({type(exc).__name__}: {first_line(exc)}); "
                           "replace that operation or make the model traceable by torch.export") from None
@@ -138,10 +149,12 @@ def _torch_export(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
 
 
 def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tensor, *,
-           signed_weights: bool = True, metadata: dict[str, str] | None = None) -> ExportReport:
+           signed_weights: bool = True, metadata: dict[str, str] | None = None,
+           spatial_multiple: int | None = None) -> ExportReport:
     """Write the frozen quantized ``qmodel`` to ``path`` as ONNX (opset 21, QDQ form) and say what runs in float.
 
-    ``example_input`` is one batch of model inputs (its batch size is not fixed in the file). The file needs
+    ``example_input`` is one batch of model inputs (its batch size is not fixed in the file; with
+    ``spatial_multiple``, neither are its height and width, which may then be any multiple of it). The file needs
     only onnxruntime (or any runtime that reads QDQ ONNX) to run. Weight codes are signed (int8, INT4), as
     TensorRT requires, OpenVINO needs to run the layers on integers, and onnxruntime's fastest kernels take;
     ``signed_weights=False`` stores 8-bit codes as uint8 (offset by 128, the same values), which onnxruntime
@@ -159,7 +172,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     except RuntimeError as exc:
         raise LowbitError(f"the model does not run on an input of shape {tuple(example.shape)} ({first_line(exc)}); "
                           "pass an example input of the shape it was quantized for") from None
-    proto = _torch_export(model, example)
+    proto = _torch_export(model, example, spatial_multiple)
     packed = store_narrow(proto, *_narrow_storage(model))
     onnx.helper.set_model_props(proto, {"producer": "lowbit", **(metadata or {})})
     onnx.checker.check_model(proto, full_check=True)

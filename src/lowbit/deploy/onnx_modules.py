@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit import qmath
+from lowbit.codec.gdn import QGDN
 from lowbit.deploy import onnx_ops  # noqa: F401 - registers torch.ops.lowbit
 from lowbit.errors import LowbitError
 from lowbit.graph import layer_input_quantizers, set_module
@@ -197,6 +198,19 @@ class ExportedConvTranspose2d(ExportedConv2d):
                                   self.padding, self.output_padding, self.groups, self.dilation)
 
 
+class ExportedGDN(nn.Module):
+    """A codec's GDN (or IGDN): ``x * rsqrt(beta + gamma * x^2)``, gamma on its integer grid as a 1x1 convolution."""
+
+    def __init__(self, layer: QGDN, weight: DequantizedWeight, input_quant: nn.Module) -> None:
+        super().__init__()
+        self.w, self.input_quant, self.inverse = weight, input_quant, layer.inverse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_quant(x)
+        norm = F.conv2d(x * x, self.w.weight(), self.w.bias_value())
+        return x * (torch.sqrt(norm) if self.inverse else torch.rsqrt(norm))
+
+
 class ExportedLinear(nn.Module):
     def __init__(self, weight: DequantizedWeight, input_quant: nn.Module) -> None:
         super().__init__()
@@ -206,7 +220,7 @@ class ExportedLinear(nn.Module):
         return F.linear(self.input_quant(x), self.w.weight(), self.w.bias_value())
 
 
-EXPORTED_LAYERS = (QConvTranspose2d, QConv1d, QConv2d, QLinear)
+EXPORTED_LAYERS = (QConvTranspose2d, QConv1d, QConv2d, QLinear, QGDN)
 
 
 def _exported(layer: QuantLayer, weight: DequantizedWeight, input_quant: nn.Module) -> nn.Module:
@@ -217,6 +231,8 @@ def _exported(layer: QuantLayer, weight: DequantizedWeight, input_quant: nn.Modu
         return ExportedConv1d(layer, weight, input_quant)
     if isinstance(layer, QConv2d):
         return ExportedConv2d(layer, weight, input_quant)
+    if isinstance(layer, QGDN):
+        return ExportedGDN(layer, weight, input_quant)
     return ExportedLinear(weight, input_quant)
 
 
@@ -242,8 +258,7 @@ def exportable(qmodel: nn.Module, signed_weights: bool = True) -> tuple[nn.Modul
     for name, layer in list(quant_layers(model)):
         if not isinstance(layer, EXPORTED_LAYERS):
             raise LowbitError(f"layer {name} ({type(layer).__name__}) has no ONNX export; only convolutions, "
-                              "transposed convolutions and linear layers export (a quantized image codec runs in "
-                              "lowbit: `lowbit codec eval`, `compress` and `decompress`)")
+                              "transposed convolutions, linear layers and GDN export")
         if layer.weight_quant.state != "quantize":
             notes.add(f"{name}: weights left in float")
             continue
