@@ -68,3 +68,9 @@ def test_files_run_only_with_their_codec(exported, tmp_path):
         with_onnx_transforms(qcodec, stem, "another digest")
     with pytest.raises(LowbitError, match="write the codec's ONNX transforms with `lowbit export`"):
         with_onnx_transforms(qcodec, tmp_path / "missing.onnx", "digest")
+
+
+def test_the_whole_codec_points_to_its_transforms(exported, tmp_path):
+    qcodec, _, _ = exported
+    with pytest.raises(LowbitError, match="exports its transforms"):
+        lowbit.export(qcodec, tmp_path / "codec.onnx", torch.rand(1, 3, 64, 64))

@@ -24,6 +24,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from lowbit.codec.task import is_codec
 from lowbit.deploy.export_report import ExportReport
 from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
@@ -164,6 +165,9 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     """
     if not isinstance(example_input, torch.Tensor) or not example_input.is_floating_point():
         raise LowbitError("example_input must be a float tensor shaped like one batch of model inputs")
+    if is_codec(qmodel):
+        raise LowbitError("an image codec exports its transforms, one file each, while its entropy models stay in "
+                          "lowbit: lowbit.codec.onnx_transforms.export_transforms, or `lowbit export FILE.lowbit`")
     model, notes = exportable(qmodel, signed_weights)
     example = example_input.detach().float().cpu()
     try:
