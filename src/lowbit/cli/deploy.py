@@ -134,8 +134,9 @@ def _export_codec(args: argparse.Namespace, source: Path, out: Path) -> int:
         print(f"wrote {report.path} ({human_bytes(report.bytes)}): {name}, any batch and image size")
         for line in report.float_compute:
             print(f"  in float: {line}")
-    print("the entropy models and the hyperprior's h_s stay in lowbit (exact integer scales on both sides); run the "
-          f"codec with these files: lowbit codec eval --model {source} --onnx {out}")
+    kept = "the entropy models and h_s (exact integer scales on both sides)" if hasattr(codec.model, "h_s") \
+        else "the entropy models"
+    print(f"{kept} stay in lowbit; run the codec with these files: lowbit codec eval --model {source} --onnx {out}")
     return 0
 
 
