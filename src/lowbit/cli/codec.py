@@ -197,7 +197,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if args.json:
         payload = {"model": codec.name, "quality": codec.quality, "architecture": codec.architecture,
-                   "sha256": codec.digest, **result.to_dict(),
+                   "sha256": codec.digest, "onnx_transforms": args.onnx, **result.to_dict(),
                    "jpeg_at_equal_bpp": [None if j is None else vars(j) for j in jpeg],
                    "jpeg_mean": {"psnr": jpeg_psnr, "ms_ssim": jpeg_ssim}}
         write_json(args.json, payload)
