@@ -70,9 +70,9 @@ def check_provider(provider: str) -> str:
     """onnxruntime's name for ``provider`` (a key of :data:`PROVIDERS`), or one line saying how to get it."""
     if provider not in PROVIDERS:
         raise LowbitError(f"unknown execution provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
-    name = PROVIDERS[provider]
-    if provider not in present_providers():
-        have = ", ".join(present_providers()) or "none of lowbit's"
+    name, present = PROVIDERS[provider], present_providers()
+    if provider not in present:
+        have = ", ".join(present) or "none of lowbit's"
         raise LowbitError(f"this onnxruntime {ort.__version__} has no {provider} execution provider (it has {have}); "
                           "install onnxruntime-gpu in its place for cuda and tensorrt, or use --provider cpu")
     return name
