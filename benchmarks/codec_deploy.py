@@ -1,9 +1,10 @@
 """Quantized codecs deployed: their transforms exported to ONNX and run by onnxruntime, against lowbit's own model.
 
 For each bundled codec and rate point: the float codec (PyTorch), W8A8 round-to-nearest in lowbit (PyTorch,
-simulated quantization) and the same W8A8 codec with ``g_a``, ``h_a`` and ``g_s`` run from the files
+simulated quantization), the same W8A8 codec with ``g_a``, ``h_a`` and ``g_s`` run from the files
 ``lowbit export`` writes (onnxruntime, integer convolutions where the inputs are 8-bit; transposed convolutions
-in float), the entropy models and ``h_s`` in lowbit on both. Every figure comes from real bitstreams on the
+in float), the entropy models and ``h_s`` in lowbit on both, and onnxruntime's own dynamic int8 quantization of
+the float codec's transforms as the peer. Every figure comes from real bitstreams on the
 held-out photos; each variant codes one photo untimed first (sessions and caches warm).
 Run: OMP_NUM_THREADS=1 python3 benchmarks/codec_deploy.py [--no-write]
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 from codec import figures
+from codec_peer import int8_files_bytes, ort_dynamic_int8
 from codec_quant import CALIB_CROPS, CROP, SEED
 from report import md_table, publish, topic_page
 
@@ -41,11 +43,17 @@ def variants(codec, calib: torch.Tensor, folder: Path) -> list[tuple[str, torch.
     reports = export_transforms(qcodec, folder / "codec.onnx", codec.digest)
     export_s = time.perf_counter() - start
     onnx_bytes = sum(r.bytes for r in reports.values())
+    (folder / "peer").mkdir()
+    start = time.perf_counter()
+    peer = ort_dynamic_int8(codec.model, folder / "peer")
+    peer_s = time.perf_counter() - start
     return [("FP32 (PyTorch)", codec.model, human_bytes(codec.weights_path.stat().st_size), 0.0),
             ("W8A8 lowbit (PyTorch, simulated)", qcodec, human_bytes(lowbit_file.stat().st_size), quantize_s),
             ("W8A8 ONNX transforms (onnxruntime)", with_onnx_transforms(qcodec, folder / "codec.onnx", codec.digest,
                                                                        threads=1),
-             f"{human_bytes(onnx_bytes)} of transforms", export_s)]
+             f"{human_bytes(onnx_bytes)} of transforms", export_s),
+            ("onnxruntime dynamic int8 (peer)", peer, f"{human_bytes(int8_files_bytes(folder / 'peer'))} of transforms",
+             peer_s)]
 
 
 def main() -> None:
@@ -75,7 +83,8 @@ def main() -> None:
             lowbit_points = curves[codec_name, "W8A8 lowbit (PyTorch, simulated)"]
             bd_rows.append([codec_name, name,
                             f"{bd_rate(*zip(*reference), *zip(*points)):+.2f}",
-                            "-" if "lowbit" in name else f"{bd_rate(*zip(*lowbit_points), *zip(*points)):+.2f}"])
+                            "-" if "lowbit" in name or "peer" in name
+                            else f"{bd_rate(*zip(*lowbit_points), *zip(*points)):+.2f}"])
     body = "\n\n".join([
         md_table(["codec", "form", "bpp", "PSNR dB", "MS-SSIM", "encode ms", "decode ms", "runs from",
                   "quantize / export s"], rows),
@@ -87,8 +96,11 @@ def main() -> None:
         "after one untimed photo. The onnxruntime form runs `g_a`, `h_a` and `g_s` from the files `lowbit export` "
         "writes for the W8A8 `.lowbit` file (convolutions on integer kernels; transposed convolutions and GDN "
         "in float on the dequantized weights); the entropy models and the hyperprior's `h_s` run in lowbit, so "
-        "its bitstreams are the ones lowbit's model reads. Runs from: the bundled float weights file, the "
-        "`.lowbit` file, or the ONNX transform files (the entropy models then come from the `.lowbit` file).",
+        "its bitstreams are the ones lowbit's model reads. The peer, onnxruntime's `quantize_dynamic` (int8 weights per "
+        "channel, activations quantized per call), runs all four transforms of the same float codec in "
+        "onnxruntime, `h_s` included; it has no ConvTranspose, so its `g_s` and `h_s` upsample in float. Runs "
+        "from: the bundled float weights file, the `.lowbit` file, or the ONNX transform files (the entropy "
+        "models then come from the `.lowbit` file or the float codec).",
     ])
     publish("codec-deploy", "Quantized codecs in onnxruntime: exported transforms against lowbit's model", body,
             topic_page("codec"), write=not args.no_write)
