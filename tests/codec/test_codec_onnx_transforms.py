@@ -68,6 +68,10 @@ def test_files_run_only_with_their_codec(exported, tmp_path):
         with_onnx_transforms(qcodec, stem, "another digest")
     with pytest.raises(LowbitError, match="write the codec's ONNX transforms with `lowbit export`"):
         with_onnx_transforms(qcodec, tmp_path / "missing.onnx", "digest")
+    for name, path in transform_paths(tmp_path / "broken.onnx", qcodec).items():
+        path.write_bytes(b"\x08" * 40 if name == "g_a" else path.read_bytes() if path.exists() else b"")
+    with pytest.raises(LowbitError, match="broken.g_a.onnx is not"):  # not ONNX, or no tags: refused either way
+        with_onnx_transforms(qcodec, tmp_path / "broken.onnx", "digest")
 
 
 def test_the_whole_codec_points_to_its_transforms(exported, tmp_path):
