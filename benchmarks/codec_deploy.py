@@ -12,6 +12,8 @@ Run: OMP_NUM_THREADS=1 python3 benchmarks/codec_deploy.py [--no-write]
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import tempfile
 import time
 from pathlib import Path
@@ -25,16 +27,43 @@ from report import md_table, publish, topic_page
 import lowbit
 from lowbit.codec import bd_rate, evaluate_codec, open_codec
 from lowbit.codec.images import read_image
-from lowbit.codec.onnx_transforms import export_transforms, with_onnx_transforms
+from lowbit.codec.onnx_transforms import export_transforms, transform_paths, with_onnx_transforms
 from lowbit.codec.photos import held_out_photos, training_photos
 from lowbit.codec.quantize_run import calibration_crops
 from lowbit.codec.zoo import BUNDLED
 from lowbit.config import QuantConfig
+from lowbit.deploy.openvino_check import INTEGER_PRECISIONS, compile_openvino, openvino_version
 from lowbit.report import human_bytes
 
 
-def variants(codec, calib: torch.Tensor, folder: Path) -> list[tuple[str, torch.nn.Module, str, float]]:
-    """(name, model, size of what it runs from, seconds to make it) for the three forms of one rate point."""
+Form = tuple[str, torch.nn.Module, str, float]  # name, model, size of what it runs from, seconds to make it
+
+
+class OpenVinoTransform(torch.nn.Module):
+    """One exported transform compiled by OpenVINO's CPU plugin (float parts in f32, one thread)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.compiled, precisions = compile_openvino(path, threads=1)
+        self.integer = sum(p in INTEGER_PRECISIONS for p in precisions), len(precisions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.compiled(x.numpy())[0])
+
+
+def with_openvino(qcodec: torch.nn.Module, stem: Path) -> tuple[torch.nn.Module, str]:
+    """A copy of ``qcodec`` whose exported transforms run in OpenVINO, and its integer/total convolutions."""
+    codec = copy.deepcopy(qcodec)
+    integer = total = 0
+    for name, path in transform_paths(stem, qcodec).items():
+        transform = OpenVinoTransform(path)
+        setattr(codec, name, transform)
+        integer, total = integer + transform.integer[0], total + transform.integer[1]
+    return codec, f"{integer}/{total}"
+
+
+def variants(codec, calib: torch.Tensor, folder: Path) -> list[Form]:
+    """Every form of one rate point."""
     start = time.perf_counter()
     qcodec = lowbit.quantize(codec.model, calib, QuantConfig.from_bits(8, 8, seed=SEED))
     quantize_s = time.perf_counter() - start
@@ -53,7 +82,16 @@ def variants(codec, calib: torch.Tensor, folder: Path) -> list[tuple[str, torch.
                                                                        threads=1),
              f"{human_bytes(onnx_bytes)} of transforms", export_s),
             ("onnxruntime dynamic int8 (peer)", peer, f"{human_bytes(int8_files_bytes(folder / 'peer'))} of transforms",
-             peer_s)]
+             peer_s)] + openvino_form(qcodec, folder / "codec.onnx", onnx_bytes)
+
+
+def openvino_form(qcodec: torch.nn.Module, stem: Path, onnx_bytes: int) -> list[Form]:
+    """The same ONNX files in OpenVINO, where it is installed (``pip install openvino``)."""
+    if importlib.util.find_spec("openvino") is None:
+        return []
+    model, integer = with_openvino(qcodec, stem)
+    return [(f"W8A8 ONNX transforms (OpenVINO {openvino_version()}, {integer} convolutions on integers)", model,
+             f"{human_bytes(onnx_bytes)} of transforms", 0.0)]
 
 
 def main() -> None:
@@ -96,11 +134,12 @@ def main() -> None:
         "after one untimed photo. The onnxruntime form runs `g_a`, `h_a` and `g_s` from the files `lowbit export` "
         "writes for the W8A8 `.lowbit` file (convolutions on integer kernels; transposed convolutions and GDN "
         "in float on the dequantized weights); the entropy models and the hyperprior's `h_s` run in lowbit, so "
-        "its bitstreams are the ones lowbit's model reads. The peer, onnxruntime's `quantize_dynamic` (int8 weights per "
-        "channel, activations quantized per call), runs all four transforms of the same float codec in "
+        "its bitstreams are the ones lowbit's model reads. The peer, onnxruntime's `quantize_dynamic` (int8 weights "
+        "per channel, activations quantized per call), runs all four transforms of the same float codec in "
         "onnxruntime, `h_s` included; it has no ConvTranspose, so its `g_s` and `h_s` upsample in float. Runs "
         "from: the bundled float weights file, the `.lowbit` file, or the ONNX transform files (the entropy "
-        "models then come from the `.lowbit` file or the float codec).",
+        "models then come from the `.lowbit` file or the float codec). Where OpenVINO is installed, the same ONNX "
+        "files also run in its CPU plugin (float parts in f32), inside the same codec.",
     ])
     publish("codec-deploy", "Quantized codecs in onnxruntime: exported transforms against lowbit's model", body,
             topic_page("codec"), write=not args.no_write)
