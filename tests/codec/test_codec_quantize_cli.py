@@ -8,6 +8,7 @@ import json
 import pytest
 from codec_helpers import tiny_weights, write_png
 
+import lowbit.deploy.runtime
 from lowbit.cli import main
 from lowbit.codec.images import read_image
 from lowbit.io.lowbit_file import read_metadata
@@ -121,3 +122,16 @@ def test_export_writes_the_transforms_that_eval_compress_and_decompress_run(tmp_
     code = main(["codec", "eval", "--model", str(other), "--onnx", onnx_stem, "--images", str(photos)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "not this codec's g_a" in err, err
+
+
+def test_provider_needs_onnx_transforms_and_an_onnxruntime_that_has_it(tmp_path, setup, capsys, monkeypatch):
+    monkeypatch.setattr(lowbit.deploy.runtime.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    weights, photos = setup
+    out = tmp_path / "c.lowbit"
+    assert _quantize(weights, photos, out, "--no-eval", "--weights-bits", "8", "--activation-bits", "8") == 0
+    assert main(["export", str(out), "--out", str(tmp_path / "c.onnx")]) == 0
+    capsys.readouterr()
+    for extra, message in (([], "add --onnx STEM"), (["--onnx", str(tmp_path / "c.onnx")], "onnxruntime-gpu")):
+        code = main(["codec", "eval", "--model", str(out), "--images", str(photos), "--provider", "cuda", *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, err

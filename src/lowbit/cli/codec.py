@@ -24,6 +24,14 @@ from lowbit.errors import LowbitError
 
 ONNX_HELP = ("run the transforms from the ONNX files `lowbit export` wrote for this .lowbit codec (STEM.g_a.onnx "
              "and so on, in onnxruntime); the entropy models stay in lowbit")
+PROVIDER_HELP = "with --onnx: onnxruntime's execution provider (cuda and tensorrt come with onnxruntime-gpu)"
+
+
+def _add_onnx_args(p: argparse.ArgumentParser) -> None:
+    from lowbit.deploy.providers import PROVIDERS
+
+    p.add_argument("--onnx", metavar="STEM", help=ONNX_HELP)
+    p.add_argument("--provider", default="cpu", choices=list(PROVIDERS), help=PROVIDER_HELP + " (default: %(default)s)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--every", type=int, default=1, help="with --save-recon: save every Nth image (default: 1)")
     e.add_argument("--no-jpeg", action="store_true", help="skip the JPEG baseline at equal bpp")
     e.add_argument("--json", help="write the results to this JSON file")
-    e.add_argument("--onnx", metavar="STEM", help=ONNX_HELP)
+    _add_onnx_args(e)
     e.set_defaults(func=run_eval)
 
     c = codec_sub.add_parser("compress", help="compress one image into a self-describing bitstream file")
@@ -50,7 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--quality", type=int, default=2, help="quality of a bundled codec (default: %(default)s)")
     c.add_argument("image")
     c.add_argument("output", help="bitstream file to write")
-    c.add_argument("--onnx", metavar="STEM", help=ONNX_HELP)
+    _add_onnx_args(c)
     c.set_defaults(func=run_compress)
 
     d = codec_sub.add_parser("decompress", help="decode a bitstream file (it names its codec) into a PNG")
@@ -58,7 +66,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("output", help="PNG file to write")
     d.add_argument("--model", help="the codec's .safetensors or .lowbit file, for a bitstream written by a codec "
                                    "that is not bundled")
-    d.add_argument("--onnx", metavar="STEM", help=ONNX_HELP)
+    _add_onnx_args(d)
     d.set_defaults(func=run_decompress)
 
     codec_quantize.add_parser(codec_sub, model_help)
@@ -163,7 +171,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if recon is not None and recon.exists() and not recon.is_dir():
         raise LowbitError(f"--save-recon {recon} is a file, not a folder; name a folder to write PNGs into")
     codec = open_codec(args.model, args.quality)
-    model = _runnable(codec, args.onnx)
+    model = _runnable(codec, args)
     if args.images:
         images = read_images(args.images)
     else:
@@ -197,20 +205,24 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if args.json:
         payload = {"model": codec.name, "quality": codec.quality, "architecture": codec.architecture,
-                   "sha256": codec.digest, "onnx_transforms": args.onnx, **result.to_dict(),
+                   "sha256": codec.digest, "onnx_transforms": args.onnx, "provider": args.provider,
+                   **result.to_dict(),
                    "jpeg_at_equal_bpp": [None if j is None else vars(j) for j in jpeg],
                    "jpeg_mean": {"psnr": jpeg_psnr, "ms_ssim": jpeg_ssim}}
         write_json(args.json, payload)
     return 0
 
 
-def _runnable(codec, onnx_stem: str | None) -> torch.nn.Module:
+def _runnable(codec, args: argparse.Namespace) -> torch.nn.Module:
     """The codec's model, or with ``--onnx`` a copy whose transforms run from those files in onnxruntime."""
-    if onnx_stem is None:
+    if args.onnx is None:
+        if args.provider != "cpu":
+            raise LowbitError("--provider chooses where the --onnx transforms run; add --onnx STEM (files written by "
+                              "`lowbit export`)")
         return codec.model
     from lowbit.codec.onnx_transforms import with_onnx_transforms
 
-    return with_onnx_transforms(codec.model, onnx_stem, codec.digest)
+    return with_onnx_transforms(codec.model, args.onnx, codec.digest, provider=args.provider)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -226,7 +238,7 @@ def run_compress(args: argparse.Namespace) -> int:
     check_outputs({"image": args.image, "--model": args.model}, {"output": args.output})
     codec = open_codec(args.model, args.quality)
     image = read_image(args.image)
-    encoded = encode(prepare(_runnable(codec, args.onnx)), image, codec.stride)
+    encoded = encode(prepare(_runnable(codec, args)), image, codec.stride)
     name = codec.name if codec.weights_path is None or codec.quality is not None else codec.weights_path.name
     size = write_bitstream(args.output, CodecId(name, codec.quality, codec.architecture, codec.digest), encoded)
     bpp = encoded.num_bytes * 8 / (encoded.height * encoded.width)
@@ -251,7 +263,7 @@ def run_decompress(args: argparse.Namespace) -> int:
                 f"{codec.quality}", args.bitstream)
     if codec_id.architecture != codec.architecture:  # the digest already differs; this names the cause
         raise LowbitError(f"{args.bitstream} needs a {codec_id.architecture} codec, not {codec.architecture}")
-    decoded = decode(prepare(_runnable(codec, args.onnx)), encoded)
+    decoded = decode(prepare(_runnable(codec, args)), encoded)
     save_png(decoded, args.output)
     print(f"{args.bitstream} -> {args.output} ({encoded.width}x{encoded.height})")
     return 0
