@@ -191,4 +191,3 @@ def test_hyperprior_decoder_reads_its_rounded_latents_exactly_at_8_bits():
     latents = torch.round(codec.g_a(_photos(2)).detach())
     assert latents.max() - latents.min() > 8
     assert torch.equal(qmodel.get_submodule("g_s.0").input_quant(latents), latents)
-

@@ -16,7 +16,6 @@ import copy
 import os
 from pathlib import Path
 
-import onnx
 import torch
 from torch import nn
 
@@ -77,29 +76,24 @@ class OnnxTransform(nn.Module):
         super().__init__()
         self.session = open_session(path, threads, provider)
         self.input_name = self.session.get_inputs()[0].name
+        self.tags = self.session.get_modelmeta().custom_metadata_map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (out,) = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})
         return torch.from_numpy(out).to(x.device)
 
 
-def _check_file(path: Path, name: str, digest: str) -> None:
-    if not path.is_file():
-        raise LowbitError(f"{path} not found; write the codec's ONNX transforms with `lowbit export` first")
-    try:
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    except Exception:  # noqa: BLE001 - onnx raises several types for files that are not ONNX
-        raise LowbitError(f"{path} is not an ONNX file; write it with `lowbit export`") from None
-    if props.get(TRANSFORM_KEY) != name or props.get(DIGEST_KEY) != digest:
-        raise LowbitError(f"{path} is not this codec's {name} (it was exported from another model or is another "
-                          "transform); export this codec's transforms with `lowbit export`")
-
-
 def with_onnx_transforms(qcodec: nn.Module, stem: str | os.PathLike, digest: str, threads: int | None = None,
                          provider: str = "cpu") -> nn.Module:
-    """A copy of ``qcodec`` whose transforms run from the files :func:`export_transforms` wrote at ``stem``."""
+    """A copy of ``qcodec`` whose transforms run from the files :func:`export_transforms` wrote at ``stem``;
+    a file that is missing, not ONNX, or tagged for another codec or transform is refused in one line."""
     codec = copy.deepcopy(qcodec)
     for name, path in transform_paths(stem, qcodec).items():
-        _check_file(path, name, digest)
-        setattr(codec, name, OnnxTransform(path, threads, provider))
+        if not path.is_file():
+            raise LowbitError(f"{path} not found; write the codec's ONNX transforms with `lowbit export` first")
+        transform = OnnxTransform(path, threads, provider)
+        if transform.tags.get(TRANSFORM_KEY) != name or transform.tags.get(DIGEST_KEY) != digest:
+            raise LowbitError(f"{path} is not this codec's {name} (it was exported from another model or is another "
+                              "transform); export this codec's transforms with `lowbit export`")
+        setattr(codec, name, transform)
     return codec
