@@ -1,5 +1,8 @@
 """ONNX export: QDQ form with lowbit's own grids, integer kernels in onnxruntime, same outputs on both sides."""
 
+import os
+import tempfile
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,7 +16,8 @@ from conftest import randomize_bn
 from lowbit.deploy import export
 from lowbit.deploy.runtime import INTEGER_OPS, optimized_op_counts, session_options
 from lowbit.errors import LowbitError
-from lowbit.graph import activation_quantizers
+from lowbit.graph import activation_quantizers, layer_input_quantizers
+from lowbit.integer_bias import bias_codes, bias_grid
 from lowbit.layers import QuantLayer, quant_layers
 
 
@@ -54,6 +58,26 @@ def dequantized_weights(path):
     return out
 
 
+def integer_biases(path) -> list[list[int]]:
+    """The int32 biases of the integer convolutions and matmuls onnxruntime runs, in graph order (the file
+    stores float biases, which its optimizer quantizes when the session starts)."""
+    with tempfile.TemporaryDirectory() as d:
+        options = session_options(1, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+        options.optimized_model_filepath = os.path.join(d, "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    bias_input = {"QLinearConv": 8, "QGemm": 6}
+    return [inits[n.input[bias_input[n.op_type]]].tolist() for n in graph.node if n.op_type in bias_input]
+
+
+def lowbit_bias_codes(qmodel) -> list[list[int]]:
+    """lowbit's int32 bias codes of the layers that run on integer kernels, in module order."""
+    modules, inputs = dict(qmodel.named_modules()), layer_input_quantizers(qmodel)
+    return [bias_codes(layer.bias, bias_grid(layer, modules[inputs[name]])).tolist()
+            for name, layer in quant_layers(qmodel)]
+
+
 def repeated_defaults(graph) -> list[str]:
     """``op.attribute`` for every node attribute written with its operator's default value."""
     found = []
@@ -77,6 +101,7 @@ def test_w8a8_runs_integer_kernels_and_matches_lowbit(residual_net, images, tmp_
     convs = sum(isinstance(layer, nn.Conv2d) for _, layer in quant_layers(qmodel))
     assert counts["QLinearConv"] == convs and counts["Conv"] == 0, counts
     assert counts["QGemm"] == 1 and counts["Gemm"] == 0, counts  # the classifier head, on integers too
+    assert integer_biases(path) == lowbit_bias_codes(qmodel)  # onnxruntime's int32 biases are lowbit's codes
     with torch.no_grad():
         ours = qmodel(images)
     theirs = run_onnx(path, images)
@@ -126,8 +151,9 @@ def test_w4_weights_are_stored_in_4_bit_types_and_still_run_on_integers(tmp_path
     assert not graph.value_info and not any(node.metadata_props for node in graph.node)
     assert not any(p.key.startswith("pkg.torch.") for p in graph.metadata_props)
     assert not repeated_defaults(graph)  # nor copies of each operator's default attributes
-    bias_reads = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".bias_q")]
-    assert bias_reads and all(len(n.input) == 2 for n in bias_reads)  # int32 biases: zero points are ONNX's 0
+    conv_biases = [inits[n.input[2]] for n in graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2]
+    assert len(conv_biases) == 4 and all(b.data_type == onnx.TensorProto.FLOAT for b in conv_biases)
+    assert not any(name.endswith(".bias_q") for name in inits)  # no int32 copies: onnxruntime quantizes them
     counts = optimized_op_counts(report.path)
     assert counts["QLinearConv"] == 3 and counts["Conv"] == 0, counts
     with torch.no_grad():
@@ -154,6 +180,9 @@ def test_narrow_inputs_feeding_8_bit_outputs_keep_their_biases(residual_net, ima
     codes and write 8-bit ones keep lowbit's float bias in the optimized onnxruntime graph."""
     qmodel = lowbit.quantize(residual_net, images, weights_bits=2, activation_bits=2, residual_bits=8)
     report = export(qmodel, tmp_path / "r.onnx", images[:2])
+    graph = onnx.load(str(report.path)).graph
+    bias_reads = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".bias_q")]
+    assert bias_reads and all(len(n.input) == 2 for n in bias_reads)  # int32 biases: zero points are ONNX's 0
     with torch.no_grad():
         ours = qmodel(images)
     assert (ours - run_onnx(report.path, images)).abs().max() < 1e-3 * ours.abs().max()

@@ -52,6 +52,14 @@ def exact_bias_scale(bias: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(bias, dtype=torch.float32), exponent - 31)
 
 
+def _requantizes_exactly(bias: torch.Tensor, feeding: Quantizer, weight_scale: torch.Tensor,
+                         grid: torch.Tensor) -> bool:
+    """Whether onnxruntime, quantizing the float ``bias`` of a layer behind integer kernels when a session starts
+    (``round(bias / (input scale * weight scale))`` in float32), gets lowbit's int32 codes on ``grid``."""
+    product = feeding.scale.detach().float().reshape(()) * weight_scale.detach().float().expand(grid.numel())
+    return torch.equal(torch.round(bias.detach().float() / product), bias_codes(bias, grid).float())
+
+
 @dataclass
 class ExportNotes:
     """What the export could not express as integer computation in onnxruntime, for the user to read."""
@@ -113,8 +121,9 @@ def export_quantizer(q: Quantizer | None, notes: ExportNotes) -> nn.Module:
 
 
 class DequantizedWeight(nn.Module):
-    """Integer weight codes with their per-channel grid, and the bias (integer when the layer can run on
-    integer kernels, as onnxruntime's fused kernels need an int32 bias on the input-times-weight scale)."""
+    """Integer weight codes with their per-channel grid, and the bias: float where onnxruntime turns it into the
+    int32 bias its integer kernels add (on the input-times-weight scale, as lowbit does), int32 codes on an
+    exact grid behind other static input grids."""
 
     def __init__(self, layer: QuantLayer, feeding: Quantizer | None, signed_weights: bool = True) -> None:
         super().__init__()
@@ -140,14 +149,18 @@ class DequantizedWeight(nn.Module):
         # integer QGemm only when the weight's DequantizeLinear names a zero point
         self.register_buffer("zero_point", zero_point.to(dtype).expand(channels).contiguous())
         self.bits = (qmin, qmax)
-        # int32 biases where onnxruntime runs the layer on integers (an 8-bit static input grid) and the
-        # scales line up with the bias channel for channel; freezing put the bias on that grid already.
+        # Where onnxruntime runs the layer on integers (an 8-bit static input grid), freezing put the bias on
+        # the input-times-weight grid, and onnxruntime's optimizer quantizes a float bias to int32 codes on
+        # exactly that grid when the session starts: the float bias is stored, which spares the file an int32
+        # copy's per-channel scale (unless the optimizer's float32 arithmetic would not give back lowbit's codes).
         # Behind any other static grid the bias is stored as int32 codes on a per-channel power-of-two scale
-        # that holds it exactly: a float bias next to a constant input grid and dequantized weights would be
-        # rounded by onnxruntime's optimizer to the input-times-weight grid, which is coarse for narrow inputs.
+        # that holds it exactly: there the optimizer would round a float bias to the input-times-weight grid,
+        # which is coarse for narrow inputs.
         # (Behind a dynamic grid the float bias stays: the optimizer fuses it into the dynamic integer kernels.)
         bias_scale = bias_grid(layer, feeding)
-        if bias_scale is None and bias is not None and bias.numel() == channels and _static_grid(feeding):
+        if bias_scale is not None and _requantizes_exactly(bias, feeding, wq.scale, bias_scale):
+            bias_scale = None
+        elif bias_scale is None and bias is not None and bias.numel() == channels and _static_grid(feeding):
             bias_scale = exact_bias_scale(bias)
         self.bias_codes = bias_scale is not None
         if self.bias_codes:
