@@ -1,11 +1,12 @@
 """``lowbit.deploy``: a frozen quantized model to an ONNX file in QDQ form.
 
 The graph comes from PyTorch's own exporter (torch.export, then onnxscript's translation and optimizer), with
-lowbit's quantizers translated by :mod:`lowbit.deploy.onnx_ops`. The one change made to the exporter's output:
-weight codes of 4 bits and below are stored as ONNX ``INT4``/``UINT4`` initializers (torch has no 4-bit
-tensors), each read through a ``Cast`` to 8 bits, which onnxruntime folds when the session starts so that its
-integer convolution and matmul kernels take these layers too; float16 weights, whose cast the exporter folds
-into float32, are stored as float16 again the same way.
+lowbit's quantizers translated by :mod:`lowbit.deploy.onnx_ops`. Changes made to the exporter's output: its
+debugging records and repeated default attributes are left out; weight codes of 4 bits and below are stored as
+ONNX ``INT4``/``UINT4`` initializers (torch has no 4-bit tensors), each read through a ``Cast`` to 8 bits, which
+onnxruntime folds when the session starts so that its integer convolution and matmul kernels take these layers
+too; float16 weights, whose cast the exporter folds into float32, are stored as float16 again the same way;
+and a few convolutions' biases are written as an Add for OpenVINO (:mod:`lowbit.deploy.concat_bias`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from lowbit.codec.task import is_codec
+from lowbit.deploy.concat_bias import split_concat_biases
 from lowbit.deploy.export_report import ExportReport
 from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
@@ -178,6 +180,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
                           "pass an example input of the shape it was quantized for") from None
     proto = _torch_export(model, example, spatial_multiple)
     packed = store_narrow(proto, *_narrow_storage(model))
+    split_concat_biases(proto)
     onnx.helper.set_model_props(proto, {"producer": "lowbit", **(metadata or {})})
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
