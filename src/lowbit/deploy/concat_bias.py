@@ -28,16 +28,19 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def _reaches_concat(value: str, consumers: dict[str, list[onnx.NodeProto]]) -> bool:
-    """Whether ``value`` flows, one consumer at a time and through shape-only operators, into a Concat."""
+    """Whether ``value`` flows, one consumer at a time and through shape-only operators of which at least one
+    changes the shape, into a Concat (a Concat reading the quantized output directly is computed correctly)."""
+    reshaped = False
     for _ in range(len(SHAPE_ONLY) + 8):
         readers = consumers.get(value, [])
         if len(readers) != 1:
             return False
         reader = readers[0]
         if reader.op_type == "Concat":
-            return True
+            return reshaped
         if reader.op_type not in SHAPE_ONLY or reader.input[0] != value:
             return False
+        reshaped = reshaped or reader.op_type not in ("QuantizeLinear", "DequantizeLinear")
         value = reader.output[0]
     return False
 
