@@ -37,7 +37,7 @@ def test_each_transform_is_one_file_with_integer_convolutions(exported):
     assert sorted(reports) == ["g_a", "g_s", "h_a"]  # h_s stays in lowbit's exact integer path
     assert {r.path for r in reports.values()} == set(transform_paths(stem, qcodec).values())
     assert optimized_op_counts(reports["g_a"].path)["QLinearConv"] >= 3
-    assert any("ConvTranspose2d" in line for line in reports["g_s"].float_compute)
+    assert optimized_op_counts(reports["g_s"].path)["QLinearConv"] >= 3  # transposed convolutions in sub-pixel form
 
 
 def test_onnx_transforms_code_what_lowbit_codes_at_any_size(exported):

@@ -3,8 +3,8 @@
 The analysis transform ``g_a``, a hyperprior's hyper-analysis ``h_a`` and the synthesis transform ``g_s`` become
 one file each, for any batch and any image size (a multiple of the transform's downsampling, which the codec's
 padding to its stride gives). onnxruntime runs their convolutions on integer kernels where the inputs are on
-8-bit static grids; its CPU provider has no integer transposed convolution, so ``g_s`` upsamples in float on the
-dequantized weights. The entropy models stay in lowbit, and so does a hyperprior's ``h_s``: it computes the
+8-bit static grids, ``g_s``'s transposed convolutions included (exported as sub-pixel convolutions:
+:mod:`lowbit.deploy.subpixel`). The entropy models stay in lowbit, and so does a hyperprior's ``h_s``: it computes the
 scales that encoder and decoder must agree on bit for bit, which lowbit does in exact integer arithmetic and
 onnxruntime's float requantization does not promise. A codec whose transforms run from these files therefore
 writes the bitstreams that lowbit's own codec reads, and reads the ones it writes.

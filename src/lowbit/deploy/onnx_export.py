@@ -6,8 +6,9 @@ debugging records and repeated default attributes are left out; weight codes of 
 ONNX ``INT4``/``UINT4`` initializers (torch has no 4-bit tensors), each read through a ``Cast`` to 8 bits, which
 onnxruntime folds when the session starts so that its integer convolution and matmul kernels take these layers
 too; float16 weights, whose cast the exporter folds into float32, are stored as float16 again the same way;
-and a few convolutions' biases are written as an Add for OpenVINO (:mod:`lowbit.deploy.concat_bias`).
-"""
+a few convolutions' biases are written as an Add for OpenVINO (:mod:`lowbit.deploy.concat_bias`); and the
+pixel shuffles of transposed convolutions exported in sub-pixel form move behind the quantizer that follows
+them (:mod:`lowbit.deploy.subpixel`)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from lowbit.deploy.concat_bias import split_concat_biases
 from lowbit.deploy.export_report import ExportReport
 from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
+from lowbit.deploy.subpixel import shuffle_after_quantizers
 from lowbit.errors import LowbitError, first_line
 from lowbit.io.atomic import atomic_path
 
@@ -181,6 +183,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     proto = _torch_export(model, example, spatial_multiple)
     packed = store_narrow(proto, *_narrow_storage(model))
     split_concat_biases(proto)
+    shuffle_after_quantizers(proto)
     onnx.helper.set_model_props(proto, {"producer": "lowbit", **(metadata or {})})
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)

@@ -19,6 +19,7 @@ from torch import nn
 from lowbit import qmath
 from lowbit.codec.gdn import QGDN
 from lowbit.deploy import onnx_ops  # noqa: F401 - registers torch.ops.lowbit
+from lowbit.deploy.subpixel import subpixel_plans, subpixel_weight
 from lowbit.errors import LowbitError
 from lowbit.graph import layer_input_quantizers, set_module
 from lowbit.integer_bias import INTEGER_KERNEL_GRID, bias_codes, bias_grid
@@ -211,6 +212,31 @@ class ExportedConvTranspose2d(ExportedConv2d):
                                   self.padding, self.output_padding, self.groups, self.dilation)
 
 
+class ExportedSubpixelConvTranspose2d(ExportedConv2d):
+    """A transposed convolution as a convolution over its output phases and a pixel shuffle (see
+    :mod:`lowbit.deploy.subpixel`)."""
+
+    def __init__(self, layer: QConvTranspose2d, weight: DequantizedWeight, input_quant: nn.Module,
+                 plans: tuple[tuple[int, int], tuple[int, int]]) -> None:
+        super().__init__(layer, weight, input_quant)
+        self.factor = layer.stride[0]
+        self.padding = (plans[0][0], plans[1][0])
+        phases = self.factor ** 2
+        weight.codes = subpixel_weight(weight.codes, self.factor, layer.padding, plans, weight.zero_point)
+        weight.scale = weight.scale.repeat_interleave(phases)
+        weight.zero_point = weight.zero_point.repeat_interleave(phases)
+        weight.axis = 0
+        if weight.bias_codes:
+            weight.bias_q = weight.bias_q.repeat_interleave(phases)
+            weight.bias_scale = weight.bias_scale.repeat_interleave(phases)
+        elif weight.bias is not None:
+            weight.bias = weight.bias.repeat_interleave(phases)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        phases = F.conv2d(self.input_quant(x), self.w.weight(), self.w.bias_value(), 1, self.padding)
+        return F.pixel_shuffle(phases, self.factor)
+
+
 class ExportedGDN(nn.Module):
     """A codec's GDN (or IGDN): ``x * rsqrt(beta + gamma * x^2)``, gamma on its integer grid as a 1x1 convolution."""
 
@@ -239,6 +265,9 @@ EXPORTED_LAYERS = (QConvTranspose2d, QConv1d, QConv2d, QLinear, QGDN)
 def _exported(layer: QuantLayer, weight: DequantizedWeight, input_quant: nn.Module) -> nn.Module:
     """The export-time stand-in of one quantized layer (one of :data:`EXPORTED_LAYERS`)."""
     if isinstance(layer, QConvTranspose2d):
+        plans = subpixel_plans(layer) if not weight.float16 else None
+        if plans is not None:
+            return ExportedSubpixelConvTranspose2d(layer, weight, input_quant, plans)
         return ExportedConvTranspose2d(layer, weight, input_quant)
     if isinstance(layer, QConv1d):
         return ExportedConv1d(layer, weight, input_quant)
@@ -286,9 +315,9 @@ def exportable(qmodel: nn.Module, signed_weights: bool = True) -> tuple[nn.Modul
                       "have no float16 convolution)")
         weight = DequantizedWeight(layer, feeding, signed_weights)
         own_input = export_quantizer(layer.input_quant, notes)
-        if isinstance(layer, QConvTranspose2d) and not layer.weight_quant.spec.is_fp16:
-            notes.add("ConvTranspose2d: computed in float on its dequantized integer weights (onnxruntime's CPU "
-                      "provider has no integer transposed convolution)")
+        if isinstance(layer, QConvTranspose2d) and not layer.weight_quant.spec.is_fp16 and subpixel_plans(layer) is None:
+            notes.add(f"{name}: ConvTranspose2d computed in float on its dequantized integer weights (onnxruntime's "
+                      "CPU provider has no integer transposed convolution, and this one has no sub-pixel form)")
         swapped = _exported(layer, weight, own_input)
         set_module(model, name, swapped)
     for name, q in [(n, m) for n, m in model.named_modules() if isinstance(m, Quantizer)]:
