@@ -60,3 +60,15 @@ def test_transposed_convolutions_run_on_integer_kernels_and_match_lowbit(images,
         ours = qmodel(images)
     theirs = OnnxClassifier(report.path)(images)
     assert (ours - theirs).abs().max() < 1e-2 * ours.abs().max()
+
+
+def test_a_transposed_convolution_without_a_sub_pixel_form_runs_in_float_and_is_named(images, tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 4, 3, stride=2)).eval()
+    qmodel = lowbit.quantize(model, images, weights_bits=8, activation_bits=8)
+    report = export(qmodel, tmp_path / "t.onnx", images[:2])
+    assert any(line.startswith("2: ConvTranspose2d") for line in report.float_compute), report.float_compute
+    with torch.no_grad():
+        ours = qmodel(images)
+    theirs = OnnxClassifier(report.path)(images)
+    assert ours.shape == theirs.shape == (64, 4, 33, 33)
+    assert (ours - theirs).abs().max() < 1e-2 * ours.abs().max()
