@@ -122,6 +122,7 @@ def _export_codec(args: argparse.Namespace, source: Path, out: Path) -> int:
     """A quantized codec's transforms, one ONNX file each beside ``out`` (see :mod:`lowbit.codec.onnx_transforms`)."""
     from lowbit.codec.onnx_transforms import export_transforms, transform_paths
     from lowbit.codec.zoo import open_codec
+    from lowbit.deploy.runtime import kernel_summary, optimized_op_counts
 
     if args.format != EXPORTERS.names()[0] or args.unsigned_weights or args.input_shape:
         raise LowbitError("a codec exports its transforms as ONNX QDQ files with int8 weights, for images of any "
@@ -131,7 +132,9 @@ def _export_codec(args: argparse.Namespace, source: Path, out: Path) -> int:
     check_outputs(cli_inputs(args, {"file": source}), {f"--out ({name})": path for name, path in paths.items()})
     reports = export_transforms(codec.model, out, codec.digest)
     for name, report in reports.items():
+        integer, floating = kernel_summary(optimized_op_counts(report.path))
         print(f"wrote {report.path} ({human_bytes(report.bytes)}): {name}, any batch and image size")
+        print(f"  onnxruntime (CPU) runs {integer} integer and {floating} float convolutions/matmuls")
         for line in report.float_compute:
             print(f"  in float: {line}")
     kept = "the entropy models and h_s (exact integer scales on both sides)" if hasattr(codec.model, "h_s") \
