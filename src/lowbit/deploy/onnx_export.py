@@ -8,7 +8,8 @@ onnxruntime folds when the session starts so that its integer convolution and ma
 too; float16 weights, whose cast the exporter folds into float32, are stored as float16 again the same way;
 a few convolutions' biases are written as an Add for OpenVINO (:mod:`lowbit.deploy.concat_bias`); and the
 pixel shuffles of transposed convolutions exported in sub-pixel form move behind the quantizer that follows
-them (:mod:`lowbit.deploy.subpixel`)."""
+them (:mod:`lowbit.deploy.subpixel`); activations that reach a layer through data-movement operators are
+quantized again in front of it (:mod:`lowbit.deploy.requantize`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from lowbit.deploy.concat_bias import split_concat_biases
 from lowbit.deploy.export_report import ExportReport
 from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
+from lowbit.deploy.requantize import requantize_before_layers
 from lowbit.deploy.subpixel import shuffle_after_quantizers
 from lowbit.errors import LowbitError, first_line
 from lowbit.io.atomic import atomic_path
@@ -184,6 +186,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     packed = store_narrow(proto, *_narrow_storage(model))
     split_concat_biases(proto)
     shuffle_after_quantizers(proto)
+    requantize_before_layers(proto)
     onnx.helper.set_model_props(proto, {"producer": "lowbit", **(metadata or {})})
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)

@@ -1,0 +1,62 @@
+"""Quantized activations that reach a layer through data-movement operators, quantized again in front of it.
+
+lowbit quantizes a layer's input where its traced graph computes it, which can lie before operators that only
+move values: a vision transformer's class token taken out of the token sequence (Gather), a flatten, a
+transpose. onnxruntime fuses a convolution or matmul into an integer kernel only when it reads a
+DequantizeLinear directly, so such a layer ran in float. :func:`requantize_before_layers` adds a QuantizeLinear
+/ DequantizeLinear pair on the same grid after the data movement: exact, since moving values keeps them on the
+grid. onnxruntime then moves the integer codes themselves (its QDQ form of a data-movement operator) and runs
+the layer on integers; other runtimes read the pair as the usual QDQ form.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper, numpy_helper
+
+DATA_MOVEMENT = frozenset({"Gather", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice",
+                           "DepthToSpace", "SpaceToDepth"})
+# layers onnxruntime runs on integers when their (first) input comes from a DequantizeLinear
+LAYERS = frozenset({"Conv", "Gemm", "MatMul"})
+
+
+def _scalar_initializer(name: str, initializers: dict[str, onnx.TensorProto]) -> bool:
+    return name in initializers and numpy_helper.to_array(initializers[name]).size == 1
+
+
+def requantize_before_layers(proto: onnx.ModelProto) -> int:
+    """Quantize again, on the grid they were dequantized from, the activations that a chain of data-movement
+    operators carries from a per-tensor DequantizeLinear to the data input of convolutions and matmuls only.
+    Returns how many pairs were added."""
+    graph = proto.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    initializers = {init.name: init for init in graph.initializer}
+    added = 0
+    for dequantize in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
+        quantize = producers.get(dequantize.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear" \
+                or not _scalar_initializer(dequantize.input[1], initializers):
+            continue
+        value, last = dequantize.output[0], None
+        after = readers.get(value, [])
+        while len(after) == 1 and after[0].op_type in DATA_MOVEMENT and after[0].input[0] == value:
+            last = after[0]
+            value = last.output[0]
+            after = readers.get(value, [])
+        if last is None or not after or not all(r.op_type in LAYERS and value in r.input[:1 + (r.op_type == "MatMul")]
+                                                for r in after):
+            continue
+        codes, requantized = f"{value}.codes", f"{value}.requantized"
+        pair = [helper.make_node("QuantizeLinear", [value, *quantize.input[1:]], [codes]),
+                helper.make_node("DequantizeLinear", [codes, *dequantize.input[1:]], [requantized])]
+        for reader in after:
+            reader.input[:] = [requantized if name == value else name for name in reader.input]
+        at = list(graph.node).index(last) + 1
+        for offset, node in enumerate(pair):
+            graph.node.insert(at + offset, node)
+        added += 1
+    return added

@@ -1,0 +1,36 @@
+"""Quantized activations that reach a layer through data movement: the layer still runs on integers."""
+
+import onnx
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.deploy import export
+from lowbit.deploy.runtime import OnnxClassifier, optimized_op_counts
+
+
+class FirstToken(nn.Module):
+    """A transformer's classifier head: the first token taken out of the sequence, then a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 4, stride=4)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(self.embed(x).flatten(2).transpose(1, 2))
+        return self.head(tokens[:, 0])
+
+
+def test_a_head_reading_a_selected_token_runs_on_integers(images, tmp_path):
+    torch.manual_seed(0)
+    qmodel = lowbit.quantize(FirstToken().eval(), images, weights_bits=8, activation_bits=8)
+    path = export(qmodel, tmp_path / "t.onnx", images[:2]).path
+    assert "Gather" in {n.op_type for n in onnx.load(str(path)).graph.node}  # the token is selected after its grid
+    counts = optimized_op_counts(path)
+    assert counts["QGemm"] == 1 and counts["Gemm"] == 0, counts
+    with torch.no_grad():
+        ours = qmodel(images)
+    theirs = OnnxClassifier(path)(images)
+    assert (ours - theirs).abs().max() < 1e-2 * ours.abs().max()
