@@ -14,17 +14,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from lowbit.deploy.onnx_graph import producers, readers
+
 # operators that move a tensor's values without mixing its channels, through which the pattern is followed
 SHAPE_ONLY = frozenset({"QuantizeLinear", "DequantizeLinear", "Reshape", "Transpose", "Flatten", "Squeeze",
                         "Unsqueeze"})
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    found: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            found.setdefault(name, []).append(node)
-    return found
 
 
 def _reaches_concat(value: str, consumers: dict[str, list[onnx.NodeProto]]) -> bool:
@@ -32,10 +26,10 @@ def _reaches_concat(value: str, consumers: dict[str, list[onnx.NodeProto]]) -> b
     changes the shape, into a Concat (a Concat reading the quantized output directly is computed correctly)."""
     reshaped = False
     for _ in range(len(SHAPE_ONLY) + 8):
-        readers = consumers.get(value, [])
-        if len(readers) != 1:
+        after = consumers.get(value, [])
+        if len(after) != 1:
             return False
-        reader = readers[0]
+        reader = after[0]
         if reader.op_type == "Concat":
             return reshaped
         if reader.op_type not in SHAPE_ONLY or reader.input[0] != value:
@@ -47,10 +41,10 @@ def _reaches_concat(value: str, consumers: dict[str, list[onnx.NodeProto]]) -> b
 
 def _weight_rank(weight: str, graph: onnx.GraphProto) -> int | None:
     """The rank of a convolution's weight: that of the initializer it is dequantized (and cast) from."""
-    producers = {out: node for node in graph.node for out in node.output}
+    written_by = producers(graph)
     initializers = {init.name: init for init in graph.initializer}
     while weight not in initializers:
-        node = producers.get(weight)
+        node = written_by.get(weight)
         if node is None or node.op_type not in ("DequantizeLinear", "Cast"):
             return None
         weight = node.input[0]
@@ -61,7 +55,7 @@ def split_concat_biases(proto: onnx.ModelProto) -> int:
     """Move the bias of each convolution whose output reaches a Concat through shape-only operators into an
     Add after it (see the module's docstring). Returns how many convolutions were rewritten."""
     graph = proto.graph
-    consumers = _consumers(graph)
+    consumers = readers(graph)
     rewritten = 0
     for index in reversed(range(len(graph.node))):
         conv = graph.node[index]

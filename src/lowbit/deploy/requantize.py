@@ -14,6 +14,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
+from lowbit.deploy.onnx_graph import producers, readers
+
 DATA_MOVEMENT = frozenset({"Gather", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice",
                            "DepthToSpace", "SpaceToDepth"})
 # layers onnxruntime runs on integers when their (first) input comes from a DequantizeLinear
@@ -29,24 +31,20 @@ def requantize_before_layers(proto: onnx.ModelProto) -> int:
     operators carries from a per-tensor DequantizeLinear to the data input of convolutions and matmuls only.
     Returns how many pairs were added."""
     graph = proto.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    written_by, read_by = producers(graph), readers(graph)
     initializers = {init.name: init for init in graph.initializer}
     added = 0
     for dequantize in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
-        quantize = producers.get(dequantize.input[0])
+        quantize = written_by.get(dequantize.input[0])
         if quantize is None or quantize.op_type != "QuantizeLinear" \
                 or not _scalar_initializer(dequantize.input[1], initializers):
             continue
         value, last = dequantize.output[0], None
-        after = readers.get(value, [])
+        after = read_by.get(value, [])
         while len(after) == 1 and after[0].op_type in DATA_MOVEMENT and after[0].input[0] == value:
             last = after[0]
             value = last.output[0]
-            after = readers.get(value, [])
+            after = read_by.get(value, [])
         if last is None or not after or not all(r.op_type in LAYERS and value in r.input[:1 + (r.op_type == "MatMul")]
                                                 for r in after):
             continue

@@ -23,6 +23,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from lowbit.deploy.onnx_graph import readers
 from lowbit.layers import QConvTranspose2d
 
 
@@ -89,14 +90,6 @@ def subpixel_plans(layer: QConvTranspose2d) -> tuple[tuple[int, int], tuple[int,
 ELEMENTWISE = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"})
 
 
-def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    found: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            found.setdefault(name, []).append(node)
-    return found
-
-
 def _per_tensor(quantize: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
     scale = next((init for init in graph.initializer if init.name == quantize.input[1]), None)
     return scale is not None and numpy_helper.to_array(scale).size == 1
@@ -107,20 +100,20 @@ def shuffle_after_quantizers(proto: onnx.ModelProto) -> int:
     DequantizeLinear pair behind the pair, quantized again on the same grid (the same values: see the module's
     docstring). Returns how many were moved."""
     graph = proto.graph
-    readers = _readers(graph)
+    read_by = readers(graph)
     moved = 0
     for shuffle in [n for n in graph.node if n.op_type == "DepthToSpace"]:
         value, first = shuffle.output[0], None
-        after = readers.get(value, [])
+        after = read_by.get(value, [])
         while len(after) == 1 and after[0].op_type in ELEMENTWISE and after[0].input[0] == value:
             first = first or after[0]
             value = after[0].output[0]
-            after = readers.get(value, [])
+            after = read_by.get(value, [])
         if len(after) != 1 or after[0].op_type != "QuantizeLinear" or after[0].input[0] != value \
                 or not _per_tensor(after[0], graph):
             continue
         quantize = after[0]
-        after = readers.get(quantize.output[0], [])
+        after = read_by.get(quantize.output[0], [])
         if len(after) != 1 or after[0].op_type != "DequantizeLinear":
             continue
         dequantize = after[0]
