@@ -17,6 +17,7 @@ from lowbit.deploy.subpixel import subpixel_plan, subpixel_weight
     ((4, 4), 2, (1, 1), (0, 0)),  # a GAN or U-Net decoder's upsampling
     ((3, 3), 3, (0, 0), (0, 0)),  # non-overlapping patches
     ((5, 3), 3, (1, 0), (0, 0)),  # a different plan along each dimension
+    ((3, 3), 2, (1, 1), (1, 1)),  # a U-Net's upsampling: one side of each phase kernel is zero taps
 ])
 def test_subpixel_weight_computes_the_transposed_convolution(kernel, stride, padding, output_padding):
     g = torch.Generator().manual_seed(0)
@@ -28,9 +29,9 @@ def test_subpixel_weight_computes_the_transposed_convolution(kernel, stride, pad
     torch.testing.assert_close(F.pixel_shuffle(phases, stride), expected, rtol=0, atol=1e-5)
 
 
-def test_transposed_convolutions_without_a_sub_pixel_form_are_named():
-    assert subpixel_plan(3, 2, 0, 0) is None  # output 2n + 1: not a whole number of phases
-    assert subpixel_plan(3, 2, 1, 1) is None  # would need padding on one side only
+def test_an_output_that_is_not_a_whole_number_of_phases_has_no_sub_pixel_form():
+    assert subpixel_plan(3, 2, 0, 0) is None  # output 2n + 1
+    assert subpixel_plan(4, 2, 1, 1) is None  # output 2n + 1
 
 
 class Upsampler(nn.Module):

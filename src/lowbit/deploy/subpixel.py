@@ -29,18 +29,17 @@ from lowbit.layers import QConvTranspose2d
 
 def subpixel_plan(kernel: int, stride: int, padding: int, output_padding: int) -> tuple[int, int] | None:
     """``(padding, kernel)`` of the ordinary convolution that computes every output phase of a transposed
-    convolution along one dimension, or None where the sub-pixel form does not apply: an output that is not
-    ``stride`` times the input, or a convolution that would need more padding on one side than the other."""
+    convolution along one dimension, or None where the output is not ``stride`` times the input (no whole
+    number of phases)."""
     if kernel + output_padding - 2 * padding != stride:
         return None
     # output t = stride * i + k - padding; phase r = t mod stride reads tap k = stride * (P - j) + r + padding
-    # from input m + j - P of output position m: j spans the offsets (k - r - padding) / stride that occur
+    # from input m + j - P of output position m: j - P spans the offsets -(k - r - padding) / stride that occur,
+    # and a kernel centred on them (zero taps where one side reaches further) keeps the padding even
     first = math.ceil((-(stride - 1) - padding) / stride)
     last = (kernel - 1 - padding) // stride
-    sub_padding, sub_kernel = last, last - first + 1
-    if sub_padding < 0 or sub_kernel - 1 - sub_padding != sub_padding:
-        return None
-    return sub_padding, sub_kernel
+    sub_padding = max(last, -first, 0)
+    return sub_padding, 2 * sub_padding + 1
 
 
 def _tap_map(kernel: int, stride: int, padding: int, sub_padding: int, sub_kernel: int) -> list[list[int | None]]:
