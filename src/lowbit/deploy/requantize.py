@@ -12,18 +12,14 @@ the layer on integers; other runtimes read the pair as the usual QDQ form.
 from __future__ import annotations
 
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from lowbit.deploy.onnx_graph import producers, readers
+from lowbit.deploy.onnx_graph import is_scalar_initializer, producers, readers
 
 DATA_MOVEMENT = frozenset({"Gather", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice",
                            "DepthToSpace", "SpaceToDepth"})
 # layers onnxruntime runs on integers when their (first) input comes from a DequantizeLinear
 LAYERS = frozenset({"Conv", "Gemm", "MatMul"})
-
-
-def _scalar_initializer(name: str, initializers: dict[str, onnx.TensorProto]) -> bool:
-    return name in initializers and numpy_helper.to_array(initializers[name]).size == 1
 
 
 def requantize_before_layers(proto: onnx.ModelProto) -> int:
@@ -32,12 +28,11 @@ def requantize_before_layers(proto: onnx.ModelProto) -> int:
     Returns how many pairs were added."""
     graph = proto.graph
     written_by, read_by = producers(graph), readers(graph)
-    initializers = {init.name: init for init in graph.initializer}
     added = 0
     for dequantize in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
         quantize = written_by.get(dequantize.input[0])
         if quantize is None or quantize.op_type != "QuantizeLinear" \
-                or not _scalar_initializer(dequantize.input[1], initializers):
+                or not is_scalar_initializer(dequantize.input[1], graph):
             continue
         value, last = dequantize.output[0], None
         after = read_by.get(value, [])

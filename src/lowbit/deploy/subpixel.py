@@ -21,9 +21,9 @@ import math
 
 import onnx
 import torch
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from lowbit.deploy.onnx_graph import readers
+from lowbit.deploy.onnx_graph import is_scalar_initializer, readers
 from lowbit.layers import QConvTranspose2d
 
 
@@ -89,11 +89,6 @@ def subpixel_plans(layer: QConvTranspose2d) -> tuple[tuple[int, int], tuple[int,
 ELEMENTWISE = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"})
 
 
-def _per_tensor(quantize: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
-    scale = next((init for init in graph.initializer if init.name == quantize.input[1]), None)
-    return scale is not None and numpy_helper.to_array(scale).size == 1
-
-
 def shuffle_after_quantizers(proto: onnx.ModelProto) -> int:
     """Move each DepthToSpace that feeds, through elementwise activations only, a per-tensor QuantizeLinear ->
     DequantizeLinear pair behind the pair, quantized again on the same grid (the same values: see the module's
@@ -109,7 +104,7 @@ def shuffle_after_quantizers(proto: onnx.ModelProto) -> int:
             value = after[0].output[0]
             after = read_by.get(value, [])
         if len(after) != 1 or after[0].op_type != "QuantizeLinear" or after[0].input[0] != value \
-                or not _per_tensor(after[0], graph):
+                or not is_scalar_initializer(after[0].input[1], graph):
             continue
         quantize = after[0]
         after = read_by.get(quantize.output[0], [])
