@@ -2,8 +2,8 @@
 
 For each bundled codec and rate point: the float codec (PyTorch), W8A8 round-to-nearest in lowbit (PyTorch,
 simulated quantization), the same W8A8 codec with ``g_a``, ``h_a`` and ``g_s`` run from the files
-``lowbit export`` writes (onnxruntime, integer convolutions where the inputs are 8-bit; transposed convolutions
-in float), the entropy models and ``h_s`` in lowbit on both, and onnxruntime's own dynamic int8 quantization of
+``lowbit export`` writes (onnxruntime, integer convolutions where the inputs are 8-bit, transposed convolutions
+in sub-pixel form included), the entropy models and ``h_s`` in lowbit on both, and onnxruntime's own dynamic int8 quantization of
 the float codec's transforms as the peer. Every figure comes from real bitstreams on the
 held-out photos; each variant codes one photo untimed first (sessions and caches warm).
 Run: OMP_NUM_THREADS=1 python3 benchmarks/codec_deploy.py [--no-write]
