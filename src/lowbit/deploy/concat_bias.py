@@ -61,8 +61,10 @@ def split_concat_biases(proto: onnx.ModelProto) -> int:
         conv = graph.node[index]
         if conv.op_type != "Conv" or len(conv.input) < 3 or not conv.input[2]:
             continue
+        if not _reaches_concat(conv.output[0], consumers):
+            continue
         rank = _weight_rank(conv.input[1], graph)
-        if rank is None or not _reaches_concat(conv.output[0], consumers):
+        if rank is None:
             continue
         bias, output = conv.input[2], conv.output[0]
         shape = numpy_helper.from_array(np.array([-1] + [1] * (rank - 2), np.int64), f"{output}.bias_shape")

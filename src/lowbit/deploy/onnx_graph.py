@@ -20,7 +20,10 @@ def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {name: node for node in graph.node for name in node.output}
 
 
-def is_scalar_initializer(name: str, graph: onnx.GraphProto) -> bool:
-    """Whether ``name`` is an initializer holding one value (a per-tensor scale)."""
+def scalar_initializer(name: str, graph: onnx.GraphProto) -> float | None:
+    """The value of ``name`` where it is an initializer holding one value (a per-tensor scale), else None."""
     found = next((init for init in graph.initializer if init.name == name), None)
-    return found is not None and numpy_helper.to_array(found).size == 1
+    if found is None:
+        return None
+    value = numpy_helper.to_array(found)
+    return float(value.reshape(())) if value.size == 1 else None

@@ -315,7 +315,8 @@ def exportable(qmodel: nn.Module, signed_weights: bool = True) -> tuple[nn.Modul
                       "have no float16 convolution)")
         weight = DequantizedWeight(layer, feeding, signed_weights)
         own_input = export_quantizer(layer.input_quant, notes)
-        if isinstance(layer, QConvTranspose2d) and not layer.weight_quant.spec.is_fp16 and subpixel_plans(layer) is None:
+        if isinstance(layer, QConvTranspose2d) and not layer.weight_quant.spec.is_fp16 \
+                and subpixel_plans(layer) is None:
             notes.add(f"{name}: ConvTranspose2d computed in float on its dequantized integer weights (onnxruntime's "
                       "CPU provider has no integer transposed convolution, and this one has no sub-pixel form)")
         swapped = _exported(layer, weight, own_input)

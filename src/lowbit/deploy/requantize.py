@@ -2,8 +2,9 @@
 
 lowbit quantizes a layer's input where its traced graph computes it, which can lie before operators that only
 move values: a vision transformer's class token taken out of the token sequence (Gather), the queries, keys
-and values taken out of one projection (Reshape, Transpose, Gather) before the attention matmuls, a flatten. onnxruntime fuses a convolution or matmul into an integer kernel only when it reads a
-DequantizeLinear directly, so such a layer ran in float. :func:`requantize_before_layers` adds a QuantizeLinear
+and values taken out of one projection (Reshape, Transpose, Gather) before the attention matmuls, a flatten.
+onnxruntime fuses a convolution or matmul into an integer kernel only when it reads a DequantizeLinear
+directly, so such a layer ran in float. :func:`requantize_before_layers` adds a QuantizeLinear
 / DequantizeLinear pair on the same grid after the data movement: exact, since moving values keeps them on the
 grid. A product with a positive constant on the way (the exporter writes the ``1 / sqrt(d)`` of
 ``scaled_dot_product_attention`` as such a product on the queries and keys) scales the grid by that constant,
@@ -13,11 +14,13 @@ data-movement operator) and runs the layer on integers; other runtimes read the 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lowbit.deploy.onnx_graph import is_scalar_initializer, producers, readers
+from lowbit.deploy.onnx_graph import producers, readers, scalar_initializer
 
 DATA_MOVEMENT = frozenset({"Gather", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split",
                            "DepthToSpace", "SpaceToDepth"})
@@ -28,17 +31,6 @@ LAYERS = frozenset({"Conv", "Gemm", "MatMul"})
 def _reads_as_data(reader: onnx.NodeProto, value: str) -> bool:
     """Whether a layer reads ``value`` as a data input (a matmul either side, a convolution or Gemm its first)."""
     return reader.op_type in LAYERS and value in reader.input[:1 + (reader.op_type == "MatMul")]
-
-
-def _positive_scalar(name: str, graph: onnx.GraphProto) -> float | None:
-    found = next((init for init in graph.initializer if init.name == name), None)
-    if found is None:
-        return None
-    value = numpy_helper.to_array(found)
-    if value.size != 1 or not np.isfinite(value).all():
-        return None
-    constant = float(value.reshape(()))
-    return constant if constant > 0 else None
 
 
 def _carried(value: str, factor: float, after: list[onnx.NodeProto],
@@ -52,8 +44,9 @@ def _carried(value: str, factor: float, after: list[onnx.NodeProto],
             carried += [(out, factor) for out in reader.output]
         elif reader.op_type in ("Mul", "Div") and value in reader.input[:2]:
             other = reader.input[1] if reader.input[0] == value else reader.input[0]
-            constant = _positive_scalar(other, graph)
-            if constant is not None and (reader.op_type == "Mul" or reader.input[0] == value):
+            constant = scalar_initializer(other, graph)
+            if constant is not None and math.isfinite(constant) and constant > 0 \
+                    and (reader.op_type == "Mul" or reader.input[0] == value):
                 carried.append((reader.output[0], factor * constant if reader.op_type == "Mul" else factor / constant))
     return carried
 
@@ -68,8 +61,8 @@ def requantize_before_layers(proto: onnx.ModelProto) -> int:
     added = 0
     for dequantize in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
         quantize = written_by.get(dequantize.input[0])
-        if quantize is None or quantize.op_type != "QuantizeLinear" \
-                or not is_scalar_initializer(dequantize.input[1], graph):
+        base = scalar_initializer(dequantize.input[1], graph)
+        if quantize is None or quantize.op_type != "QuantizeLinear" or base is None:
             continue
         moved = _carried(dequantize.output[0], 1.0, read_by.get(dequantize.output[0], []), graph)
         while moved:
@@ -81,8 +74,7 @@ def requantize_before_layers(proto: onnx.ModelProto) -> int:
                 continue
             scale = dequantize.input[1]
             if factor != 1.0:
-                base = numpy_helper.to_array(next(i for i in graph.initializer if i.name == scale))
-                scaled = numpy_helper.from_array((base * np.float32(factor)).astype(np.float32), f"{value}.scale")
+                scaled = numpy_helper.from_array(np.array(base * factor, np.float32), f"{value}.scale")
                 graph.initializer.append(scaled)
                 scale = scaled.name
             codes, requantized = f"{value}.codes", f"{value}.requantized"

@@ -23,7 +23,7 @@ import onnx
 import torch
 from onnx import helper
 
-from lowbit.deploy.onnx_graph import is_scalar_initializer, readers
+from lowbit.deploy.onnx_graph import readers, scalar_initializer
 from lowbit.layers import QConvTranspose2d
 
 
@@ -104,7 +104,7 @@ def shuffle_after_quantizers(proto: onnx.ModelProto) -> int:
             value = after[0].output[0]
             after = read_by.get(value, [])
         if len(after) != 1 or after[0].op_type != "QuantizeLinear" or after[0].input[0] != value \
-                or not is_scalar_initializer(after[0].input[1], graph):
+                or scalar_initializer(after[0].input[1], graph) is None:
             continue
         quantize = after[0]
         after = read_by.get(quantize.output[0], [])
