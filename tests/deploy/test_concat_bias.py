@@ -30,7 +30,9 @@ def test_openvino_adds_a_patch_embedding_bias_per_channel(images, tmp_path):
     adds each channel's own bias (and onnxruntime still computes what lowbit does)."""
     torch.manual_seed(0)
     qmodel = lowbit.quantize(PatchTokens().eval(), images, weights_bits=8, activation_bits=8)
-    path = export(qmodel, tmp_path / "m.onnx", images[:2]).path
+    report = export(qmodel, tmp_path / "m.onnx", images[:2])
+    assert any("reaches a Concat" in line for line in report.float_compute), report.float_compute
+    path = report.path
     compiled, _ = compile_openvino(path)
     with torch.no_grad():
         ours = qmodel(images)

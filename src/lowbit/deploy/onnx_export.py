@@ -184,7 +184,9 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
                           "pass an example input of the shape it was quantized for") from None
     proto = _torch_export(model, example, spatial_multiple)
     packed = store_narrow(proto, *_narrow_storage(model))
-    split_concat_biases(proto)
+    if split_concat_biases(proto):
+        notes.add("a convolution whose output reaches a Concat through reshapes (a patch embedding before a class "
+                  "token): its bias is an Add after it, which OpenVINO needs; onnxruntime runs it in float")
     shuffle_after_quantizers(proto)
     requantize_before_layers(proto)
     onnx.helper.set_model_props(proto, {"producer": "lowbit", **(metadata or {})})
