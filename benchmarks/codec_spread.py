@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import asdict
 
 import torch
 from codec_quant import CALIB_CROPS, CROP
@@ -26,17 +27,16 @@ from lowbit.config import QuantConfig
 from lowbit.errors import LowbitError
 
 
-def curve(results: list) -> tuple[list[float], list[float]]:
-    """(bpp, PSNR) of each rate point, from one mean per rate point."""
-    return [r["bpp"] for r in results], [r["psnr"] for r in results]
+def curve(results: list, index: int | None = None) -> tuple[list[float], list[float]]:
+    """(bpp, PSNR) at each rate point: the means over the photos, or photo ``index`` alone."""
+    points = [r.summary() if index is None else asdict(r.images[index]) for r in results]
+    return [p["bpp"] for p in points], [p["psnr"] for p in points]
 
 
 def photo_bd_rate(fp32: list, quantized: list, index: int) -> str:
     """One photo's BD-rate, or why it has none (its PSNR need not rise with the rate point)."""
-    anchor = [r.images[index].bpp for r in fp32], [r.images[index].psnr for r in fp32]
-    test = [r.images[index].bpp for r in quantized], [r.images[index].psnr for r in quantized]
     try:
-        return f"{bd_rate(*anchor, *test):+.2f}"
+        return f"{bd_rate(*curve(fp32, index), *curve(quantized, index)):+.2f}"
     except LowbitError as exc:
         return f"none ({exc})"
 
@@ -52,12 +52,13 @@ def main() -> None:
     for codec_name, (_, qualities) in BUNDLED.items():
         codecs = [open_codec(codec_name, q) for q in range(1, qualities + 1)]
         fp32 = [evaluate_codec(c.model, images, c.stride) for c in codecs]
+        anchor = curve(fp32)
         rates = []
         for seed in range(args.seeds):
             calib = calibration_crops(training_photos(), CALIB_CROPS, CROP, seed)
             quantized = [evaluate_codec(lowbit.quantize(c.model, calib, QuantConfig.from_bits(8, 8, seed=seed)),
                                         images, c.stride) for c in codecs]
-            rates.append(bd_rate(*curve([r.summary() for r in fp32]), *curve([r.summary() for r in quantized])))
+            rates.append(bd_rate(*anchor, *curve(quantized)))
             print(codec_name, seed, f"{rates[-1]:+.2f}", flush=True)
             if seed == 0:
                 for index, (name, _) in enumerate(images):
@@ -70,7 +71,7 @@ def main() -> None:
         "The same W8A8 codec (calibration seed 0), BD-rate of each held-out photo alone:",
         md_table(["codec", "photo", "W8A8 BD-rate % vs FP32"], photo_rows),
         f"W8A8 round-to-nearest with the codec defaults; calibration: {CALIB_CROPS} random {CROP}x{CROP} crops of "
-        "the training photos, drawn with seeds 0 to " + f"{args.seeds - 1}" + " (the quantized tables use seed 0); "
+        f"the training photos, drawn with seeds 0 to {args.seeds - 1} (the quantized tables use seed 0); "
         "evaluation: the four held-out photos, real bitstreams, all rate points, BD-rate by PCHIP as elsewhere on "
         "this page.",
     ])
