@@ -29,6 +29,7 @@ from torch import nn
 
 from lowbit.codec.task import is_codec
 from lowbit.deploy.concat_bias import split_concat_biases
+from lowbit.deploy.export_errors import explain_export_failure
 from lowbit.deploy.export_report import ExportReport
 from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
@@ -140,15 +141,14 @@ def _dynamic_dims(spatial_multiple: int | None) -> dict[int, Any]:
 
 
 def _torch_export(model: nn.Module, example: torch.Tensor, spatial_multiple: int | None = None) -> onnx.ModelProto:
-    sink = io.StringIO()
+    sink = io.StringIO()  # the exporter prints progress, and on failure whole graphs, meant for its developers
     try:
-        with contextlib.redirect_stdout(sink), torch.no_grad():
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), torch.no_grad():
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
                                         output_names=[OUTPUT_NAME], dynamic_shapes=(_dynamic_dims(spatial_multiple),),
                                         verbose=False, custom_translation_table=TRANSLATIONS)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the user needs the first line
-        raise LowbitError(f"the ONNX exporter could not export this model ({type(exc).__name__}: {first_line(exc)}); "
-                          "replace that operation or make the model traceable by torch.export") from None
+        raise LowbitError(f"the ONNX exporter could not export this model: {explain_export_failure(exc)}") from None
     proto = program.model_proto
     _drop_debug_records(proto)
     drop_default_attributes(proto)
