@@ -268,3 +268,20 @@ def test_a_quantized_layer_without_an_onnx_form_is_named(tmp_path):
     with pytest.raises(LowbitError, match=r"layer 1 \(QScale\) has no ONNX export"):
         export(qmodel, tmp_path / "s.onnx", x[:2])
     assert not (tmp_path / "s.onnx").exists()
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_copying_padding_modes_export_to_integer_convolutions(mode, tmp_path):
+    """Reflect, replicate and circular padding copy input values: padded before the input quantizer, the layer
+    stays an integer convolution and computes lowbit's codes exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode=mode), nn.ReLU(),
+                          nn.Conv2d(8, 4, 3, padding=(1, 2), padding_mode=mode), nn.Flatten(), nn.Linear(4 * 8 * 10, 5))
+    x = torch.rand(32, 3, 8, 8)
+    qmodel = lowbit.quantize(model.eval(), x, weights_bits=8, activation_bits=8)
+    path = export(qmodel, tmp_path / "m.onnx", x[:2]).path
+    counts = optimized_op_counts(path)
+    assert counts["QLinearConv"] == 2 and counts["Conv"] == 0, counts
+    with torch.no_grad():
+        ours = qmodel(x)
+    assert torch.equal(ours, run_onnx(path, x))

@@ -188,17 +188,26 @@ class ExportedConv2d(nn.Module):
         self.w, self.input_quant = weight, input_quant
         self.stride, self.padding = layer.stride, layer.padding
         self.dilation, self.groups = layer.dilation, layer.groups
-        if layer.padding_mode != "zeros":
-            raise LowbitError(f"padding_mode={layer.padding_mode!r} cannot be exported; use zero padding")
+        # Reflect, replicate and circular padding copy input values, so padding before the input quantizer gives
+        # the codes lowbit's layer pads; an ONNX Pad there keeps Q -> DQ -> Conv together for integer kernels.
+        self.pad_mode = layer.padding_mode if layer.padding_mode != "zeros" else None
+        if self.pad_mode is not None:
+            self.pad = layer._reversed_padding_repeated_twice
+            self.padding = (0,) * len(layer.padding)
+
+    def padded_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_mode is not None:
+            x = F.pad(x, self.pad, mode=self.pad_mode)
+        return self.input_quant(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self.input_quant(x), self.w.weight(), self.w.bias_value(), self.stride, self.padding,
+        return F.conv2d(self.padded_input(x), self.w.weight(), self.w.bias_value(), self.stride, self.padding,
                         self.dilation, self.groups)
 
 
 class ExportedConv1d(ExportedConv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(self.input_quant(x), self.w.weight(), self.w.bias_value(), self.stride, self.padding,
+        return F.conv1d(self.padded_input(x), self.w.weight(), self.w.bias_value(), self.stride, self.padding,
                         self.dilation, self.groups)
 
 
