@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit import qmath
 from lowbit.graph import layer_input_quantizers
 from lowbit.layers import QuantLayer, quant_layers
 from lowbit.quantizer import Quantizer
@@ -27,15 +26,22 @@ INTEGER_KERNEL_GRID = (0, 255)  # the activation grid onnxruntime's CPU integer 
 
 
 def integer_bias_scale(input_scale: torch.Tensor, weight_scale: torch.Tensor, channels: int) -> torch.Tensor:
-    """Per-channel scale of a layer's int32 bias: its input's (per-tensor) scale times its weight scale."""
-    product = input_scale.detach().float().reshape(()) * weight_scale.detach().float().expand(channels)
-    return product.clamp_min(qmath.MIN_SCALE)
+    """Per-channel scale of a layer's int32 bias: its input's (per-tensor) scale times its weight scale, exactly
+    (a runtime assumes that product; quantizer scales are at least 1e-8, so it stays a normal float32)."""
+    return input_scale.detach().float().reshape(()) * weight_scale.detach().float().expand(channels)
+
+
+def fits_int32(bias: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether every channel's bias is an int32 code on ``scale`` without clamping."""
+    return bool((bias.detach().float().abs() / scale).max() <= INT32_MAX)
 
 
 def bias_grid(layer: QuantLayer, feeding: Quantizer | None) -> torch.Tensor | None:
     """The scale of ``layer``'s int32 bias, or None where the runtime does not add it in integers: no bias,
-    weights not on an integer grid, an input that is not on a static per-tensor uint8 grid, or a bias whose
-    channels are not the weight grid's (a transposed convolution with groups shares grids across groups)."""
+    weights not on an integer grid, an input that is not on a static per-tensor uint8 grid, a bias whose
+    channels are not the weight grid's (a transposed convolution with groups shares grids across groups), or a
+    bias too large for int32 codes on that grid (behind an input grid with a tiny step; the export then adds it
+    after the layer, see :mod:`lowbit.deploy.onnx_modules`)."""
     bias, wq = getattr(layer, "bias", None), layer.weight_quant
     if bias is None or not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         return None
@@ -47,7 +53,8 @@ def bias_grid(layer: QuantLayer, feeding: Quantizer | None) -> torch.Tensor | No
     channels = layer.weight.shape[wq.spec.channel_axis(layer.weight.dim())]
     if bias.numel() != channels:
         return None
-    return integer_bias_scale(feeding.scale, wq.scale, channels)
+    scale = integer_bias_scale(feeding.scale, wq.scale, channels)
+    return scale if fits_int32(bias, scale) else None
 
 
 def bias_codes(bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

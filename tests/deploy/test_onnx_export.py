@@ -285,3 +285,37 @@ def test_copying_padding_modes_export_to_integer_convolutions(mode, tmp_path):
     with torch.no_grad():
         ours = qmodel(x)
     assert torch.equal(ours, run_onnx(path, x))
+
+
+class QuietHead(nn.Module):
+    """A head whose input grid has a tiny step (the layer before it is nearly silent), so its int32 bias grid,
+    input step times weight step, lies below 1e-8."""
+
+    def __init__(self, silence: float) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 5)
+        with torch.no_grad():
+            self.conv.weight.mul_(silence)
+            self.conv.bias.zero_()
+            self.fc.bias.copy_(torch.linspace(-0.5, 0.5, 5))
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("silence", [1e-3, 1e-5])
+def test_biases_behind_tiny_input_steps_stay_exact(silence, tmp_path):
+    """onnxruntime reads a layer's int32 bias as lying on input step times weight step: lowbit puts it on
+    exactly that grid however small (1e-3), and adds it after the layer where int32 cannot hold it there (1e-5)."""
+    torch.manual_seed(0)
+    x = torch.rand(32, 3, 8, 8)
+    qmodel = lowbit.quantize(QuietHead(silence).eval(), x, weights_bits=8, activation_bits=8)
+    report = export(qmodel, tmp_path / "m.onnx", x[:2])
+    with torch.no_grad():
+        ours = qmodel(x)
+    assert ours.abs().max() > 0.4  # the bias is the output
+    torch.testing.assert_close(run_onnx(report.path, x), ours, rtol=0, atol=1e-6)
+    added_after = any("does not fit int32" in line for line in report.float_compute)
+    assert added_after == (silence < 1e-4), report.float_compute
+    if not added_after:
+        assert integer_biases(report.path) == lowbit_bias_codes(qmodel)

@@ -129,7 +129,7 @@ class DequantizedWeight(nn.Module):
     def __init__(self, layer: QuantLayer, feeding: Quantizer | None, signed_weights: bool = True) -> None:
         super().__init__()
         wq = layer.weight_quant
-        self.float16 = wq.spec.is_fp16
+        self.float16, self.bias_after = wq.spec.is_fp16, False
         weight = layer.weight.detach()
         bias = layer.bias.detach() if layer.bias is not None else None
         if self.float16:
@@ -158,10 +158,15 @@ class DequantizedWeight(nn.Module):
         # that holds it exactly: there the optimizer would round a float bias to the input-times-weight grid,
         # which is coarse for narrow inputs.
         # (Behind a dynamic grid the float bias stays: the optimizer fuses it into the dynamic integer kernels.)
+        # A bias that int32 codes on that grid cannot hold (behind an input grid with a tiny step) is added after
+        # the layer: onnxruntime reads any int32 bias of a layer behind an 8-bit grid as lying on that grid.
         bias_scale = bias_grid(layer, feeding)
+        self.bias_after = bias_scale is None and bias is not None and _input_grid(feeding) is not None \
+            and isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
         if bias_scale is not None and _requantizes_exactly(bias, feeding, wq.scale, bias_scale):
             bias_scale = None
-        elif bias_scale is None and bias is not None and bias.numel() == channels and _static_grid(feeding):
+        elif bias_scale is None and bias is not None and bias.numel() == channels and _static_grid(feeding) \
+                and not self.bias_after:
             bias_scale = exact_bias_scale(bias)
         self.bias_codes = bias_scale is not None
         if self.bias_codes:
@@ -176,9 +181,20 @@ class DequantizedWeight(nn.Module):
         return torch.ops.lowbit.dequantize(self.codes, self.scale, self.zero_point, self.axis)
 
     def bias_value(self) -> torch.Tensor | None:
-        if not self.float16 and self.bias_codes:
+        """The bias the layer's own operator adds (None where :meth:`add_bias_after` adds it)."""
+        if self.float16:
+            return self.bias
+        if self.bias_codes:
             return torch.ops.lowbit.dequantize(self.bias_q, self.bias_scale, None, 0)
-        return self.bias
+        return None if self.bias_after else self.bias
+
+    def add_bias_after(self, y: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+        """``y`` plus the bias where the layer's operator does not add it (an Add node after the layer)."""
+        if not self.bias_after:
+            return y
+        shape = [1] * y.dim()
+        shape[channel_dim] = -1
+        return y + self.bias.reshape(shape)
 
 
 class ExportedConv2d(nn.Module):
@@ -201,14 +217,14 @@ class ExportedConv2d(nn.Module):
         return self.input_quant(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self.padded_input(x), self.w.weight(), self.w.bias_value(), self.stride, self.padding,
-                        self.dilation, self.groups)
+        return self.w.add_bias_after(F.conv2d(self.padded_input(x), self.w.weight(), self.w.bias_value(),
+                                              self.stride, self.padding, self.dilation, self.groups))
 
 
 class ExportedConv1d(ExportedConv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(self.padded_input(x), self.w.weight(), self.w.bias_value(), self.stride, self.padding,
-                        self.dilation, self.groups)
+        return self.w.add_bias_after(F.conv1d(self.padded_input(x), self.w.weight(), self.w.bias_value(),
+                                              self.stride, self.padding, self.dilation, self.groups))
 
 
 class ExportedConvTranspose2d(ExportedConv2d):
@@ -217,8 +233,9 @@ class ExportedConvTranspose2d(ExportedConv2d):
         self.output_padding = layer.output_padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(self.input_quant(x), self.w.weight(), self.w.bias_value(), self.stride,
-                                  self.padding, self.output_padding, self.groups, self.dilation)
+        return self.w.add_bias_after(F.conv_transpose2d(self.input_quant(x), self.w.weight(), self.w.bias_value(),
+                                                        self.stride, self.padding, self.output_padding, self.groups,
+                                                        self.dilation))
 
 
 class ExportedSubpixelConvTranspose2d(ExportedConv2d):
@@ -243,7 +260,7 @@ class ExportedSubpixelConvTranspose2d(ExportedConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         phases = F.conv2d(self.input_quant(x), self.w.weight(), self.w.bias_value(), 1, self.padding)
-        return F.pixel_shuffle(phases, self.factor)
+        return F.pixel_shuffle(self.w.add_bias_after(phases), self.factor)
 
 
 class ExportedGDN(nn.Module):
@@ -265,7 +282,7 @@ class ExportedLinear(nn.Module):
         self.w, self.input_quant = weight, input_quant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quant(x), self.w.weight(), self.w.bias_value())
+        return self.w.add_bias_after(F.linear(self.input_quant(x), self.w.weight(), self.w.bias_value()), -1)
 
 
 EXPORTED_LAYERS = (QConvTranspose2d, QConv1d, QConv2d, QLinear, QGDN)
@@ -323,6 +340,9 @@ def exportable(qmodel: nn.Module, signed_weights: bool = True) -> tuple[nn.Modul
             notes.add("fp16 weights: stored as float16 and computed in float32 (onnxruntime's CPU kernels "
                       "have no float16 convolution)")
         weight = DequantizedWeight(layer, feeding, signed_weights)
+        if weight.bias_after:
+            notes.add(f"{name}: its bias does not fit int32 codes on the input-times-weight grid (the input's grid "
+                      "step is tiny): added after the layer, which then computes in float")
         own_input = export_quantizer(layer.input_quant, notes)
         if isinstance(layer, QConvTranspose2d) and not layer.weight_quant.spec.is_fp16 \
                 and subpixel_plans(layer) is None:
