@@ -33,3 +33,21 @@ def test_a_fully_quantized_model_keeps_only_biases_and_norms_float(residual_net,
     biases_and_norms = sum(p.numel() for n, p in q.named_parameters() if n.endswith("bias"))
     assert share.unquantized == {} and share.float_params == biases_and_norms
     assert read_record(lowbit.save(q, tmp_path / "m.lowbit")).coverage == share
+
+
+def test_weights_read_as_tensors_are_named_by_their_path():
+    """A layer whose weight forward() passes to F.linear itself is not swapped; the report names that weight
+    (torch.fx keeps it in a bare holder module, whose type name would say nothing)."""
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.proj = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.nn.functional.linear(self.conv(x).mean((2, 3)), self.proj.weight, self.proj.bias)
+
+    qmodel = lowbit.quantize(Functional().eval(), torch.rand(8, 3, 8, 8), weights_bits=8, activation_bits=8)
+    assert coverage(qmodel).unquantized == {
+        "weights forward() reads as tensors, not through their layer (e.g. proj.weight)": 16}

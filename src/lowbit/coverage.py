@@ -47,7 +47,8 @@ def coverage(qmodel: nn.Module) -> Coverage:
     """Count the parameters of ``qmodel`` stored on a quantization grid and those kept float."""
     total = float_params = 0
     unquantized: dict[str, int] = {}
-    for module in qmodel.modules():
+    direct = None
+    for path, module in qmodel.named_modules():
         for name, p in module.named_parameters(recurse=False):
             total += p.numel()
             if isinstance(module, QuantLayer) and name == "weight":
@@ -55,5 +56,11 @@ def coverage(qmodel: nn.Module) -> Coverage:
             float_params += p.numel()
             if not isinstance(module, (QuantLayer, NORM_TYPES)) and name != "bias":
                 kind = type(module).__name__
+                if type(module) is nn.Module:
+                    # torch.fx keeps a parameter that forward() reads as a tensor (F.linear(x, self.qkv.weight))
+                    # in a bare holder module: name the first such weight instead of "Module"
+                    direct = direct or f"weights forward() reads as tensors, not through their layer (e.g. " \
+                                       f"{path}.{name})"
+                    kind = direct
                 unquantized[kind] = unquantized.get(kind, 0) + p.numel()
     return Coverage(total, float_params, unquantized)
