@@ -50,4 +50,4 @@ def test_weights_read_as_tensors_are_named_by_their_path():
 
     qmodel = lowbit.quantize(Functional().eval(), torch.rand(8, 3, 8, 8), weights_bits=8, activation_bits=8)
     assert coverage(qmodel).unquantized == {
-        "weights forward() reads as tensors, not through their layer (e.g. proj.weight)": 16}
+        "parameters forward() reads directly (e.g. proj.weight)": 16}

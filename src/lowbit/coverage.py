@@ -1,7 +1,8 @@
 """How much of a quantized model is actually quantized.
 
-lowbit replaces ``Conv2d``, ``Conv1d``, ``ConvTranspose2d`` and ``Linear`` layers; other weight-bearing layers
-(``Embedding``, ``nn.MultiheadAttention``'s packed projection, bare parameters such as position embeddings)
+lowbit replaces ``Conv2d``, ``Conv1d``, ``ConvTranspose2d`` and ``Linear`` layers (``nn.MultiheadAttention``
+is rebuilt from ``Linear`` projections first, see :mod:`lowbit.attention`); other weight-bearing layers
+(``Embedding``, bare parameters such as position embeddings, weights passed to ``F.linear`` by ``forward``)
 keep float weights. A "4-bit" model can therefore be partly float, and a user must be told how much and where,
 rather than discover it in the file size.
 """
@@ -59,8 +60,7 @@ def coverage(qmodel: nn.Module) -> Coverage:
                 if type(module) is nn.Module:
                     # torch.fx keeps a parameter that forward() reads as a tensor (F.linear(x, self.qkv.weight))
                     # in a bare holder module: name the first such weight instead of "Module"
-                    direct = direct or f"weights forward() reads as tensors, not through their layer (e.g. " \
-                                       f"{path}.{name})"
+                    direct = direct or f"parameters forward() reads directly (e.g. {path}.{name})"
                     kind = direct
                 unquantized[kind] = unquantized.get(kind, 0) + p.numel()
     return Coverage(total, float_params, unquantized)

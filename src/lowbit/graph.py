@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from lowbit.attention import split_attention
 from lowbit.config import RESIDUAL_BRANCH, QuantConfig
 from lowbit.device import model_device
 from lowbit.errors import LowbitError, first_line
@@ -66,6 +67,9 @@ class QuantInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+TRACED_TORCH_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
 class _Tracer(fx.Tracer):
     """fx tracer that keeps timm's untraceable helpers opaque, as timm's own feature extraction does."""
 
@@ -81,12 +85,20 @@ class _Tracer(fx.Tracer):
         super().__init__(autowrap_functions=autowrap)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if type(m) in TRACED_TORCH_LAYERS:
+            return False  # torch.nn modules are opaque to fx by default, with their weight layers inside
         return isinstance(m, self._leaf_types + (Quantizer,)) or super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model`` (raises whatever torch.fx raises)."""
-    graph = _Tracer().trace(model)
+    """Symbolically trace ``model`` (raises whatever torch.fx raises). torch's fused attention path is off
+    while tracing: the checks that choose it read tensor shapes, which symbolic tracing cannot."""
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        graph = _Tracer().trace(model)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
     return fx.GraphModule(model, graph, model.__class__.__name__)
 
 
@@ -287,11 +299,12 @@ def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> 
     """
     if any(isinstance(m, (QuantLayer, Quantizer)) for m in model.modules()):
         raise LowbitError("this model is already quantized; pass the float model it came from")
+    arch = getattr(model, "lowbit_arch", None)
+    model = copy.deepcopy(model).eval()
+    split_attention(model)
     if not any(is_quantizable(m) for m in model.modules()):
         raise LowbitError(f"{type(model).__name__} has no layer lowbit quantizes ({quantized_type_names()}); pass a "
                           "model built from them")
-    arch = getattr(model, "lowbit_arch", None)
-    model = copy.deepcopy(model).eval()
     if mode == "swap":
         return _swapped(model, config, arch)
     try:
