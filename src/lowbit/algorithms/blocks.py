@@ -11,6 +11,7 @@ reconstruction sees the same units BRECQ does. Each block is materialized as a s
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 from torch import fx
@@ -38,6 +39,12 @@ def _owner(layer: str, counts: dict[str, int]) -> str:
     return ""
 
 
+def _unpacked(node: fx.Node) -> bool:
+    """Whether ``node``'s value is a tuple or list that its users take apart (``chunk``, ``split``, ``size``):
+    no block may end there, since a block hands one tensor on."""
+    return bool(node.users) and all(u.op == "call_function" and u.target is operator.getitem for u in node.users)
+
+
 def find_blocks(gm: fx.GraphModule) -> list[Block]:
     """Cut ``gm`` into blocks in execution order (only blocks holding weight layers are returned)."""
     modules = dict(gm.named_modules())
@@ -45,7 +52,7 @@ def find_blocks(gm: fx.GraphModule) -> list[Block]:
     pos = {n: i for i, n in enumerate(nodes)}
     last_use = {n: max((pos.get(u, len(nodes)) for u in n.users), default=pos[n]) for n in nodes}
     cuts = [i for i, n in enumerate(nodes)
-            if sum(1 for m in nodes[: i + 1] if last_use[m] > i) == 1 and last_use[n] > i]
+            if sum(1 for m in nodes[: i + 1] if last_use[m] > i) == 1 and last_use[n] > i and not _unpacked(n)]
     layer_of = {n: n.target for n in nodes if n.op == "call_module" and isinstance(modules[n.target], QuantLayer)}
     counts: dict[str, int] = {}
     for name in layer_of.values():
