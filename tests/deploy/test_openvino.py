@@ -28,3 +28,20 @@ def test_missing_openvino_is_one_line_naming_the_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "openvino", None)  # what an environment without it imports
     with pytest.raises(LowbitError, match="pip install openvino"):
         compile_openvino(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_openvino_reads_copying_padding_modes(mode, tmp_path):
+    """Circular padding is written as slices and a Concat: OpenVINO's ONNX reader has no Pad mode "wrap"."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, padding_mode=mode), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 3, padding=(1, 2), padding_mode=mode), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 8 * 10, 5)).eval()
+    x = torch.rand(32, 3, 8, 8)
+    qmodel = lowbit.quantize(model, x, weights_bits=8, activation_bits=8)
+    compiled, precisions = compile_openvino(export(qmodel, tmp_path / "m.onnx", x[:2]).path)
+    assert precisions and set(precisions) <= INTEGER_PRECISIONS, precisions
+    with torch.no_grad():
+        ours = qmodel(x)
+    theirs = torch.from_numpy(compiled(x.numpy())[0])
+    assert (ours - theirs).abs().max() < 0.05 * ours.abs().max()

@@ -197,6 +197,18 @@ class DequantizedWeight(nn.Module):
         return y + self.bias.reshape(shape)
 
 
+def _wrap(x: torch.Tensor, pad: tuple[int, ...]) -> torch.Tensor:
+    """Circular padding as slices and a concatenation, which every runtime reads (OpenVINO's ONNX reader has no
+    ``Pad`` mode "wrap"). ``pad`` lists (before, after) pairs from the last dimension back, as ``F.pad`` does."""
+    for back, (before, after) in enumerate(zip(pad[0::2], pad[1::2])):
+        dim = x.dim() - 1 - back
+        index = (slice(None),) * dim
+        parts = ([x[index + (slice(-before, None),)]] if before else []) + [x] \
+            + ([x[index + (slice(0, after),)]] if after else [])
+        x = torch.cat(parts, dim)
+    return x
+
+
 class ExportedConv2d(nn.Module):
     def __init__(self, layer: QConv2d | QConv1d | QConvTranspose2d, weight: DequantizedWeight,
                  input_quant: nn.Module) -> None:
@@ -204,15 +216,17 @@ class ExportedConv2d(nn.Module):
         self.w, self.input_quant = weight, input_quant
         self.stride, self.padding = layer.stride, layer.padding
         self.dilation, self.groups = layer.dilation, layer.groups
-        # Reflect, replicate and circular padding copy input values, so padding before the input quantizer gives
-        # the codes lowbit's layer pads; an ONNX Pad there keeps Q -> DQ -> Conv together for integer kernels.
+        # Reflect, replicate and circular padding copy input values, so padding before the input quantizer (see
+        # exportable) gives the codes lowbit's layer pads, and Q -> DQ -> Conv stays together for integer kernels.
         self.pad_mode = layer.padding_mode if layer.padding_mode != "zeros" else None
         if self.pad_mode is not None:
             self.pad = layer._reversed_padding_repeated_twice
             self.padding = (0,) * len(layer.padding)
 
     def padded_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pad_mode is not None:
+        if self.pad_mode == "circular":
+            x = _wrap(x, self.pad)
+        elif self.pad_mode is not None:
             x = F.pad(x, self.pad, mode=self.pad_mode)
         return self.input_quant(x)
 
@@ -344,6 +358,8 @@ def exportable(qmodel: nn.Module, signed_weights: bool = True) -> tuple[nn.Modul
             notes.add(f"{name}: its bias does not fit int32 codes on the input-times-weight grid (the input's grid "
                       "step is tiny): added after the layer, which then computes in float")
         own_input = export_quantizer(layer.input_quant, notes)
+        if getattr(layer, "padding_mode", "zeros") != "zeros" and layer.input_quant is None and _static_grid(feeding):
+            own_input = export_quantizer(feeding, notes)  # padding copies values: on the same grid after it
         if isinstance(layer, QConvTranspose2d) and not layer.weight_quant.spec.is_fp16 \
                 and subpixel_plans(layer) is None:
             notes.add(f"{name}: ConvTranspose2d computed in float on its dequantized integer weights (onnxruntime's "

@@ -2,8 +2,7 @@
 
 lowbit quantizes a layer's input where its traced graph computes it, which can lie before operators that only
 move values: a vision transformer's class token taken out of the token sequence (Gather), the queries, keys
-and values taken out of one projection (Reshape, Transpose, Gather) before the attention matmuls, a flatten, the
-reflect, replicate or circular padding of a convolution's input.
+and values taken out of one projection (Reshape, Transpose, Gather) before the attention matmuls, a flatten.
 onnxruntime fuses a convolution or matmul into an integer kernel only when it reads a DequantizeLinear
 directly, so such a layer ran in float. :func:`requantize_before_layers` adds a QuantizeLinear
 / DequantizeLinear pair on the same grid after the data movement: exact, since moving values keeps them on the
@@ -29,20 +28,6 @@ DATA_MOVEMENT = frozenset({"Gather", "Reshape", "Flatten", "Transpose", "Squeeze
 LAYERS = frozenset({"Conv", "Gemm", "MatMul"})
 
 
-def _moves_values(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
-    """Whether ``node`` only moves or copies its input's values (a Pad that reflects, replicates or wraps them, or
-    pads with zero, which every lowbit grid holds)."""
-    if node.op_type in DATA_MOVEMENT:
-        return True
-    if node.op_type != "Pad":
-        return False
-    mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
-    if mode != b"constant":
-        return True
-    fill = node.input[2] if len(node.input) > 2 else ""
-    return not fill or scalar_initializer(fill, graph) == 0.0
-
-
 def _reads_as_data(reader: onnx.NodeProto, value: str) -> bool:
     """Whether a layer reads ``value`` as a data input (a matmul either side, a convolution or Gemm its first)."""
     return reader.op_type in LAYERS and value in reader.input[:1 + (reader.op_type == "MatMul")]
@@ -55,7 +40,7 @@ def _carried(value: str, factor: float, after: list[onnx.NodeProto],
     (the exporter writes attention's ``1 / sqrt(d)`` as such a product on the queries and keys)."""
     carried = []
     for reader in after:
-        if _moves_values(reader, graph) and reader.input[0] == value:
+        if reader.op_type in DATA_MOVEMENT and reader.input[0] == value:
             carried += [(out, factor) for out in reader.output]
         elif reader.op_type in ("Mul", "Div") and value in reader.input[:2]:
             other = reader.input[1] if reader.input[0] == value else reader.input[0]
