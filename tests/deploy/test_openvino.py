@@ -45,3 +45,4 @@ def test_openvino_reads_copying_padding_modes(mode, tmp_path):
         ours = qmodel(x)
     theirs = torch.from_numpy(compiled(x.numpy())[0])
     assert (ours - theirs).abs().max() < 0.05 * ours.abs().max()
+

@@ -9,7 +9,8 @@ too; float16 weights, whose cast the exporter folds into float32, are stored as 
 a few convolutions' biases are written as an Add for OpenVINO (:mod:`lowbit.deploy.concat_bias`); and the
 pixel shuffles of transposed convolutions exported in sub-pixel form move behind the quantizer that follows
 them (:mod:`lowbit.deploy.subpixel`); activations that reach a layer through data-movement operators are
-quantized again in front of it (:mod:`lowbit.deploy.requantize`)."""
+quantized again in front of it (:mod:`lowbit.deploy.requantize`); means over the tokens of a quantized sequence
+are written in a 4-d form for OpenVINO (:mod:`lowbit.deploy.token_mean`)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
 from lowbit.deploy.requantize import requantize_before_layers
 from lowbit.deploy.subpixel import shuffle_after_quantizers
+from lowbit.deploy.token_mean import reduce_tokens_in_4d
 from lowbit.errors import LowbitError, first_line
 from lowbit.io.atomic import atomic_path
 
@@ -189,6 +191,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
                   "token): its bias is an Add after it, which OpenVINO needs; onnxruntime runs it in float")
     shuffle_after_quantizers(proto)
     requantize_before_layers(proto)
+    reduce_tokens_in_4d(proto)
     onnx.helper.set_model_props(proto, {"producer": "lowbit", **(metadata or {})})
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
