@@ -30,6 +30,27 @@ def test_reload_vit_and_dynamic_activations(tiny_vit, tmp_path):
         assert torch.equal(q(x), r(x))
 
 
+class BiasFree(torch.nn.Module):
+    """Layers without biases and no batch-norm to fold into them: bias correction gives them biases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, bias=False)
+        self.fc = torch.nn.Linear(8, 5, bias=False)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_biases_added_by_bias_correction_reload(tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 8, 8)
+    q, r, _ = _roundtrip(BiasFree().eval(), x, tmp_path, weights_bits=4, activation_bits=8)
+    assert q.conv.bias is not None and q.fc.bias is not None
+    with torch.no_grad():
+        assert torch.equal(q(x), r(x))
+
+
 def test_symmetric_weights_store_no_zero_points(residual_net, images, tmp_path):
     q, r, path = _roundtrip(residual_net, images, tmp_path, weights_bits=4, activation_bits=8, symmetric_weights=True)
     from safetensors import safe_open

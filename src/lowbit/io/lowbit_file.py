@@ -222,14 +222,28 @@ def _load_activation_grids(qmodel: nn.Module, names: tuple[str, ...], tensors: d
         quantizers[name].set_qparams(scales[i : i + 1], zero_points[i : i + 1])
 
 
-def _prepared(path: Path, record: RunRecord, architecture: Architecture, device: str | torch.device) -> nn.Module:
+def _add_corrected_biases(qmodel: nn.Module, index: Layout) -> None:
+    """Bias correction gives a layer without a bias one: give it back (zeros, filled when the tensors are read)
+    where the file's index holds one. Its shape is then checked with every other tensor's."""
+    for name, layer in quant_layers(qmodel):
+        key = f"{name}.bias" if name else "bias"
+        channels = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+        if layer.bias is None and key in index and channels is not None:
+            layer.bias = nn.Parameter(torch.zeros(channels, device=layer.weight.device, dtype=layer.weight.dtype))
+
+
+def _prepared(path: Path, record: RunRecord, architecture: Architecture, device: str | torch.device,
+              index: Layout) -> nn.Module:
     mode = "swap" if record.mode == "swap" else None  # a swapped model is swapped again, without tracing
     if isinstance(architecture, nn.Module):
-        return prepare(architecture, record.config, mode)
-    if record.arch is None:
+        qmodel = prepare(architecture, record.config, mode)
+    elif record.arch is None:
         raise LowbitError(f"{path} holds a custom architecture; pass model=YourNet() (the float architecture) to load it")
-    with torch.device(device):
-        return prepare(architecture(record.arch.to_dict()), record.config, mode)
+    else:
+        with torch.device(device):
+            qmodel = prepare(architecture(record.arch.to_dict()), record.config, mode)
+    _add_corrected_biases(qmodel, index)
+    return qmodel
 
 
 def _check_against(path: Path, qmodel: nn.Module, record: RunRecord, index: Layout) -> None:
@@ -261,16 +275,16 @@ def load(path: str | Path, architecture: Architecture, device: str | torch.devic
     header, digest, index = _read_index(path)
     record = _parse_header(path, header)
     if isinstance(architecture, nn.Module):  # the caller's model: checked as prepared, before any tensor is read
-        qmodel = _prepared(path, record, architecture, "cpu")
+        qmodel = _prepared(path, record, architecture, "cpu", index)
         _check_against(path, qmodel, record, index)
     else:  # a zoo builder: checked on the meta device first, so nothing the header asks for is allocated
         try:
-            on_meta = _prepared(path, record, architecture, "meta")
+            on_meta = _prepared(path, record, architecture, "meta", index)
         except NotImplementedError:  # the builder runs an op with no meta kernel (older timm's RegNet widths);
             on_meta = None  # the header's architecture record is already held to the zoo's sizes, so build it
         if on_meta is not None:
             _check_against(path, on_meta, record, index)
-        qmodel = _prepared(path, record, architecture, "cpu")
+        qmodel = _prepared(path, record, architecture, "cpu", index)
         if on_meta is None:
             _check_against(path, qmodel, record, index)
     tensors = _read_tensors(path, header, digest)
