@@ -9,6 +9,7 @@ from conftest import ResidualNet, TinyViT, randomize_bn
 from lowbit import LowbitError
 from lowbit.calibrate import calibrate, calibrate_weights, freeze
 from lowbit.config import QuantConfig
+from lowbit.coverage import coverage
 from lowbit.graph import activation_quantizers, fold_batchnorm, prepare, trace
 from lowbit.layers import QConv2d, QLinear, quant_layers
 
@@ -171,3 +172,40 @@ def test_residual_bits_on_a_model_without_residual_adds_is_refused(images):
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
     with pytest.raises(LowbitError, match="no weight layer of this model feeds a residual add"):
         lowbit.quantize(net, images, weights_bits=2, activation_bits=2, residual_bits=8)
+
+
+class OpaqueBlock(nn.Module):
+    """A stem, one of timm's MobileViT blocks (which torch.fx cannot trace, so it stays one opaque call) and a
+    head through timm's own ``Linear``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import Linear
+        from timm.models.mobilevit import MobileVitBlock
+
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = MobileVitBlock(16, 16, transformer_dim=32, transformer_depth=1, patch_size=2, num_heads=2)
+        self.head = Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.block(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+def test_layers_inside_opaque_modules_and_timm_linear_are_quantized(tmp_path):
+    """The traced graph calls the MobileViT block as a whole; its convolutions and linear layers are swapped with
+    their own input quantizers, and timm's Linear head is quantized like nn.Linear."""
+    torch.manual_seed(0)
+    model, x = OpaqueBlock().eval(), torch.rand(16, 3, 8, 8)
+    qmodel = lowbit.quantize(model, x, weights_bits=8, activation_bits=8)
+    assert qmodel.lowbit_info.mode == "fx"
+    assert "block" in {n.target for n in qmodel.graph.nodes if n.op == "call_module"}
+    share = coverage(qmodel)
+    assert share.unquantized == {} and share.float_fraction < 0.05, share.describe()
+    inner = [name for name, _ in quant_layers(qmodel) if name.startswith("block.")]
+    assert len(inner) >= 6 and all(qmodel.get_submodule(n).input_quant is not None for n in inner)
+    with torch.no_grad():
+        ours, float_out = qmodel(x), model(x)
+    assert (ours - float_out).abs().max() < 0.05 * float_out.abs().max()
+    lowbit.save(qmodel, tmp_path / "m.lowbit")
+    with torch.no_grad():
+        assert torch.equal(lowbit.load(str(tmp_path / "m.lowbit"), OpaqueBlock().eval())(x), ours)

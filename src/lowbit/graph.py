@@ -31,7 +31,7 @@ from lowbit.attention import split_attention
 from lowbit.config import RESIDUAL_BRANCH, QuantConfig
 from lowbit.device import model_device
 from lowbit.errors import LowbitError, first_line
-from lowbit.layers import QuantLayer, is_quantizable, quantized_type_names, to_quantized
+from lowbit.layers import QLinear, QuantLayer, is_quantizable, quantized_type_names, register_quantized, to_quantized
 from lowbit.quantizer import Quantizer
 
 
@@ -87,7 +87,19 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if type(m) in TRACED_TORCH_LAYERS:
             return False  # torch.nn modules are opaque to fx by default, with their weight layers inside
-        return isinstance(m, self._leaf_types + (Quantizer,)) or super().is_leaf_module(m, qualname)
+        return is_quantizable(m) or isinstance(m, self._leaf_types + (Quantizer,)) \
+            or super().is_leaf_module(m, qualname)
+
+
+def _register_timm_layers() -> None:
+    """timm's ``Linear`` is ``nn.Linear`` plus a dtype cast for TorchScript (timm's MobileNetV3, EfficientNet and
+    GhostNet heads use it): quantize it as one."""
+    try:
+        from timm.layers import Linear
+    except ImportError:
+        return
+    if not is_quantizable(Linear(1, 1)):
+        register_quantized(Linear, QLinear.from_float)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -270,12 +282,28 @@ def _prepare_fx(gm: fx.GraphModule, config: QuantConfig) -> tuple[QuantConfig, s
     for name in dict.fromkeys(layer_names):
         if not config.keeps_float(name):
             set_module(gm, name, to_quantized(modules[name], config.weight_spec_for(name), seed=config.seed))
+    _swap_inside_opaque_modules(gm, config, modules)
     roles: set[str] = set()
     if config.activations is not None or any(o.activations for o in config.overrides):
         roles = _insert_activation_quantizers(gm, config)
     gm.graph.lint()
     gm.recompile()
     return config, roles
+
+
+def _swap_inside_opaque_modules(gm: fx.GraphModule, config: QuantConfig, modules: dict[str, nn.Module]) -> None:
+    """Swap, with their own input quantizers as module swapping places them, the layers inside the modules the
+    traced graph calls as opaque wholes (timm's untraceable blocks such as MobileViT's, torch.nn modules with
+    layers inside): left alone, their weights would stay float."""
+    for node in gm.graph.nodes:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if module is None or isinstance(module, (QuantLayer, Quantizer)) or is_quantizable(module):
+            continue
+        for inner, layer in list(module.named_modules()):
+            name = f"{node.target}.{inner}"
+            if inner and is_quantizable(layer) and not config.keeps_float(name):
+                set_module(gm, name, to_quantized(layer, config.weight_spec_for(name),
+                                                  config.activation_spec_for(f"{name}.input_quant", name), config.seed))
 
 
 def _prepare_swap(model: nn.Module, config: QuantConfig) -> QuantConfig:
@@ -302,6 +330,7 @@ def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> 
     arch = getattr(model, "lowbit_arch", None)
     model = copy.deepcopy(model).eval()
     split_attention(model)
+    _register_timm_layers()
     if not any(is_quantizable(m) for m in model.modules()):
         raise LowbitError(f"{type(model).__name__} has no layer lowbit quantizes ({quantized_type_names()}); pass a "
                           "model built from them")

@@ -199,7 +199,7 @@ def register_quantized(float_type: type, make: Callable[..., QuantLayer]) -> Non
 
 def quantized_type_names() -> str:
     """What the messages call the layers lowbit quantizes."""
-    names = [t.__name__ for t in _QUANTIZED]
+    names = list(dict.fromkeys(t.__name__ for t in _QUANTIZED))  # timm's Linear is named Linear too
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
