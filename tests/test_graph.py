@@ -209,3 +209,26 @@ def test_layers_inside_opaque_modules_and_timm_linear_are_quantized(tmp_path):
     lowbit.save(qmodel, tmp_path / "m.lowbit")
     with torch.no_grad():
         assert torch.equal(lowbit.load(str(tmp_path / "m.lowbit"), OpaqueBlock().eval())(x), ours)
+
+
+class MethodNamedValues(nn.Module):
+    """A value torch.fx names after a method of a module dict ("to") that feeds a weight layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.conv(x).mean((2, 3))
+        return self.fc(y.to(torch.float32))
+
+
+def test_values_named_like_module_methods_get_quantizers(tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 8, 8)
+    qmodel = lowbit.quantize(MethodNamedValues().eval(), x, weights_bits=8, activation_bits=8)
+    names = {name for name, _ in activation_quantizers(qmodel)}
+    assert "act_quant.to_value" in names, names
+    lowbit.save(qmodel, tmp_path / "m.lowbit")
+    with torch.no_grad():
+        assert torch.equal(lowbit.load(str(tmp_path / "m.lowbit"), MethodNamedValues().eval())(x), qmodel(x))

@@ -263,12 +263,14 @@ def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> se
         producer = node.target if node.op == "call_module" else ""
         role = RESIDUAL_BRANCH if _feeds_residual_add(node, kinds) else ""
         roles.add(role)
-        spec = config.activation_spec_for(f"{ACT_QUANT}.{node.name}", producer, node.name, *consumers, role)
+        # a value named like a method of the store (x.to(...) gives "to", x.float() "float") is keyed apart
+        key = f"{node.name}_value" if hasattr(nn.ModuleDict, node.name) else node.name
+        spec = config.activation_spec_for(f"{ACT_QUANT}.{key}", producer, node.name, *consumers, role)
         if spec is None:
             continue
-        store[node.name] = Quantizer(spec, config.seed, device)
+        store[key] = Quantizer(spec, config.seed, device)
         with gm.graph.inserting_after(node):
-            q = gm.graph.call_module(f"{ACT_QUANT}.{node.name}", (node,))
+            q = gm.graph.call_module(f"{ACT_QUANT}.{key}", (node,))
         node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
     return roles - {""}
 
