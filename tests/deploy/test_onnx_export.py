@@ -319,3 +319,25 @@ def test_biases_behind_tiny_input_steps_stay_exact(silence, tmp_path):
     assert added_after == (silence < 1e-4), report.float_compute
     if not added_after:
         assert integer_biases(report.path) == lowbit_bias_codes(qmodel)
+
+
+class ReadsWeight(nn.Module):
+    """A forward that takes its input's dtype from a layer's weight, as timm's Fourier position encoding does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.conv(x.to(self.conv.weight.dtype))
+        return self.fc(y.mean((2, 3)).to(self.fc.weight.device))
+
+
+def test_layers_read_by_forward_keep_weight_attributes(tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 8, 8)
+    qmodel = lowbit.quantize(ReadsWeight().eval(), x, weights_bits=8, activation_bits=8)
+    path = export(qmodel, tmp_path / "m.onnx", x[:2]).path
+    with torch.no_grad():
+        ours = qmodel(x)
+    assert (ours - run_onnx(path, x)).abs().max() < 0.05 * ours.abs().max()

@@ -209,11 +209,32 @@ def _wrap(x: torch.Tensor, pad: tuple[int, ...]) -> torch.Tensor:
     return x
 
 
-class ExportedConv2d(nn.Module):
-    def __init__(self, layer: QConv2d | QConv1d | QConvTranspose2d, weight: DequantizedWeight,
-                 input_quant: nn.Module) -> None:
+class _ExportedLayer(nn.Module):
+    """What code around a layer may read from it besides calling it (timm's Fourier position encoding takes its
+    device and dtype from ``token_projection.weight``): the sizes, and the weight and bias as float tensors."""
+
+    SIZES = ("in_channels", "out_channels", "kernel_size", "in_features", "out_features")
+
+    def __init__(self, layer: QuantLayer, weight: DequantizedWeight, input_quant: nn.Module) -> None:
         super().__init__()
         self.w, self.input_quant = weight, input_quant
+        for size in self.SIZES:
+            if hasattr(layer, size):
+                setattr(self, size, getattr(layer, size))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.w.weight()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.w.bias_value() if not self.w.bias_after else self.w.bias
+
+
+class ExportedConv2d(_ExportedLayer):
+    def __init__(self, layer: QConv2d | QConv1d | QConvTranspose2d, weight: DequantizedWeight,
+                 input_quant: nn.Module) -> None:
+        super().__init__(layer, weight, input_quant)
         self.stride, self.padding = layer.stride, layer.padding
         self.dilation, self.groups = layer.dilation, layer.groups
         # Reflect, replicate and circular padding copy input values, so padding before the input quantizer (see
@@ -290,10 +311,7 @@ class ExportedGDN(nn.Module):
         return x * (torch.sqrt(norm) if self.inverse else torch.rsqrt(norm))
 
 
-class ExportedLinear(nn.Module):
-    def __init__(self, weight: DequantizedWeight, input_quant: nn.Module) -> None:
-        super().__init__()
-        self.w, self.input_quant = weight, input_quant
+class ExportedLinear(_ExportedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w.add_bias_after(F.linear(self.input_quant(x), self.w.weight(), self.w.bias_value()), -1)
@@ -315,7 +333,7 @@ def _exported(layer: QuantLayer, weight: DequantizedWeight, input_quant: nn.Modu
         return ExportedConv2d(layer, weight, input_quant)
     if isinstance(layer, QGDN):
         return ExportedGDN(layer, weight, input_quant)
-    return ExportedLinear(weight, input_quant)
+    return ExportedLinear(layer, weight, input_quant)
 
 
 def _static_grid(q: Quantizer | None) -> bool:
