@@ -33,6 +33,7 @@ from lowbit.device import model_device
 from lowbit.errors import LowbitError, first_line
 from lowbit.layers import QLinear, QuantLayer, is_quantizable, quantized_type_names, register_quantized, to_quantized
 from lowbit.quantizer import Quantizer
+from lowbit.weight_standardization import fold_weight_standardization
 
 
 Mode = Literal["fx", "swap"]
@@ -332,6 +333,7 @@ def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> 
     arch = getattr(model, "lowbit_arch", None)
     model = copy.deepcopy(model).eval()
     split_attention(model)
+    fold_weight_standardization(model)
     _register_timm_layers()
     if not any(is_quantizable(m) for m in model.modules()):
         raise LowbitError(f"{type(model).__name__} has no layer lowbit quantizes ({quantized_type_names()}); pass a "
