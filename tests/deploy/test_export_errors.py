@@ -53,3 +53,14 @@ def test_value_dependent_branch_is_named_by_its_line(tmp_path, capsys):
 def test_operator_without_onnx_translation_is_named(tmp_path, capsys):
     message = _export_error(Head(lambda y: torch.cummax(y, 1)[0]), tmp_path, capsys)
     assert "operation aten.cummax has no ONNX translation" in message, message
+
+
+def _five_d_attention(y):
+    grouped = y.reshape(y.shape[0], 2, 2, 2, -1)  # (batch, groups, heads, tokens, features)
+    return torch.nn.functional.scaled_dot_product_attention(grouped, grouped, grouped).reshape_as(y)
+
+
+def test_operator_whose_translation_refuses_its_inputs_is_named(tmp_path, capsys):
+    message = _export_error(Head(_five_d_attention), tmp_path, capsys)
+    assert "could not translate operation aten.scaled_dot_product_attention" in message, message
+    assert "4D" in message

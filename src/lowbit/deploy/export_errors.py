@@ -2,8 +2,9 @@
 
 torch.onnx wraps the real cause in exceptions whose first lines only say which of its three steps failed, with
 terminal colour codes and advice meant for PyTorch's developers. The user needs two facts from that chain: an
-operator with no ONNX translation (``aten.cummax``), or the line of their ``forward`` where Python branches on a
-tensor's value (which no traced graph can hold), and what to change.
+operator with no ONNX translation (``aten.cummax``) or one whose translation refuses these inputs (attention on
+5-d tensors), or the line of their ``forward`` where Python branches on a tensor's value (which no traced graph
+can hold), and what to change.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from lowbit.errors import first_line
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NO_TRANSLATION = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)'")
 _UNSUPPORTED_NODES = re.compile(r"Unsupported FX nodes: \{[^}]*?'(aten\.[\w.]+)'")
+_TRANSLATING = re.compile(r"Error when translating node %\w+ : .*?target=torch\.ops\.([\w.]+)")
 _USER_LINE = re.compile(r'File "([^"]+)", line (\d+), in \w+\n\s*(\S[^\n]*)')
 _DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "data-dependent")
 
@@ -44,6 +46,12 @@ def explain_export_failure(exc: BaseException) -> str:
             op = _operator_name(found.group(1))
             return (f"operation {op} has no ONNX translation; replace it in the model with operations ONNX has "
                     "(or keep that part of the computation outside the exported model)")
+    for text in texts:
+        found = _TRANSLATING.search(text)
+        if found:
+            op, reason = _operator_name(found.group(1)), _ANSI.sub("", first_line(chain[-1]))
+            return (f"torch.onnx could not translate operation {op} here ({reason}); replace it in the model with "
+                    "operations ONNX export supports")
     if any(type(link).__name__ in _DATA_DEPENDENT or _DATA_DEPENDENT[1] in text
            for link, text in zip(chain, texts)):
         where = next((m for m in map(_USER_LINE.search, texts) if m), None)
