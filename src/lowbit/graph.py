@@ -31,8 +31,9 @@ from lowbit.attention import split_attention
 from lowbit.config import RESIDUAL_BRANCH, QuantConfig
 from lowbit.device import model_device
 from lowbit.errors import LowbitError, first_line
-from lowbit.layers import QLinear, QuantLayer, is_quantizable, quantized_type_names, register_quantized, to_quantized
+from lowbit.layers import QuantLayer, is_quantizable, quantized_type_names, to_quantized
 from lowbit.quantizer import Quantizer
+from lowbit.timm_layers import register_timm_layers
 from lowbit.weight_standardization import fold_weight_standardization
 
 
@@ -90,17 +91,6 @@ class _Tracer(fx.Tracer):
             return False  # torch.nn modules are opaque to fx by default, with their weight layers inside
         return is_quantizable(m) or isinstance(m, self._leaf_types + (Quantizer,)) \
             or super().is_leaf_module(m, qualname)
-
-
-def _register_timm_layers() -> None:
-    """timm's ``Linear`` is ``nn.Linear`` plus a dtype cast for TorchScript (timm's MobileNetV3, EfficientNet and
-    GhostNet heads use it): quantize it as one."""
-    try:
-        from timm.layers import Linear
-    except ImportError:
-        return
-    if not is_quantizable(Linear(1, 1)):
-        register_quantized(Linear, QLinear.from_float)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -334,7 +324,7 @@ def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> 
     model = copy.deepcopy(model).eval()
     split_attention(model)
     fold_weight_standardization(model)
-    _register_timm_layers()
+    register_timm_layers()
     if not any(is_quantizable(m) for m in model.modules()):
         raise LowbitError(f"{type(model).__name__} has no layer lowbit quantizes ({quantized_type_names()}); pass a "
                           "model built from them")

@@ -25,6 +25,7 @@ from lowbit.graph import layer_input_quantizers, set_module
 from lowbit.integer_bias import INTEGER_KERNEL_GRID, bias_codes, bias_grid
 from lowbit.layers import QConv1d, QConv2d, QConvTranspose2d, QLinear, QuantLayer, quant_layers
 from lowbit.quantizer import Quantizer
+from lowbit.timm_layers import QConv2dSame, same_padded
 
 UNSIGNED_OFFSET = 128
 
@@ -243,8 +244,11 @@ class ExportedConv2d(_ExportedLayer):
         if self.pad_mode is not None:
             self.pad = layer._reversed_padding_repeated_twice
             self.padding = (0,) * len(layer.padding)
+        self.same = isinstance(layer, QConv2dSame)  # pads by the input's size first (its kernel_size is kept)
 
     def padded_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            x = same_padded(x, self)
         if self.pad_mode == "circular":
             x = _wrap(x, self.pad)
         elif self.pad_mode is not None:
@@ -376,7 +380,8 @@ def exportable(qmodel: nn.Module, signed_weights: bool = True) -> tuple[nn.Modul
             notes.add(f"{name}: its bias does not fit int32 codes on the input-times-weight grid (the input's grid "
                       "step is tiny): added after the layer, which then computes in float")
         own_input = export_quantizer(layer.input_quant, notes)
-        if getattr(layer, "padding_mode", "zeros") != "zeros" and layer.input_quant is None and _static_grid(feeding):
+        pads = getattr(layer, "padding_mode", "zeros") != "zeros" or isinstance(layer, QConv2dSame)
+        if pads and layer.input_quant is None and _static_grid(feeding):
             own_input = export_quantizer(feeding, notes)  # padding copies values: on the same grid after it
         if isinstance(layer, QConvTranspose2d) and not layer.weight_quant.spec.is_fp16 \
                 and subpixel_plans(layer) is None:
