@@ -31,6 +31,13 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return layer
 
 
+def _additive(mask: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask (True: masked) as -inf where masked, a float mask as it is: torch's own conversion, the one
+    ``MultiheadAttention`` applies."""
+    return F._canonical_mask(mask=mask, mask_name=name, other_type=None, other_name="", target_type=dtype,
+                             check_other=False)
+
+
 class SplitMultiheadAttention(nn.Module):
     """The function of an ``nn.MultiheadAttention`` (same arguments and outputs) with four ``nn.Linear`` layers."""
 
@@ -77,11 +84,9 @@ class SplitMultiheadAttention(nn.Module):
         k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
         scores = torch.matmul(q, k.transpose(1, 2))
         if attn_mask is not None:
-            scores = scores + F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None,
-                                                other_name="", target_type=scores.dtype, check_other=False)
+            scores = scores + _additive(attn_mask, "attn_mask", scores.dtype)
         if key_padding_mask is not None:
-            padding = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask", other_type=None,
-                                        other_name="", target_type=scores.dtype, check_other=False)
+            padding = _additive(key_padding_mask, "key_padding_mask", scores.dtype)
             scores = (scores.reshape(batch, self.num_heads, target, source)
                       + padding.reshape(batch, 1, 1, source)).reshape(batch * self.num_heads, target, source)
         weights = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)

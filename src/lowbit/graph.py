@@ -295,19 +295,21 @@ def _swap_inside_opaque_modules(gm: fx.GraphModule, config: QuantConfig, modules
         for inner, layer in list(module.named_modules()):
             name = f"{node.target}.{inner}"
             if inner and is_quantizable(layer) and not config.keeps_float(name):
-                set_module(gm, name, to_quantized(layer, config.weight_spec_for(name),
-                                                  config.activation_spec_for(f"{name}.input_quant", name), config.seed))
+                _swap_with_input_quantizer(gm, name, layer, config)
+
+
+def _swap_with_input_quantizer(root: nn.Module, name: str, layer: nn.Module, config: QuantConfig) -> None:
+    """Put the quantized form of ``layer`` at ``name``, quantizing its own input (module swapping)."""
+    set_module(root, name, to_quantized(layer, config.weight_spec_for(name),
+                                        config.activation_spec_for(f"{name}.input_quant", name), config.seed))
 
 
 def _prepare_swap(model: nn.Module, config: QuantConfig) -> QuantConfig:
     names = [n for n, m in model.named_modules() if is_quantizable(m)]
     config = config.resolve(names[0] if names else None, names[-1] if names else None)
     for name in names:
-        if config.keeps_float(name):
-            continue
-        module = model.get_submodule(name)
-        set_module(model, name, to_quantized(module, config.weight_spec_for(name),
-                                              config.activation_spec_for(f"{name}.input_quant", name), config.seed))
+        if not config.keeps_float(name):
+            _swap_with_input_quantizer(model, name, model.get_submodule(name), config)
     return config
 
 
