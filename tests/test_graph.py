@@ -232,3 +232,54 @@ def test_values_named_like_module_methods_get_quantizers(tmp_path):
     lowbit.save(qmodel, tmp_path / "m.lowbit")
     with torch.no_grad():
         assert torch.equal(lowbit.load(str(tmp_path / "m.lowbit"), MethodNamedValues().eval())(x), qmodel(x))
+
+
+class NormFree(nn.Module):
+    """One of NFNet's blocks, which timm lists as untraceable although it traces on its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.models.nfnet import NormFreeBlock
+
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = NormFreeBlock(16, 16, act_layer=nn.ReLU)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+def test_modules_timm_lists_as_untraceable_are_traced_when_they_trace():
+    torch.manual_seed(0)
+    model, x = NormFree().eval(), torch.rand(16, 3, 8, 8)
+    qmodel = lowbit.quantize(model, x, weights_bits=8, activation_bits=8)
+    called = {n.target for n in qmodel.graph.nodes if n.op == "call_module"}
+    inner = [name for name, _ in quant_layers(qmodel) if name.startswith("block.")]
+    assert "block" not in called and len(inner) >= 3 and set(inner) <= called
+    assert all(qmodel.get_submodule(n).input_quant is None for n in inner)  # the graph quantizes their inputs
+    with torch.no_grad():
+        assert (qmodel(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+
+
+class SameConvNormAct(nn.Module):
+    """timm's TensorFlow-padded convolution followed by its batch-norm-with-activation, as tf_ models build it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import BatchNormAct2d, Conv2dSame
+
+        self.conv, self.bn = Conv2dSame(3, 8, 3, stride=2, bias=False), BatchNormAct2d(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.bn(self.conv(x)).mean((2, 3)))
+
+
+def test_timm_batch_norm_with_activation_is_folded_into_a_same_padded_convolution():
+    torch.manual_seed(0)
+    model, x = randomize_bn(SameConvNormAct()).eval(), torch.rand(16, 3, 9, 9)
+    qmodel = lowbit.quantize(model, x, weights_bits=8, activation_bits=8)
+    assert not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in qmodel.modules())
+    assert not any("batch_norm" in str(n.target) for n in qmodel.graph.nodes)
+    with torch.no_grad():
+        assert (qmodel(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()

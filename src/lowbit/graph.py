@@ -34,6 +34,7 @@ from lowbit.errors import LowbitError, first_line
 from lowbit.layers import QuantLayer, is_quantizable, quantized_type_names, to_quantized
 from lowbit.quantizer import Quantizer
 from lowbit.timm_layers import register_timm_layers
+from lowbit.tracing import trace
 from lowbit.weight_standardization import fold_weight_standardization
 
 
@@ -69,42 +70,6 @@ class QuantInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-TRACED_TORCH_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
-
-
-class _Tracer(fx.Tracer):
-    """fx tracer that keeps timm's untraceable helpers opaque, as timm's own feature extraction does."""
-
-    def __init__(self) -> None:
-        self._leaf_types: tuple[type, ...] = ()
-        autowrap: tuple = ()
-        try:
-            from timm.layers import get_notrace_functions, get_notrace_modules
-            self._leaf_types = tuple(get_notrace_modules())
-            autowrap = tuple(get_notrace_functions())
-        except ImportError:
-            pass
-        super().__init__(autowrap_functions=autowrap)
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if type(m) in TRACED_TORCH_LAYERS:
-            return False  # torch.nn modules are opaque to fx by default, with their weight layers inside
-        return is_quantizable(m) or isinstance(m, self._leaf_types + (Quantizer,)) \
-            or super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model`` (raises whatever torch.fx raises). torch's fused attention path is off
-    while tracing: the checks that choose it read tensor shapes, which symbolic tracing cannot."""
-    fast_path = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        graph = _Tracer().trace(model)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast_path)
-    return fx.GraphModule(model, graph, model.__class__.__name__)
-
-
 def _batchnorm_tail(bn: nn.Module) -> nn.Module | None:
     """What remains of a norm layer once its affine part is folded: nothing for a plain BatchNorm, the
     activation for timm's BatchNormAct (a BatchNorm subclass that also applies dropout and an activation),
@@ -130,7 +95,8 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
                 or len(src.users) != 1:
             continue
         layer = modules[src.target]
-        if type(layer) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
+        # a registered Conv2d subclass (timm's Conv2dSame) pads, then convolves: still linear in its weight
+        if isinstance(layer, nn.Conv2d) and is_quantizable(layer) and isinstance(bn, nn.BatchNorm2d):
             fused = fuse_conv_bn_eval(layer.eval(), bn.eval())
         elif type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d):
             fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
