@@ -214,7 +214,12 @@ def to_quantized(module: nn.Module, weight_spec: QuantSpec, input_spec: QuantSpe
 
 def is_quantizable(module: nn.Module) -> bool:
     """Exactly the float layers lowbit replaces (subclasses with custom forwards are left alone)."""
-    return type(module) in _QUANTIZED
+    return is_registered(type(module))
+
+
+def is_registered(float_type: type) -> bool:
+    """Whether lowbit swaps layers of exactly ``float_type`` (see :func:`register_quantized`)."""
+    return float_type in _QUANTIZED
 
 
 def quant_layers(model: nn.Module) -> Iterator[tuple[str, QuantLayer]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.layers import QConv2d, QLinear, is_quantizable, register_quantized
+from lowbit.layers import QConv2d, QLinear, is_registered, register_quantized
 
 
 def same_padded(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
@@ -45,6 +45,6 @@ def register_timm_layers() -> None:
         from timm.layers import Conv2dSame, Linear
     except ImportError:
         return
-    if not is_quantizable(Linear(1, 1)):
+    if not is_registered(Linear):
         register_quantized(Linear, QLinear.from_float)
         register_quantized(Conv2dSame, QConv2dSame.from_float)
