@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lowbit.deploy.onnx_graph import producers
+from lowbit.deploy.onnx_graph import initializer_array, producers
 
 REDUCTIONS = frozenset({"ReduceMean", "ReduceSum"})
 
@@ -30,10 +30,8 @@ def _ranks(proto: onnx.ModelProto) -> dict[str, int]:
 
 def _axes(node: onnx.NodeProto, graph: onnx.GraphProto) -> list[int] | None:
     """The axes a reduction reads from its initializer input (None when they are not a constant)."""
-    if len(node.input) < 2 or not node.input[1]:
-        return None
-    found = next((init for init in graph.initializer if init.name == node.input[1]), None)
-    return None if found is None else [int(a) for a in numpy_helper.to_array(found).reshape(-1)]
+    value = initializer_array(node.input[1], graph) if len(node.input) > 1 and node.input[1] else None
+    return None if value is None else [int(a) for a in value.reshape(-1)]
 
 
 def reduce_tokens_in_4d(proto: onnx.ModelProto) -> int:
@@ -52,13 +50,13 @@ def reduce_tokens_in_4d(proto: onnx.ModelProto) -> int:
         keep = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "keepdims"), 1)
         name = node.output[0]
         graph.initializer.extend([numpy_helper.from_array(np.array([3], np.int64), f"{name}.trailing"),
-                                  numpy_helper.from_array(np.array([2, 3], np.int64), f"{name}.tokens"),
-                                  numpy_helper.from_array(np.array([1], np.int64), f"{name}.kept")])
+                                  numpy_helper.from_array(np.array([2, 3], np.int64), f"{name}.tokens")])
         steps = [helper.make_node("Transpose", [node.input[0]], [f"{name}.channels_first"], perm=[0, 2, 1]),
                  helper.make_node("Unsqueeze", [f"{name}.channels_first", f"{name}.trailing"], [f"{name}.4d"]),
                  helper.make_node(node.op_type, [f"{name}.4d", f"{name}.tokens"],
                                   [f"{name}.pooled" if keep else name], keepdims=0)]
         if keep:
+            graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), f"{name}.kept"))
             steps.append(helper.make_node("Unsqueeze", [f"{name}.pooled", f"{name}.kept"], [name]))
         at = list(graph.node).index(node)
         graph.node.remove(node)
