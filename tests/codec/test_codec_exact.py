@@ -1,9 +1,11 @@
-"""The quantized hyperprior synthesis in exact integers: it agrees with the fake-quantized layers, and the
-latents decode bit for bit under float perturbations, other thread counts, other batches and other processes,
-where the float codec mis-decodes."""
+"""The quantized hyperprior synthesis in exact integers, for the scale hyperprior (ReLU) and the mean-scale
+hyperprior (LeakyReLU, means and scales): it agrees with the fake-quantized layers, and the latents decode bit
+for bit under float perturbations, other thread counts, other batches and other processes, where the float codec
+mis-decodes."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -19,27 +21,33 @@ from lowbit.codec.architectures import codec_architecture
 from lowbit.codec.exact import has_exact_path, integer_forward
 
 
-def _hyperprior() -> torch.nn.Module:
+ARCHITECTURES = ("bmshj2018-hyperprior-small", "mbt2018-mean-small")
+
+
+def latents(model, strings, shape):
+    """The decoder's latents ``y_hat``: what entropy decoding produces before the synthesis transform (a
+    mean-scale hyperprior's h_s predicts means beside the scales). Also run, as source, in another process."""
+    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
+    params = model.h_s(z_hat)
+    scales, means = params.chunk(2, 1) if params.shape[1] == 2 * model.M else (params, None)
+    indexes = model.gaussian_conditional.build_indexes(scales)
+    return model.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means)
+
+
+def _hyperprior(name: str) -> torch.nn.Module:
     """A tiny untrained hyperprior whose side information is not all zero (its h_a output scaled up)."""
     torch.manual_seed(0)
-    model = codec_architecture("bmshj2018-hyperprior-small").create(8, 8).eval()
+    model = codec_architecture(name).create(8, 8).eval()
     with torch.no_grad():
         model.h_a[-1].weight.mul_(300)
     model.update(force=True)
-    model.lowbit_arch = {"task": "image-codec", "name": "bmshj2018-hyperprior-small", "kwargs": {"N": 8, "M": 8}}
+    model.lowbit_arch = {"task": "image-codec", "name": name, "kwargs": {"N": 8, "M": 8}}
     return model
 
 
 def _photos(count: int, side: int, first_seed: int = 0) -> torch.Tensor:
     return torch.stack([torch.from_numpy(photo_like(side, side, seed=first_seed + i)).permute(2, 0, 1)
                         for i in range(count)]) / 255
-
-
-def _latents(model: torch.nn.Module, strings: list, shape) -> torch.Tensor:
-    """The decoder's latents ``y_hat``: what entropy decoding produces before the synthesis transform."""
-    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
-    indexes = model.gaussian_conditional.build_indexes(model.h_s(z_hat))
-    return model.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
 
 
 class _Perturbed:
@@ -64,9 +72,9 @@ class _Perturbed:
             h.remove()
 
 
-@pytest.fixture(scope="module")
-def codecs():
-    model = _hyperprior()
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def codecs(request):
+    model = _hyperprior(request.param)
     qmodel = lowbit.quantize(model, _photos(4, 128), weights_bits=8, activation_bits=16, dynamic_activations=True)
     return model, qmodel
 
@@ -99,9 +107,9 @@ def test_float_codec_misdecodes_under_perturbation_and_the_integer_one_does_not(
         for codec, exact in ((model, False), (qmodel, True)):
             with torch.no_grad():
                 out = codec.compress(x)
-                clean = _latents(codec, out["strings"], out["shape"])
+                clean = latents(codec, out["strings"], out["shape"])
                 with _Perturbed(codec, 1e-3):
-                    perturbed = _latents(codec, out["strings"], out["shape"])
+                    perturbed = latents(codec, out["strings"], out["shape"])
             if exact:
                 assert torch.equal(perturbed, clean)
             else:
@@ -117,13 +125,13 @@ def test_latents_decode_bit_exactly_in_another_process_with_other_threads_and_ba
     for i in range(2):
         with torch.no_grad():
             out = qmodel.compress(_photos(1, 128, 40 + i))
-            singles.append(_latents(qmodel, out["strings"], out["shape"])[0])
+            singles.append(latents(qmodel, out["strings"], out["shape"])[0])
         for group, s in zip(strings, out["strings"]):
             group += s
     for g, group in enumerate(strings):
         for i, s in enumerate(group):
             (tmp_path / f"s{g}_{i}.bin").write_bytes(s)
-    script = textwrap.dedent(f"""
+    script = inspect.getsource(latents) + textwrap.dedent(f"""
         import torch, lowbit
         from pathlib import Path
         from safetensors.torch import save_file
@@ -131,9 +139,7 @@ def test_latents_decode_bit_exactly_in_another_process_with_other_threads_and_ba
         model = lowbit.load({str(path)!r})
         folder = Path({str(tmp_path)!r})
         strings = [[(folder / f"s{{g}}_{{i}}.bin").read_bytes() for i in range(2)] for g in range(2)]
-        z_hat = model.entropy_bottleneck.decompress(strings[1], {list(out["shape"])!r})
-        indexes = model.gaussian_conditional.build_indexes(model.h_s(z_hat))
-        y_hat = model.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
+        y_hat = latents(model, strings, {list(out["shape"])!r})
         save_file({{"y_hat": y_hat.contiguous()}}, str(folder / "y_hat.safetensors"))
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "2"}

@@ -71,3 +71,13 @@ def _hyperprior(n: int, m: int) -> nn.Module:
           stride=64, channels=(64, 64))
 def _hyperprior_small(n: int, m: int) -> nn.Module:
     return compressai_module("models").ScaleHyperprior(N=n, M=m)
+
+
+def _mean_scale(n: int, m: int) -> nn.Module:
+    return compressai_module("models").MeanScaleHyperprior(N=n, M=m)
+
+
+register("mbt2018-mean", "Minnen et al. 2018 mean-scale hyperprior (the side information predicts each latent's "
+         "mean and scale)", stride=64, channels=(128, 192))(_mean_scale)
+register("mbt2018-mean-small", "the mean-scale hyperprior at 64 channels: trains on one CPU core, small files",
+         stride=64, channels=(64, 64))(_mean_scale)

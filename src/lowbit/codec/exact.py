@@ -12,7 +12,8 @@ garbage. Float codecs have this failure; here the quantized ``h_s`` is computed 
 - each convolution multiplies integer codes; the products and sums are integers far below 2^53, so computing
   them in float64 gives the exact integer result whatever order the sum is taken in;
 - requantization onto the next layer's grid is fixed-point: an int64 multiplier and shift per channel, with the
-  bias in the same fixed point, ReLU a clamp at the zero point;
+  bias in the same fixed point; a ReLU or LeakyReLU takes a second multiplier and bias (the slope's multiples,
+  zero for ReLU) where the value is negative, and a PixelShuffle moves the integer codes;
 - the last layer's output is a fixed-point number turned into a float exactly.
 
 This needs static integer grids on every input of ``h_s`` (a dynamic range depends on the batch), which
@@ -42,19 +43,37 @@ MIN_MULTIPLIER_BITS = 24  # a requantization multiplier at least as precise as a
 EXACT_LAYERS = (QConv2d, QConvTranspose2d)
 
 
-def _stages(h_s: nn.Module) -> list[tuple[QuantLayer, bool]] | None:
-    """``h_s`` as (layer, followed by ReLU) pairs, or None when it is not a chain this module computes exactly."""
-    if not isinstance(h_s, nn.Sequential):
+def _flat(module: nn.Module) -> list[nn.Module]:
+    """``module``'s parts in the order they run, nested ``nn.Sequential`` opened (a sub-pixel convolution is a
+    Sequential of a convolution and a PixelShuffle)."""
+    if type(module) is nn.Sequential:
+        return [part for child in module for part in _flat(child)]
+    return [module]
+
+
+def _stages(h_s: nn.Module) -> list[tuple[QuantLayer, float | None, int]] | None:
+    """``h_s`` as (layer, negative slope of the activation after it, pixel-shuffle factor after it) triples, or
+    None when it is not a chain this module computes exactly. The slope is None without an activation, 0 for
+    ReLU, LeakyReLU's otherwise; the factor is 1 without a PixelShuffle (which moves integer codes around, and
+    commutes with the activation)."""
+    if type(h_s) is not nn.Sequential:
         return None
-    stages: list[tuple[QuantLayer, bool]] = []
-    for module in h_s:
-        if isinstance(module, nn.ReLU) and stages and not stages[-1][1]:
-            stages[-1] = (stages[-1][0], True)
-        elif type(module) in EXACT_LAYERS:
-            stages.append((module, False))
+    stages: list[tuple[QuantLayer, float | None, int]] = []
+    for module in _flat(h_s):
+        if type(module) in EXACT_LAYERS:
+            stages.append((module, None, 1))
+        elif not stages:
+            return None
+        elif isinstance(module, (nn.ReLU, nn.LeakyReLU)) and stages[-1][1] is None:
+            slope = 0.0 if isinstance(module, nn.ReLU) else float(module.negative_slope)
+            if not 0 <= slope < 1:
+                return None
+            stages[-1] = (stages[-1][0], slope, stages[-1][2])
+        elif isinstance(module, nn.PixelShuffle) and stages[-1][2] == 1:
+            stages[-1] = (stages[-1][0], stages[-1][1], int(module.upscale_factor))
         else:
             return None
-    for layer, _ in stages:
+    for layer, _, _ in stages:
         q, wq = layer.input_quant, layer.weight_quant
         if not layer.frozen or wq.spec.is_fp16 or q is None or q.spec.is_fp16 or q.spec.dynamic \
                 or q.state != "quantize" or wq.state != "quantize":
@@ -81,17 +100,20 @@ def _accumulator_bound(layer: QuantLayer, w: torch.Tensor) -> int:
     return int(per_output.max()) * (qmax - qmin)
 
 
-def _fixed_point(layer: QuantLayer, w: torch.Tensor, out_scale: float | None) -> tuple[torch.Tensor, ...] | None:
+def _fixed_point(layer: QuantLayer, w: torch.Tensor, out_scale: float | None,
+                 slope: float | None) -> tuple[torch.Tensor, ...] | None:
     """Per-channel multiplier, bias and shift (int64, on the layer's device) that take an accumulator onto
-    ``out_scale``'s grid (or onto plain fixed point for the last layer): ``(acc * multiplier + bias) / 2^shift``.
-    Each channel's shift gives its multiplier at least ``MIN_MULTIPLIER_BITS`` significant bits; None when that
-    cannot fit int64."""
+    ``out_scale``'s grid (or onto plain fixed point for the last layer): ``(acc * multiplier + bias) / 2^shift``,
+    then the multiplier and bias of ``slope`` times the same value (what a leaky activation keeps of a negative
+    one; the first pair again without an activation) at the same shift. Each channel's shift gives its
+    multiplier at least ``MIN_MULTIPLIER_BITS`` significant bits; None when that cannot fit int64."""
     s_in = float(layer.input_quant.scale.double().reshape(-1)[0])
     target = out_scale if out_scale is not None else 1.0
     ratios = [s_in * s_w / target for s_w in _channel_scales(layer)]
     bias = layer.bias.double().tolist() if layer.bias is not None else [0.0] * len(ratios)
     acc_bits = max(1, _accumulator_bound(layer, w)).bit_length()
-    multipliers, offsets, shifts = [], [], []
+    negative = 1.0 if slope is None else slope
+    multipliers, offsets, shifts, negative_multipliers, negative_offsets = [], [], [], [], []
     for ratio, b in zip(ratios, bias):
         if ratio <= 0:
             return None
@@ -104,7 +126,10 @@ def _fixed_point(layer: QuantLayer, w: torch.Tensor, out_scale: float | None) ->
         multipliers.append(multiplier)
         offsets.append(round(b / target * 2**shift))
         shifts.append(shift)
-    return tuple(torch.tensor(v, dtype=torch.int64, device=w.device) for v in (multipliers, offsets, shifts))
+        negative_multipliers.append(round(negative * ratio * 2**shift))
+        negative_offsets.append(round(negative * b / target * 2**shift))
+    return tuple(torch.tensor(v, dtype=torch.int64, device=w.device)
+                 for v in (multipliers, offsets, shifts, negative_multipliers, negative_offsets))
 
 
 @dataclass(frozen=True)
@@ -112,12 +137,14 @@ class _Stage:
     """One layer of ``h_s`` ready for integer arithmetic."""
 
     layer: QuantLayer
-    relu: bool
     weight: torch.Tensor  # the weight codes minus their zero points, float64 integers
     multiplier: torch.Tensor
     offset: torch.Tensor
     shift: torch.Tensor
+    negative_multiplier: torch.Tensor  # where the output is negative: the activation's slope times the value
+    negative_offset: torch.Tensor
     next_input: Quantizer | None  # the grid the output is requantized onto; None for the last layer
+    shuffle: int  # PixelShuffle's factor after the layer, 1 for none
 
 
 def _plan(h_s: nn.Module) -> list[_Stage] | None:
@@ -127,15 +154,15 @@ def _plan(h_s: nn.Module) -> list[_Stage] | None:
     if stages is None:
         return None
     plan = []
-    for i, (layer, relu) in enumerate(stages):
+    for i, (layer, slope, shuffle) in enumerate(stages):
         w = _integer_weight(layer)
         if _accumulator_bound(layer, w) >= MAX_EXACT:
             return None
         nxt = stages[i + 1][0].input_quant if i + 1 < len(stages) else None
-        fixed = _fixed_point(layer, w, float(nxt.scale.double().reshape(-1)[0]) if nxt is not None else None)
+        fixed = _fixed_point(layer, w, float(nxt.scale.double().reshape(-1)[0]) if nxt is not None else None, slope)
         if fixed is None:
             return None
-        plan.append(_Stage(layer, relu, w, *fixed, nxt))
+        plan.append(_Stage(layer, w, *fixed, nxt, shuffle))
     return plan
 
 
@@ -150,21 +177,22 @@ def integer_forward(h_s: nn.Module, x: torch.Tensor) -> torch.Tensor:
         zp_in = int(stage.layer.input_quant.zero_point.reshape(-1)[0])
         acc = stage.layer.weight_op((q - zp_in).double(), stage.weight).to(torch.int64)  # exact: integers < 2^53
         y = acc * stage.multiplier.view(view) + stage.offset.view(view)
+        y = torch.where(y >= 0, y, acc * stage.negative_multiplier.view(view) + stage.negative_offset.view(view))
         unit = torch.ones_like(stage.shift.view(view)) << stage.shift.view(view)  # 2^shift per channel
         nxt = stage.next_input
         if nxt is None:
-            y = y.clamp(min=0) if stage.relu else y
-            return (y.double() / unit.double()).to(x.dtype)  # int64 to float64 rounds the same everywhere
-        zp_next = int(nxt.zero_point.reshape(-1)[0])
-        lo, hi = nxt.qrange
-        q = torch.div(y + (unit >> 1), unit, rounding_mode="floor") + zp_next
-        q = q.clamp(max(lo, zp_next) if stage.relu else lo, hi)
+            out = (y.double() / unit.double()).to(x.dtype)  # int64 to float64 rounds the same everywhere
+            return nn.functional.pixel_shuffle(out, stage.shuffle) if stage.shuffle > 1 else out
+        q = torch.div(y + (unit >> 1), unit, rounding_mode="floor") + int(nxt.zero_point.reshape(-1)[0])
+        q = q.clamp(*nxt.qrange)
+        if stage.shuffle > 1:
+            q = nn.functional.pixel_shuffle(q, stage.shuffle)
     raise AssertionError("unreachable: the last stage returns")
 
 
 def supports(h_s: nn.Module) -> bool:
-    """True when ``h_s`` is a chain of frozen conv layers (ReLU between) on static integer grids whose sums and
-    fixed-point requantization fit exact arithmetic."""
+    """True when ``h_s`` is a chain of frozen conv layers (ReLU, LeakyReLU or PixelShuffle between) on static
+    integer grids whose sums and fixed-point requantization fit exact arithmetic."""
     return _plan(h_s) is not None
 
 
