@@ -52,3 +52,31 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
     return path
+
+
+def photos(count: int, side: int, first_seed: int = 0) -> torch.Tensor:
+    """``count`` photo-like images ``(count, 3, side, side)`` in [0, 1]."""
+    return torch.stack([torch.from_numpy(photo_like(side, side, seed=first_seed + i)).permute(2, 0, 1)
+                        for i in range(count)]) / 255
+
+
+class Perturbed:
+    """Relative noise of ``eps`` on every float32 convolution output inside ``network``, as another summation
+    order or device would produce; seeded, so the perturbation is the same on every run."""
+
+    def __init__(self, network: torch.nn.Module, eps: float) -> None:
+        self.network, self.eps = network, eps
+
+    def __enter__(self):
+        generator = torch.Generator().manual_seed(0)
+
+        def jitter(_module, _inputs, out):
+            return out * (1 + self.eps * torch.randn(out.shape, generator=generator))
+
+        convs = [m for m in self.network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+        self.handles = [m.register_forward_hook(jitter) for m in convs]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()

@@ -79,6 +79,12 @@ def test_every_registered_architecture_codes_any_size_at_its_stride(name):
     x = torch.rand(3, 40, 70)
     stride = codec_architecture(name).stride
     decoded = decode(model, encode(model, x, stride))
+    padded = pad_to_stride(x[None], stride)
     with torch.no_grad():
-        expected = crop(model(pad_to_stride(x[None], stride))["x_hat"], 40, 70)[0].clamp(0, 1)
-    assert torch.allclose(decoded, expected, atol=1e-5)
+        if hasattr(model, "context_prediction"):  # its forward rounds the latents without the coded means
+            out = model.compress(padded)
+            expected = model.decompress(out["strings"], out["shape"])["x_hat"]
+        else:
+            expected = model(padded)["x_hat"]
+    assert decoded.shape == (3, 40, 70)
+    assert torch.allclose(decoded, crop(expected, 40, 70)[0].clamp(0, 1), atol=1e-5)

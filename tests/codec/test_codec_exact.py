@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 import torch
-from codec_helpers import photo_like
+from codec_helpers import Perturbed, photos
 from safetensors.torch import load_file
 
 import lowbit
@@ -45,37 +45,10 @@ def _hyperprior(name: str) -> torch.nn.Module:
     return model
 
 
-def _photos(count: int, side: int, first_seed: int = 0) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(photo_like(side, side, seed=first_seed + i)).permute(2, 0, 1)
-                        for i in range(count)]) / 255
-
-
-class _Perturbed:
-    """Relative noise of ``eps`` on every float32 convolution output inside ``h_s``, as another summation order
-    or device would produce; seeded, so the perturbation is the same on every run."""
-
-    def __init__(self, model: torch.nn.Module, eps: float) -> None:
-        self.model, self.eps = model, eps
-
-    def __enter__(self):
-        generator = torch.Generator().manual_seed(0)
-
-        def jitter(_module, _inputs, out):
-            return out * (1 + self.eps * torch.randn(out.shape, generator=generator))
-
-        convs = [m for m in self.model.h_s.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-        self.handles = [m.register_forward_hook(jitter) for m in convs]
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-
-
 @pytest.fixture(scope="module", params=ARCHITECTURES)
 def codecs(request):
     model = _hyperprior(request.param)
-    qmodel = lowbit.quantize(model, _photos(4, 128), weights_bits=8, activation_bits=16, dynamic_activations=True)
+    qmodel = lowbit.quantize(model, photos(4, 128), weights_bits=8, activation_bits=16, dynamic_activations=True)
     return model, qmodel
 
 
@@ -89,7 +62,7 @@ def test_dynamic_activations_become_static_on_h_s_and_the_exact_path_is_installe
 def test_the_integer_path_agrees_with_the_fake_quantized_layers(codecs):
     _, qmodel = codecs
     with torch.no_grad():
-        z_hat = torch.round(qmodel.h_a(qmodel.g_a(_photos(2, 128, 10)).abs()))
+        z_hat = torch.round(qmodel.h_a(qmodel.g_a(photos(2, 128, 10)).abs()))
         hooks = dict(qmodel.h_s._forward_hooks)
         qmodel.h_s._forward_hooks.clear()
         fake = qmodel.h_s(z_hat)
@@ -103,12 +76,12 @@ def test_float_codec_misdecodes_under_perturbation_and_the_integer_one_does_not(
     model, qmodel = codecs
     broken = 0
     for i in range(4):
-        x = _photos(1, 256, 20 + i)
+        x = photos(1, 256, 20 + i)
         for codec, exact in ((model, False), (qmodel, True)):
             with torch.no_grad():
                 out = codec.compress(x)
                 clean = latents(codec, out["strings"], out["shape"])
-                with _Perturbed(codec, 1e-3):
+                with Perturbed(codec.h_s, 1e-3):
                     perturbed = latents(codec, out["strings"], out["shape"])
             if exact:
                 assert torch.equal(perturbed, clean)
@@ -124,7 +97,7 @@ def test_latents_decode_bit_exactly_in_another_process_with_other_threads_and_ba
     singles, strings = [], [[], []]
     for i in range(2):
         with torch.no_grad():
-            out = qmodel.compress(_photos(1, 128, 40 + i))
+            out = qmodel.compress(photos(1, 128, 40 + i))
             singles.append(latents(qmodel, out["strings"], out["shape"])[0])
         for group, s in zip(strings, out["strings"]):
             group += s

@@ -27,7 +27,8 @@ def add_parser(codec_sub: argparse._SubParsersAction, model_help: str) -> None:
                                     "photos from scikit-image)")
     q.add_argument("--crop", type=int, default=128, help="side of the random calibration crops (default: %(default)s)")
     q.add_argument("--scope", choices=SCOPES, default="all",
-                   help="all: the whole codec; entropy: only the entropy-coding networks (hyperprior h_a, h_s), "
+                   help="all: the whole codec; entropy: only the entropy-coding networks (h_a, h_s and a context "
+                        "model with its entropy-parameter network), "
                         "transforms stay float (default: %(default)s)")
     q.add_argument("--eval-images", help="photos to measure rate-distortion on (default: the bundled held-out photos)")
     q.add_argument("--no-eval", action="store_true", help="skip the rate-distortion measurement")

@@ -137,8 +137,11 @@ def _export_codec(args: argparse.Namespace, source: Path, out: Path) -> int:
         print(f"  onnxruntime (CPU) runs {integer} integer and {floating} float convolutions/matmuls")
         for line in report.float_compute:
             print(f"  in float: {line}")
-    kept = "the entropy models and h_s (exact integer scales on both sides)" if hasattr(codec.model, "h_s") \
-        else "the entropy models"
+    kept = "the entropy models"
+    if hasattr(codec.model, "context_prediction"):
+        kept += ", h_s and the context model (exact integer means and scales on both sides)"
+    elif hasattr(codec.model, "h_s"):
+        kept += " and h_s (exact integer scales on both sides)"
     print(f"{kept} stay in lowbit; run the codec with these files: lowbit codec eval --model {source} --onnx {out}")
     return 0
 

@@ -13,6 +13,7 @@ from typing import Callable
 from torch import nn
 
 from lowbit.codec.compressai_modules import compressai_module
+from lowbit.errors import LowbitError
 from lowbit.registry import Registry
 
 Builder = Callable[[int, int], nn.Module]
@@ -49,35 +50,42 @@ def codec_architecture(name: str) -> CodecArchitecture:
     return CODEC_ARCHITECTURES.get(name)
 
 
-@register("bmshj2018-factorized", "Balle et al. 2018 factorized prior (GDN transforms, one entropy bottleneck)",
-          stride=16, channels=(128, 192))
-def _factorized(n: int, m: int) -> nn.Module:
-    return compressai_module("models").FactorizedPrior(N=n, M=m)
+def _compressai(model: str) -> Builder:
+    """A builder for CompressAI's model class ``model`` (transform channels N, latent channels M)."""
+    def build(n: int, m: int) -> nn.Module:
+        return getattr(compressai_module("models"), model)(N=n, M=m)
+    return build
 
 
-@register("bmshj2018-factorized-small", "the factorized prior at 64 channels: trains on one CPU core, small files",
-          stride=16, channels=(64, 64))
-def _factorized_small(n: int, m: int) -> nn.Module:
-    return compressai_module("models").FactorizedPrior(N=n, M=m)
+def _single_width(model: str) -> Builder:
+    """A builder for CompressAI's Cheng et al. 2020 models, whose latents have as many channels as their
+    transforms (one count, N)."""
+    def build(n: int, m: int) -> nn.Module:
+        if n != m:
+            raise LowbitError(f"{model} has one channel count: give N and M equal (got N={n}, M={m})")
+        return getattr(compressai_module("models"), model)(N=n)
+    return build
 
 
-@register("bmshj2018-hyperprior", "Balle et al. 2018 scale hyperprior (Gaussian latents with side information)",
-          stride=64, channels=(128, 192))
-def _hyperprior(n: int, m: int) -> nn.Module:
-    return compressai_module("models").ScaleHyperprior(N=n, M=m)
-
-
-@register("bmshj2018-hyperprior-small", "the scale hyperprior at 64 channels: trains on one CPU core, small files",
-          stride=64, channels=(64, 64))
-def _hyperprior_small(n: int, m: int) -> nn.Module:
-    return compressai_module("models").ScaleHyperprior(N=n, M=m)
-
-
-def _mean_scale(n: int, m: int) -> nn.Module:
-    return compressai_module("models").MeanScaleHyperprior(N=n, M=m)
-
-
+SMALL = "at 64 channels: trains on one CPU core, small files"
+register("bmshj2018-factorized", "Balle et al. 2018 factorized prior (GDN transforms, one entropy bottleneck)",
+         stride=16, channels=(128, 192))(_compressai("FactorizedPrior"))
+register("bmshj2018-factorized-small", f"the factorized prior {SMALL}", stride=16,
+         channels=(64, 64))(_compressai("FactorizedPrior"))
+register("bmshj2018-hyperprior", "Balle et al. 2018 scale hyperprior (Gaussian latents with side information)",
+         stride=64, channels=(128, 192))(_compressai("ScaleHyperprior"))
+register("bmshj2018-hyperprior-small", f"the scale hyperprior {SMALL}", stride=64,
+         channels=(64, 64))(_compressai("ScaleHyperprior"))
 register("mbt2018-mean", "Minnen et al. 2018 mean-scale hyperprior (the side information predicts each latent's "
-         "mean and scale)", stride=64, channels=(128, 192))(_mean_scale)
-register("mbt2018-mean-small", "the mean-scale hyperprior at 64 channels: trains on one CPU core, small files",
-         stride=64, channels=(64, 64))(_mean_scale)
+         "mean and scale)", stride=64, channels=(128, 192))(_compressai("MeanScaleHyperprior"))
+register("mbt2018-mean-small", f"the mean-scale hyperprior {SMALL}", stride=64,
+         channels=(64, 64))(_compressai("MeanScaleHyperprior"))
+register("mbt2018", "Minnen et al. 2018 joint autoregressive and hierarchical priors (a masked context model over "
+         "the decoded latents; coded one position at a time)", stride=64,
+         channels=(192, 192))(_compressai("JointAutoregressiveHierarchicalPriors"))
+register("mbt2018-small", f"the joint autoregressive codec {SMALL}", stride=64,
+         channels=(64, 64))(_compressai("JointAutoregressiveHierarchicalPriors"))
+register("cheng2020-anchor", "Cheng et al. 2020 anchor (residual transforms, sub-pixel upsampling, the joint "
+         "autoregressive entropy model)", stride=64, channels=(128, 128))(_single_width("Cheng2020Anchor"))
+register("cheng2020-attn", "Cheng et al. 2020 with attention modules in its transforms",
+         stride=64, channels=(128, 128))(_single_width("Cheng2020Attention"))

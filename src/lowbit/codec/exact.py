@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from lowbit import qmath
+from lowbit.codec.masked_conv import QMaskedConv2d
 from lowbit.layers import QConv2d, QConvTranspose2d, QuantLayer
 from lowbit.quantizer import Quantizer
 
@@ -51,16 +52,19 @@ def _flat(module: nn.Module) -> list[nn.Module]:
     return [module]
 
 
-def _stages(h_s: nn.Module) -> list[tuple[QuantLayer, float | None, int]] | None:
-    """``h_s`` as (layer, negative slope of the activation after it, pixel-shuffle factor after it) triples, or
-    None when it is not a chain this module computes exactly. The slope is None without an activation, 0 for
+Chain = list[tuple[QuantLayer, "float | None", int]]
+
+
+def chain_stages(network: nn.Module) -> Chain | None:
+    """``network`` as (layer, negative slope of the activation after it, pixel-shuffle factor after it) triples,
+    or None when it is not a chain this module computes exactly. The slope is None without an activation, 0 for
     ReLU, LeakyReLU's otherwise; the factor is 1 without a PixelShuffle (which moves integer codes around, and
     commutes with the activation)."""
-    if type(h_s) is not nn.Sequential:
+    if type(network) is not nn.Sequential:
         return None
-    stages: list[tuple[QuantLayer, float | None, int]] = []
-    for module in _flat(h_s):
-        if type(module) in EXACT_LAYERS:
+    stages: Chain = []
+    for module in _flat(network):
+        if type(module) in EXACT_LAYERS or isinstance(module, QMaskedConv2d):
             stages.append((module, None, 1))
         elif not stages:
             return None
@@ -73,12 +77,14 @@ def _stages(h_s: nn.Module) -> list[tuple[QuantLayer, float | None, int]] | None
             stages[-1] = (stages[-1][0], stages[-1][1], int(module.upscale_factor))
         else:
             return None
-    for layer, _, _ in stages:
-        q, wq = layer.input_quant, layer.weight_quant
-        if not layer.frozen or wq.spec.is_fp16 or q is None or q.spec.is_fp16 or q.spec.dynamic \
-                or q.state != "quantize" or wq.state != "quantize":
-            return None
-    return stages or None
+    return stages if stages and all(on_static_grids(layer) for layer, _, _ in stages) else None
+
+
+def on_static_grids(layer: QuantLayer) -> bool:
+    """A frozen layer whose weight and input are on fixed integer grids (no fp16, no per-batch range)."""
+    q, wq = layer.input_quant, layer.weight_quant
+    return layer.frozen and not wq.spec.is_fp16 and q is not None and not q.spec.is_fp16 and not q.spec.dynamic \
+        and q.state == "quantize" and wq.state == "quantize"
 
 
 def _integer_weight(layer: QuantLayer) -> torch.Tensor:
@@ -133,7 +139,7 @@ def _fixed_point(layer: QuantLayer, w: torch.Tensor, out_scale: float | None,
 
 
 @dataclass(frozen=True)
-class _Stage:
+class Stage:
     """One layer of ``h_s`` ready for integer arithmetic."""
 
     layer: QuantLayer
@@ -143,51 +149,66 @@ class _Stage:
     shift: torch.Tensor
     negative_multiplier: torch.Tensor  # where the output is negative: the activation's slope times the value
     negative_offset: torch.Tensor
-    next_input: Quantizer | None  # the grid the output is requantized onto; None for the last layer
+    next_input: Quantizer | None  # the grid the output is requantized onto; None: a fixed-point output
     shuffle: int  # PixelShuffle's factor after the layer, 1 for none
 
+    def output(self, accumulator: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The layer's output from its accumulator (integers in float64, exact below 2^53): int64 codes on
+        ``next_input``'s grid, or the fixed-point value as ``dtype``, after the activation and the shuffle."""
+        acc = accumulator.to(torch.int64)
+        view = (1, -1) + (1,) * (acc.dim() - 2)
+        y = acc * self.multiplier.view(view) + self.offset.view(view)
+        y = torch.where(y >= 0, y, acc * self.negative_multiplier.view(view) + self.negative_offset.view(view))
+        unit = torch.ones_like(self.shift.view(view)) << self.shift.view(view)  # 2^shift per channel
+        if self.next_input is None:
+            out = (y.double() / unit.double()).to(dtype)  # int64 to float64 rounds the same everywhere
+        else:
+            out = torch.div(y + (unit >> 1), unit, rounding_mode="floor") + int(self.next_input.zero_point.reshape(-1)[0])
+            out = out.clamp(*self.next_input.qrange)
+        return nn.functional.pixel_shuffle(out, self.shuffle) if self.shuffle > 1 else out
 
-def _plan(h_s: nn.Module) -> list[_Stage] | None:
-    """``h_s`` as stages computed exactly, or None when it is not a chain whose sums and fixed-point
-    requantization fit exact arithmetic."""
-    stages = _stages(h_s)
-    if stages is None:
-        return None
+
+def plan_chain(stages: Chain, last_grid: Quantizer | None) -> list[Stage] | None:
+    """The stages ready for exact arithmetic, each requantized onto the next one's input grid and the last onto
+    ``last_grid`` (None: the last layer's output is a fixed-point number), or None when their sums and fixed-point
+    requantization do not fit exact arithmetic."""
     plan = []
     for i, (layer, slope, shuffle) in enumerate(stages):
         w = _integer_weight(layer)
         if _accumulator_bound(layer, w) >= MAX_EXACT:
             return None
-        nxt = stages[i + 1][0].input_quant if i + 1 < len(stages) else None
+        nxt = stages[i + 1][0].input_quant if i + 1 < len(stages) else last_grid
         fixed = _fixed_point(layer, w, float(nxt.scale.double().reshape(-1)[0]) if nxt is not None else None, slope)
         if fixed is None:
             return None
-        plan.append(_Stage(layer, w, *fixed, nxt, shuffle))
+        plan.append(Stage(layer, w, *fixed, nxt, shuffle))
     return plan
+
+
+def _plan(h_s: nn.Module) -> list[Stage] | None:
+    stages = chain_stages(h_s)
+    return None if stages is None else plan_chain(stages, None)
+
+
+def input_codes(grid: Quantizer, x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded onto ``grid`` as int64 codes: one IEEE division and rounding per element."""
+    scale, zp = grid.grid(x.dim())
+    return qmath.quantize(x.float(), scale, zp, *grid.qrange).to(torch.int64)
+
+
+def run_plan(plan: list[Stage], q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The stages on input codes ``q`` (int64, on the first layer's input grid): codes on the last stage's
+    output grid, or the last layer's fixed-point output as ``dtype``."""
+    for stage in plan:
+        zp_in = int(stage.layer.input_quant.zero_point.reshape(-1)[0])
+        q = stage.output(stage.layer.weight_op((q - zp_in).double(), stage.weight), dtype)
+    return q
 
 
 def integer_forward(h_s: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``h_s(x)`` in exact integer arithmetic (see the module docstring); ``h_s`` must pass :func:`supports`."""
     plan = _plan(h_s)
-    first = plan[0].layer.input_quant
-    scale, zp = first.grid(x.dim())
-    q = qmath.quantize(x.float(), scale, zp, *first.qrange).to(torch.int64)
-    view = (1, -1) + (1,) * (x.dim() - 2)
-    for stage in plan:
-        zp_in = int(stage.layer.input_quant.zero_point.reshape(-1)[0])
-        acc = stage.layer.weight_op((q - zp_in).double(), stage.weight).to(torch.int64)  # exact: integers < 2^53
-        y = acc * stage.multiplier.view(view) + stage.offset.view(view)
-        y = torch.where(y >= 0, y, acc * stage.negative_multiplier.view(view) + stage.negative_offset.view(view))
-        unit = torch.ones_like(stage.shift.view(view)) << stage.shift.view(view)  # 2^shift per channel
-        nxt = stage.next_input
-        if nxt is None:
-            out = (y.double() / unit.double()).to(x.dtype)  # int64 to float64 rounds the same everywhere
-            return nn.functional.pixel_shuffle(out, stage.shuffle) if stage.shuffle > 1 else out
-        q = torch.div(y + (unit >> 1), unit, rounding_mode="floor") + int(nxt.zero_point.reshape(-1)[0])
-        q = q.clamp(*nxt.qrange)
-        if stage.shuffle > 1:
-            q = nn.functional.pixel_shuffle(q, stage.shuffle)
-    raise AssertionError("unreachable: the last stage returns")
+    return run_plan(plan, input_codes(plan[0].layer.input_quant, x), x.dtype)
 
 
 def supports(h_s: nn.Module) -> bool:

@@ -8,7 +8,8 @@
 - Under round-to-nearest, a synthesis network's input latents that are integers plus per-channel medians get a
   grid that holds them exactly where their range allows (:mod:`lowbit.codec.latent_grid`).
 - A quantized hyperprior synthesis ``h_s`` gets static activation grids and is computed in exact integers
-  (:mod:`lowbit.codec.exact`), so that encoder and decoder pick the same probability tables on any machine.
+  (:mod:`lowbit.codec.exact`), so that encoder and decoder pick the same probability tables on any machine; so
+  do an autoregressive codec's context model and entropy-parameter network (:mod:`lowbit.codec.autoregressive`).
 - ``scope="entropy"`` quantizes only the entropy-coding networks (the hyperprior's ``h_a``/``h_s``) and keeps
   the analysis and synthesis transforms float.
 - A saved codec records its architecture and channel counts, so ``lowbit.load`` rebuilds it from the file.
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from lowbit.codec.compressai_modules import compressai_module
+from lowbit.codec.autoregressive import install_exact_context
 from lowbit.codec.exact import install_exact_path
 from lowbit.codec.latent_grid import align_latent_grids
 from lowbit.config import Override, QuantConfig
@@ -35,7 +37,9 @@ SCOPES: tuple[Scope, ...] = ("all", "entropy")
 SENSITIVITY = "rate-distortion"  # the mixed-precision metric for codecs (lowbit.codec.rd_sensitivity)
 # CompressAI's names for the entropy-coding parts of a codec: the entropy models and the hyperprior networks
 ENTROPY_MODELS = ("entropy_bottleneck", "gaussian_conditional")
-ENTROPY_PARTS = ("h_a", "h_s", *ENTROPY_MODELS)
+ENTROPY_PARTS = ("h_a", "h_s", "context_prediction", "entropy_parameters", *ENTROPY_MODELS)
+# the networks whose outputs choose each latent's probability table: computed in exact integers when quantized
+PARAMETER_NETWORKS = ("h_s", "context_prediction", "entropy_parameters")
 CDF_TOTAL = 1 << 16  # CompressAI's tables are 16-bit cumulative frequencies
 
 
@@ -45,26 +49,33 @@ def is_codec(model: nn.Module) -> bool:
 
 
 def setup() -> None:
-    """Register the codec's own quantized layer types (GDN) and its mixed-precision sensitivity before a codec
-    is prepared."""
+    """Register the codec's own quantized layer types (GDN, masked convolutions) and its mixed-precision
+    sensitivity before a codec is prepared."""
     from lowbit.codec import rd_sensitivity
     from lowbit.codec.gdn import register_gdn
+    from lowbit.codec.masked_conv import register_masked_conv
 
     register_gdn()
+    register_masked_conv()
     rd_sensitivity.register()
 
 
 def configure(model: nn.Module, config: QuantConfig) -> QuantConfig:
-    """Give the hyperprior synthesis ``h_s`` static activation grids when the config's are dynamic.
+    """Give the networks that compute the entropy parameters (``h_s``, and an autoregressive codec's context
+    model and entropy-parameter network) static activation grids when the config's are dynamic.
 
-    The decoder recomputes ``h_s`` to find each latent's probability table; a range measured per batch would
-    make that depend on the batch, and only static grids let :mod:`lowbit.codec.exact` compute it in exact
-    integers. The override is appended, so the user's own overrides still win, and it is saved with the config.
+    The decoder recomputes them to find each latent's probability table; a range measured per batch would make
+    that depend on the batch, and only static grids let :mod:`lowbit.codec.exact` compute them in exact
+    integers. The overrides are appended, so the user's own overrides still win, and they are saved with the
+    config.
     """
     acts = config.activations
-    if getattr(model, "h_s", None) is None or acts is None or not acts.dynamic:
+    if acts is None or not acts.dynamic:
         return config
-    return replace(config, overrides=config.overrides + (Override("h_s*", activations=replace(acts, dynamic=False)),))
+    static = replace(acts, dynamic=False)
+    added = tuple(Override(f"{name}*", activations=static) for name in PARAMETER_NETWORKS
+                  if getattr(model, name, None) is not None)
+    return replace(config, overrides=config.overrides + added)
 
 
 def correct_nearest(qmodel: nn.Module, batches: list[torch.Tensor]) -> None:
@@ -75,18 +86,20 @@ def correct_nearest(qmodel: nn.Module, batches: list[torch.Tensor]) -> None:
 
 def finish(qmodel: nn.Module) -> None:
     """Rebuild the entropy tables from the quantized model's parameters (``update(force=True)``), and compute
-    ``h_s`` in exact integers where it is quantized on static grids."""
+    the entropy parameters in exact integers where they are quantized on static grids."""
     qmodel.update(force=True)
     install_exact_path(qmodel)
+    install_exact_context(qmodel)
 
 
 def check_loaded(qmodel: nn.Module) -> None:
-    """Check the entropy tables and bounds read from a file, and restore the exact ``h_s`` path."""
+    """Check the entropy tables and bounds read from a file, and restore the exact entropy-parameter paths."""
     check_tables(qmodel)
     record = getattr(qmodel, "lowbit_arch", None)
     if isinstance(record, dict) and record.get("task") == TASK:  # rebuilt from the file's own record
         check_entropy_bounds(rebuild(record), qmodel.state_dict(), "the file")
     install_exact_path(qmodel)
+    install_exact_context(qmodel)
 
 
 def check_entropy_bounds(fresh: nn.Module, state: dict[str, torch.Tensor], path: object) -> None:
