@@ -89,6 +89,7 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
                               sensitivity_options=sensitivity_options, capture=task.capture)
         config = allocation.to_config(config)
     qmodel = prepare(model, config, task.capture)
+    task.before_calibration(qmodel)
     if allocation is not None:
         qmodel.lowbit_info.extra["mixed"] = allocation.to_dict()
     if data is None and any(q.needs_calibration for _, q in activation_quantizers(qmodel)):

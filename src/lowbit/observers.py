@@ -209,14 +209,16 @@ def static_qparams(x: torch.Tensor, spec: QuantSpec,
 class ActivationObserver:
     """Accumulates per-tensor statistics of an activation over calibration batches."""
 
-    def __init__(self, spec: QuantSpec, seed: int = 0) -> None:
+    def __init__(self, spec: QuantSpec, seed: int = 0, lattice: bool = True) -> None:
+        """``lattice``: give values on an evenly spaced lattice the grid that holds them (see :mod:`lowbit.lattice`)."""
         self.spec = spec
         self.lo: torch.Tensor | None = None
         self.hi: torch.Tensor | None = None
         self.samples: list[torch.Tensor] = []
         self.n_sampled = 0
         self.gen = torch.Generator().manual_seed(seed)
-        self.lattice = LatticeTracker(*qmath.qrange(int(spec.bits), spec.symmetric), spec.symmetric)
+        self.lattice = LatticeTracker(*qmath.qrange(int(spec.bits), spec.symmetric), spec.symmetric) if lattice \
+            else None
 
     def observe(self, x: torch.Tensor) -> None:
         x = x.detach().float().flatten()
@@ -225,7 +227,8 @@ class ActivationObserver:
         lo, hi = x.min().cpu(), x.max().cpu()
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
-        self.lattice.observe(x)
+        if self.lattice is not None:
+            self.lattice.observe(x)
         if self.spec.observer != "minmax" and self.n_sampled < SAMPLE_LIMIT:
             take = min(SAMPLE_PER_BATCH, x.numel(), SAMPLE_LIMIT - self.n_sampled)
             idx = torch.randint(0, x.numel(), (take,), generator=self.gen)
@@ -241,7 +244,7 @@ class ActivationObserver:
         if self.lo is None or self.hi is None:
             raise RuntimeError("observer saw no data")
         bits = int(self.spec.bits)
-        exact = self.lattice.qparams()
+        exact = self.lattice.qparams() if self.lattice is not None else None
         if exact is not None:  # every observed value is representable: no range beats that (see lowbit.lattice)
             return exact
         if self.spec.observer == "minmax":

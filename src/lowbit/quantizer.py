@@ -30,6 +30,9 @@ class Quantizer(nn.Module):
         self.state: State = "off"
         self.seed = seed
         self.observer: ActivationObserver | None = None
+        # False where the values seen while calibrating lie on a lattice that those quantized in use leave (an
+        # autoregressive codec's latents: integers in its forward, integers plus predicted means when coded)
+        self.lattice = True
         self.register_buffer("scale", torch.ones(1, device=device))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32, device=device))
 
@@ -48,7 +51,7 @@ class Quantizer(nn.Module):
 
     def set_state(self, state: State) -> None:
         if state == "observe" and self.needs_calibration and self.observer is None:
-            self.observer = ActivationObserver(self.spec, self.seed)
+            self.observer = ActivationObserver(self.spec, self.seed, lattice=self.lattice)
         self.state = state
 
     @property

@@ -45,6 +45,7 @@ class Task:
     sensitivities: tuple[str, ...] | None = None  # the only metrics that fit its outputs (None: any registered)
     equalizes: bool = False  # equalize activation ranges when the config leaves it to the task
     correct_nearest: Callable[[nn.Module, list], None] = _nothing  # round-to-nearest, after calibration
+    before_calibration: Callable[[nn.Module], None] = _nothing  # the prepared model, before any grid is chosen
 
     def sensitivity(self, name: str | None) -> str:
         """``name``, or the task's default metric; a one-line error for a metric that cannot score this task."""
@@ -63,7 +64,8 @@ TASKS.add(codec_task.TASK, Task(codec_task.TASK, "learned image codecs with Comp
                                 "MS-SSIM from real bitstreams)", codec_task.is_codec, "swap", codec_task.setup,
                                 codec_task.configure, codec_task.finish, codec_task.check_loaded, codec_task.rebuild,
                                 codec_task.SENSITIVITY, (codec_task.SENSITIVITY,), equalizes=True,
-                                correct_nearest=codec_task.correct_nearest))
+                                correct_nearest=codec_task.correct_nearest,
+                                before_calibration=codec_task.before_calibration))
 
 
 def task_of(model: nn.Module) -> Task:

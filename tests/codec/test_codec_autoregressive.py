@@ -144,3 +144,14 @@ def test_latents_decode_bit_exactly_in_another_process_with_other_threads(codecs
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert torch.equal(load_file(str(tmp_path / "y_hat.safetensors"))["y_hat"], encoded)
+
+
+def test_the_synthesis_input_keeps_the_coded_means_at_w8a8():
+    """The forward rounds the latents to integers, the coding loop adds the predicted means: a grid fitted to
+    the integers alone would round the means away from every decoded latent."""
+    qmodel = lowbit.quantize(_codec(), photos(4, 128), weights_bits=8, activation_bits=8)
+    _, _, coded = _encoded(qmodel, photos(1, 128, 20))
+    coded = coded[:, :, 2:-2, 2:-2]
+    grid = qmodel.g_s[0].input_quant
+    lost = float((grid(coded) - coded).abs().mean())
+    assert lost < 0.5 * float((coded - coded.round()).abs().mean())

@@ -30,6 +30,7 @@ from lowbit.codec.latent_grid import align_latent_grids
 from lowbit.config import Override, QuantConfig
 from lowbit.errors import LowbitError
 from lowbit.io.run_record import CODEC_TASK, CodecArchRecord
+from lowbit.layers import QuantLayer
 
 TASK = CODEC_TASK  # this task's name in the task registry and in saved architecture records
 Scope = Literal["all", "entropy"]
@@ -76,6 +77,19 @@ def configure(model: nn.Module, config: QuantConfig) -> QuantConfig:
     added = tuple(Override(f"{name}*", activations=static) for name in PARAMETER_NETWORKS
                   if getattr(model, name, None) is not None)
     return replace(config, overrides=config.overrides + added)
+
+
+def before_calibration(qmodel: nn.Module) -> None:
+    """An autoregressive codec's forward rounds its latents to integers, but its coding loops produce integers
+    plus the means the context model predicts: the inputs that read them (the synthesis transform's first layer,
+    the context model) must not get the grid of the integers (:mod:`lowbit.lattice`), which would round the
+    means away in every decoded image, but a range over the latents."""
+    if getattr(qmodel, "context_prediction", None) is None:
+        return
+    first = next((m for m in getattr(qmodel, "g_s", nn.Module()).modules() if isinstance(m, QuantLayer)), None)
+    for layer in (qmodel.context_prediction, first):
+        if getattr(layer, "input_quant", None) is not None:
+            layer.input_quant.lattice = False
 
 
 def correct_nearest(qmodel: nn.Module, batches: list[torch.Tensor]) -> None:
