@@ -16,15 +16,16 @@ from lowbit.codec.zoo import save_codec
 ARCH = "bmshj2018-factorized-small"
 
 
-def tiny_codec(seed: int = 0, channels: int = 8) -> torch.nn.Module:
-    """An untrained factorized codec with few channels: real entropy coding, milliseconds per image."""
+def tiny_codec(seed: int = 0, channels: int = 8, arch: str = ARCH) -> torch.nn.Module:
+    """An untrained codec (by default a factorized one) with few channels: real entropy coding, milliseconds per
+    image."""
     torch.manual_seed(seed)
-    return codec_architecture(ARCH).create(channels, channels).eval()
+    return codec_architecture(arch).create(channels, channels).eval()
 
 
-def tiny_weights(path: Path, seed: int = 0) -> Path:
+def tiny_weights(path: Path, seed: int = 0, arch: str = ARCH) -> Path:
     """A tiny codec saved as a weights file with its recipe, as ``lowbit codec train`` writes it."""
-    save_codec(tiny_codec(seed), path, {"architecture": ARCH, "N": 8, "M": 8})
+    save_codec(tiny_codec(seed, arch=arch), path, {"architecture": arch, "N": 8, "M": 8})
     return path
 
 

@@ -105,6 +105,8 @@ def test_train_writes_weights_and_recipe(tmp_path, capsys):
     assert main(["codec", "compress", "--model", str(out), str(photos / "a.png"), str(tmp_path / "a.bits")]) == 0
     _fails(capsys, ["codec", "train", "--arch", "bmshj2018-hyperprior", "--images", str(photos), "--init", str(out),
                     "--out", str(tmp_path / "d.safetensors")], "pass the matching --arch")
+    _fails(capsys, ["codec", "train", "--arch", "mbt2018-small", "--images", str(photos), "--crop", "32",
+                    "--out", str(tmp_path / "d.safetensors")], "--crop 32 is not a multiple of the codec's stride 64")
     assert not (tmp_path / "d.safetensors").exists()
 
 

@@ -92,4 +92,6 @@ def test_an_unknown_lambda_is_refused_and_nothing_is_written(tmp_path, photos, c
     _fails(capsys, _finetune(quantized, photos, tmp_path / "ft.bin", "--lmbda", "0.01"), "must end in .lowbit")
     _fails(capsys, _finetune(quantized, photos, out, "--lmbda", "0.01", "--steps", "0"), "steps must be at least 1")
     _fails(capsys, _finetune(quantized, photos, quantized, "--lmbda", "0.01"), "--out")
+    _fails(capsys, _finetune(quantized, photos, out, "--lmbda", "0.01", "--crop", "24"),
+           "--crop 24 is not a multiple of the codec's stride 16")
     assert not out.exists()

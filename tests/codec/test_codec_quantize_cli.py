@@ -138,3 +138,19 @@ def test_provider_needs_onnx_transforms_and_an_onnxruntime_that_has_it(tmp_path,
         code = main(["codec", "eval", "--model", str(out), "--images", str(photos), "--provider", "cuda", *extra])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_an_autoregressive_codec_codes_with_exact_entropy_parameters_from_the_command_line(tmp_path, setup, capsys):
+    _, photos = setup
+    weights = tiny_weights(tmp_path / "ar.safetensors", arch="mbt2018-small")
+    out, bits, png = tmp_path / "ar.lowbit", tmp_path / "p.bits", tmp_path / "p.png"
+    _fails(capsys, _quantize(weights, photos, out), "--crop 32 is not a multiple of the codec's stride 64")
+    assert not out.exists()
+    assert _quantize(weights, photos, out, "--weights-bits", "8", "--activation-bits", "8", "--crop", "64") == 0
+    assert "entropy parameters in exact integers (h_s, context model)" in capsys.readouterr().out
+    assert main(["codec", "compress", "--model", str(out), str(photos / "p0.png"), str(bits)]) == 0
+    assert main(["codec", "decompress", "--model", str(out), str(bits), str(png)]) == 0
+    assert read_image(png).shape == read_image(photos / "p0.png").shape
+    assert _quantize(weights, photos, tmp_path / "fp16.lowbit", "--weights-bits", "fp16", "--activation-bits",
+                     "fp16", "--crop", "64") == 0
+    assert "h_s and context model computed in float" in capsys.readouterr().out

@@ -104,7 +104,7 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from lowbit.codec.architectures import codec_architecture
     from lowbit.codec.images import image_files, read_image, to_uint8
-    from lowbit.codec.train import CodecTrainOptions, train_codec
+    from lowbit.codec.train import CodecTrainOptions, check_crop, train_codec
     from lowbit.codec.zoo import load_codec, save_codec, weights_digest
 
     out = Path(args.out)
@@ -116,6 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
     options = CodecTrainOptions(lmbda=args.lmbda, steps=args.steps, crop=args.crop, batch_size=args.batch_size,
                                 lr=args.lr, final_lr=args.final_lr, seed=args.seed)
     arch = codec_architecture(args.arch)
+    check_crop(args.crop, arch.stride)
     init = None
     if args.init:
         model, init_recipe = load_codec(args.init)

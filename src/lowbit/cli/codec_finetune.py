@@ -84,6 +84,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from lowbit.codec.images import image_files, read_image, read_images, to_uint8
     from lowbit.codec.photos import held_out_photos, training_photos
     from lowbit.codec.rate_distortion import evaluate_codec
+    from lowbit.codec.train import check_crop
     from lowbit.codec.zoo import open_codec
     from lowbit.io.lowbit_file import save
     from lowbit.report import human_bytes, table
@@ -96,6 +97,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     check_outputs({"file": args.file, "--images": args.images, "--eval-images": args.eval_images},
                   {"--out": out, "--json": args.json})
     codec = open_codec(args.file)
+    check_crop(args.crop, codec.stride)
     provenance = dict(codec.model.lowbit_record.provenance)
     lmbda = args.lmbda if args.lmbda is not None else trained_lambda(provenance)
     if lmbda is None:

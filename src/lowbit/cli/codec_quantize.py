@@ -49,6 +49,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     from lowbit.codec.images import image_files, read_images
     from lowbit.codec.photos import held_out_photos, training_photos
     from lowbit.codec.quantize_run import calibration_crops, quantize_codec_run
+    from lowbit.codec.train import check_crop
     from lowbit.codec.zoo import open_codec
     from lowbit.report import human_bytes, table
 
@@ -65,6 +66,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     codec = open_codec(args.model, args.quality)
     if codec.weights_path is not None and codec.weights_path.suffix == ".lowbit":
         raise LowbitError(f"{args.model} is already quantized; quantize the float codec it came from")
+    check_crop(args.crop, codec.stride)
     paths = image_files(args.images) if args.images else training_photos()
     calib = calibration_crops(paths, args.calib_images, args.crop, args.seed)
     eval_images = None
@@ -78,6 +80,8 @@ def run_quantize(args: argparse.Namespace) -> int:
     print(f"{label}: {args.weights_bits}-bit weights, activations {args.activation_bits}"
           f"{' dynamic' if args.dynamic_activations else ''}, scope {args.scope}, {args.method} rounding, "
           f"{result['quantize_seconds']:.1f} s; {result['coverage_note']}")
+    if result["entropy_parameters"] is not None:
+        print(result["entropy_parameters"])
     if "mixed" in result:
         print_allocation(Allocation.from_dict(result["mixed"]))
     if eval_images:

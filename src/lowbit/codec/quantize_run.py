@@ -16,7 +16,7 @@ import torch
 from lowbit.api import quantize
 from lowbit.codec.images import read_image, to_uint8
 from lowbit.codec.rate_distortion import evaluate_codec
-from lowbit.codec.task import Scope, scope_overrides
+from lowbit.codec.task import Scope, exact_entropy_parameters, scope_overrides
 from lowbit.codec.train import random_crops
 from lowbit.codec.zoo import OpenCodec
 from lowbit.config import QuantConfig
@@ -53,7 +53,8 @@ def quantize_codec_run(codec: OpenCodec, calib: torch.Tensor, config: QuantConfi
         "model": codec.name, "quality": codec.quality, "architecture": codec.architecture, "scope": scope,
         "config": config.to_dict(), "out": str(out), "quantize_seconds": seconds,
         "float_file_bytes": float_file_size(codec.model), "coverage": share.to_dict(),
-        "coverage_note": share.describe(), **(calib_record or {})}
+        "coverage_note": share.describe(), "entropy_parameters": exact_entropy_parameters(qmodel),
+        **(calib_record or {})}
     extra: dict[str, Any] = {"codec": {"model": codec.name, "quality": codec.quality, "float_sha256": codec.digest,
                                        "scope": scope}, **(calib_record or {})}
     if eval_images:

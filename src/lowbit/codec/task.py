@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from lowbit.codec.compressai_modules import compressai_module
-from lowbit.codec.autoregressive import install_exact_context
-from lowbit.codec.exact import install_exact_path
+from lowbit.codec.autoregressive import has_exact_context, install_exact_context
+from lowbit.codec.exact import has_exact_path, install_exact_path
 from lowbit.codec.latent_grid import align_latent_grids
 from lowbit.config import Override, QuantConfig
 from lowbit.errors import LowbitError
@@ -104,6 +104,21 @@ def finish(qmodel: nn.Module) -> None:
     qmodel.update(force=True)
     install_exact_path(qmodel)
     install_exact_context(qmodel)
+
+
+def exact_entropy_parameters(qmodel: nn.Module) -> str | None:
+    """What the CLI says of how a codec computes the parameters that choose each latent's probability table:
+    None for a codec without such networks (its tables are fixed)."""
+    if getattr(qmodel, "h_s", None) is None:
+        return None
+    exact = [name for name, yes in (("h_s", has_exact_path(qmodel)), ("context model", has_exact_context(qmodel)))
+             if yes]
+    floating = [name for name in ("h_s", "context model") if name not in exact
+                and (name == "h_s" or hasattr(qmodel, "context_prediction"))]
+    if not floating:
+        return f"entropy parameters in exact integers ({', '.join(exact)}): bitstreams decode the same on any machine"
+    return (f"entropy parameters of the {' and '.join(floating)} computed in float (not quantized on static integer "
+            "grids): decoding on another machine is not guaranteed bit-exact")
 
 
 def check_loaded(qmodel: nn.Module) -> None:

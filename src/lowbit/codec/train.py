@@ -64,6 +64,14 @@ def rate_distortion_loss(output: dict, target: torch.Tensor, lmbda: float) -> tu
     return out["loss"], out["mse_loss"], out["bpp_loss"]
 
 
+def check_crop(crop: int, stride: int) -> None:
+    """A one-line error unless ``crop`` is a multiple of the codec's ``stride``: a crop of another size does not
+    go through its down-sampling and back (CompressAI's models fail on it)."""
+    if crop % stride:
+        raise LowbitError(f"--crop {crop} is not a multiple of the codec's stride {stride}; give --crop "
+                          f"{stride * max(1, round(crop / stride))}")
+
+
 def random_crops(images: list[torch.Tensor], size: int, count: int, generator: random.Random) -> torch.Tensor:
     """``count`` random ``size x size`` crops (random horizontal flips) from uint8 ``(3, H, W)`` images.
 
