@@ -22,18 +22,18 @@ from lowbit.codec.autoregressive import context_plan, has_exact_context
 from lowbit.codec.exact import input_codes
 from lowbit.codec.masked_conv import QMaskedConv2d
 
-ARCH = "mbt2018-small"
+ARCHITECTURES = ("mbt2018-small", "cheng2020-anchor")  # GDN transforms; residual ones with sub-pixel upsampling
 
 
-def _codec() -> torch.nn.Module:
+def _codec(name: str = ARCHITECTURES[0]) -> torch.nn.Module:
     """A tiny untrained joint autoregressive codec with latents and side information that are not all zero."""
     torch.manual_seed(0)
-    model = codec_architecture(ARCH).create(8, 8).eval()
+    model = codec_architecture(name).create(8, 8).eval()
     with torch.no_grad():
-        model.g_a[-1].weight.mul_(8)
+        [m for m in model.g_a.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight.mul_(8)
         model.h_a[-1].weight.mul_(30)
     model.update(force=True)
-    model.lowbit_arch = {"task": "image-codec", "name": ARCH, "kwargs": {"N": 8, "M": 8}}
+    model.lowbit_arch = {"task": "image-codec", "name": name, "kwargs": {"N": 8, "M": 8}}
     return model
 
 
@@ -62,9 +62,9 @@ def _encoded(model: torch.nn.Module, x: torch.Tensor) -> tuple[list[bytes], list
     return [out["strings"][0][0], out["strings"][1][0]], list(out["shape"]), y_hat
 
 
-@pytest.fixture(scope="module")
-def codecs():
-    model = _codec()
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def codecs(request):
+    model = _codec(request.param)
     qmodel = lowbit.quantize(model, photos(4, 128), weights_bits=8, activation_bits=16, dynamic_activations=True)
     return model, qmodel
 
@@ -92,7 +92,7 @@ def test_the_integer_context_path_agrees_with_the_fake_quantized_layers(codecs):
     layer = qmodel.context_prediction
     torch.manual_seed(1)
     window = torch.round(torch.randn(1, 8, 5, 5) * 3) + torch.rand(1, 8, 5, 5)
-    side = torch.randn(1, 16, 1, 1)
+    side = torch.randn(1, qmodel.entropy_parameters[0].in_channels - layer.out_channels, 1, 1)
     with torch.no_grad():
         context = F.conv2d(layer.input_quant(window), layer.weight, layer.bias)
         fake = qmodel.entropy_parameters(torch.cat((side, context), dim=1))
