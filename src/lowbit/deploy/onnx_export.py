@@ -31,7 +31,7 @@ from torch import nn
 from lowbit.codec.task import is_codec
 from lowbit.deploy.concat_bias import split_concat_biases
 from lowbit.deploy.export_errors import explain_export_failure
-from lowbit.deploy.export_report import ExportReport
+from lowbit.deploy.export_report import ExportReport, float_output_notes
 from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
 from lowbit.deploy.requantize import requantize_before_layers
@@ -192,6 +192,8 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     shuffle_after_quantizers(proto)
     requantize_before_layers(proto)
     reduce_tokens_in_4d(proto)
+    for line in float_output_notes(proto):
+        notes.add(line)
     onnx.helper.set_model_props(proto, {"producer": "lowbit", **(metadata or {})})
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
