@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import json
 import os
 import struct
 from contextlib import contextmanager
@@ -13,7 +14,12 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
+
+from lowbit.io.lowbit_file import DIGEST_KEY, META_KEY
+from lowbit.io.payload import file_digest
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # each worker has a core of its own: more threads would make the workers compete for both
@@ -193,3 +199,16 @@ def fashion_mnist_subset(root: Path, splits: dict[str, int]) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LOWBIT_DATA", str(root))
         yield root
+
+
+def rewrite(src, dst, edit_header=None, edit_tensors=None):
+    """Copy a file with its header and/or tensors edited, and a digest that matches the edit (a careful forger)."""
+    with safe_open(str(src), "pt") as f:
+        header, tensors = json.loads(f.metadata()[META_KEY]), {k: f.get_tensor(k) for k in f.keys()}
+    if edit_header:
+        header = edit_header(header)
+    if edit_tensors:
+        edit_tensors(tensors)
+    text = json.dumps(header)
+    save_file(tensors, str(dst), metadata={META_KEY: text, DIGEST_KEY: file_digest(text, tensors)})
+    return dst

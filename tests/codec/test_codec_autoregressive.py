@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from codec_helpers import Perturbed, photos
+from conftest import rewrite
 from safetensors.torch import load_file
 
 import lowbit
@@ -21,6 +22,7 @@ from lowbit.codec.architectures import codec_architecture
 from lowbit.codec.autoregressive import context_plan, has_exact_context
 from lowbit.codec.exact import input_codes
 from lowbit.codec.masked_conv import QMaskedConv2d
+from lowbit.errors import LowbitError
 
 ARCHITECTURES = ("mbt2018-small", "cheng2020-anchor")  # GDN transforms; residual ones with sub-pixel upsampling
 
@@ -155,3 +157,18 @@ def test_the_synthesis_input_keeps_the_coded_means_at_w8a8():
     grid = qmodel.g_s[0].input_quant
     lost = float((grid(coded) - coded).abs().mean())
     assert lost < 0.5 * float((coded - coded.round()).abs().mean())
+
+
+def test_a_file_whose_context_model_reads_undecoded_latents_is_refused(codecs, tmp_path):
+    _, qmodel = codecs
+    path = lowbit.save(qmodel, tmp_path / "c.lowbit")
+    hidden = (qmodel.context_prediction.mask == 0).reshape(-1)
+
+    def unmask(tensors):  # 8-bit codes are stored flat, in the weight's order
+        codes = tensors["context_prediction.qweight"]
+        codes[hidden] = codes[~hidden].max()
+
+    with pytest.raises(LowbitError, match="masked context model are not zero"):
+        lowbit.load(rewrite(path, tmp_path / "edited.lowbit", edit_tensors=unmask))
+    assert torch.equal(lowbit.load(rewrite(path, tmp_path / "same.lowbit")).context_prediction.weight,
+                       qmodel.context_prediction.weight)

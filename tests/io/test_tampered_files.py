@@ -1,7 +1,6 @@
 """A ``.lowbit`` file is data from outside: every damaged or edited file must give a one-line ``LowbitError``
 or a model whose outputs are identical to the saved one, without allocating what a header asks for."""
 
-import json
 import resource
 
 import pytest
@@ -19,6 +18,7 @@ from lowbit.io.lowbit_file import DIGEST_KEY, META_KEY
 from lowbit.io.payload import ACT_SCALES, ACT_ZERO_POINTS, file_digest
 from lowbit.models import build_model
 from lowbit.spec import weight_spec
+from conftest import rewrite
 
 INPUT = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
@@ -35,19 +35,6 @@ def saved(tmp_path_factory):
     path = lowbit.save(q, tmp_path_factory.mktemp("saved") / "m.lowbit")
     with torch.no_grad():
         return path, q(INPUT)
-
-
-def rewrite(src, dst, edit_header=None, edit_tensors=None):
-    """Copy a file with its header and/or tensors edited, and a digest that matches the edit (a careful forger)."""
-    with safe_open(str(src), "pt") as f:
-        header, tensors = json.loads(f.metadata()[META_KEY]), {k: f.get_tensor(k) for k in f.keys()}
-    if edit_header:
-        header = edit_header(header)
-    if edit_tensors:
-        edit_tensors(tensors)
-    text = json.dumps(header)
-    save_file(tensors, str(dst), metadata={META_KEY: text, DIGEST_KEY: file_digest(text, tensors)})
-    return dst
 
 
 def refused_or_identical(path, reference):

@@ -38,6 +38,12 @@ class QMaskedConv2d(QConv2d):
     def fake_quant_weight(self) -> torch.Tensor:
         return super().fake_quant_weight() * self.mask
 
+    def unmasked_weights(self) -> int:
+        """How many weights at masked positions are not zero: none in a layer this module built; any in a layer
+        read from a file means the file was edited, and such a context model would read latents the decoder does
+        not have yet (CompressAI's decoding loop uses the weight as it is)."""
+        return int((self.weight.detach()[self.mask == 0] != 0).sum())
+
 
 def register_masked_conv() -> None:
     """Make CompressAI's masked convolutions layers lowbit quantizes (called when a codec is first prepared)."""

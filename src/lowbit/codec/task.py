@@ -27,6 +27,7 @@ from lowbit.codec.compressai_modules import compressai_module
 from lowbit.codec.autoregressive import has_exact_context, install_exact_context
 from lowbit.codec.exact import has_exact_path, install_exact_path
 from lowbit.codec.latent_grid import align_latent_grids
+from lowbit.codec.masked_conv import QMaskedConv2d
 from lowbit.config import Override, QuantConfig
 from lowbit.errors import LowbitError
 from lowbit.io.run_record import CODEC_TASK, CodecArchRecord
@@ -122,8 +123,14 @@ def exact_entropy_parameters(qmodel: nn.Module) -> str | None:
 
 
 def check_loaded(qmodel: nn.Module) -> None:
-    """Check the entropy tables and bounds read from a file, and restore the exact entropy-parameter paths."""
+    """Check the entropy tables, bounds and context-model masks read from a file, and restore the exact
+    entropy-parameter paths."""
     check_tables(qmodel)
+    for name, module in qmodel.named_modules():
+        if isinstance(module, QMaskedConv2d) and module.unmasked_weights():
+            raise LowbitError(f"{name}: {module.unmasked_weights()} weights of the masked context model are not zero "
+                              "where its mask hides the latents not yet decoded; the file was edited, quantize the "
+                              "codec again")
     record = getattr(qmodel, "lowbit_arch", None)
     if isinstance(record, dict) and record.get("task") == TASK:  # rebuilt from the file's own record
         check_entropy_bounds(rebuild(record), qmodel.state_dict(), "the file")
