@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import struct
+
 import pytest
 import torch
 from codec_helpers import tiny_codec
@@ -61,3 +64,28 @@ def test_bitstream_from_another_model_is_refused():
     with pytest.raises(LowbitError, match="written by codec tiny quality 2"):
         check_codec(codec, other, "other", "x.bits")
     check_codec(codec, codec.sha256, "tiny", "x.bits")
+
+
+def _stream_with_latent_codec():
+    """A bitstream of CompressAI's latent-codec model with a checkerboard context: a latent size per latent."""
+    model = prepare(tiny_codec(arch="cheng2020-anchor-checkerboard"))
+    encoded = encode(model, torch.rand(3, 19, 40), 64)
+    codec = CodecId("tiny", None, "cheng2020-anchor-checkerboard", weights_digest(model))
+    return model, encoded, to_bytes(codec, encoded)
+
+
+def test_a_latent_size_per_latent_round_trips_in_format_version_2():
+    model, encoded, data = _stream_with_latent_codec()
+    assert isinstance(encoded.shape, dict) and data[8:10] == b"\x00\x02"
+    _, read = from_bytes(data)
+    assert read == encoded and torch.equal(decode(model, read), decode(model, encoded))
+    assert _stream()[3][8:10] == b"\x00\x01"  # one latent size: the format older versions read
+
+
+@pytest.mark.parametrize("shape", [{"y": [0, 1, 1]}, {"y": "x"}, [[[[[1]]]]], [1, 2], {}, {"y": [1, 2, 3, 4, 5]}])
+def test_a_damaged_latent_size_is_refused(shape):
+    data = _stream_with_latent_codec()[2]
+    size = struct.unpack_from(">I", data, 10)[0]
+    header = {**json.loads(data[14:14 + size]), "shape": shape}  # a consistent file with only the shape edited
+    head = json.dumps(header).encode()
+    _refused(data[:10] + struct.pack(">I", len(head)) + head + data[14 + size:], r"damaged header \(latent shape\)")

@@ -89,3 +89,6 @@ register("cheng2020-anchor", "Cheng et al. 2020 anchor (residual transforms, sub
          "autoregressive entropy model)", stride=64, channels=(128, 128))(_single_width("Cheng2020Anchor"))
 register("cheng2020-attn", "Cheng et al. 2020 with attention modules in its transforms",
          stride=64, channels=(128, 128))(_single_width("Cheng2020Attention"))
+register("cheng2020-anchor-checkerboard", "Cheng et al. 2020 anchor with a checkerboard context model (He et al. "
+         "2021: two passes instead of one per position)", stride=64,
+         channels=(128, 128))(_single_width("Cheng2020AnchorCheckerboard"))

@@ -7,6 +7,9 @@ Layout (integers big-endian)::
     header size  u32       bytes of the JSON header that follows
     header       JSON      codec name, quality, architecture, SHA-256 of the weights, image height and width,
                            latent shape, and the byte length of every string
+
+Version 1 holds one latent size; version 2 (written only when needed) a size per latent or per channel group,
+as CompressAI's latent-codec models (checkerboard context, ELIC) describe their latents.
     strings      bytes     the entropy coder's strings, concatenated in header order
 
 The weights digest is what makes the file safe to decode: decoding with any other model yields garbage
@@ -22,15 +25,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lowbit.codec.coding import Encoded
+from lowbit.codec.coding import MAX_SIDE, Encoded, shape_from_json
 from lowbit.errors import LowbitError
 from lowbit.io.atomic import atomic_path
 
 MAGIC = b"\x89LBCODE\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # one latent size
+NESTED_SHAPE_VERSION = 2  # a size per latent or channel group
 _PREAMBLE = struct.Struct(">8sHI")
 _MAX_HEADER = 1 << 20  # a header is a few hundred bytes; anything near this is damage, not a header
-_MAX_SIDE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,21 @@ class CodecId:
 
 def to_bytes(codec: CodecId, encoded: Encoded) -> bytes:
     """The file contents for ``encoded`` written by ``codec``."""
-    header = {**asdict(codec), "height": encoded.height, "width": encoded.width, "shape": list(encoded.shape),
+    flat = isinstance(encoded.shape, tuple)
+    header = {**asdict(codec), "height": encoded.height, "width": encoded.width,
+              "shape": list(encoded.shape) if flat else _json_shape(encoded.shape),
               "lengths": [[len(s) for s in group] for group in encoded.strings]}
     head = json.dumps(header, separators=(",", ":")).encode()
     payload = b"".join(s for group in encoded.strings for s in group)
-    return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(head)) + head + payload
+    return _PREAMBLE.pack(MAGIC, FORMAT_VERSION if flat else NESTED_SHAPE_VERSION, len(head)) + head + payload
+
+
+def _json_shape(shape: Any) -> Any:
+    if isinstance(shape, dict):
+        return {k: _json_shape(v) for k, v in shape.items()}
+    if isinstance(shape, list):
+        return [_json_shape(s) for s in shape]
+    return list(shape)
 
 
 def write_bitstream(path: str | Path, codec: CodecId, encoded: Encoded) -> int:
@@ -69,9 +82,9 @@ def from_bytes(data: bytes, source: str = "bitstream") -> tuple[CodecId, Encoded
     if magic != MAGIC:
         raise LowbitError(f"{source} is not a lowbit codec bitstream (wrong magic bytes); give a file written by "
                           "lowbit codec compress")
-    if version != FORMAT_VERSION:
-        raise LowbitError(f"{source} has bitstream format version {version}, but this lowbit reads version "
-                          f"{FORMAT_VERSION}; decode it with the lowbit version that wrote it")
+    if version not in (FORMAT_VERSION, NESTED_SHAPE_VERSION):
+        raise LowbitError(f"{source} has bitstream format version {version}, but this lowbit reads versions "
+                          f"{FORMAT_VERSION} and {NESTED_SHAPE_VERSION}; decode it with the lowbit version that wrote it")
     start = _PREAMBLE.size
     if head_size > _MAX_HEADER or start + head_size > len(data):
         raise LowbitError(f"{source} is truncated or damaged (its header runs past the end); compress the image again")
@@ -79,7 +92,7 @@ def from_bytes(data: bytes, source: str = "bitstream") -> tuple[CodecId, Encoded
         header = json.loads(data[start:start + head_size])
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise LowbitError(f"{source} has a damaged header; compress the image again") from None
-    codec, lengths, fields = _check_header(header, source)
+    codec, lengths, fields = _check_header(header, source, nested=version == NESTED_SHAPE_VERSION)
     offset, strings = start + head_size, []
     total = sum(n for group in lengths for n in group)
     if offset + total != len(data):
@@ -89,7 +102,7 @@ def from_bytes(data: bytes, source: str = "bitstream") -> tuple[CodecId, Encoded
     for group in lengths:
         strings.append([data[offset + sum(group[:i]):offset + sum(group[:i + 1])] for i in range(len(group))])
         offset += sum(group)
-    return codec, Encoded(strings, tuple(fields["shape"]), fields["height"], fields["width"])
+    return codec, Encoded(strings, fields["shape"], fields["height"], fields["width"])
 
 
 def read_bitstream(path: str | Path) -> tuple[CodecId, Encoded]:
@@ -101,28 +114,30 @@ def read_bitstream(path: str | Path) -> tuple[CodecId, Encoded]:
     return from_bytes(data, str(path))
 
 
-def _check_header(header: Any, source: str) -> tuple[CodecId, list[list[int]], dict[str, Any]]:
+def _check_header(header: Any, source: str, nested: bool) -> tuple[CodecId, list[list[int]], dict[str, Any]]:
     def bad(what: str) -> LowbitError:
         return LowbitError(f"{source} has a damaged header ({what}); compress the image again")
 
     if not isinstance(header, dict):
         raise bad("not an object")
     for key, kind in (("name", str), ("architecture", str), ("sha256", str), ("height", int), ("width", int),
-                      ("shape", list), ("lengths", list)):
+                      ("shape", dict if nested and isinstance(header.get("shape"), dict) else list),
+                      ("lengths", list)):
         if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
             raise bad(f"field {key!r} missing or not a {kind.__name__}")
     quality = header.get("quality")
     if quality is not None and (not isinstance(quality, int) or isinstance(quality, bool)):
         raise bad("quality is not an integer")
-    if not (0 < header["height"] <= _MAX_SIDE and 0 < header["width"] <= _MAX_SIDE):
+    if not (0 < header["height"] <= MAX_SIDE and 0 < header["width"] <= MAX_SIDE):
         raise bad(f"image size {header['height']}x{header['width']}")
-    if not all(isinstance(s, int) and 0 < s <= _MAX_SIDE for s in header["shape"]):
+    shape = shape_from_json(header["shape"])
+    if shape is None or isinstance(shape, tuple) == nested:
         raise bad("latent shape")
     lengths = header["lengths"]
     if not all(isinstance(g, list) and all(isinstance(n, int) and n >= 0 for n in g) for g in lengths):
         raise bad("string lengths")
     codec = CodecId(header["name"], quality, header["architecture"], header["sha256"])
-    return codec, lengths, header
+    return codec, lengths, {**header, "shape": shape}
 
 
 def check_codec(codec: CodecId, sha256: str, opened: str, source: str) -> None:

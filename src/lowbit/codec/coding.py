@@ -8,11 +8,53 @@ from bitstreams rather than from the likelihoods of the training loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Union
 
 import torch
 from torch import nn
 
 from lowbit.codec.images import crop, pad_to_stride
+
+# What ``compress`` says ``decompress`` needs besides the strings: one latent size for most CompressAI models; a
+# size per latent, or a list of them (one per channel group), for its latent-codec models (checkerboard, ELIC).
+LatentShape = Union[tuple[int, ...], dict[str, "LatentShape"], list["LatentShape"]]
+MAX_SHAPE_DEPTH = 3  # a dict of lists of sizes at most
+MAX_SHAPE_ENTRIES = 64
+MAX_SIDE = 1 << 16
+
+
+def plain_shape(shape: Any) -> LatentShape:
+    """``compress``'s shape with torch sizes as tuples (what :class:`Encoded` keeps and a bitstream stores)."""
+    if isinstance(shape, dict):
+        return {str(k): plain_shape(v) for k, v in shape.items()}
+    if isinstance(shape, (list, tuple)) and not all(isinstance(s, int) for s in shape):
+        return [plain_shape(s) for s in shape]
+    return tuple(int(s) for s in shape)
+
+
+def torch_shape(shape: LatentShape) -> Any:
+    """A plain shape with its sizes as ``torch.Size`` again, as ``decompress`` takes it."""
+    if isinstance(shape, dict):
+        return {k: torch_shape(v) for k, v in shape.items()}
+    if isinstance(shape, list):
+        return [torch_shape(s) for s in shape]
+    return torch.Size(shape)
+
+
+def shape_from_json(value: Any, depth: int = 0) -> LatentShape | None:
+    """A latent shape read from a file (lists of sizes, lists and objects of them), or None when it is not one:
+    sizes of 1-4 positive integers up to ``MAX_SIDE``, nesting and entries bounded."""
+    if depth > MAX_SHAPE_DEPTH:
+        return None
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        return tuple(value) if len(value) <= 4 and all(0 < s <= MAX_SIDE for s in value) else None
+    if isinstance(value, list) and 0 < len(value) <= MAX_SHAPE_ENTRIES:
+        parts = [shape_from_json(v, depth + 1) for v in value]
+        return None if any(p is None for p in parts) else parts
+    if isinstance(value, dict) and 0 < len(value) <= MAX_SHAPE_ENTRIES:
+        parts = {k: shape_from_json(v, depth + 1) for k, v in value.items()}
+        return None if any(p is None or len(k) > 64 for k, p in parts.items()) else parts
+    return None
 
 
 @dataclass
@@ -20,7 +62,7 @@ class Encoded:
     """The output of a codec's ``compress`` for one image, with the size it had before padding."""
 
     strings: list[list[bytes]]  # one list per entropy model, one string per batch item (here always one)
-    shape: tuple[int, ...]  # the latent shape ``decompress`` needs
+    shape: LatentShape  # what ``decompress`` needs besides the strings
     height: int
     width: int
 
@@ -48,11 +90,11 @@ def encode(model: nn.Module, x: torch.Tensor, stride: int) -> Encoded:
     height, width = x.shape[-2:]
     out = model.compress(pad_to_stride(x, stride))
     strings = [list(group) for group in out["strings"]]
-    return Encoded(strings, tuple(int(s) for s in out["shape"]), int(height), int(width))
+    return Encoded(strings, plain_shape(out["shape"]), int(height), int(width))
 
 
 @torch.no_grad()
 def decode(model: nn.Module, encoded: Encoded) -> torch.Tensor:
     """The ``(3, H, W)`` reconstruction in [0, 1] (clamped) of :func:`encode` 's output."""
-    x_hat = model.decompress(encoded.strings, torch.Size(encoded.shape))["x_hat"]
+    x_hat = model.decompress(encoded.strings, torch_shape(encoded.shape))["x_hat"]
     return crop(x_hat, encoded.height, encoded.width)[0].clamp(0, 1)

@@ -110,6 +110,9 @@ def finish(qmodel: nn.Module) -> None:
 def exact_entropy_parameters(qmodel: nn.Module) -> str | None:
     """What the CLI says of how a codec computes the parameters that choose each latent's probability table:
     None for a codec without such networks (its tables are fixed)."""
+    if getattr(qmodel, "latent_codec", None) is not None:
+        return ("entropy parameters computed in float (CompressAI's latent-codec models, whose coding loops lowbit "
+                "does not compute in exact integers): decoding on another machine is not guaranteed bit-exact")
     if getattr(qmodel, "h_s", None) is None:
         return None
     exact = [name for name, yes in (("h_s", has_exact_path(qmodel)), ("context model", has_exact_context(qmodel)))
