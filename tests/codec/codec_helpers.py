@@ -75,7 +75,8 @@ class Perturbed:
             return out * (1 + self.eps * torch.randn(out.shape, generator=generator))
 
         convs = [m for m in self.network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-        self.handles = [m.register_forward_hook(jitter) for m in convs]
+        # before any hook already there: an exact path replacing the output ignores the float one it perturbs
+        self.handles = [m.register_forward_hook(jitter, prepend=True) for m in convs]
         return self
 
     def __exit__(self, *exc):

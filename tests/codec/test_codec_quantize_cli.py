@@ -147,10 +147,12 @@ def test_an_autoregressive_codec_codes_with_exact_entropy_parameters_from_the_co
     _fails(capsys, _quantize(weights, photos, out), "--crop 32 is not a multiple of the codec's stride 64")
     assert not out.exists()
     assert _quantize(weights, photos, out, "--weights-bits", "8", "--activation-bits", "8", "--crop", "64") == 0
-    assert "entropy parameters in exact integers (h_s, context model)" in capsys.readouterr().out
+    assert "entropy parameters in exact integers (h_s, entropy_parameters, context_prediction)" in \
+        capsys.readouterr().out
     assert main(["codec", "compress", "--model", str(out), str(photos / "p0.png"), str(bits)]) == 0
     assert main(["codec", "decompress", "--model", str(out), str(bits), str(png)]) == 0
     assert read_image(png).shape == read_image(photos / "p0.png").shape
     assert _quantize(weights, photos, tmp_path / "fp16.lowbit", "--weights-bits", "fp16", "--activation-bits",
                      "fp16", "--crop", "64") == 0
-    assert "h_s and context model computed in float" in capsys.readouterr().out
+    assert "of h_s, entropy_parameters, context_prediction, the coding loop's context model computed in float" \
+        in capsys.readouterr().out

@@ -60,6 +60,8 @@ def chain_stages(network: nn.Module) -> Chain | None:
     or None when it is not a chain this module computes exactly. The slope is None without an activation, 0 for
     ReLU, LeakyReLU's otherwise; the factor is 1 without a PixelShuffle (which moves integer codes around, and
     commutes with the activation)."""
+    if type(network) in EXACT_LAYERS or isinstance(network, QMaskedConv2d):  # a network of one layer
+        return [(network, None, 1)] if on_static_grids(network) else None
     if type(network) is not nn.Sequential:
         return None
     stages: Chain = []
@@ -114,7 +116,7 @@ def _fixed_point(layer: QuantLayer, w: torch.Tensor, out_scale: float | None,
     one; the first pair again without an activation) at the same shift. Each channel's shift gives its
     multiplier at least ``MIN_MULTIPLIER_BITS`` significant bits; None when that cannot fit int64."""
     s_in = float(layer.input_quant.scale.double().reshape(-1)[0])
-    target = out_scale if out_scale is not None else 1.0
+    target = out_scale if out_scale is not None else _output_unit(layer)
     ratios = [s_in * s_w / target for s_w in _channel_scales(layer)]
     bias = layer.bias.double().tolist() if layer.bias is not None else [0.0] * len(ratios)
     acc_bits = max(1, _accumulator_bound(layer, w)).bit_length()
@@ -138,6 +140,15 @@ def _fixed_point(layer: QuantLayer, w: torch.Tensor, out_scale: float | None,
                  for v in (multipliers, offsets, shifts, negative_multipliers, negative_offsets))
 
 
+def _output_unit(layer: QuantLayer) -> float:
+    """The unit of a last layer's fixed-point output: 1, or for a layer whose accumulator step (input step times
+    weight step) is too fine for that, the smallest such step; the output is then multiplied by it in float64,
+    one IEEE product, the same everywhere."""
+    s_in = float(layer.input_quant.scale.double().reshape(-1)[0])
+    step = min(_channel_scales(layer)) * s_in
+    return 1.0 if step >= 2.0**(MIN_MULTIPLIER_BITS - MAX_SHIFT) else step
+
+
 @dataclass(frozen=True)
 class Stage:
     """One layer of ``h_s`` ready for integer arithmetic."""
@@ -151,6 +162,7 @@ class Stage:
     negative_offset: torch.Tensor
     next_input: Quantizer | None  # the grid the output is requantized onto; None: a fixed-point output
     shuffle: int  # PixelShuffle's factor after the layer, 1 for none
+    unit: float = 1.0  # what one fixed-point unit of a last layer's output is worth
 
     def output(self, accumulator: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The layer's output from its accumulator (integers in float64, exact below 2^53): int64 codes on
@@ -161,7 +173,8 @@ class Stage:
         y = torch.where(y >= 0, y, acc * self.negative_multiplier.view(view) + self.negative_offset.view(view))
         unit = torch.ones_like(self.shift.view(view)) << self.shift.view(view)  # 2^shift per channel
         if self.next_input is None:
-            out = (y.double() / unit.double()).to(dtype)  # int64 to float64 rounds the same everywhere
+            out = y.double() / unit.double()  # int64 to float64 rounds the same everywhere
+            out = (out if self.unit == 1.0 else out * self.unit).to(dtype)
         else:
             out = torch.div(y + (unit >> 1), unit, rounding_mode="floor") + int(self.next_input.zero_point.reshape(-1)[0])
             out = out.clamp(*self.next_input.qrange)
@@ -181,7 +194,7 @@ def plan_chain(stages: Chain, last_grid: Quantizer | None) -> list[Stage] | None
         fixed = _fixed_point(layer, w, float(nxt.scale.double().reshape(-1)[0]) if nxt is not None else None, slope)
         if fixed is None:
             return None
-        plan.append(Stage(layer, w, *fixed, nxt, shuffle))
+        plan.append(Stage(layer, w, *fixed, nxt, shuffle, _output_unit(layer) if nxt is None else 1.0))
     return plan
 
 
@@ -218,27 +231,50 @@ def supports(h_s: nn.Module) -> bool:
 
 
 class ExactPath:
-    """Forward hook on ``h_s`` replacing its float output by :func:`integer_forward`'s."""
+    """Forward hook on a parameter network replacing its float output by :func:`integer_forward`'s."""
 
     def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> torch.Tensor:
         return integer_forward(module, inputs[0])
 
 
+# CompressAI's names for the networks whose outputs choose each latent's probability table (at any depth: its
+# latent-codec models nest them), and for the container of ELIC's channel-context networks
+PARAMETER_NETWORKS = ("h_s", "context_prediction", "entropy_parameters")
+CHANNEL_CONTEXT = "channel_context"
+
+
+def parameter_networks(codec: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The codec's networks that compute entropy parameters, by qualified name (those with layers: CompressAI
+    puts an ``nn.Identity`` where a latent codec passes its parameters on unchanged)."""
+    found = []
+    for name, module in codec.named_modules():
+        parts = name.split(".")
+        named = parts[-1] in PARAMETER_NETWORKS or (len(parts) > 1 and parts[-2] == CHANNEL_CONTEXT)
+        if named and any(isinstance(m, (QuantLayer, nn.Conv2d, nn.ConvTranspose2d)) for m in module.modules()):
+            found.append((name, module))
+    return found
+
+
+def is_exact(network: nn.Module) -> bool:
+    return any(isinstance(h, ExactPath) for h in network._forward_hooks.values())
+
+
 def has_exact_path(codec: nn.Module) -> bool:
+    """Whether the codec's hyperprior synthesis ``h_s`` (the side information's entropy parameters) is exact."""
     h_s = getattr(codec, "h_s", None)
-    return h_s is not None and any(isinstance(h, ExactPath) for h in h_s._forward_hooks.values())
+    return h_s is not None and is_exact(h_s)
 
 
 def install_exact_path(codec: nn.Module) -> bool:
-    """Compute the codec's ``h_s`` exactly from now on, if it is quantized in a way that allows it. Returns
-    whether the exact path is in place."""
-    h_s = getattr(codec, "h_s", None)
-    if h_s is None or has_exact_path(codec):
-        return h_s is not None
-    if not supports(h_s):
-        if any(isinstance(m, QuantLayer) for m in h_s.modules()):
-            log.info("h_s is quantized but not on static integer grids throughout; its scales are computed in "
-                     "float, so decoding on another machine is not guaranteed bit-exact")
-        return False
-    h_s.register_forward_hook(ExactPath())
-    return True
+    """Compute each of the codec's parameter networks exactly from now on where it is quantized in a way that
+    allows it. Returns whether every one of them is exact."""
+    networks = parameter_networks(codec)
+    for name, network in networks:
+        if is_exact(network):
+            continue
+        if supports(network):
+            network.register_forward_hook(ExactPath())
+        elif any(isinstance(m, QuantLayer) for m in network.modules()):
+            log.info(f"{name} is quantized but not on static integer grids throughout; it is computed in float, "
+                     "so decoding on another machine is not guaranteed bit-exact")
+    return bool(networks) and all(is_exact(network) for _, network in networks)

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lowbit import qmath
-from lowbit.codec.exact import ExactPath
+from lowbit.codec.exact import ExactPath, parameter_networks
 from lowbit.codec.gdn import QGDN
 from lowbit.codec.latent_grid import first_layers
 from lowbit.codec.task import finish, is_codec
@@ -119,14 +119,13 @@ def held_out_score(model: nn.Module, crops: torch.Tensor, lmbda: float, batch_si
 
 
 def float_path_copy(qmodel: nn.Module) -> nn.Module:
-    """A copy of ``qmodel`` whose hyperprior synthesis runs in floating point: the exact integer path computes
-    without gradients and needs integer inputs, which training's uniform noise does not give (:func:`finish`
-    puts it back)."""
+    """A copy of ``qmodel`` whose entropy-parameter networks run in floating point: the exact integer path
+    computes without gradients and needs inputs on its grids, which training's uniform noise does not give
+    (:func:`finish` puts it back)."""
     model = copy_quantized(qmodel)
-    h_s = getattr(model, "h_s", None)
-    if h_s is not None:
-        for key in [k for k, hook in h_s._forward_hooks.items() if isinstance(hook, ExactPath)]:
-            del h_s._forward_hooks[key]
+    for _, network in parameter_networks(model):
+        for key in [k for k, hook in network._forward_hooks.items() if isinstance(hook, ExactPath)]:
+            del network._forward_hooks[key]
     return model
 
 

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ from torch import nn
 
 from lowbit.codec.compressai_modules import compressai_module
 from lowbit.codec.autoregressive import has_exact_context, install_exact_context
-from lowbit.codec.exact import has_exact_path, install_exact_path
+from lowbit.codec.exact import CHANNEL_CONTEXT, install_exact_path, is_exact, parameter_networks
 from lowbit.codec.latent_grid import align_latent_grids
 from lowbit.codec.masked_conv import QMaskedConv2d
 from lowbit.config import Override, QuantConfig
@@ -40,8 +41,6 @@ SENSITIVITY = "rate-distortion"  # the mixed-precision metric for codecs (lowbit
 # CompressAI's names for the entropy-coding parts of a codec: the entropy models and the hyperprior networks
 ENTROPY_MODELS = ("entropy_bottleneck", "gaussian_conditional")
 ENTROPY_PARTS = ("h_a", "h_s", "context_prediction", "entropy_parameters", *ENTROPY_MODELS)
-# the networks whose outputs choose each latent's probability table: computed in exact integers when quantized
-PARAMETER_NETWORKS = ("h_s", "context_prediction", "entropy_parameters")
 CDF_TOTAL = 1 << 16  # CompressAI's tables are 16-bit cumulative frequencies
 
 
@@ -64,7 +63,8 @@ def setup() -> None:
 
 def configure(model: nn.Module, config: QuantConfig) -> QuantConfig:
     """Give the networks that compute the entropy parameters (``h_s``, and an autoregressive codec's context
-    model and entropy-parameter network) static activation grids when the config's are dynamic.
+    model and entropy-parameter network, wherever CompressAI's latent codecs nest them) static activation grids
+    when the config's are dynamic.
 
     The decoder recomputes them to find each latent's probability table; a range measured per batch would make
     that depend on the batch, and only static grids let :mod:`lowbit.codec.exact` compute them in exact
@@ -75,8 +75,7 @@ def configure(model: nn.Module, config: QuantConfig) -> QuantConfig:
     if acts is None or not acts.dynamic:
         return config
     static = replace(acts, dynamic=False)
-    added = tuple(Override(f"{name}*", activations=static) for name in PARAMETER_NETWORKS
-                  if getattr(model, name, None) is not None)
+    added = tuple(Override(f"{name}*", activations=static) for name, _ in parameter_networks(model))
     return replace(config, overrides=config.overrides + added)
 
 
@@ -107,22 +106,26 @@ def finish(qmodel: nn.Module) -> None:
     install_exact_context(qmodel)
 
 
+def _kinds(names: list[str]) -> str:
+    """Network names by kind, counted: ``h_s, entropy_parameters x5, ...`` (ELIC has one of each per group)."""
+    kinds = Counter(CHANNEL_CONTEXT if f".{CHANNEL_CONTEXT}." in f".{n}" else n.split(".")[-1] for n in names)
+    return ", ".join(kind if count == 1 else f"{kind} x{count}" for kind, count in kinds.items())
+
+
 def exact_entropy_parameters(qmodel: nn.Module) -> str | None:
     """What the CLI says of how a codec computes the parameters that choose each latent's probability table:
     None for a codec without such networks (its tables are fixed)."""
-    if getattr(qmodel, "latent_codec", None) is not None:
-        return ("entropy parameters computed in float (CompressAI's latent-codec models, whose coding loops lowbit "
-                "does not compute in exact integers): decoding on another machine is not guaranteed bit-exact")
-    if getattr(qmodel, "h_s", None) is None:
+    networks = parameter_networks(qmodel)
+    if not networks:
         return None
-    exact = [name for name, yes in (("h_s", has_exact_path(qmodel)), ("context model", has_exact_context(qmodel)))
-             if yes]
-    floating = [name for name in ("h_s", "context model") if name not in exact
-                and (name == "h_s" or hasattr(qmodel, "context_prediction"))]
-    if not floating:
-        return f"entropy parameters in exact integers ({', '.join(exact)}): bitstreams decode the same on any machine"
-    return (f"entropy parameters of the {' and '.join(floating)} computed in float (not quantized on static integer "
-            "grids): decoding on another machine is not guaranteed bit-exact")
+    floating = [name for name, network in networks if not is_exact(network)]
+    if hasattr(qmodel, "context_prediction") and not has_exact_context(qmodel):
+        floating.append("the coding loop's context model")
+    if floating:
+        return (f"entropy parameters of {_kinds(floating)} computed in float (not quantized on static integer "
+                "grids): decoding on another machine is not guaranteed bit-exact")
+    return (f"entropy parameters in exact integers ({_kinds([name for name, _ in networks])}): bitstreams decode "
+            "the same on any machine")
 
 
 def check_loaded(qmodel: nn.Module) -> None:
