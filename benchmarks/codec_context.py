@@ -1,9 +1,10 @@
-"""Codecs with a mean-scale hyperprior and with an autoregressive context model, quantized.
+"""Codecs with a mean-scale hyperprior, an autoregressive context model and a checkerboard context, quantized.
 
-CompressAI's mean-scale hyperprior (``mbt2018-mean``) and joint autoregressive codec (``mbt2018``), 64 channels,
-are trained here at the bundled hyperprior's three lambdas: their analysis, synthesis and hyper-analysis
-transforms start from the bundled hyperprior's at the same rate point (the same shapes), the rest from scratch,
-then the bundled recipe's steps train the whole codec on the same training photos. Each is then quantized (INT8
+CompressAI's mean-scale hyperprior (``mbt2018-mean``), joint autoregressive codec (``mbt2018``) and Cheng et al.'s
+anchor with a checkerboard context (``cheng2020-anchor-checkerboard``, a latent-codec model), 64 channels, are
+trained here at the bundled hyperprior's three lambdas: where their analysis, synthesis and hyper-analysis
+transforms have the bundled hyperprior's shapes they start from its transforms at the same rate point, the rest
+from scratch, then the bundled recipe's steps train the whole codec on the same training photos. Each is then quantized (INT8
 light, INT8 entropy coding only, W8A8 static) and every variant codes the held-out photos from real bitstreams:
 bpp, PSNR, times, BD-rate against FP32, and whether the entropy parameters (the side information's means and
 scales, and the context model's) are computed in exact integers, so that decoding is the same on any machine.
@@ -28,7 +29,7 @@ import lowbit
 from lowbit.codec import evaluate_codec, open_codec
 from lowbit.codec.architectures import codec_architecture
 from lowbit.codec.autoregressive import has_exact_context
-from lowbit.codec.exact import has_exact_path
+from lowbit.codec.exact import is_exact, parameter_networks
 from lowbit.codec.images import read_image
 from lowbit.codec.photos import held_out_photos, training_photos
 from lowbit.codec.quantize_run import calibration_crops
@@ -37,9 +38,23 @@ from lowbit.codec.train import CodecTrainOptions, train_codec
 from lowbit.config import QuantConfig
 from lowbit.report import human_bytes
 
-ARCHITECTURES = ("mbt2018-mean-small", "mbt2018-small")
-STARTING_POINT = "codec-hyperprior-small"  # its g_a, g_s and h_a have the shapes of both architectures'
+ARCHITECTURES = ("mbt2018-mean-small", "mbt2018-small", "cheng2020-anchor-checkerboard")
+CHANNELS = {"cheng2020-anchor-checkerboard": (64, 64)}  # the small width (the registered default is 128)
+STARTING_POINT = "codec-hyperprior-small"  # its g_a, g_s and h_a have the shapes of the mbt2018 codecs'
 SHARED = ("g_a.", "g_s.", "h_a.")
+STARTED = {"mbt2018-mean-small": "g_a, g_s and h_a from the bundled hyperprior's",
+           "mbt2018-small": "g_a, g_s and h_a from the bundled hyperprior's",
+           "cheng2020-anchor-checkerboard": "from scratch: its transforms have other shapes"}
+NOTES = " ".join([
+    f"Calibration: {CALIB_CROPS} random {CROP}x{CROP} crops (seed {SEED}) of the training photos; evaluation: "
+    "the four held-out photos, real bitstreams. The autoregressive codec codes its latents one position at a "
+    "time in CompressAI's loops, which is most of its encode and decode time. Files: the `.lowbit` file for "
+    "lowbit's variants, the quantized ONNX transforms for the peer (its entropy model, context model included, "
+    "is the float codec's, not counted). INT8 entropy only quantizes the entropy-coding networks (h_a, h_s and "
+    "the context and entropy-parameter networks) and keeps the transforms float. The last "
+    "column says which entropy parameters lowbit computes in exact integers (the same on any machine, thread "
+    "count or batch); the float codec and the peer compute them in float.",
+])
 VARIANTS = {"FP32": None, "INT8 light (W8, A16 dynamic)": (LIGHT, "all"), "INT8 entropy only": (LIGHT, "entropy"),
             "W8A8 static": ({"weights_bits": 8, "activation_bits": 8}, "all")}
 
@@ -48,11 +63,10 @@ def trained(arch: str, quality: int, steps: int) -> tuple[torch.nn.Module, float
     """The architecture trained at the bundled hyperprior's rate point ``quality``, its lambda and seconds."""
     start = open_codec(STARTING_POINT, quality)
     options = start.recipe["options"]
-    model = codec_architecture(arch).create()
-    shared = {k: v.float() for k, v in start.model.state_dict().items() if k.startswith(SHARED)}
-    missing = [k for k in shared if k not in model.state_dict() or model.state_dict()[k].shape != shared[k].shape]
-    if missing:
-        raise SystemExit(f"{arch} does not share {missing[:3]} with {STARTING_POINT}")
+    model = codec_architecture(arch).create(*CHANNELS.get(arch, (None, None)))
+    own = model.state_dict()
+    shared = {k: v.float() for k, v in start.model.state_dict().items()
+              if k.startswith(SHARED) and k in own and own[k].shape == v.shape}
     model.load_state_dict(shared, strict=False)
     began = time.perf_counter()
     train_codec(model, training_images(), CodecTrainOptions(
@@ -65,9 +79,11 @@ def trained(arch: str, quality: int, steps: int) -> tuple[torch.nn.Module, float
 
 def exact(model: torch.nn.Module) -> str:
     """Which entropy parameters the model computes in exact integers."""
-    if has_exact_context(model):
-        return "yes (side information and context model)"
-    return "yes (side information)" if has_exact_path(model) else "no (float)"
+    networks = parameter_networks(model)
+    if not networks or not all(is_exact(n) for _, n in networks) or \
+            (hasattr(model, "context_prediction") and not has_exact_context(model)):
+        return "no (float)"
+    return "yes (side information)" if len(networks) == 1 else "yes (side information and context model)"
 
 
 def run(arch: str, steps: int, images, calib: torch.Tensor) -> str:
@@ -107,8 +123,9 @@ def run(arch: str, steps: int, images, calib: torch.Tensor) -> str:
         md_table(["codec", "variant", "bpp", "PSNR dB", "MS-SSIM", "encode ms", "decode ms", "bpp vs FP32 %",
                   "PSNR vs FP32 dB", "file", "quantize s", "entropy parameters in exact integers"], rows),
         md_table(["codec", "variant", "BD-rate % vs FP32"], bd_rows),
-        f"Training ({arch}, from the bundled hyperprior's transforms): " + "; ".join(notes) + ".",
-    ])
+        f"Training ({arch}, {STARTED[arch]}): " + "; ".join(notes) + ".",
+        NOTES,
+])
 
 
 def main() -> None:
@@ -119,19 +136,10 @@ def main() -> None:
     args = parser.parse_args()
     images = [(p.name, read_image(p)) for p in held_out_photos()]
     calib = calibration_crops(training_photos(), CALIB_CROPS, CROP, SEED)
-    sections = [run(arch, args.steps, images, calib) for arch in args.architectures]
-    body = "\n\n".join(sections + [
-        f"Calibration: {CALIB_CROPS} random {CROP}x{CROP} crops (seed {SEED}) of the training photos; evaluation: "
-        "the four held-out photos, real bitstreams. The autoregressive codec codes its latents one position at a "
-        "time in CompressAI's loops, which is most of its encode and decode time. Files: the `.lowbit` file for "
-        "lowbit's variants, the quantized ONNX transforms for the peer (its entropy model, context model included, "
-        "is the float codec's, not counted). INT8 entropy only quantizes h_a, h_s and, in the autoregressive "
-        "codec, the context model and the entropy-parameter network, and keeps the transforms float. The last "
-        "column says which entropy parameters lowbit computes in exact integers (the same on any machine, thread "
-        "count or batch); the float codec and the peer compute them in float.",
-    ])
-    publish("codec-context", "Mean-scale and autoregressive codecs, quantized", body, topic_page("codec"),
-            write=not args.no_write)
+    for arch in args.architectures:
+        publish(f"codec-context-{arch}", f"{arch}, quantized", run(arch, args.steps, images, calib),
+                topic_page("codec"), write=not args.no_write)
+
 
 
 if __name__ == "__main__":

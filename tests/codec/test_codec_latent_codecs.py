@@ -93,3 +93,11 @@ def test_latents_decode_bit_exactly_in_another_process_with_other_threads(tmp_pa
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert torch.equal(load_file(str(tmp_path / "y_hat.safetensors"))["y_hat"], encoded)
+
+
+def test_the_entropy_scope_keeps_the_transforms_float_and_quantizes_the_latent_codec():
+    from lowbit.codec.task import scope_overrides
+
+    model = _codec()
+    floats = [o.pattern for o in scope_overrides(model, "entropy")]
+    assert floats == ["g_a*", "g_s*"]

@@ -40,7 +40,9 @@ SCOPES: tuple[Scope, ...] = ("all", "entropy")
 SENSITIVITY = "rate-distortion"  # the mixed-precision metric for codecs (lowbit.codec.rd_sensitivity)
 # CompressAI's names for the entropy-coding parts of a codec: the entropy models and the hyperprior networks
 ENTROPY_MODELS = ("entropy_bottleneck", "gaussian_conditional")
-ENTROPY_PARTS = ("h_a", "h_s", "context_prediction", "entropy_parameters", *ENTROPY_MODELS)
+# (CompressAI's latent-codec models hold all of them, and their entropy models, in ``latent_codec``)
+ENTROPY_NETWORKS = ("h_a", "h_s", "context_prediction", "entropy_parameters", "latent_codec")
+ENTROPY_PARTS = (*ENTROPY_NETWORKS, *ENTROPY_MODELS)
 CDF_TOTAL = 1 << 16  # CompressAI's tables are 16-bit cumulative frequencies
 
 
@@ -185,7 +187,7 @@ def scope_overrides(model: nn.Module, scope: Scope) -> tuple[Override, ...]:
     if scope == "all":
         return ()
     parts = [name for name, _ in model.named_children()]
-    networks = [p for p in parts if p in ("h_a", "h_s")]
+    networks = [p for p in parts if p in ENTROPY_NETWORKS]
     if not networks:
         raise LowbitError(f"{type(model).__name__} has no entropy-coding network to quantize (its entropy model is "
                           "a table of learned frequencies); use scope all, or a hyperprior codec")
