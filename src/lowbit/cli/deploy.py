@@ -120,7 +120,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _export_codec(args: argparse.Namespace, source: Path, out: Path) -> int:
     """A quantized codec's transforms, one ONNX file each beside ``out`` (see :mod:`lowbit.codec.onnx_transforms`)."""
+    from lowbit.codec.exact import parameter_networks
     from lowbit.codec.onnx_transforms import export_transforms, transform_paths
+    from lowbit.codec.task import exact_entropy_parameters
     from lowbit.codec.zoo import open_codec
     from lowbit.deploy.runtime import kernel_summary, optimized_op_counts
 
@@ -137,12 +139,12 @@ def _export_codec(args: argparse.Namespace, source: Path, out: Path) -> int:
         print(f"  onnxruntime (CPU) runs {integer} integer and {floating} float convolutions/matmuls")
         for line in report.float_compute:
             print(f"  in float: {line}")
-    kept = "the entropy models"
-    if hasattr(codec.model, "context_prediction"):
-        kept += ", h_s and the context model (exact integer means and scales on both sides)"
-    elif hasattr(codec.model, "h_s"):
-        kept += " and h_s (exact integer scales on both sides)"
+    kept = "the entropy models and the networks that compute their parameters" \
+        if parameter_networks(codec.model) else "the entropy models"
     print(f"{kept} stay in lowbit; run the codec with these files: lowbit codec eval --model {source} --onnx {out}")
+    exactness = exact_entropy_parameters(codec.model)
+    if exactness is not None:
+        print(exactness)
     return 0
 
 

@@ -11,7 +11,8 @@ onto the context model's grid, integer sums over the masked kernel, fixed-point 
 ``entropy_parameters``' input, where the side information is rounded too, then that chain as in ``h_s``.
 
 The coding loops are CompressAI's (``_compress_ar``/``_decompress_ar``, same range coder calls and order),
-bound to the model instance with only the parameter computation replaced; nothing is stored in the state.
+bound to the model instance with only the parameter computation replaced; nothing is stored in the state, and
+each call plans from the layers as they are then (their device included).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import nn
 from lowbit.codec.exact import Stage, chain_stages, has_exact_path, input_codes, on_static_grids, plan_chain, \
     run_plan
 from lowbit.codec.masked_conv import QMaskedConv2d
+from lowbit.errors import LowbitError
 from lowbit.quantizer import Quantizer
 
 log = logging.getLogger(__name__)
@@ -57,12 +59,11 @@ class ContextPlan:
 
 
 def context_plan(codec: nn.Module) -> ContextPlan | None:
-    """The codec's context plan, or None when it is not an autoregressive codec quantized on static grids
-    throughout (its side information computed exactly too) whose sums fit exact arithmetic."""
+    """The codec's context plan, or None when it is not an autoregressive codec whose context model and
+    entropy-parameter network are quantized on static grids with sums that fit exact arithmetic."""
     context = getattr(codec, "context_prediction", None)
     network = getattr(codec, "entropy_parameters", None)
-    if not isinstance(context, QMaskedConv2d) or network is None or not on_static_grids(context) \
-            or not has_exact_path(codec):
+    if not isinstance(context, QMaskedConv2d) or network is None or not on_static_grids(context):
         return None
     if context.stride != (1, 1) or context.dilation != (1, 1) or context.groups != 1:
         return None
@@ -74,15 +75,23 @@ def context_plan(codec: nn.Module) -> ContextPlan | None:
     return None if first is None else ContextPlan(first[0], parameters)
 
 
+def _plan_and_tables(codec: nn.Module) -> tuple[ContextPlan, list, list, list]:
+    """What both coding loops start from: the context plan, and the Gaussian conditional's tables as the range
+    coder takes them (cumulative frequencies, their lengths, offsets)."""
+    plan = context_plan(codec)
+    if plan is None:
+        raise LowbitError("the codec's context model is no longer quantized on static integer grids; quantize it "
+                          "again (lowbit codec quantize) before coding with it")
+    gaussian = codec.gaussian_conditional
+    return plan, gaussian.quantized_cdf.tolist(), gaussian.cdf_length.tolist(), gaussian.offset.tolist()
+
+
 def _compress_ar(self: nn.Module, y_hat: torch.Tensor, params: torch.Tensor, height: int, width: int,
                  kernel_size: int, padding: int) -> bytes:
     """CompressAI's coding loop for one image, with the means and scales from :class:`ContextPlan`."""
     from compressai.ans import BufferedRansEncoder
 
-    plan = self.lowbit_context_plan
-    cdf = self.gaussian_conditional.quantized_cdf.tolist()
-    cdf_lengths = self.gaussian_conditional.cdf_length.tolist()
-    offsets = self.gaussian_conditional.offset.tolist()
+    plan, cdf, cdf_lengths, offsets = _plan_and_tables(self)
     side = input_codes(plan.joint_grid, params)
     symbols, indexes = [], []
     for h in range(height):
@@ -105,10 +114,7 @@ def _decompress_ar(self: nn.Module, y_string: bytes, y_hat: torch.Tensor, params
     :class:`ContextPlan`."""
     from compressai.ans import RansDecoder
 
-    plan = self.lowbit_context_plan
-    cdf = self.gaussian_conditional.quantized_cdf.tolist()
-    cdf_lengths = self.gaussian_conditional.cdf_length.tolist()
-    offsets = self.gaussian_conditional.offset.tolist()
+    plan, cdf, cdf_lengths, offsets = _plan_and_tables(self)
     decoder = RansDecoder()
     decoder.set_stream(y_string)
     side = input_codes(plan.joint_grid, params)
@@ -124,7 +130,9 @@ def _decompress_ar(self: nn.Module, y_string: bytes, y_hat: torch.Tensor, params
 
 
 def has_exact_context(codec: nn.Module) -> bool:
-    return isinstance(getattr(codec, "lowbit_context_plan", None), ContextPlan)
+    """Whether the codec codes with :func:`install_exact_context`'s loops."""
+    bound = getattr(codec, "_compress_ar", None)
+    return getattr(bound, "__func__", None) is _compress_ar
 
 
 def install_exact_context(codec: nn.Module) -> bool:
@@ -132,13 +140,11 @@ def install_exact_context(codec: nn.Module) -> bool:
     way that allows it. Returns whether the exact loops are in place."""
     if not hasattr(codec, "context_prediction"):
         return False
-    plan = context_plan(codec)
-    if plan is None:
+    if not has_exact_path(codec) or context_plan(codec) is None:
         if isinstance(codec.context_prediction, QMaskedConv2d):
             log.info("the context model is quantized but not on static integer grids throughout; its means and "
                      "scales are computed in float, so decoding on another machine is not guaranteed bit-exact")
         return False
-    codec.lowbit_context_plan = plan
     codec._compress_ar = types.MethodType(_compress_ar, codec)
     codec._decompress_ar = types.MethodType(_decompress_ar, codec)
     return True

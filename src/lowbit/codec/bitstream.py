@@ -7,10 +7,10 @@ Layout (integers big-endian)::
     header size  u32       bytes of the JSON header that follows
     header       JSON      codec name, quality, architecture, SHA-256 of the weights, image height and width,
                            latent shape, and the byte length of every string
+    strings      bytes     the entropy coder's strings, concatenated in header order
 
 Version 1 holds one latent size; version 2 (written only when needed) a size per latent or per channel group,
 as CompressAI's latent-codec models (checkerboard context, ELIC) describe their latents.
-    strings      bytes     the entropy coder's strings, concatenated in header order
 
 The weights digest is what makes the file safe to decode: decoding with any other model yields garbage
 without an error, so a mismatch is refused before decoding. Every field is validated on reading; any damage
@@ -48,21 +48,12 @@ class CodecId:
 
 def to_bytes(codec: CodecId, encoded: Encoded) -> bytes:
     """The file contents for ``encoded`` written by ``codec``."""
-    flat = isinstance(encoded.shape, tuple)
-    header = {**asdict(codec), "height": encoded.height, "width": encoded.width,
-              "shape": list(encoded.shape) if flat else _json_shape(encoded.shape),
-              "lengths": [[len(s) for s in group] for group in encoded.strings]}
+    header = {**asdict(codec), "height": encoded.height, "width": encoded.width, "shape": encoded.shape,
+              "lengths": [[len(s) for s in group] for group in encoded.strings]}  # JSON writes tuples as lists
     head = json.dumps(header, separators=(",", ":")).encode()
     payload = b"".join(s for group in encoded.strings for s in group)
-    return _PREAMBLE.pack(MAGIC, FORMAT_VERSION if flat else NESTED_SHAPE_VERSION, len(head)) + head + payload
-
-
-def _json_shape(shape: Any) -> Any:
-    if isinstance(shape, dict):
-        return {k: _json_shape(v) for k, v in shape.items()}
-    if isinstance(shape, list):
-        return [_json_shape(s) for s in shape]
-    return list(shape)
+    version = FORMAT_VERSION if isinstance(encoded.shape, tuple) else NESTED_SHAPE_VERSION
+    return _PREAMBLE.pack(MAGIC, version, len(head)) + head + payload
 
 
 def write_bitstream(path: str | Path, codec: CodecId, encoded: Encoded) -> int:
@@ -84,7 +75,8 @@ def from_bytes(data: bytes, source: str = "bitstream") -> tuple[CodecId, Encoded
                           "lowbit codec compress")
     if version not in (FORMAT_VERSION, NESTED_SHAPE_VERSION):
         raise LowbitError(f"{source} has bitstream format version {version}, but this lowbit reads versions "
-                          f"{FORMAT_VERSION} and {NESTED_SHAPE_VERSION}; decode it with the lowbit version that wrote it")
+                          f"{FORMAT_VERSION} and {NESTED_SHAPE_VERSION}; decode it with the lowbit version that "
+                          "wrote it")
     start = _PREAMBLE.size
     if head_size > _MAX_HEADER or start + head_size > len(data):
         raise LowbitError(f"{source} is truncated or damaged (its header runs past the end); compress the image again")
@@ -121,7 +113,6 @@ def _check_header(header: Any, source: str, nested: bool) -> tuple[CodecId, list
     if not isinstance(header, dict):
         raise bad("not an object")
     for key, kind in (("name", str), ("architecture", str), ("sha256", str), ("height", int), ("width", int),
-                      ("shape", dict if nested and isinstance(header.get("shape"), dict) else list),
                       ("lengths", list)):
         if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
             raise bad(f"field {key!r} missing or not a {kind.__name__}")
@@ -130,7 +121,7 @@ def _check_header(header: Any, source: str, nested: bool) -> tuple[CodecId, list
         raise bad("quality is not an integer")
     if not (0 < header["height"] <= MAX_SIDE and 0 < header["width"] <= MAX_SIDE):
         raise bad(f"image size {header['height']}x{header['width']}")
-    shape = shape_from_json(header["shape"])
+    shape = shape_from_json(header.get("shape"))  # None for anything but a latent shape, a missing one included
     if shape is None or isinstance(shape, tuple) == nested:
         raise bad("latent shape")
     lengths = header["lengths"]

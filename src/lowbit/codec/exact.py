@@ -108,15 +108,15 @@ def _accumulator_bound(layer: QuantLayer, w: torch.Tensor) -> int:
     return int(per_output.max()) * (qmax - qmin)
 
 
-def _fixed_point(layer: QuantLayer, w: torch.Tensor, out_scale: float | None,
+def _fixed_point(layer: QuantLayer, w: torch.Tensor, target: float,
                  slope: float | None) -> tuple[torch.Tensor, ...] | None:
-    """Per-channel multiplier, bias and shift (int64, on the layer's device) that take an accumulator onto
-    ``out_scale``'s grid (or onto plain fixed point for the last layer): ``(acc * multiplier + bias) / 2^shift``,
+    """Per-channel multiplier, bias and shift (int64, on the layer's device) that take an accumulator onto a grid
+    of step ``target`` (the next layer's input step, or the last layer's output unit):
+    ``(acc * multiplier + bias) / 2^shift``,
     then the multiplier and bias of ``slope`` times the same value (what a leaky activation keeps of a negative
     one; the first pair again without an activation) at the same shift. Each channel's shift gives its
     multiplier at least ``MIN_MULTIPLIER_BITS`` significant bits; None when that cannot fit int64."""
     s_in = float(layer.input_quant.scale.double().reshape(-1)[0])
-    target = out_scale if out_scale is not None else _output_unit(layer)
     ratios = [s_in * s_w / target for s_w in _channel_scales(layer)]
     bias = layer.bias.double().tolist() if layer.bias is not None else [0.0] * len(ratios)
     acc_bits = max(1, _accumulator_bound(layer, w)).bit_length()
@@ -176,8 +176,8 @@ class Stage:
             out = y.double() / unit.double()  # int64 to float64 rounds the same everywhere
             out = (out if self.unit == 1.0 else out * self.unit).to(dtype)
         else:
-            out = torch.div(y + (unit >> 1), unit, rounding_mode="floor") + int(self.next_input.zero_point.reshape(-1)[0])
-            out = out.clamp(*self.next_input.qrange)
+            zero_point = int(self.next_input.zero_point.reshape(-1)[0])
+            out = (torch.div(y + (unit >> 1), unit, rounding_mode="floor") + zero_point).clamp(*self.next_input.qrange)
         return nn.functional.pixel_shuffle(out, self.shuffle) if self.shuffle > 1 else out
 
 
@@ -191,10 +191,11 @@ def plan_chain(stages: Chain, last_grid: Quantizer | None) -> list[Stage] | None
         if _accumulator_bound(layer, w) >= MAX_EXACT:
             return None
         nxt = stages[i + 1][0].input_quant if i + 1 < len(stages) else last_grid
-        fixed = _fixed_point(layer, w, float(nxt.scale.double().reshape(-1)[0]) if nxt is not None else None, slope)
+        unit = _output_unit(layer) if nxt is None else 1.0
+        fixed = _fixed_point(layer, w, float(nxt.scale.double().reshape(-1)[0]) if nxt is not None else unit, slope)
         if fixed is None:
             return None
-        plan.append(Stage(layer, w, *fixed, nxt, shuffle, _output_unit(layer) if nxt is None else 1.0))
+        plan.append(Stage(layer, w, *fixed, nxt, shuffle, unit))
     return plan
 
 

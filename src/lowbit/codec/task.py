@@ -10,8 +10,9 @@
 - A quantized hyperprior synthesis ``h_s`` gets static activation grids and is computed in exact integers
   (:mod:`lowbit.codec.exact`), so that encoder and decoder pick the same probability tables on any machine; so
   do an autoregressive codec's context model and entropy-parameter network (:mod:`lowbit.codec.autoregressive`).
-- ``scope="entropy"`` quantizes only the entropy-coding networks (the hyperprior's ``h_a``/``h_s``) and keeps
-  the analysis and synthesis transforms float.
+- ``scope="entropy"`` quantizes only the entropy-coding networks (``h_a``/``h_s``, a context model and its
+  entropy-parameter network, or a latent codec holding them) and keeps the analysis and synthesis transforms
+  float.
 - A saved codec records its architecture and channel counts, so ``lowbit.load`` rebuilds it from the file.
 """
 
@@ -135,10 +136,10 @@ def check_loaded(qmodel: nn.Module) -> None:
     entropy-parameter paths."""
     check_tables(qmodel)
     for name, module in qmodel.named_modules():
-        if isinstance(module, QMaskedConv2d) and module.unmasked_weights():
-            raise LowbitError(f"{name}: {module.unmasked_weights()} weights of the masked context model are not zero "
-                              "where its mask hides the latents not yet decoded; the file was edited, quantize the "
-                              "codec again")
+        unmasked = module.unmasked_weights() if isinstance(module, QMaskedConv2d) else 0
+        if unmasked:
+            raise LowbitError(f"{name}: {unmasked} weights of the masked context model are not zero where its mask "
+                              "hides the latents not yet decoded; the file was edited, quantize the codec again")
     record = getattr(qmodel, "lowbit_arch", None)
     if isinstance(record, dict) and record.get("task") == TASK:  # rebuilt from the file's own record
         check_entropy_bounds(rebuild(record), qmodel.state_dict(), "the file")
