@@ -28,12 +28,11 @@ from report import md_table, publish, topic_page
 import lowbit
 from lowbit.codec import evaluate_codec, open_codec
 from lowbit.codec.architectures import codec_architecture
-from lowbit.codec.autoregressive import has_exact_context
-from lowbit.codec.exact import is_exact, parameter_networks
+from lowbit.codec.exact import parameter_networks
 from lowbit.codec.images import read_image
 from lowbit.codec.photos import held_out_photos, training_photos
 from lowbit.codec.quantize_run import calibration_crops
-from lowbit.codec.task import scope_overrides
+from lowbit.codec.task import float_parameter_networks, scope_overrides
 from lowbit.codec.train import CodecTrainOptions, train_codec
 from lowbit.config import QuantConfig
 from lowbit.report import human_bytes
@@ -81,8 +80,7 @@ def trained(arch: str, quality: int, steps: int) -> tuple[torch.nn.Module, float
 def exact(model: torch.nn.Module) -> str:
     """Which entropy parameters the model computes in exact integers."""
     networks = parameter_networks(model)
-    if not networks or not all(is_exact(n) for _, n in networks) or \
-            (hasattr(model, "context_prediction") and not has_exact_context(model)):
+    if not networks or float_parameter_networks(model):
         return "no (float)"
     return "yes (side information)" if len(networks) == 1 else "yes (side information and context model)"
 

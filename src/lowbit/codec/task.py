@@ -115,15 +115,21 @@ def _kinds(names: list[str]) -> str:
     return ", ".join(kind if count == 1 else f"{kind} x{count}" for kind, count in kinds.items())
 
 
+def float_parameter_networks(qmodel: nn.Module) -> list[str]:
+    """The codec's entropy-parameter networks (and coding loop) that compute in float, by name."""
+    floating = [name for name, network in parameter_networks(qmodel) if not is_exact(network)]
+    if hasattr(qmodel, "context_prediction") and not has_exact_context(qmodel):
+        floating.append("the coding loop's context model")
+    return floating
+
+
 def exact_entropy_parameters(qmodel: nn.Module) -> str | None:
     """What the CLI says of how a codec computes the parameters that choose each latent's probability table:
     None for a codec without such networks (its tables are fixed)."""
     networks = parameter_networks(qmodel)
     if not networks:
         return None
-    floating = [name for name, network in networks if not is_exact(network)]
-    if hasattr(qmodel, "context_prediction") and not has_exact_context(qmodel):
-        floating.append("the coding loop's context model")
+    floating = float_parameter_networks(qmodel)
     if floating:
         return (f"entropy parameters of {_kinds(floating)} computed in float (not quantized on static integer "
                 "grids): decoding on another machine is not guaranteed bit-exact")
