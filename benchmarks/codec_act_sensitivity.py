@@ -20,12 +20,12 @@ import lowbit
 from lowbit.codec import evaluate_codec, open_codec
 from lowbit.codec.images import read_image
 from lowbit.codec.photos import training_photos
-from lowbit.codec.quantize_run import calibration_crops
+from lowbit.codec.quantize_run import calibration_crop, calibration_crops
 from lowbit.codec.zoo import BUNDLED
 from lowbit.config import Override, QuantConfig
 from lowbit.layers import quant_layers
 
-CALIB_CROPS, CROP, SEED, PHOTOS = 64, 128, 0, 4
+CALIB_CROPS, SEED, PHOTOS = 64, 0, 4
 
 
 DEFAULT = QuantConfig.from_bits(8, 8, seed=SEED)
@@ -45,8 +45,10 @@ def variants(qmodel: torch.nn.Module) -> list[tuple[str, QuantConfig]]:
     return rows
 
 
-def run_codec(name: str, quality: int, images, calib: torch.Tensor, write: bool) -> None:
+def run_codec(name: str, quality: int, images, write: bool) -> None:
     codec = open_codec(name, quality)
+    crop = calibration_crop(codec.stride)
+    calib = calibration_crops(training_photos(), CALIB_CROPS, crop, SEED)
     fp32 = evaluate_codec(codec.model, images, codec.stride).summary()
     rows = [[f"{name} q{quality}", "FP32", f"{fp32['bpp']:.4f}", f"{fp32['psnr']:.3f}", "-", "-"]]
     default = lowbit.quantize(codec.model, calib, DEFAULT)
@@ -59,7 +61,7 @@ def run_codec(name: str, quality: int, images, calib: torch.Tensor, write: bool)
     body = "\n\n".join([
         md_table(["codec", "variant", "bpp", "PSNR dB", "bpp vs FP32 %", "PSNR vs FP32 dB"], rows),
         f"Round-to-nearest, codec defaults otherwise (channel equalization on). Evaluation: the first {PHOTOS} "
-        f"training photos, real bitstreams; calibration: {CALIB_CROPS} random {CROP}x{CROP} crops (seed {SEED}) of "
+        f"training photos, real bitstreams; calibration: {CALIB_CROPS} random {crop}x{crop} crops (seed {SEED}) of "
         "the training photos. A layer's row raises only its input activation to 16 bits.",
     ])
     publish(f"codec-act-sensitivity-{name}", f"Where W8A8 loses: {name} q{quality}, one activation at a time", body,
@@ -74,9 +76,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     images = [(p.name, read_image(p)) for p in training_photos()[:PHOTOS]]
-    calib = calibration_crops(training_photos(), CALIB_CROPS, CROP, SEED)
     for name in args.codecs:
-        run_codec(name, args.quality, images, calib, not args.no_write)
+        run_codec(name, args.quality, images, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from codec import figures
 from codec_peer import int8_files_bytes, ort_dynamic_int8
-from codec_quant import CALIB_CROPS, CROP, LIGHT, SEED, bd_shown, training_images
+from codec_quant import CALIB_CROPS, LIGHT, SEED, bd_shown, calibration_set, training_images
 from report import md_table, publish, topic_page
 
 import lowbit
@@ -30,8 +30,8 @@ from lowbit.codec import evaluate_codec, open_codec
 from lowbit.codec.architectures import codec_architecture
 from lowbit.codec.exact import parameter_networks
 from lowbit.codec.images import read_image
-from lowbit.codec.photos import held_out_photos, training_photos
-from lowbit.codec.quantize_run import calibration_crops
+from lowbit.codec.photos import held_out_photos
+from lowbit.codec.quantize_run import calibration_crop
 from lowbit.codec.task import float_parameter_networks, scope_overrides
 from lowbit.codec.train import CodecTrainOptions, train_codec
 from lowbit.config import QuantConfig
@@ -46,7 +46,8 @@ STARTED = {"mbt2018-mean-small": "g_a, g_s and h_a from the bundled hyperprior's
            "mbt2018-small": "g_a, g_s and h_a from the bundled hyperprior's",
            "cheng2020-anchor-checkerboard": "from scratch: its transforms have other shapes"}
 NOTES = " ".join([
-    f"Calibration: {CALIB_CROPS} random {CROP}x{CROP} crops (seed {SEED}) of the training photos; evaluation: "
+    f"Calibration: {CALIB_CROPS} random crops (seed {SEED}) of the training photos, of the side `lowbit codec "
+    "quantize` picks by default; evaluation: "
     "the four held-out photos, real bitstreams. The autoregressive codec codes its latents one position at a "
     "time in CompressAI's loops, which is most of its encode and decode time. Files: the `.lowbit` file for "
     "lowbit's variants, the quantized ONNX transforms for the peer (its entropy model, context model included, "
@@ -85,8 +86,10 @@ def exact(model: torch.nn.Module) -> str:
     return "yes (side information)" if len(networks) == 1 else "yes (side information and context model)"
 
 
-def run(arch: str, steps: int, images, calib: torch.Tensor) -> str:
+def run(arch: str, steps: int, images) -> str:
     rows, curves, notes = [], {}, []
+    stride = codec_architecture(arch).stride
+    calib = calibration_set(stride)
     for quality in (1, 2, 3):
         model, lmbda, seconds = trained(arch, quality, steps)
         notes.append(f"q{quality}: lambda {lmbda}, {steps} steps in {seconds:.0f} s")
@@ -122,7 +125,8 @@ def run(arch: str, steps: int, images, calib: torch.Tensor) -> str:
         md_table(["codec", "variant", "bpp", "PSNR dB", "MS-SSIM", "encode ms", "decode ms", "bpp vs FP32 %",
                   "PSNR vs FP32 dB", "file", "quantize s", "entropy parameters in exact integers"], rows),
         md_table(["codec", "variant", "BD-rate % vs FP32"], bd_rows),
-        f"Training ({arch}, {STARTED[arch]}): " + "; ".join(notes) + ".",
+        f"Training ({arch}, {STARTED[arch]}): " + "; ".join(notes) + f". Calibration crops: {calibration_crop(stride)} "
+        "pixels.",
         NOTES,
 ])
 
@@ -134,9 +138,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks/codec.md alone")
     args = parser.parse_args()
     images = [(p.name, read_image(p)) for p in held_out_photos()]
-    calib = calibration_crops(training_photos(), CALIB_CROPS, CROP, SEED)
     for arch in args.architectures:
-        publish(f"codec-context-{arch}", f"{arch}, quantized", run(arch, args.steps, images, calib),
+        publish(f"codec-context-{arch}", f"{arch}, quantized", run(arch, args.steps, images),
                 topic_page("codec"), write=not args.no_write)
 
 

@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 from codec import figures
 from codec_peer import int8_files_bytes, ort_dynamic_int8
-from codec_quant import CALIB_CROPS, CROP, SEED
+from codec_quant import CALIB_CROPS, SEED, calibration_set
 from report import md_table, publish, topic_page
 
 import lowbit
 from lowbit.codec import bd_rate, evaluate_codec, open_codec
 from lowbit.codec.images import read_image
 from lowbit.codec.onnx_transforms import export_transforms, transform_paths, with_onnx_transforms
-from lowbit.codec.photos import held_out_photos, training_photos
-from lowbit.codec.quantize_run import calibration_crops
+from lowbit.codec.photos import held_out_photos
+from lowbit.codec.quantize_run import calibration_crop
 from lowbit.codec.zoo import BUNDLED
 from lowbit.config import QuantConfig
 from lowbit.deploy.openvino_check import INTEGER_PRECISIONS, compile_openvino, openvino_version
@@ -100,13 +100,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     images = [(p.name, read_image(p)) for p in held_out_photos()]
-    calib = calibration_crops(training_photos(), CALIB_CROPS, CROP, SEED)
     rows, curves = [], {}
     for codec_name, (_, qualities) in BUNDLED.items():
         for quality in range(1, qualities + 1):
             codec = open_codec(codec_name, quality)
             with tempfile.TemporaryDirectory() as tmp:
-                for name, model, size, seconds in variants(codec, calib, Path(tmp)):
+                for name, model, size, seconds in variants(codec, calibration_set(codec.stride), Path(tmp)):
                     evaluate_codec(model, images[:1], codec.stride)  # warm-up, untimed
                     s = evaluate_codec(model, images, codec.stride).summary()
                     curves.setdefault((codec_name, name), []).append((s["bpp"], s["psnr"]))
@@ -115,6 +114,7 @@ def main() -> None:
                                  size, f"{seconds:.1f}"])
                     print(rows[-1], flush=True)
     bd_rows = []
+    crops = ", ".join(f"{calibration_crop(open_codec(name, 1).stride)} pixels for {name}" for name in BUNDLED)
     for (codec_name, name), points in curves.items():
         if not name.startswith("FP32"):
             reference = curves[codec_name, "FP32 (PyTorch)"]
@@ -129,7 +129,7 @@ def main() -> None:
         "BD-rate (Bjøntegaard, PSNR, PCHIP through the three rate points), against FP32 and against lowbit's own "
         "W8A8 model:",
         md_table(["codec", "form", "BD-rate % vs FP32", "BD-rate % vs lowbit W8A8"], bd_rows),
-        f"Calibration: {CALIB_CROPS} random {CROP}x{CROP} crops (seed {SEED}) of the training photos; evaluation: "
+        f"Calibration: {CALIB_CROPS} random crops ({crops}; seed {SEED}) of the training photos; evaluation: "
         "the four held-out photos, real bitstreams, one thread for PyTorch and for onnxruntime, times per photo "
         "after one untimed photo. The onnxruntime form runs `g_a`, `h_a` and `g_s` from the files `lowbit export` "
         "writes for the W8A8 `.lowbit` file (convolutions on integer kernels, transposed convolutions in "

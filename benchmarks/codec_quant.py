@@ -9,7 +9,8 @@ the starting model's rate (``--hold-rate``), beside the float
 codec trained for the same steps on the same crops (what the extra training alone is worth); and the peer,
 onnxruntime's dynamic int8 quantization of the same transforms.
 Every figure comes from real bitstreams; BD-rate is against the FP32 curve of the same codec (positive: more bits
-for the same PSNR). Calibration: random 128x128 crops of the codecs' training photos; evaluation: the held-out
+for the same PSNR). Calibration: random crops of the codecs' training photos, of the side ``lowbit codec quantize``
+picks for the codec (QDrop steps hold as many pixels whatever the side); evaluation: the held-out
 photos.
 Each codec is its own section, so the two can run as two single-threaded processes.
 Run: OMP_NUM_THREADS=1 python3 benchmarks/codec_quant.py [--codecs NAME ...] [--no-write] [--iters N] [--qat-steps N]
@@ -37,7 +38,7 @@ from lowbit.codec import bd_rate, evaluate_codec, open_codec
 from lowbit.codec.finetune import CodecFinetuneOptions, finetune_codec, split_photos
 from lowbit.codec.images import read_image, to_uint8
 from lowbit.codec.photos import held_out_photos, training_photos
-from lowbit.codec.quantize_run import calibration_crops
+from lowbit.codec.quantize_run import MIN_CALIBRATION_CROP, calibration_crop, calibration_crops
 from lowbit.codec.rd_plot import plot_rd_curves
 from lowbit.codec.task import scope_overrides
 from lowbit.codec.train import CodecTrainOptions, train_codec
@@ -46,7 +47,8 @@ from lowbit.config import QuantConfig
 from lowbit.errors import LowbitError
 from lowbit.report import human_bytes
 
-CALIB_CROPS, CROP, SEED = 64, 128, 0
+CALIB_CROPS, SEED = 64, 0
+LEARNED_BATCH = 8  # crops of the smallest calibration side per learned-rounding step
 LIGHT = {"weights_bits": 8, "activation_bits": 16, "dynamic_activations": True}
 
 
@@ -62,13 +64,24 @@ class Variant:
     targets: dict[str, float] = field(default_factory=dict)
 
 
-def learned(weights_bits: int, iters: int) -> dict[str, Any]:
-    """QDrop at these weight bits and 8-bit activations, in batches of 8 crops."""
+def calibration_set(stride: int, seed: int = SEED) -> torch.Tensor:
+    """The codec's calibration crops, at the side ``lowbit codec quantize`` picks for its stride by default."""
+    return calibration_crops(training_photos(), CALIB_CROPS, calibration_crop(stride), seed)
+
+
+def learned_batch(crop: int) -> int:
+    """Crops per learned-rounding step: as many pixels per step whatever the crop side."""
+    return max(1, LEARNED_BATCH * MIN_CALIBRATION_CROP ** 2 // crop ** 2)
+
+
+def learned(weights_bits: int, iters: int, crop: int) -> dict[str, Any]:
+    """QDrop at these weight bits and 8-bit activations."""
     return {"weights_bits": weights_bits, "activation_bits": 8, "method": "qdrop",
-            "method_options": {"iters": iters, "batch_size": 8}}
+            "method_options": {"iters": iters, "batch_size": learned_batch(crop)}}
 
 
-def variants(iters: int, qat_steps: int) -> list[Variant]:
+def variants(iters: int, qat_steps: int, crop: int) -> list[Variant]:
+    learned_w8, learned_w4 = learned(8, iters, crop), learned(4, iters, crop)
     return [Variant("FP32"),
             Variant(f"FP32 + {qat_steps} training steps (reference)", float_training=True),
             Variant("FP16", {"weights_bits": "fp16", "activation_bits": "fp16"}),
@@ -76,21 +89,21 @@ def variants(iters: int, qat_steps: int) -> list[Variant]:
             Variant("INT8 entropy only", LIGHT, entropy_only=True),
             Variant("W8A8 static", {"weights_bits": 8, "activation_bits": 8}),
             Variant("W8A8 static, not equalized", {"weights_bits": 8, "activation_bits": 8, "equalize": False}),
-            Variant(f"W8A8 QDrop ({iters} steps/unit)", learned(8, iters)),
+            Variant(f"W8A8 QDrop ({iters} steps/unit)", learned_w8),
             Variant("W4A8 nearest", {"weights_bits": 4, "activation_bits": 8}),
-            Variant(f"W4A8 QDrop ({iters} steps/unit)", learned(4, iters)),
+            Variant(f"W4A8 QDrop ({iters} steps/unit)", learned_w4),
             Variant(f"W8A8 nearest + fine-tuning ({qat_steps} steps)", {"weights_bits": 8, "activation_bits": 8},
                     finetune=True),
             Variant(f"W4A8 nearest + fine-tuning ({qat_steps} steps)", {"weights_bits": 4, "activation_bits": 8},
                     finetune=True),
-            Variant(f"W4A8 QDrop + fine-tuning ({qat_steps} steps)", learned(4, iters), finetune=True),
+            Variant(f"W4A8 QDrop + fine-tuning ({qat_steps} steps)", learned_w4, finetune=True),
             Variant(f"W8A8 nearest + fine-tuning ({qat_steps} steps), rate held",
                     {"weights_bits": 8, "activation_bits": 8}, finetune=True, hold_rate=True),
             Variant(f"W4A8 nearest + fine-tuning ({qat_steps} steps), rate held",
                     {"weights_bits": 4, "activation_bits": 8}, finetune=True, hold_rate=True),
-            Variant(f"W8A8 QDrop + fine-tuning ({qat_steps} steps), rate held", learned(8, iters), finetune=True,
+            Variant(f"W8A8 QDrop + fine-tuning ({qat_steps} steps), rate held", learned_w8, finetune=True,
                     hold_rate=True),
-            Variant(f"W4A8 QDrop + fine-tuning ({qat_steps} steps), rate held", learned(4, iters), finetune=True,
+            Variant(f"W4A8 QDrop + fine-tuning ({qat_steps} steps), rate held", learned_w4, finetune=True,
                     hold_rate=True),
             Variant("onnxruntime dynamic int8 (peer)", peer=True)]
 
@@ -156,26 +169,28 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks/codec.md alone")
     # 400: on the hyperprior's two held-out training photos, W4A8 QDrop's BD-rate fell from 13.9% at 150 steps to
     # 10.6%, and 2.3% once fine-tuned holding the rate (nearest then the same fine-tuning: 4.2%)
-    parser.add_argument("--iters", type=int, default=400, help="learned rounding steps per unit (batches of 8 crops)")
+    parser.add_argument("--iters", type=int, default=400, help="learned rounding steps per unit (batches of 8 crops of 128 pixels, or as many pixels)")
     parser.add_argument("--qat-steps", type=int, default=300, help="fine-tuning steps (batches of 8 crops)")
     parser.add_argument("--codecs", nargs="+", choices=list(BUNDLED), default=list(BUNDLED))
     args = parser.parse_args()
     torch.set_num_threads(1)
     images = [(p.name, read_image(p)) for p in held_out_photos()]
-    calib = calibration_crops(training_photos(), CALIB_CROPS, CROP, SEED)
     for codec_name in args.codecs:
-        run_codec(codec_name, BUNDLED[codec_name][1], images, calib, args)
+        run_codec(codec_name, BUNDLED[codec_name][1], images, args)
 
 
-def run_codec(codec_name: str, qualities: int, images, calib: torch.Tensor, args) -> None:
+def run_codec(codec_name: str, qualities: int, images, args) -> None:
     """Every variant of one codec at every rate point; publishes the codec's section."""
+    stride = open_codec(codec_name, 1).stride
+    crop = calibration_crop(stride)
+    calib = calibration_set(stride)
     rows, bd_rows = [], []
     curves: dict[str, list[tuple[float, float]]] = {}
     for quality in range(1, qualities + 1):
         codec = open_codec(codec_name, quality)
         training = CodecFinetuneOptions(lmbda=codec.recipe["options"]["lmbda"], steps=args.qat_steps, seed=SEED)
         reference, quantized = None, {}
-        for variant in variants(args.iters, args.qat_steps):
+        for variant in variants(args.iters, args.qat_steps, crop):
             if variant.entropy_only and not has_hyperprior(codec.model):
                 continue
             with tempfile.TemporaryDirectory() as tmp:
@@ -206,8 +221,9 @@ def run_codec(codec_name: str, qualities: int, images, calib: torch.Tensor, args
         "steps (what quantization costs once the extra training is counted on both sides):",
         md_table(["codec", "variant", "BD-rate % vs FP32", "BD-rate % vs FP32 trained as long"], bd_rows),
         f"![{codec_name} rate-distortion]({plot.name})",
-        f"Calibration: {CALIB_CROPS} random {CROP}x{CROP} crops (seed {SEED}) of the codecs' scikit-image training "
-        "photos; evaluation: the four held-out photos, real bitstreams, one thread. Files: the bundled float weights "
+        f"Calibration: {CALIB_CROPS} random {crop}x{crop} crops (seed {SEED}) of the codecs' scikit-image training "
+        f"photos (QDrop: {learned_batch(crop)} crops per step); evaluation: the four held-out photos, real "
+        "bitstreams, one thread. Files: the bundled float weights "
         "(float16 transforms, float32 entropy model) for FP32; the `.lowbit` file for lowbit's variants; the "
         "quantized ONNX transforms for the peer (its entropy model is the float codec's, not counted). The peer "
         "quantizes Conv and GDN's Conv to int8 with per-call activation ranges; onnxruntime's dynamic "

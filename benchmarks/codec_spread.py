@@ -14,14 +14,14 @@ import statistics
 from dataclasses import asdict
 
 import torch
-from codec_quant import CALIB_CROPS, CROP
+from codec_quant import CALIB_CROPS, calibration_set
 from report import md_table, publish, topic_page
 
 import lowbit
 from lowbit.codec import bd_rate, evaluate_codec, open_codec
 from lowbit.codec.images import read_image
-from lowbit.codec.photos import held_out_photos, training_photos
-from lowbit.codec.quantize_run import calibration_crops
+from lowbit.codec.photos import held_out_photos
+from lowbit.codec.quantize_run import calibration_crop
 from lowbit.codec.zoo import BUNDLED
 from lowbit.config import QuantConfig
 from lowbit.errors import LowbitError
@@ -49,13 +49,14 @@ def main() -> None:
     torch.set_num_threads(1)
     images = [(p.name, read_image(p)) for p in held_out_photos()]
     seed_rows, photo_rows = [], []
+    crops = ", ".join(f"{calibration_crop(open_codec(name, 1).stride)} pixels for {name}" for name in BUNDLED)
     for codec_name, (_, qualities) in BUNDLED.items():
         codecs = [open_codec(codec_name, q) for q in range(1, qualities + 1)]
         fp32 = [evaluate_codec(c.model, images, c.stride) for c in codecs]
         anchor = curve(fp32)
         rates = []
         for seed in range(args.seeds):
-            calib = calibration_crops(training_photos(), CALIB_CROPS, CROP, seed)
+            calib = calibration_set(codecs[0].stride, seed)
             quantized = [evaluate_codec(lowbit.quantize(c.model, calib, QuantConfig.from_bits(8, 8, seed=seed)),
                                         images, c.stride) for c in codecs]
             rates.append(bd_rate(*anchor, *curve(quantized)))
@@ -70,7 +71,7 @@ def main() -> None:
                   "range"], seed_rows),
         "The same W8A8 codec (calibration seed 0), BD-rate of each held-out photo alone:",
         md_table(["codec", "photo", "W8A8 BD-rate % vs FP32"], photo_rows),
-        f"W8A8 round-to-nearest with the codec defaults; calibration: {CALIB_CROPS} random {CROP}x{CROP} crops of "
+        f"W8A8 round-to-nearest with the codec defaults; calibration: {CALIB_CROPS} random crops ({crops}) of "
         f"the training photos, drawn with seeds 0 to {args.seeds - 1} (the quantized tables use seed 0); "
         "evaluation: the four held-out photos, real bitstreams, all rate points, BD-rate by PCHIP as elsewhere on "
         "this page.",

@@ -81,7 +81,7 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     if batches:
         check_input_scale(model, batches[0])
     if config.equalize:
-        model = equalize_ranges(model, batches, config)
+        model = equalize_ranges(model, batches, config, task.unequalized(model))
     allocation = None
     if mixed is not None:
         sensitivity = task.sensitivity(sensitivity)

@@ -44,6 +44,7 @@ class Task:
     default_sensitivity: str  # the mixed-precision metric used when none is named
     sensitivities: tuple[str, ...] | None = None  # the only metrics that fit its outputs (None: any registered)
     equalizes: bool = False  # equalize activation ranges when the config leaves it to the task
+    unequalized: Callable[[nn.Module], tuple[str, ...]] = lambda _: ()  # modules whose ranges stay as they are
     correct_nearest: Callable[[nn.Module, list], None] = _nothing  # round-to-nearest, after calibration
     before_calibration: Callable[[nn.Module], None] = _nothing  # the prepared model, before any grid is chosen
 
@@ -64,6 +65,7 @@ TASKS.add(codec_task.TASK, Task(codec_task.TASK, "learned image codecs with Comp
                                 "MS-SSIM from real bitstreams)", codec_task.is_codec, "swap", codec_task.setup,
                                 codec_task.configure, codec_task.finish, codec_task.check_loaded, codec_task.rebuild,
                                 codec_task.SENSITIVITY, (codec_task.SENSITIVITY,), equalizes=True,
+                                unequalized=codec_task.unequalized,
                                 correct_nearest=codec_task.correct_nearest,
                                 before_calibration=codec_task.before_calibration))
 

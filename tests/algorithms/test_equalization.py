@@ -1,3 +1,5 @@
+from collections import OrderedDict
+
 import pytest
 import torch
 from compressai.layers import GDN
@@ -100,6 +102,13 @@ def test_chains_left_alone_where_nothing_is_on_a_static_grid():
     assert [c.consumer for c in find_chains(model, kept)] == ["2"]
     grouped = nn.Sequential(nn.Conv2d(4, 4, 1, groups=2), nn.ReLU(), nn.Conv2d(4, 4, 1))
     assert find_chains(grouped, QuantConfig.from_bits(8, 8)) == []
+
+
+def test_chains_inside_the_modules_a_task_keeps_are_left_alone():
+    model = nn.Sequential(OrderedDict(h=gdn_net(), h2=gdn_net()))
+    config = QuantConfig.from_bits(8, 8)
+    assert [c.consumer for c in find_chains(model, config)] == ["h.2", "h.4", "h2.2", "h2.4"]
+    assert [c.consumer for c in find_chains(model, config, keep=("h",))] == ["h2.2", "h2.4"]
 
 
 def test_consumers_with_weights_below_8_bits_are_left_alone():

@@ -156,3 +156,14 @@ def test_an_autoregressive_codec_codes_with_exact_entropy_parameters_from_the_co
                      "fp16", "--crop", "64") == 0
     assert "of h_s, entropy_parameters, context_prediction, the coding loop's context model computed in float" \
         in capsys.readouterr().out
+
+
+def test_calibration_crops_default_to_four_positions_of_the_deepest_latent_per_side(tmp_path, setup):
+    _, photos = setup
+    sides = {}
+    for arch in ("bmshj2018-factorized-small", "bmshj2018-hyperprior-small"):  # strides 16 and 64
+        weights, record = tiny_weights(tmp_path / f"{arch}.safetensors", arch=arch), tmp_path / f"{arch}.json"
+        assert main(["codec", "quantize", "--model", str(weights), "--images", str(photos), "--calib-images", "2",
+                     "--no-eval", "--quiet", "--out", str(tmp_path / f"{arch}.lowbit"), "--json", str(record)]) == 0
+        sides[arch] = json.loads(record.read_text())["calibration"]["crop"]
+    assert sides == {"bmshj2018-factorized-small": 128, "bmshj2018-hyperprior-small": 256}

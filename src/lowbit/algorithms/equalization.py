@@ -16,12 +16,16 @@ what the activations gained.
 
 Chains are found inside ``nn.Sequential`` containers, where the order of the children is the order of the
 data: ``weight layer, ReLU or GDN, weight layer``. A chain is skipped when a layer in it stays float, its
-activations are not quantized on a static grid, or a layer is grouped.
+activations are not quantized on a static grid, a layer is grouped, or the task keeps it out (a codec's
+entropy-parameter networks: equalizing brings each channel's calibrated range to the full grid, so a channel
+that the calibration crops barely use loses the headroom that the widest channel's range gave it, and is
+clipped where real images use it).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -51,11 +55,12 @@ def is_gdn(module: nn.Module) -> bool:
     return hasattr(module, "gamma_reparam") and hasattr(module, "beta_reparam")
 
 
-def find_chains(model: nn.Module, config: QuantConfig) -> list[Chain]:
-    """Every chain the config quantizes with static activation grids, in model order."""
+def find_chains(model: nn.Module, config: QuantConfig, keep: Collection[str] = ()) -> list[Chain]:
+    """Every chain the config quantizes with static activation grids, in model order, except those inside the
+    modules named in ``keep``."""
     chains = []
     for prefix, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential):
+        if not isinstance(seq, nn.Sequential) or any(prefix == k or prefix.startswith(f"{k}.") for k in keep):
             continue
         named = [(f"{prefix}.{n}" if prefix else n, m) for n, m in seq.named_children()]
         for (na, a), (ng, g), (nb, b) in zip(named, named[1:], named[2:]):
@@ -131,10 +136,12 @@ def rescale(a: nn.Module, between: nn.Module, b: nn.Module, s: torch.Tensor) -> 
     b.weight.div_(_along(s, _in_axis(b), b.weight.dim()))
 
 
-def equalize_ranges(model: nn.Module, batches: list[torch.Tensor], config: QuantConfig) -> nn.Module:
-    """A copy of ``model`` with every chain's activation ranges equalized (``model`` itself when there is no
-    chain to equalize); the copy computes the same function in floating point."""
-    chains = find_chains(model, config)
+def equalize_ranges(model: nn.Module, batches: list[torch.Tensor], config: QuantConfig,
+                    keep: Collection[str] = ()) -> nn.Module:
+    """A copy of ``model`` with every chain's activation ranges equalized, except inside the modules named in
+    ``keep`` (``model`` itself when there is no chain to equalize); the copy computes the same function in
+    floating point."""
+    chains = find_chains(model, config, keep)
     if not chains or not batches:
         return model
     model = copy.deepcopy(model)

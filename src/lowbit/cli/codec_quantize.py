@@ -25,7 +25,8 @@ def add_parser(codec_sub: argparse._SubParsersAction, model_help: str) -> None:
     q.add_argument("--quality", type=int, default=2, help="quality of a bundled codec (default: %(default)s)")
     q.add_argument("--images", help="calibration photos, a file or folder (default: the bundled codecs' training "
                                     "photos from scikit-image)")
-    q.add_argument("--crop", type=int, default=128, help="side of the random calibration crops (default: %(default)s)")
+    q.add_argument("--crop", type=int, help="side of the random calibration crops (default: 128, or 4 times the "
+                                            "stride of the codec's deepest latent where that is more)")
     q.add_argument("--scope", choices=SCOPES, default="all",
                    help="all: the whole codec; entropy: only the entropy-coding networks (h_a, h_s and a context "
                         "model with its entropy-parameter network), "
@@ -48,7 +49,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     from lowbit.mixed import Allocation
     from lowbit.codec.images import image_files, read_images
     from lowbit.codec.photos import held_out_photos, training_photos
-    from lowbit.codec.quantize_run import calibration_crops, quantize_codec_run
+    from lowbit.codec.quantize_run import calibration_crop, calibration_crops, quantize_codec_run
     from lowbit.codec.train import check_crop
     from lowbit.codec.zoo import open_codec
     from lowbit.report import human_bytes, table
@@ -66,14 +67,15 @@ def run_quantize(args: argparse.Namespace) -> int:
     codec = open_codec(args.model, args.quality)
     if codec.weights_path is not None and codec.weights_path.suffix == ".lowbit":
         raise LowbitError(f"{args.model} is already quantized; quantize the float codec it came from")
-    check_crop(args.crop, codec.stride)
+    crop = calibration_crop(codec.stride) if args.crop is None else args.crop
+    check_crop(crop, codec.stride)
     paths = image_files(args.images) if args.images else training_photos()
-    calib = calibration_crops(paths, args.calib_images, args.crop, args.seed)
+    calib = calibration_crops(paths, args.calib_images, crop, args.seed)
     eval_images = None
     if not args.no_eval:
         eval_images = read_images(args.eval_images) if args.eval_images else \
             [(p.name, read_images(p)[0][1]) for p in held_out_photos()]
-    calib_record = {"calibration": {"photos": [p.name for p in paths], "crops": args.calib_images, "crop": args.crop}}
+    calib_record = {"calibration": {"photos": [p.name for p in paths], "crops": args.calib_images, "crop": crop}}
     result = quantize_codec_run(codec, calib, config, out, scope=args.scope, eval_images=eval_images,
                                 calib_record=calib_record, progress=not args.quiet, mixed=mixed)
     label = codec.name if codec.quality is None else f"{codec.name} q{codec.quality}"

@@ -26,6 +26,18 @@ from lowbit.io.lowbit_file import save
 from lowbit.run import float_file_size
 
 
+MIN_CALIBRATION_CROP = 128
+DEEPEST_LATENT_SIDE = 4  # positions per side of a codec's deepest latent in one calibration crop
+
+
+def calibration_crop(stride: int) -> int:
+    """The default side of a codec's calibration crops: 128 pixels, or more where the deepest latent would have
+    fewer than 4x4 positions. A hyperprior's side latents (stride 64) would see 2x2 positions per 128-pixel
+    crop, every one at the padded border: their ranges, and so the static grids of the entropy-parameter
+    networks that read them, then miss much of what whole photos produce."""
+    return max(MIN_CALIBRATION_CROP, DEEPEST_LATENT_SIDE * stride)
+
+
 def calibration_crops(paths: list[Path], count: int, size: int, seed: int) -> torch.Tensor:
     """``count`` random ``size x size`` crops of the photos at ``paths``, in [0, 1] (a codec's calibration set)."""
     if not paths:

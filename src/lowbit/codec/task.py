@@ -82,6 +82,13 @@ def configure(model: nn.Module, config: QuantConfig) -> QuantConfig:
     return replace(config, overrides=config.overrides + added)
 
 
+def unequalized(model: nn.Module) -> tuple[str, ...]:
+    """The entropy-parameter networks, kept out of range equalization: their inputs are coded latents whose
+    rare channels the calibration crops barely reach, and an equalized channel has no headroom left for them
+    (a clipped scale or mean costs bits on every latent it codes)."""
+    return tuple(name for name, _ in parameter_networks(model))
+
+
 def before_calibration(qmodel: nn.Module) -> None:
     """An autoregressive codec's forward rounds its latents to integers, but its coding loops produce integers
     plus the means the context model predicts: the inputs that read them (the synthesis transform's first layer,
