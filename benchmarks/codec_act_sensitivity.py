@@ -14,18 +14,19 @@ import argparse
 from dataclasses import replace
 
 import torch
+from codec_quant import CALIB_CROPS, SEED, calibration_set
 from report import md_table, publish, topic_page
 
 import lowbit
 from lowbit.codec import evaluate_codec, open_codec
 from lowbit.codec.images import read_image
 from lowbit.codec.photos import training_photos
-from lowbit.codec.quantize_run import calibration_crop, calibration_crops
+from lowbit.codec.quantize_run import calibration_crop
 from lowbit.codec.zoo import BUNDLED
 from lowbit.config import Override, QuantConfig
 from lowbit.layers import quant_layers
 
-CALIB_CROPS, SEED, PHOTOS = 64, 0, 4
+PHOTOS = 4
 
 
 DEFAULT = QuantConfig.from_bits(8, 8, seed=SEED)
@@ -48,7 +49,7 @@ def variants(qmodel: torch.nn.Module) -> list[tuple[str, QuantConfig]]:
 def run_codec(name: str, quality: int, images, write: bool) -> None:
     codec = open_codec(name, quality)
     crop = calibration_crop(codec.stride)
-    calib = calibration_crops(training_photos(), CALIB_CROPS, crop, SEED)
+    calib = calibration_set(codec.stride)
     fp32 = evaluate_codec(codec.model, images, codec.stride).summary()
     rows = [[f"{name} q{quality}", "FP32", f"{fp32['bpp']:.4f}", f"{fp32['psnr']:.3f}", "-", "-"]]
     default = lowbit.quantize(codec.model, calib, DEFAULT)

@@ -64,8 +64,10 @@ class Variant:
     targets: dict[str, float] = field(default_factory=dict)
 
 
+@functools.cache
 def calibration_set(stride: int, seed: int = SEED) -> torch.Tensor:
-    """The codec's calibration crops, at the side ``lowbit codec quantize`` picks for its stride by default."""
+    """The codec's calibration crops, at the side ``lowbit codec quantize`` picks for its stride by default (drawn
+    once per stride and seed; nothing modifies them)."""
     return calibration_crops(training_photos(), CALIB_CROPS, calibration_crop(stride), seed)
 
 
