@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from codec_helpers import photo_like, photos, tiny_codec
+from codec_helpers import photos, tiny_codec
 
 import lowbit
 from lowbit.codec.architectures import codec_architecture
@@ -19,10 +19,6 @@ from lowbit.io.lowbit_file import read_metadata
 from lowbit.layers import QuantLayer, quant_layers
 from lowbit.mixed import Budget
 from lowbit.tasks import task_of
-
-
-def _photos(count: int = 4, side: int = 64) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(photo_like(side, side, seed=i)).permute(2, 0, 1) for i in range(count)]) / 255
 
 
 def _tiny_hyperprior() -> torch.nn.Module:
@@ -41,7 +37,7 @@ def test_a_codec_is_its_own_task_and_a_classifier_is_not():
 
 def test_gdn_and_igdn_become_quantized_layers_that_match_them_at_high_width():
     codec = tiny_codec()
-    x = _photos(2)
+    x = photos(2, 64)
     q16 = lowbit.quantize(codec, x, weights_bits=16, activation_bits=None)
     gdns = {n: m for n, m in q16.named_modules() if isinstance(m, QGDN)}
     assert set(gdns) == {"g_a.1", "g_a.3", "g_a.5", "g_s.1", "g_s.3", "g_s.5"}
@@ -57,27 +53,27 @@ def test_gdn_and_igdn_become_quantized_layers_that_match_them_at_high_width():
 
 def test_quantized_codec_keeps_its_interface_and_codes_close_to_float():
     codec = prepare(tiny_codec())
-    qmodel = lowbit.quantize(codec, _photos(), weights_bits=8, activation_bits=16, dynamic_activations=True)
+    qmodel = lowbit.quantize(codec, photos(4, 64), weights_bits=8, activation_bits=16, dynamic_activations=True)
     assert type(qmodel) is type(codec)
     assert {n for n, _ in quant_layers(qmodel)} >= {"g_a.0", "g_a.1", "g_s.0", "g_s.5", "g_s.6"}
-    out = qmodel(_photos(1))
+    out = qmodel(photos(1, 64))
     assert set(out) == {"x_hat", "likelihoods"}
-    image = _photos(1, 48)[0]
+    image = photos(1, 48)[0]
     float_rec = decode(codec, encode(codec, image, 16))
     quant_rec = decode(prepare(qmodel), encode(qmodel, image, 16))
     assert _sqnr_db(float_rec, quant_rec) > 30
-    w4 = lowbit.quantize(codec, _photos(), weights_bits=4, activation_bits=8)
+    w4 = lowbit.quantize(codec, photos(4, 64), weights_bits=4, activation_bits=8)
     assert _sqnr_db(float_rec, decode(prepare(w4), encode(w4, image, 16))) < _sqnr_db(float_rec, quant_rec)
 
 
 def test_save_and_load_round_trip_a_quantized_codec_exactly(tmp_path):
-    qmodel = lowbit.quantize(tiny_codec(), _photos(), weights_bits=4, activation_bits=8)
+    qmodel = lowbit.quantize(tiny_codec(), photos(4, 64), weights_bits=4, activation_bits=8)
     assert qmodel.lowbit_info.config.equalize  # codecs equalize by default; the equalized weights are saved
     qmodel.lowbit_arch = None  # the tiny codec is not from the zoo: load it into an instance
     path = lowbit.save(qmodel, tmp_path / "c.lowbit")
     loaded = lowbit.load(str(path), model=tiny_codec(seed=1))
     assert type(loaded) is type(qmodel) and weights_digest(loaded) == weights_digest(qmodel)
-    image = _photos(1, 40)[0]
+    image = photos(1, 40)[0]
     encoded = encode(prepare(qmodel), image, 16)
     assert encode(prepare(loaded), image, 16).strings == encoded.strings
     assert torch.equal(decode(loaded, encoded), decode(qmodel, encoded))
@@ -86,7 +82,7 @@ def test_save_and_load_round_trip_a_quantized_codec_exactly(tmp_path):
 def test_a_zoo_codec_is_rebuilt_from_its_file_alone(tmp_path):
     codec = tiny_codec()
     codec.lowbit_arch = {"task": "image-codec", "name": "bmshj2018-factorized-small", "kwargs": {"N": 8, "M": 8}}
-    qmodel = lowbit.quantize(codec, _photos(), weights_bits=8, activation_bits=16, dynamic_activations=True)
+    qmodel = lowbit.quantize(codec, photos(4, 64), weights_bits=8, activation_bits=16, dynamic_activations=True)
     path = lowbit.save(qmodel, tmp_path / "c.lowbit")
     loaded = lowbit.load(str(path))
     assert weights_digest(loaded) == weights_digest(qmodel)
@@ -96,7 +92,7 @@ def test_a_zoo_codec_is_rebuilt_from_its_file_alone(tmp_path):
 def test_a_quantized_codec_file_with_other_entropy_bounds_is_refused(tmp_path):
     codec = _tiny_hyperprior()
     codec.lowbit_arch = {"task": "image-codec", "name": "bmshj2018-hyperprior-small", "kwargs": {"N": 8, "M": 8}}
-    qmodel = lowbit.quantize(codec, _photos(2, 128), weights_bits=8, activation_bits=8)
+    qmodel = lowbit.quantize(codec, photos(2, 128), weights_bits=8, activation_bits=8)
     assert weights_digest(lowbit.load(str(lowbit.save(qmodel, tmp_path / "ok.lowbit")))) == weights_digest(qmodel)
     qmodel.gaussian_conditional.likelihood_lower_bound.bound.zero_()  # as a float16 save of the bound leaves it
     path = lowbit.save(qmodel, tmp_path / "c.lowbit")
@@ -107,7 +103,7 @@ def test_a_quantized_codec_file_with_other_entropy_bounds_is_refused(tmp_path):
 def test_entropy_scope_quantizes_only_the_hyperprior_networks():
     codec = _tiny_hyperprior()
     overrides = scope_overrides(codec, "entropy")
-    qmodel = lowbit.quantize(codec, _photos(2, 128), weights_bits=8, activation_bits=16, dynamic_activations=True,
+    qmodel = lowbit.quantize(codec, photos(2, 128), weights_bits=8, activation_bits=16, dynamic_activations=True,
                              overrides=overrides)
     parts = {n.split(".")[0] for n, _ in quant_layers(qmodel)}
     assert parts == {"h_a", "h_s"}
@@ -117,7 +113,7 @@ def test_entropy_scope_quantizes_only_the_hyperprior_networks():
 
 
 def test_a_float_override_keeps_the_synthesis_transform_float():
-    qmodel = lowbit.quantize(tiny_codec(), _photos(), weights_bits=8, activation_bits=8,
+    qmodel = lowbit.quantize(tiny_codec(), photos(4, 64), weights_bits=8, activation_bits=8,
                              overrides=(Override("g_s*", keep_float=True),))
     assert {n.split(".")[0] for n, _ in quant_layers(qmodel)} == {"g_a"}
     with pytest.raises(LowbitError, match="choose one"):
@@ -138,7 +134,7 @@ def test_entropy_tables_that_are_not_cumulative_frequencies_are_refused():
 
 def test_mixed_precision_allocates_codec_layers_by_rate_distortion_within_the_budget():
     codec = tiny_codec()
-    qmodel = lowbit.quantize(codec, _photos(), weights_bits=8, activation_bits=None,
+    qmodel = lowbit.quantize(codec, photos(4, 64), weights_bits=8, activation_bits=None,
                              mixed=Budget(weights_cr=6, bits=(4, 8)))
     allocation = qmodel.lowbit_info.extra["mixed"]
     assert allocation["sensitivity"] == "rate-distortion"
@@ -147,7 +143,7 @@ def test_mixed_precision_allocates_codec_layers_by_rate_distortion_within_the_bu
     assert set(widths.values()) == {4, 8}
     assert {n: m.weight_quant.spec.bits for n, m in quant_layers(qmodel)} == widths
     with pytest.raises(LowbitError, match="cannot score"):
-        lowbit.quantize(codec, _photos(), weights_bits=8, activation_bits=None, mixed=Budget(weights_cr=6, bits=(4, 8)),
+        lowbit.quantize(codec, photos(4, 64), weights_bits=8, activation_bits=None, mixed=Budget(weights_cr=6, bits=(4, 8)),
                         sensitivity="hessian")
 
 
@@ -156,7 +152,7 @@ def test_rate_distortion_scores_grow_as_layers_get_narrower():
     from lowbit.mixed.allocate import calibrated_copies
     from lowbit.mixed.sensitivity import ScoringTask
 
-    codec, images = tiny_codec(), _photos()
+    codec, images = tiny_codec(), photos(4, 64)
     config = lowbit.QuantConfig.from_bits(8, None)
     copies = calibrated_copies(codec, images, config, (2, 8), False, 8, "swap")
     layers = [n for n, _ in quant_layers(copies[2])]
@@ -165,7 +161,7 @@ def test_rate_distortion_scores_grow_as_layers_get_narrower():
 
 
 def test_learned_rounding_reconstructs_codec_layers_without_labels(device):
-    codec, images, synthesis = tiny_codec().to(device), _photos(8, 32).to(device), (Override("g_s*", keep_float=True),)
+    codec, images, synthesis = tiny_codec().to(device), photos(8, 32).to(device), (Override("g_s*", keep_float=True),)
     nearest = lowbit.quantize(codec, images, weights_bits=2, activation_bits=None, overrides=synthesis)
     learned = lowbit.quantize(codec, images, weights_bits=2, activation_bits=None, method="adaround", iters=60,
                               batch_size=4, overrides=synthesis)
@@ -187,8 +183,8 @@ def test_hyperprior_decoder_reads_its_rounded_latents_exactly_at_8_bits():
     codec = _tiny_hyperprior()
     with torch.no_grad():
         codec.g_a[-1].weight.mul_(30)  # latents spanning many integers, as a trained codec's do
-    qmodel = lowbit.quantize(codec, _photos(), weights_bits=8, activation_bits=8)
-    latents = torch.round(codec.g_a(_photos(2)).detach())
+    qmodel = lowbit.quantize(codec, photos(4, 64), weights_bits=8, activation_bits=8)
+    latents = torch.round(codec.g_a(photos(2, 64)).detach())
     assert latents.max() - latents.min() > 8
     assert torch.equal(qmodel.get_submodule("g_s.0").input_quant(latents), latents)
 
@@ -209,7 +205,7 @@ def test_the_entropy_parameters_keep_headroom_for_a_latent_channel_the_calibrati
         first.weight[:, 0].zero_()
         first.weight[0, 0] = 0.005
         first.bias[0] = 0.0
-    qmodel = lowbit.quantize(codec, _photos(8, 128), weights_bits=16, activation_bits=16)
+    qmodel = lowbit.quantize(codec, photos(8, 128), weights_bits=16, activation_bits=16)
     assert qmodel.lowbit_info.config.equalize  # the transforms are still equalized
     with torch.no_grad():
         z = torch.round(codec.h_a(codec.g_a(photos(2, 128, first_seed=100)).abs()))
