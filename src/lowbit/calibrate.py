@@ -43,10 +43,11 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor], pro
     quantizers = activation_quantizers(model)
     for _, q in quantizers:
         q.set_state("observe")
-    device = model_device(model)
-    with torch.no_grad():
-        for x in tqdm(batches, desc="calibrating", disable=not progress, leave=False):
-            model(x.to(device))
+    if any(q.needs_calibration for _, q in quantizers):  # float16 casts and dynamic ranges observe nothing
+        device = model_device(model)
+        with torch.no_grad():
+            for x in tqdm(batches, desc="calibrating", disable=not progress, leave=False):
+                model(x.to(device))
     unseen = [name for name, q in quantizers if not q.finish_calibration()]
     for name in unseen:
         dict(quantizers)[name].set_state("off")

@@ -98,6 +98,7 @@ def test_chains_left_alone_where_nothing_is_on_a_static_grid():
     assert [c.consumer for c in find_chains(model, QuantConfig.from_bits(8, 8))] == ["2", "4"]
     assert find_chains(model, QuantConfig.from_bits(8, None)) == []
     assert find_chains(model, QuantConfig.from_bits(8, 16, dynamic_activations=True)) == []
+    assert find_chains(model, QuantConfig.from_bits("fp16", "fp16")) == []
     kept = QuantConfig.from_bits(8, 8, overrides=(Override("4", keep_float=True),))
     assert [c.consumer for c in find_chains(model, kept)] == ["2"]
     grouped = nn.Sequential(nn.Conv2d(4, 4, 1, groups=2), nn.ReLU(), nn.Conv2d(4, 4, 1))

@@ -34,6 +34,8 @@ def correct_biases(qmodel: nn.Module, batches: list[torch.Tensor]) -> None:
     linear = (QConv1d, QConv2d, QConvTranspose2d, QLinear)
     layers = [(n, l) for n, l in quant_layers(qmodel) if isinstance(l, linear)
               and not l.weight_quant.spec.is_fp16 and l.weight_quant.state == "quantize"]
+    if not layers:
+        return
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 

@@ -74,7 +74,7 @@ def find_chains(model: nn.Module, config: QuantConfig, keep: Collection[str] = (
 
 def _static(config: QuantConfig, producer: str, between: str, consumer: str, gdn: bool) -> bool:
     """True when every layer of the chain is quantized, the consumer's weights have 8 bits or more and the
-    activations it rescales have static grids."""
+    activations it rescales have static integer grids (a float16 cast has no grid to fit channels to)."""
     names = (producer, between, consumer) if gdn else (producer, consumer)
     if any(config.keeps_float(n) for n in names):
         return False
@@ -83,7 +83,7 @@ def _static(config: QuantConfig, producer: str, between: str, consumer: str, gdn
         return False
     readers = (between, consumer) if gdn else (consumer,)
     specs = [config.activation_spec_for(n) for n in readers]
-    return all(spec is not None and not spec.dynamic for spec in specs)
+    return all(spec is not None and not spec.dynamic and not spec.is_fp16 for spec in specs)
 
 
 def _out_axis(layer: nn.Module) -> int:
