@@ -10,7 +10,8 @@ Activation quantizers go where an integer runtime would requantize:
 - any other value that feeds a weight layer or a matmul (a GELU, LayerNorm, softmax or average-pool output),
   so that every multiply-accumulate sees quantized inputs.
 Shape-only operations (flatten, reshape, permute, max-pool, dropout, indexing) keep their input's grid and
-are looked through. When tracing fails, :func:`prepare` falls back to swapping modules in place: weights and
+are looked through. Fused attention calls are written out first (:mod:`lowbit.fused_attention`), so that the
+softmax probabilities are quantized like any other matmul input. When tracing fails, :func:`prepare` falls back to swapping modules in place: weights and
 the inputs of every conv/linear are quantized, and batch-norm is left unfolded.
 """
 
@@ -31,6 +32,7 @@ from lowbit.attention import split_attention
 from lowbit.config import RESIDUAL_BRANCH, QuantConfig
 from lowbit.device import model_device
 from lowbit.errors import LowbitError, first_line
+from lowbit.fused_attention import write_out_fused_attention
 from lowbit.layers import QuantLayer, is_quantizable, quantized_type_names, to_quantized
 from lowbit.quantizer import Quantizer
 from lowbit.timm_layers import register_timm_layers
@@ -308,6 +310,7 @@ def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> 
             "graph quantization, move data-dependent Python control flow out of forward() or mark that submodule "
             "as a leaf with torch.fx.wrap.", stacklevel=2)
         return _swapped(model, config, arch)
+    write_out_fused_attention(gm)
     resolved, roles = _prepare_fx(gm, config)
     _check_overrides_match(gm, resolved, roles)
     gm.lowbit_info = QuantInfo(resolved, "fx", arch)
