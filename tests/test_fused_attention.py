@@ -4,33 +4,13 @@ attention products on integer kernels in onnxruntime."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import lowbit
+from conftest import FusedAttention
 from lowbit.deploy import export
 from lowbit.deploy.runtime import OnnxClassifier, optimized_op_counts
 from lowbit.fused_attention import attention_probabilities, write_out_fused_attention
 from lowbit.tracing import trace
-
-
-class FusedAttention(nn.Module):
-    """A small vision transformer block whose attention is one ``scaled_dot_product_attention`` call."""
-
-    def __init__(self, dim: int = 16, heads: int = 2, **attention: object) -> None:
-        super().__init__()
-        self.heads = heads
-        self.attention = attention
-        self.embed = nn.Conv2d(3, dim, 4, stride=4)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.head = nn.Linear(dim, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.embed(x).flatten(2).transpose(1, 2)
-        b, n, c = tokens.shape
-        q, k, v = self.qkv(tokens).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        mixed = F.scaled_dot_product_attention(q, k, v, **self.attention).transpose(1, 2).reshape(b, n, c)
-        return self.head(self.proj(mixed).mean(1))
 
 
 def calls(gm: torch.fx.GraphModule, target: object) -> int:
