@@ -124,11 +124,11 @@ def main() -> None:
         f"\n\nW8A8 round-to-nearest, {args.images} random calibration images at each model's input size (64x64, "
         "LeViT 224x224); integer kernels are onnxruntime's QLinearConv, QGemm, QLinearMatMul and "
         "MatMulIntegerToFloat, float ones its Conv/Gemm/MatMul forms (elementwise operators are not counted). What stays float in lowbit's "
-        "files: layers inside blocks torch.fx cannot trace (quantized weights and inputs, float outputs), weights "
-        "a model passes to a function itself (torchvision's Swin), and a ViT's patch embedding (its bias written "
-        "for OpenVINO). timm's fused attention calls are written out so that their probabilities are quantized "
-        "too; Twins' windowed attention, inside a block torch.fx cannot trace, stays one call that torch.onnx "
-        "cannot translate.")
+        "files: layers inside blocks torch.fx cannot trace (quantized weights and inputs, float outputs) and "
+        "a ViT's patch embedding (its bias written for OpenVINO). timm's fused attention calls are written "
+        "out so that their probabilities are quantized too, and torchvision's Swin attention is rebuilt with "
+        "its projections as layers (it hands their weights to one function); Twins' windowed attention, "
+        "inside a block torch.fx cannot trace, stays one call that torch.onnx cannot translate.")
     publish("coverage", "Architecture coverage: torchvision and timm models, W8A8", body, PAGE, not args.no_write)
 
 

@@ -38,6 +38,7 @@ from lowbit.quantizer import Quantizer
 from lowbit.timm_layers import register_timm_layers
 from lowbit.tracing import trace
 from lowbit.weight_standardization import fold_weight_standardization
+from lowbit.window_attention import rebuild_window_attention
 
 
 Mode = Literal["fx", "swap"]
@@ -293,6 +294,7 @@ def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> 
     arch = getattr(model, "lowbit_arch", None)
     model = copy.deepcopy(model).eval()
     split_attention(model)
+    rebuild_window_attention(model)
     fold_weight_standardization(model)
     register_timm_layers()
     if not any(is_quantizable(m) for m in model.modules()):
