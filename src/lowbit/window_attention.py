@@ -93,8 +93,10 @@ def window_probabilities(scores: torch.Tensor, x: torch.Tensor, table: torch.Ten
     return torch.softmax(scores, dim=-1)
 
 
-for _function in ("to_windows", "from_windows", "window_probabilities"):  # shape-dependent: opaque to torch.fx
-    fx.wrap(_function)
+# shape-dependent Python (padding, shifts, slices): torch.fx records each call as one opaque function call
+fx.wrap("to_windows")
+fx.wrap("from_windows")
+fx.wrap("window_probabilities")
 
 
 class WindowAttention(nn.Module):
