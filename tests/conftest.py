@@ -62,6 +62,16 @@ class ResidualNet(nn.Module):
         y = torch.cat([y, self.side(x)], dim=1)
         return self.head(y.mean(dim=(2, 3)))
 
+def onnx_difference(qmodel: nn.Module, path: Path, images: torch.Tensor) -> float:
+    """The largest difference between onnxruntime's outputs of the exported file at ``path`` and lowbit's, as a
+    share of lowbit's largest output."""
+    from lowbit.deploy.runtime import OnnxClassifier
+
+    with torch.no_grad():
+        ours = qmodel(images)
+    theirs = OnnxClassifier(path)(images)
+    return ((ours - theirs).abs().max() / ours.abs().max()).item()
+
 
 class FusedAttention(nn.Module):
     """A small vision transformer block whose attention is one ``scaled_dot_product_attention`` call."""

@@ -6,9 +6,10 @@ import torch
 from torchvision.models.swin_transformer import ShiftedWindowAttention, SwinTransformer
 
 import lowbit
+from conftest import onnx_difference
 from lowbit.coverage import coverage
 from lowbit.deploy import export
-from lowbit.deploy.runtime import OnnxClassifier, optimized_op_counts
+from lowbit.deploy.runtime import optimized_op_counts
 from lowbit.layers import QuantLayer
 from lowbit.window_attention import rebuild_window_attention
 
@@ -50,7 +51,4 @@ def test_the_projections_and_both_products_run_on_integers(tmp_path):
     # per block: qkv, proj, queries x keys, probabilities x values; and the patch merging and the head
     assert counts["MatMulIntegerToFloat"] + counts["QLinearMatMul"] + counts["QGemm"] >= 4 * 4, counts
     assert counts["MatMul"] + counts["FusedMatMul"] + counts["Gemm"] == 0, counts
-    with torch.no_grad():
-        ours = qmodel(images)
-    theirs = OnnxClassifier(path)(images)
-    assert (ours - theirs).abs().max() < 2e-2 * ours.abs().max()
+    assert onnx_difference(qmodel, path, images) < 2e-2

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 import lowbit
-from conftest import FusedAttention
+from conftest import FusedAttention, onnx_difference
 from lowbit.deploy import export
-from lowbit.deploy.runtime import OnnxClassifier, optimized_op_counts
+from lowbit.deploy.runtime import optimized_op_counts
 
 
 class FirstToken(nn.Module):
@@ -31,10 +31,7 @@ def test_a_head_reading_a_selected_token_runs_on_integers(images, tmp_path):
     assert "Gather" in {n.op_type for n in onnx.load(str(path)).graph.node}  # the token is selected after its grid
     counts = optimized_op_counts(path)
     assert counts["QGemm"] == 1 and counts["Gemm"] == 0, counts
-    with torch.no_grad():
-        ours = qmodel(images)
-    theirs = OnnxClassifier(path)(images)
-    assert (ours - theirs).abs().max() < 1e-2 * ours.abs().max()
+    assert onnx_difference(qmodel, path, images) < 1e-2
 
 
 def test_scaled_queries_and_keys_meet_on_integers(images, tmp_path):
@@ -43,11 +40,9 @@ def test_scaled_queries_and_keys_meet_on_integers(images, tmp_path):
     path = export(qmodel, tmp_path / "a.onnx", images[:2]).path
     counts = optimized_op_counts(path)
     # attention with grouped-query heads stays one call, which the exporter writes with the queries and keys each
-    # multiplied by d ** -0.25 before their matmul: qkv, proj and the queries-times-keys product on integers;
-    # the softmax output stays float inside the fused call (lowbit quantizes its inputs and output only), so its product with the values does too
+    # multiplied by d ** -0.25 before their matmul: qkv, proj and the queries-times-keys product on integers; the
+    # softmax output stays float inside the call (lowbit quantizes its inputs and output only), so its product
+    # with the values does too
     assert counts["MatMulIntegerToFloat"] + counts["QLinearMatMul"] == 3, counts
     assert counts["MatMul"] + counts["FusedMatMul"] == 1, counts
-    with torch.no_grad():
-        ours = qmodel(images)
-    theirs = OnnxClassifier(path)(images)
-    assert (ours - theirs).abs().max() < 1e-2 * ours.abs().max()
+    assert onnx_difference(qmodel, path, images) < 1e-2
