@@ -41,7 +41,7 @@ def attention_probabilities(scores: torch.Tensor, query: torch.Tensor, scale: fl
     return torch.softmax(scores, dim=-1)
 
 
-def _plain(arguments: dict[str, Any]) -> bool:
+def _writable(arguments: dict[str, Any]) -> bool:
     """Whether a call can be written out: no dropout, no grouped heads, a constant scale (the mask and the causal
     flag may be values the model receives, as timm's blocks receive them)."""
     constant = isinstance(arguments["scale"], (int, float, type(None))) and not any(
@@ -50,15 +50,15 @@ def _plain(arguments: dict[str, Any]) -> bool:
 
 
 def write_out_fused_attention(gm: fx.GraphModule) -> int:
-    """Replace every plain ``scaled_dot_product_attention`` call of ``gm``'s graph by its three steps (in
-    place); returns how many were replaced."""
+    """Replace, in place, every ``scaled_dot_product_attention`` call of ``gm``'s graph without dropout or
+    grouped heads by its three steps; returns how many were replaced."""
     graph = gm.graph
     replaced = 0
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not F.scaled_dot_product_attention:
             continue
         arguments = {**DEFAULTS, **dict(zip(PARAMETERS, node.args)), **node.kwargs}
-        if not _plain(arguments):
+        if not _writable(arguments):
             continue
         query, key, value = arguments["query"], arguments["key"], arguments["value"]
         with graph.inserting_before(node):
