@@ -51,6 +51,7 @@ MODELS = {
         lambda: torchvision.models.VisionTransformer(image_size=64, patch_size=16, num_layers=4, num_heads=4,
                                                      hidden_dim=128, mlp_dim=256, num_classes=10), 64),
     "torchvision swin_t": (lambda: torchvision.models.swin_t(num_classes=10), 64),
+    "torchvision swin_v2_t": (lambda: torchvision.models.swin_v2_t(num_classes=10), 64),
     "timm tf_efficientnet_b0 (Conv2dSame)": (lambda: timm.create_model("tf_efficientnet_b0", num_classes=10), 64),
     "timm resnetv2_50x1_bit (StdConv2d)": (lambda: timm.create_model("resnetv2_50x1_bit", num_classes=10), 64),
     "timm nfnet_l0 (ScaledStdConv2d)": (lambda: timm.create_model("nfnet_l0", num_classes=10), 64),

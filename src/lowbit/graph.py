@@ -11,8 +11,9 @@ Activation quantizers go where an integer runtime would requantize:
   so that every multiply-accumulate sees quantized inputs.
 Shape-only operations (flatten, reshape, permute, max-pool, dropout, indexing) keep their input's grid and
 are looked through. Fused attention calls are written out first (:mod:`lowbit.fused_attention`), so that the
-softmax probabilities are quantized like any other matmul input. When tracing fails, :func:`prepare` falls back to swapping modules in place: weights and
-the inputs of every conv/linear are quantized, and batch-norm is left unfolded.
+softmax probabilities are quantized like any other matmul input. When tracing fails, :func:`prepare` falls
+back to swapping modules in place: weights and the inputs of every conv/linear are quantized, and batch-norm
+is left unfolded.
 """
 
 from __future__ import annotations
