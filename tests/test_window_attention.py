@@ -61,3 +61,19 @@ def test_the_projections_and_both_products_run_on_integers(tmp_path, version):
     assert counts["MatMulIntegerToFloat"] + counts["QLinearMatMul"] + counts["QGemm"] >= 4 * 4, counts
     assert counts["MatMul"] + counts["FusedMatMul"] + counts["Gemm"] == 0, counts
     assert onnx_difference(qmodel, path, images) < 2e-2
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_saved_swin_reloads_exactly_into_an_architecture_with_other_weights(tmp_path, version):
+    """V2's position bias is computed from the float weights when the model is prepared: the file's copy, not
+    the architecture's, must be the one used after loading."""
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    qmodel = lowbit.quantize(tiny_swin(version), images, weights_bits=8, activation_bits=8)
+    path = lowbit.save(qmodel, tmp_path / "swin.lowbit")
+    other = tiny_swin(version)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.normal_()
+    loaded = lowbit.load(path, other)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), qmodel(images))
