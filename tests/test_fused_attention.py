@@ -72,3 +72,11 @@ def test_the_probabilities_are_quantized_and_both_products_run_on_integers(image
     assert counts["MatMulIntegerToFloat"] + counts["QLinearMatMul"] == 4, counts
     assert counts["MatMul"] + counts["FusedMatMul"] == 0, counts
     assert onnx_difference(qmodel, path, images) < 1e-2
+
+
+def test_a_saved_model_reloads_exactly_with_its_probabilities_grid(images, tmp_path):
+    torch.manual_seed(0)
+    qmodel = lowbit.quantize(FusedAttention().eval(), images, weights_bits=8, activation_bits=8)
+    loaded = lowbit.load(lowbit.save(qmodel, tmp_path / "a.lowbit"), FusedAttention().eval())
+    with torch.no_grad():
+        assert torch.equal(loaded(images), qmodel(images))
