@@ -8,7 +8,8 @@ in a traced graph by the same computation in three steps, ``queries @ keys^T``, 
 (:func:`attention_probabilities`), and ``probabilities @ values``: the probabilities then feed a matmul like
 any other value and get an activation quantizer (0 to their calibrated maximum), and both products run on
 integer kernels. Masks and causal masking are applied as the fused call applies them, also where they are
-arguments of the model's ``forward`` (timm's blocks pass their optional ``attn_mask`` and ``is_causal`` on); calls with dropout or grouped-query heads keep the fused call.
+arguments of the model's ``forward`` (timm's blocks pass their optional ``attn_mask`` and ``is_causal`` on);
+calls with dropout or grouped-query heads keep the fused call.
 """
 
 from __future__ import annotations

@@ -75,8 +75,7 @@ def _region_mask(x: torch.Tensor, window: tuple[int, int], shift: tuple[int, int
         for cols in (slice(0, w - window[1]), slice(w - window[1], w - dw), slice(w - dw, w)):
             region[:, rows, cols, :] = label
             label += 1
-    grid = region.view(1, h // window[0], window[0], w // window[1], window[1], 1)
-    ids = grid.permute(0, 1, 3, 2, 4, 5).reshape(-1, window[0] * window[1])
+    ids = to_windows(region, window, (0, 0)).squeeze(-1)  # already padded, and labelled where it lies unshifted
     different = ids.unsqueeze(1) != ids.unsqueeze(2)
     return different.to(x.dtype) * SHIFT_MASK  # (windows, tokens, tokens)
 

@@ -120,8 +120,9 @@ def check_calibrated_names(qmodel: nn.Module, names: tuple[str, ...]) -> None:
     indices = [position.get(n, -1) for n in names]
     if -1 in indices or indices != sorted(set(indices)):
         raise PayloadError("the header's list of calibrated activations does not fit the architecture (unknown, "
-                           "repeated or reordered names); the file was edited, belongs to another model or was written by a "
-                           "lowbit that placed activation quantizers elsewhere: quantize the float model again")
+                           "repeated or reordered names); the file was edited, belongs to another model or was "
+                           "written by a lowbit that placed activation quantizers elsewhere: quantize the float "
+                           "model again")
 
 
 def check_layout(found: Layout, expected: Layout) -> None:
