@@ -11,9 +11,10 @@ Activation quantizers go where an integer runtime would requantize:
   so that every multiply-accumulate sees quantized inputs.
 Shape-only operations (flatten, reshape, permute, max-pool, dropout, indexing) keep their input's grid and
 are looked through. Fused attention calls are written out first (:mod:`lowbit.fused_attention`), so that the
-softmax probabilities are quantized like any other matmul input. When tracing fails, :func:`prepare` falls
-back to swapping modules in place: weights and the inputs of every conv/linear are quantized, and batch-norm
-is left unfolded.
+softmax probabilities are quantized like any other matmul input. When the model does not trace as a whole,
+:func:`prepare` keeps its untraceable ``forward`` methods and quantizes each of its largest traceable submodules
+as a graph (:mod:`lowbit.graph_parts`); the layers outside them are swapped in place, each quantizing its own
+input, with batch-norm left unfolded.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lowbit.config import RESIDUAL_BRANCH, QuantConfig
 from lowbit.device import model_device
 from lowbit.errors import LowbitError, first_line
 from lowbit.fused_attention import write_out_fused_attention
+from lowbit.graph_parts import graph_layer_names, layer_order, traceable_parts
 from lowbit.layers import QuantLayer, is_quantizable, quantized_type_names, to_quantized
 from lowbit.quantizer import Quantizer
 from lowbit.timm_layers import register_timm_layers
@@ -42,7 +44,7 @@ from lowbit.weight_standardization import fold_weight_standardization
 from lowbit.window_attention import rebuild_window_attention
 
 
-Mode = Literal["fx", "swap"]
+Mode = Literal["fx", "parts", "swap"]
 ACT_QUANT = "act_quant"
 RELU_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 RELU_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, torch.clamp}
@@ -211,8 +213,9 @@ def _feeds_residual_add(node: fx.Node, kinds: dict[fx.Node, str]) -> bool:
         u.op in ("call_function", "call_method") and u.target in ADD_TARGETS for u in node.users)
 
 
-def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> set[str]:
-    """Place the quantizers; returns the roles (``RESIDUAL_BRANCH``) that some activation of the graph plays."""
+def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig, prefix: str) -> set[str]:
+    """Place the quantizers; returns the roles (``RESIDUAL_BRANCH``) that some activation of the graph plays.
+    ``prefix`` is the graph's path in the model, which the config's names include."""
     modules = dict(gm.named_modules())
     kinds = {n: _kind(n, modules) for n in gm.graph.nodes}
     device = model_device(gm)  # activations flow on the model's device, so their grids live there too
@@ -220,13 +223,13 @@ def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> se
     gm.add_submodule(ACT_QUANT, store)
     roles: set[str] = set()
     for node in _requant_points(gm, kinds):
-        consumers = _weight_consumers(node, modules)
-        producer = node.target if node.op == "call_module" else ""
+        consumers = [prefix + c for c in _weight_consumers(node, modules)]
+        producer = prefix + node.target if node.op == "call_module" else ""
         role = RESIDUAL_BRANCH if _feeds_residual_add(node, kinds) else ""
         roles.add(role)
         # a value named like a method of the store (x.to(...) gives "to", x.float() "float") is keyed apart
         key = f"{node.name}_value" if hasattr(nn.ModuleDict, node.name) else node.name
-        spec = config.activation_spec_for(f"{ACT_QUANT}.{key}", producer, node.name, *consumers, role)
+        spec = config.activation_spec_for(f"{prefix}{ACT_QUANT}.{key}", producer, prefix + node.name, *consumers, role)
         if spec is None:
             continue
         store[key] = Quantizer(spec, config.seed, device)
@@ -236,25 +239,30 @@ def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> se
     return roles - {""}
 
 
-def _prepare_fx(gm: fx.GraphModule, config: QuantConfig) -> tuple[QuantConfig, set[str]]:
-    """Fold, swap and place quantizers; returns the resolved config and the roles its activations play."""
+def _resolved(config: QuantConfig, layer_names: list[str]) -> QuantConfig:
+    return config.resolve(layer_names[0] if layer_names else None, layer_names[-1] if layer_names else None)
+
+
+def _prepare_fx(gm: fx.GraphModule, config: QuantConfig, prefix: str = "") -> set[str]:
+    """Fold, swap and place quantizers in a traced graph at path ``prefix`` of the model (``config`` resolved);
+    returns the roles its activations play."""
+    write_out_fused_attention(gm)
     fold_batchnorm(gm)
     modules = dict(gm.named_modules())
-    layer_names = [n.target for n in gm.graph.nodes if n.op == "call_module" and is_quantizable(modules[n.target])]
-    config = config.resolve(layer_names[0] if layer_names else None, layer_names[-1] if layer_names else None)
-    for name in dict.fromkeys(layer_names):
-        if not config.keeps_float(name):
-            set_module(gm, name, to_quantized(modules[name], config.weight_spec_for(name), seed=config.seed))
-    _swap_inside_opaque_modules(gm, config, modules)
+    for name in graph_layer_names(gm):
+        if not config.keeps_float(prefix + name):
+            set_module(gm, name, to_quantized(modules[name], config.weight_spec_for(prefix + name), seed=config.seed))
+    _swap_inside_opaque_modules(gm, config, modules, prefix)
     roles: set[str] = set()
     if config.activations is not None or any(o.activations for o in config.overrides):
-        roles = _insert_activation_quantizers(gm, config)
+        roles = _insert_activation_quantizers(gm, config, prefix)
     gm.graph.lint()
     gm.recompile()
-    return config, roles
+    return roles
 
 
-def _swap_inside_opaque_modules(gm: fx.GraphModule, config: QuantConfig, modules: dict[str, nn.Module]) -> None:
+def _swap_inside_opaque_modules(gm: fx.GraphModule, config: QuantConfig, modules: dict[str, nn.Module],
+                                prefix: str) -> None:
     """Swap, with their own input quantizers as module swapping places them, the layers inside the modules the
     traced graph calls as opaque wholes (timm's untraceable blocks such as MobileViT's, torch.nn modules with
     layers inside): left alone, their weights would stay float."""
@@ -264,31 +272,51 @@ def _swap_inside_opaque_modules(gm: fx.GraphModule, config: QuantConfig, modules
             continue
         for inner, layer in list(module.named_modules()):
             name = f"{node.target}.{inner}"
-            if inner and is_quantizable(layer) and not config.keeps_float(name):
-                _swap_with_input_quantizer(gm, name, layer, config)
+            if inner and is_quantizable(layer) and not config.keeps_float(prefix + name):
+                _swap_with_input_quantizer(gm, name, layer, config, prefix)
 
 
-def _swap_with_input_quantizer(root: nn.Module, name: str, layer: nn.Module, config: QuantConfig) -> None:
-    """Put the quantized form of ``layer`` at ``name``, quantizing its own input (module swapping)."""
-    set_module(root, name, to_quantized(layer, config.weight_spec_for(name),
-                                        config.activation_spec_for(f"{name}.input_quant", name), config.seed))
+def _swap_with_input_quantizer(root: nn.Module, name: str, layer: nn.Module, config: QuantConfig,
+                               prefix: str = "") -> None:
+    """Put the quantized form of ``layer`` at ``name`` of ``root`` (at ``prefix + name`` in the model),
+    quantizing its own input (module swapping)."""
+    path = prefix + name
+    set_module(root, name, to_quantized(layer, config.weight_spec_for(path),
+                                        config.activation_spec_for(f"{path}.input_quant", path), config.seed))
 
 
-def _prepare_swap(model: nn.Module, config: QuantConfig) -> QuantConfig:
-    names = [n for n, m in model.named_modules() if is_quantizable(m)]
-    config = config.resolve(names[0] if names else None, names[-1] if names else None)
-    for name in names:
-        if not config.keeps_float(name):
-            _swap_with_input_quantizer(model, name, model.get_submodule(name), config)
-    return config
+def _prepare_swap(model: nn.Module, config: QuantConfig, parts: dict[str, fx.GraphModule]) -> tuple[QuantConfig, set[str]]:
+    """Quantize each traced part as a graph and put it in place; swap every other layer. Returns the resolved
+    config and the roles the parts' activations play."""
+    config = _resolved(config, layer_order(model, parts))
+    outside = [n for n, m in model.named_modules()
+               if is_quantizable(m) and not any(n.startswith(f"{p}.") for p in parts)]
+    roles: set[str] = set()
+    for path, gm in parts.items():
+        roles |= _prepare_fx(gm, config, f"{path}.")
+        _replace_everywhere(model, model.get_submodule(path), gm)
+    for name in outside:
+        layer = model.get_submodule(name)
+        if not config.keeps_float(name) and not isinstance(layer, QuantLayer):  # not already swapped by an alias
+            _swap_with_input_quantizer(model, name, layer, config)
+            _replace_everywhere(model, layer, model.get_submodule(name))
+    return config, roles
+
+
+def _replace_everywhere(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` wherever ``old`` is registered: a module reused under two names is one module."""
+    for path in [n for n, m in model.named_modules(remove_duplicate=False) if m is old]:
+        set_module(model, path, new)
 
 
 def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> nn.Module:
     """A copy of ``model`` ready for calibration: BN folded, quantized layers and quantizers in place.
 
     ``mode="swap"`` swaps modules in place without trying torch.fx: for models whose own class must survive
-    (an image codec's ``compress``/``decompress`` live on it). By default tracing is tried first. The original
-    model is not modified. The result carries a :class:`QuantInfo` as ``lowbit_info``.
+    (an image codec's ``compress``/``decompress`` live on it). By default the model is traced whole; where that
+    fails, its largest traceable submodules are traced and quantized as graphs inside it (``mode="parts"``, which
+    may also be asked for), and the layers outside them are swapped. The original model is not modified. The
+    result carries a :class:`QuantInfo` as ``lowbit_info``.
     """
     if any(isinstance(m, (QuantLayer, Quantizer)) for m in model.modules()):
         raise LowbitError("this model is already quantized; pass the float model it came from")
@@ -302,36 +330,50 @@ def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> 
         raise LowbitError(f"{type(model).__name__} has no layer lowbit quantizes ({quantized_type_names()}); pass a "
                           "model built from them")
     if mode == "swap":
-        return _swapped(model, config, arch)
+        return _swapped(model, config, arch, {})
+    if mode == "parts":
+        return _swapped(model, config, arch, traceable_parts(model))
     try:
         gm = trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure falls back, with the reason in the warning
-        reason = first_line(exc)
-        warnings.warn(
-            f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {reason}); falling back to "
-            "module swapping: weights and conv/linear inputs are quantized, batch-norm is not folded. To get full "
-            "graph quantization, move data-dependent Python control flow out of forward() or mark that submodule "
-            "as a leaf with torch.fx.wrap.", stacklevel=2)
-        return _swapped(model, config, arch)
-    write_out_fused_attention(gm)
-    resolved, roles = _prepare_fx(gm, config)
+        parts = traceable_parts(model)
+        warnings.warn(_fallback_message(model, exc, parts), stacklevel=2)
+        return _swapped(model, config, arch, parts)
+    resolved = _resolved(config, graph_layer_names(gm))
+    roles = _prepare_fx(gm, resolved)
     _check_overrides_match(gm, resolved, roles)
     gm.lowbit_info = QuantInfo(resolved, "fx", arch)
     return gm
 
 
-def _swapped(model: nn.Module, config: QuantConfig, arch: dict | None) -> nn.Module:
-    resolved = _prepare_swap(model, config)
-    _check_overrides_match(model, resolved)
-    model.lowbit_info = QuantInfo(resolved, "swap", arch)
+def _fallback_message(model: nn.Module, exc: Exception, parts: dict[str, fx.GraphModule]) -> str:
+    layers = sum(is_quantizable(m) for m in model.modules())
+    traced = sum(len(graph_layer_names(gm)) for gm in parts.values())
+    if parts:
+        how = (f"its own forward() is kept, and {traced} of its {layers} quantizable layers, in {len(parts)} "
+               "submodule(s) that trace, are quantized as graphs; the other layers fall back to module swapping "
+               "(weights and inputs quantized, batch-norm not folded)")
+    else:
+        how = ("falling back to module swapping: weights and conv/linear inputs are quantized, batch-norm is not "
+               "folded")
+    return (f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {first_line(exc)}); {how}. To "
+            "get full graph quantization, move data-dependent Python control flow out of forward() or mark that "
+            "submodule as a leaf with torch.fx.wrap.")
+
+
+def _swapped(model: nn.Module, config: QuantConfig, arch: dict | None, parts: dict[str, fx.GraphModule]) -> nn.Module:
+    resolved, roles = _prepare_swap(model, config, parts)
+    _check_overrides_match(model, resolved, roles)
+    model.lowbit_info = QuantInfo(resolved, "parts" if parts else "swap", arch)
     return model
 
 
 def _check_overrides_match(prepared: nn.Module, config: QuantConfig, roles: set[str] = frozenset()) -> None:
     """An override that matches nothing is almost always a typo: refuse it rather than quietly ignore it."""
     names = {n for n, _ in prepared.named_modules()} | roles
-    if isinstance(prepared, fx.GraphModule):
-        names |= {node.name for node in prepared.graph.nodes}
+    for path, gm in prepared.named_modules():
+        if isinstance(gm, fx.GraphModule):
+            names |= {f"{path}.{node.name}" if path else node.name for node in gm.graph.nodes}
     for o in config.overrides:
         if any(o.matches(n) for n in names):
             continue
@@ -352,17 +394,19 @@ def activation_quantizers(model: nn.Module) -> list[tuple[str, Quantizer]]:
 def layer_input_quantizers(model: nn.Module) -> dict[str, str]:
     """For each quantized weight layer, the module path of the activation quantizer that feeds it
     (looking through shape-only operations). Layers whose input is not quantized are left out."""
-    if not isinstance(model, fx.GraphModule):
-        return {name: f"{name}.input_quant" for name, m in model.named_modules()
-                if isinstance(m, QuantLayer) and m.input_quant is not None}
-    modules = dict(model.named_modules())
-    found: dict[str, str] = {}
-    for node in model.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], QuantLayer) or not node.args:
+    found = {name: f"{name}.input_quant" for name, m in model.named_modules()
+             if isinstance(m, QuantLayer) and m.input_quant is not None}
+    for path, gm in model.named_modules():  # the whole model, or the traced parts of an untraceable one
+        if not isinstance(gm, fx.GraphModule):
             continue
-        src = node.args[0]
-        while isinstance(src, fx.Node) and _kind(src, modules) == "pass" and src.all_input_nodes:
-            src = src.all_input_nodes[0]
-        if isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules[src.target], Quantizer):
-            found.setdefault(node.target, src.target)
+        prefix = f"{path}." if path else ""
+        modules = dict(gm.named_modules())
+        for node in gm.graph.nodes:
+            if node.op != "call_module" or not isinstance(modules[node.target], QuantLayer) or not node.args:
+                continue
+            src = node.args[0]
+            while isinstance(src, fx.Node) and _kind(src, modules) == "pass" and src.all_input_nodes:
+                src = src.all_input_nodes[0]
+            if isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules[src.target], Quantizer):
+                found.setdefault(prefix + node.target, prefix + src.target)
     return found

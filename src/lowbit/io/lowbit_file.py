@@ -234,7 +234,8 @@ def _add_corrected_biases(qmodel: nn.Module, index: Layout) -> None:
 
 def _prepared(path: Path, record: RunRecord, architecture: Architecture, device: str | torch.device,
               index: Layout) -> nn.Module:
-    mode = "swap" if record.mode == "swap" else None  # a swapped model is swapped again, without tracing
+    # a model prepared in parts (or swapped) is prepared the same way again, without trying to trace it whole
+    mode = record.mode if record.mode in ("parts", "swap") else None
     if isinstance(architecture, nn.Module):
         qmodel = prepare(architecture, record.config, mode)
     elif record.arch is None:

@@ -128,7 +128,7 @@ class RunRecord:
             raise s.fail("header.format_version", f"format {version} was written by {newer}")
         d = s.obj(d, "header", ("format", "format_version", "lowbit_version", "config", "mode", "arch", "bits",
                                 "calibrated_activations", *TYPED_EXTRAS, "provenance"))
-        return cls(config=_config(d["config"]), mode=s.text(d["mode"], "header.mode", ("fx", "swap")),
+        return cls(config=_config(d["config"]), mode=s.text(d["mode"], "header.mode", ("fx", "parts", "swap")),
                    bits={s.text(k, "header.bits", max_len=s.MAX_TEXT): _bits(v, f"header.bits.{k}")
                          for k, v in s.mapping(d["bits"], "header.bits").items()},
                    calibrated_activations=tuple(s.text(n, "header.calibrated_activations")

@@ -1,0 +1,91 @@
+"""The traceable parts of a model that torch.fx cannot trace as a whole.
+
+The Python control flow that defeats tracing (a branch on a tensor's value or shape, a loop whose count the data
+decides) usually sits in one or two ``forward`` methods, most often the top-level one, while the blocks they call
+trace. Module swapping alone would then leave every batch-norm unfolded and every residual sum unquantized, so an
+integer runtime runs none of the convolutions on integers. Instead, the untraceable modules keep their own
+``forward`` and each of their largest traceable submodules is traced on its own and quantized as a graph;
+only layers that no traced part holds are swapped.
+
+A part must be called with one argument: a submodule whose ``forward`` takes more (a mask, a flag) is traced
+with whatever those are at tracing time, which need not be what its caller passes, so it is split further.
+A traced part keeps only its ``forward``, as a model traced whole does.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import fx, nn
+
+from lowbit.layers import is_quantizable
+from lowbit.quantizer import Quantizer
+from lowbit.tracing import trace
+
+
+def _takes_one_argument(module: nn.Module) -> bool:
+    """Whether ``module.forward`` takes exactly one argument (besides ``self``), with no default."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 1 and params[0].default is inspect.Parameter.empty and params[0].kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _traced(module: nn.Module) -> fx.GraphModule | None:
+    if not _takes_one_argument(module):
+        return None
+    try:
+        return trace(module)
+    except Exception:  # noqa: BLE001 - whatever tracing raises, the module is split into its children
+        return None
+
+
+def traceable_parts(model: nn.Module) -> dict[str, fx.GraphModule]:
+    """The largest submodules of ``model`` that trace and hold a layer lowbit quantizes, by path, in module
+    order, each traced (not yet prepared). ``model`` itself is not tried (the caller found it untraceable)."""
+    parts: dict[str, fx.GraphModule] = {}
+    seen: set[int] = set()
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}{name}"
+            if id(child) in seen or is_quantizable(child) or isinstance(child, Quantizer) \
+                    or not any(is_quantizable(m) for m in child.modules()):
+                continue
+            seen.add(id(child))  # a module registered twice would be traced into two copies: split it instead
+            gm = _traced(child)
+            if gm is None:
+                visit(child, f"{path}.")
+            else:
+                parts[path] = gm
+
+    visit(model, "")
+    return parts
+
+
+def graph_layer_names(gm: fx.GraphModule) -> list[str]:
+    """The quantizable layers a traced graph calls, in the order it calls them first."""
+    modules = dict(gm.named_modules())
+    return list(dict.fromkeys(n.target for n in gm.graph.nodes
+                              if n.op == "call_module" and is_quantizable(modules[n.target])))
+
+
+def layer_order(model: nn.Module, parts: dict[str, fx.GraphModule]) -> list[str]:
+    """Every quantizable layer of ``model``: module order, and inside a traced part the order its graph calls them
+    (the untraceable ``forward`` gives no order; registration order is the usual one)."""
+    order: list[str] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}{name}"
+            if path in parts:
+                order.extend(f"{path}.{n}" for n in graph_layer_names(parts[path]))
+            elif is_quantizable(child):
+                order.append(path)
+            else:
+                visit(child, f"{path}.")
+
+    visit(model, "")
+    return list(dict.fromkeys(order))
