@@ -10,7 +10,7 @@ from lowbit import LowbitError
 from lowbit.calibrate import calibrate, calibrate_weights, freeze
 from lowbit.config import QuantConfig
 from lowbit.coverage import coverage
-from lowbit.graph import activation_quantizers, fold_batchnorm, prepare, trace
+from lowbit.graph import activation_quantizers, fold_batchnorm, layer_input_quantizers, prepare, trace
 from lowbit.layers import QConv2d, QLinear, quant_layers
 
 
@@ -192,8 +192,9 @@ class OpaqueBlock(nn.Module):
 
 
 def test_layers_inside_opaque_modules_and_timm_linear_are_quantized(tmp_path):
-    """The traced graph calls the MobileViT block as a whole; its convolutions and linear layers are swapped with
-    their own input quantizers, and timm's Linear head is quantized like nn.Linear."""
+    """The traced graph calls the MobileViT block as a whole; inside it, the parts that trace (its transformer, its
+    conv-norm-act layers) are quantized as graphs and the other layers swapped with their own input quantizers,
+    and timm's Linear head is quantized like nn.Linear."""
     torch.manual_seed(0)
     model, x = OpaqueBlock().eval(), torch.rand(16, 3, 8, 8)
     qmodel = lowbit.quantize(model, x, weights_bits=8, activation_bits=8)
@@ -202,7 +203,11 @@ def test_layers_inside_opaque_modules_and_timm_linear_are_quantized(tmp_path):
     share = coverage(qmodel)
     assert share.unquantized == {} and share.float_fraction < 0.05, share.describe()
     inner = [name for name, _ in quant_layers(qmodel) if name.startswith("block.")]
-    assert len(inner) >= 6 and all(qmodel.get_submodule(n).input_quant is not None for n in inner)
+    inputs = layer_input_quantizers(qmodel)
+    assert len(inner) >= 6 and set(inner) <= set(inputs)  # every one reads a quantized input
+    assert isinstance(qmodel.block.transformer, fx.GraphModule)  # its matmuls and their inputs quantized too
+    assert inputs["block.transformer.0.attn.proj"] == "block.transformer.act_quant.matmul_1"
+    assert qmodel.block.conv_1x1.input_quant is not None
     with torch.no_grad():
         ours, float_out = qmodel(x), model(x)
     assert (ours - float_out).abs().max() < 0.05 * float_out.abs().max()

@@ -252,28 +252,28 @@ def _prepare_fx(gm: fx.GraphModule, config: QuantConfig, prefix: str = "") -> se
     for name in graph_layer_names(gm):
         if not config.keeps_float(prefix + name):
             set_module(gm, name, to_quantized(modules[name], config.weight_spec_for(prefix + name), seed=config.seed))
-    _swap_inside_opaque_modules(gm, config, modules, prefix)
-    roles: set[str] = set()
+    roles = _quantize_opaque_modules(gm, config, modules, prefix)
     if config.activations is not None or any(o.activations for o in config.overrides):
-        roles = _insert_activation_quantizers(gm, config, prefix)
+        roles |= _insert_activation_quantizers(gm, config, prefix)
     gm.graph.lint()
     gm.recompile()
     return roles
 
 
-def _swap_inside_opaque_modules(gm: fx.GraphModule, config: QuantConfig, modules: dict[str, nn.Module],
-                                prefix: str) -> None:
-    """Swap, with their own input quantizers as module swapping places them, the layers inside the modules the
-    traced graph calls as opaque wholes (timm's untraceable blocks such as MobileViT's, torch.nn modules with
-    layers inside): left alone, their weights would stay float."""
+def _quantize_opaque_modules(gm: fx.GraphModule, config: QuantConfig, modules: dict[str, nn.Module],
+                             prefix: str) -> set[str]:
+    """Quantize the layers inside the modules the traced graph calls as opaque wholes (timm's untraceable blocks
+    such as MobileViT's, torch.nn modules with layers inside), which would otherwise stay float: their
+    traceable parts as graphs, the other layers by swapping. Returns the roles the parts' activations play."""
+    roles: set[str] = set()
+    done: set[int] = set()
     for node in gm.graph.nodes:
         module = modules.get(node.target) if node.op == "call_module" else None
-        if module is None or isinstance(module, (QuantLayer, Quantizer)) or is_quantizable(module):
+        if module is None or id(module) in done or isinstance(module, (QuantLayer, Quantizer)) or is_quantizable(module):
             continue
-        for inner, layer in list(module.named_modules()):
-            name = f"{node.target}.{inner}"
-            if inner and is_quantizable(layer) and not config.keeps_float(prefix + name):
-                _swap_with_input_quantizer(gm, name, layer, config, prefix)
+        done.add(id(module))
+        roles |= _quantize_in_place(module, config, traceable_parts(module), f"{prefix}{node.target}.")
+    return roles
 
 
 def _swap_with_input_quantizer(root: nn.Module, name: str, layer: nn.Module, config: QuantConfig,
@@ -285,22 +285,23 @@ def _swap_with_input_quantizer(root: nn.Module, name: str, layer: nn.Module, con
                                         config.activation_spec_for(f"{path}.input_quant", path), config.seed))
 
 
-def _prepare_swap(model: nn.Module, config: QuantConfig, parts: dict[str, fx.GraphModule]) -> tuple[QuantConfig, set[str]]:
-    """Quantize each traced part as a graph and put it in place; swap every other layer. Returns the resolved
-    config and the roles the parts' activations play."""
-    config = _resolved(config, layer_order(model, parts))
-    outside = [n for n, m in model.named_modules()
+def _quantize_in_place(module: nn.Module, config: QuantConfig, parts: dict[str, fx.GraphModule],
+                       prefix: str = "") -> set[str]:
+    """Quantize each traced part of ``module`` as a graph and put it in place; swap every other layer. Names in
+    ``config`` are paths in the model, ``prefix`` + the path in ``module``. Returns the roles the parts'
+    activations play."""
+    outside = [n for n, m in module.named_modules()
                if is_quantizable(m) and not any(n.startswith(f"{p}.") for p in parts)]
     roles: set[str] = set()
     for path, gm in parts.items():
-        roles |= _prepare_fx(gm, config, f"{path}.")
-        _replace_everywhere(model, model.get_submodule(path), gm)
+        roles |= _prepare_fx(gm, config, f"{prefix}{path}.")
+        _replace_everywhere(module, module.get_submodule(path), gm)
     for name in outside:
-        layer = model.get_submodule(name)
-        if not config.keeps_float(name) and not isinstance(layer, QuantLayer):  # not already swapped by an alias
-            _swap_with_input_quantizer(model, name, layer, config)
-            _replace_everywhere(model, layer, model.get_submodule(name))
-    return config, roles
+        layer = module.get_submodule(name)
+        if not config.keeps_float(prefix + name) and not isinstance(layer, QuantLayer):  # an alias swapped it
+            _swap_with_input_quantizer(module, name, layer, config, prefix)
+            _replace_everywhere(module, layer, module.get_submodule(name))
+    return roles
 
 
 def _replace_everywhere(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
@@ -362,7 +363,8 @@ def _fallback_message(model: nn.Module, exc: Exception, parts: dict[str, fx.Grap
 
 
 def _swapped(model: nn.Module, config: QuantConfig, arch: dict | None, parts: dict[str, fx.GraphModule]) -> nn.Module:
-    resolved, roles = _prepare_swap(model, config, parts)
+    resolved = _resolved(config, layer_order(model, parts))
+    roles = _quantize_in_place(model, resolved, parts)
     _check_overrides_match(model, resolved, roles)
     model.lowbit_info = QuantInfo(resolved, "parts" if parts else "swap", arch)
     return model
