@@ -19,7 +19,7 @@ from lowbit.algorithms.swap_reconstruct import capture_unit
 from lowbit.algorithms.swap_units import CHUNK, find_units
 from lowbit.calibrate import calibrate
 from lowbit.config import QuantConfig
-from lowbit.graph import prepare
+from lowbit.graph import activation_quantizers, prepare
 from lowbit.layers import quant_layers
 
 ITERS = 100
@@ -181,3 +181,13 @@ def test_reload_is_exact_and_seeds_repeat(setup, tmp_path):
         reloaded = lowbit.load(lowbit.save(runs[0], tmp_path / "q.lowbit"), model=Branchy())
     with torch.no_grad():
         assert torch.equal(runs[0](test), reloaded(test))
+
+
+def test_brecq_tunes_the_activation_grids_inside_a_traced_part(setup):
+    model, calib, _ = setup
+    q = prepared(model, calib)
+    before = {n: m.scale.clone() for n, m in activation_quantizers(q.blocks[0])}
+    brecq.run(q, [calib], brecq.BrecqOptions(iters=60))
+    assert isinstance(q.blocks[0].conv1.rounding, SoftRounding)  # the unit kept what it learned
+    after = dict(activation_quantizers(q.blocks[0]))
+    assert len(before) >= 3 and all(not torch.equal(after[n].scale, s) for n, s in before.items())

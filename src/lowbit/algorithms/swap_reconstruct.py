@@ -1,14 +1,14 @@
-"""Learned rounding for module-swapped models (those torch.fx could not trace).
+"""Learned rounding for models torch.fx could not trace whole (swapped in place, or in traced parts).
 
-There is no graph to cut into blocks, so the units are modules (:mod:`lowbit.algorithms.swap_units`): single
+There is no graph of the whole model to cut into blocks, so the units are modules (:mod:`lowbit.algorithms.swap_units`): single
 quantized layers for AdaRound, blocks found in the module tree for BRECQ, QDrop and EPTQ. Unit by unit, in
 execution order, forward hooks capture the unit's input in the quantized model (already-reconstructed units
 upstream) and its output in the float model, over the whole forward pass, since Python control flow decides
 which modules run. The unit is then optimized by the same engine as traced models
 (:func:`lowbit.algorithms.unit.optimize_unit`).
 
-A swapped layer quantizes its own input, so the unit's input quantizers are inside the unit: BRECQ learns
-their step sizes, and QDrop drops quantization there (each element keeps its unquantized value). Mixing in
+A swapped layer quantizes its own input, and a part traced as a graph its input and what it computes, so the
+unit's activation grids are inside the unit: BRECQ learns their step sizes, and QDrop drops quantization there (each element keeps its unquantized value). Mixing in
 the float model's unit input as well, as traced blocks do, ended several dB worse on a small residual
 network (the unit's own quantizer then drops a second time), so no float inputs are cached.
 """
@@ -26,6 +26,7 @@ from lowbit.algorithms.activation_cache import ActivationCache
 from lowbit.algorithms.method import RoundingMethod
 from lowbit.algorithms.unit import EngineState, UnitData, float_copy, optimize_unit
 from lowbit.algorithms.swap_units import CHUNK, Unit, find_units
+from lowbit.graph import activation_quantizers
 from lowbit.quantizer import Quantizer
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,11 @@ def capture_unit(qmodel: nn.Module, fp: nn.Module, unit: Unit, inputs: torch.Ten
     return x_q, cache.cat(ys), keys
 
 
-def _input_quantizers(qmodel: nn.Module, unit: Unit) -> list[Quantizer]:
-    """The static activation grids inside the unit: what BRECQ tunes and QDrop drops."""
-    found = [getattr(qmodel.get_submodule(n), "input_quant", None) for n in unit.layers]
-    return [q for q in found if q is not None and q.needs_calibration and q.state == "quantize"]
+def _unit_quantizers(qmodel: nn.Module, unit: Unit) -> list[Quantizer]:
+    """The static activation grids inside the unit (its swapped layers' input grids, every grid of a part traced
+    as a graph): what BRECQ tunes and QDrop drops."""
+    return [q for _, q in activation_quantizers(qmodel.get_submodule(unit.name))
+            if q.needs_calibration and q.state == "quantize"]
 
 
 def reconstruct_swapped(qmodel: nn.Module, batches: list[torch.Tensor], method: RoundingMethod,
@@ -142,5 +144,5 @@ def reconstruct_swapped(qmodel: nn.Module, batches: list[torch.Tensor], method: 
         weights = weighting(unit, keys, target.dim()) if weighting is not None else None
         weight_fn = (lambda idx, w=weights: w[idx].to(device)) if weights is not None else (lambda idx: None)
         layers = [qmodel.get_submodule(n) for n in unit.layers]
-        optimize_unit(qmodel.get_submodule(unit.name), layers, _input_quantizers(qmodel, unit),
+        optimize_unit(qmodel.get_submodule(unit.name), layers, _unit_quantizers(qmodel, unit),
                       UnitData(x_q, None, target, weight_fn), method, state)
