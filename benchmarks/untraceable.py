@@ -125,7 +125,11 @@ def main() -> None:
                       "same top-1 in onnxruntime %", "integer / float convs and matmuls in onnxruntime"], accuracy)
             + "\n\nSpeed in onnxruntime, torchvision ResNet-18 at 224x224 (random weights; W8A8), "
             f"{args.threads} thread(s), medians of {args.repeats} runs taken in turns of {BLOCK}:\n\n"
-            + md_table(["form", "batch", "integer / float convs and matmuls", "median ms", "speed vs fp32"], speed))
+            + md_table(["form", "batch", "integer / float convs and matmuls", "median ms", "speed vs fp32"], speed)
+            + "\n\nThe convolutions left in float with traceable parts are those outside every part whose output "
+            "reaches a batch-norm (the stems, registered on the model itself and called from its untraceable "
+            "forward: no graph says that nothing else reads their output, so the batch-norm is not folded) and "
+            "the classifier, which quantizes only its input.")
     publish("untraceable", "Models torch.fx cannot trace whole: traceable parts against module swapping", body, PAGE,
             not args.no_write)
 
