@@ -6,8 +6,10 @@ in the same run: the same model traced whole (the branch removed: the best lowbi
 alone (every layer quantizes its own input, batch-norm unfolded, sums unquantized: what is left when no part is
 traced). W8A8 and W4A8 round-to-nearest, 1024 calibration images from the Fashion-MNIST training split, top-1
 on the full test split in lowbit's PyTorch model and in onnxruntime, and how many convolutions and matmuls
-onnxruntime runs on integer kernels. Then the speed of the three forms of torchvision ResNet-18 at 224x224
-(random weights and images: only time is measured) in onnxruntime, beside its float model.
+onnxruntime runs on integer kernels; beside them onnxruntime's own ``quantize_static`` on the float ONNX file
+(which torch.export writes whether or not torch.fx traces the model). Then the speed of the three forms of
+torchvision ResNet-18 at 224x224 (random weights and images: only time is measured) in onnxruntime, beside its
+float model and onnxruntime's own int8 model.
 Run: python3 benchmarks/untraceable.py
 """
 
@@ -23,16 +25,17 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 import torchvision
+from coverage import kernels
+from deploy import agreement, ort_static, outputs, top1
+from onnxruntime.quantization import CalibrationMethod
+from report import bundled_model, md_table, publish, topic_page
 from torch import nn
 
 import lowbit
-from coverage import kernels
-from deploy import agreement, outputs, top1
 from lowbit.data import calibration_batches, load_dataset
 from lowbit.deploy import export, export_float
 from lowbit.deploy.bench import BLOCK, median_seconds
 from lowbit.deploy.runtime import OnnxClassifier
-from report import bundled_model, md_table, publish, topic_page
 
 PAGE = topic_page("untraceable")
 SETTINGS = {"W8A8": dict(weights_bits=8, activation_bits=8), "W4A8": dict(weights_bits=4, activation_bits=8)}
@@ -77,6 +80,11 @@ def accuracy_rows(name: str, tmp: Path) -> list[list]:
             ours, theirs = outputs(qmodel, test), outputs(OnnxClassifier(path), test)
             rows.append([name, setting, form, f"{top1(ours, labels):.2f} / {top1(theirs, labels):.2f}",
                          agreement(ours, theirs)[0], kernels(path)])
+    # the peer works on the float ONNX file, which torch.export writes whatever torch.fx makes of the model
+    float_path = export_float(behind_a_branch(bundled_model(name)), tmp / f"{name}_float.onnx", batches[0][:2])
+    path = ort_static(float_path, tmp / f"{name}_ort.onnx", batches, CalibrationMethod.MinMax)
+    rows.append([name, "W8A8", "onnxruntime quantize_static (MinMax) on the float ONNX file",
+                 f"- / {top1(outputs(OnnxClassifier(path), test), labels):.2f}", "-", kernels(path)])
     return rows
 
 
@@ -88,9 +96,11 @@ def speed_rows(threads: int, repeats: int, tmp: Path) -> list[list]:
         torch.manual_seed(0)
         return torchvision.models.resnet18(weights=None).eval()
 
-    runners = {"onnxruntime fp32": OnnxClassifier(export_float(resnet18(), tmp / "float.onnx", batches[0][:2]),
-                                                  threads)}
-    counts = {}
+    float_path = export_float(behind_a_branch(resnet18()), tmp / "float.onnx", batches[0][:2])
+    peer = ort_static(float_path, tmp / "ort.onnx", batches, CalibrationMethod.MinMax)
+    runners = {"onnxruntime fp32": OnnxClassifier(float_path, threads),
+               "onnxruntime quantize_static W8A8": OnnxClassifier(peer, threads)}
+    counts = {"onnxruntime quantize_static W8A8": kernels(peer)}
     for form in FORMS:
         path = export(quantize(resnet18(), form, batches, weights_bits=8, activation_bits=8),
                       tmp / f"{form.replace(' ', '_')}.onnx", batches[0][:2]).path
@@ -101,8 +111,8 @@ def speed_rows(threads: int, repeats: int, tmp: Path) -> list[list]:
         x = torch.randn(batch, 3, 224, 224, generator=gen)
         times = median_seconds({form: (lambda r=r: r(x)) for form, r in runners.items()}, 2, repeats)
         for form, t in times.items():
-            rows.append([form, batch, counts.get(form, "-"), 1000 * t,
-                         f"{times['onnxruntime fp32'] / t:.2f}x"])
+            rows.append([form, batch, counts.get(form, "-"), 1000 * t, f"{times['onnxruntime fp32'] / t:.2f}x",
+                         f"{times['onnxruntime quantize_static W8A8'] / t:.2f}x"])
     return rows
 
 
@@ -125,7 +135,8 @@ def main() -> None:
                       "same top-1 in onnxruntime %", "integer / float convs and matmuls in onnxruntime"], accuracy)
             + "\n\nSpeed in onnxruntime, torchvision ResNet-18 at 224x224 (random weights; W8A8), "
             f"{args.threads} thread(s), medians of {args.repeats} runs taken in turns of {BLOCK}:\n\n"
-            + md_table(["form", "batch", "integer / float convs and matmuls", "median ms", "speed vs fp32"], speed)
+            + md_table(["form", "batch", "integer / float convs and matmuls", "median ms", "speed vs fp32",
+                        "speed vs onnxruntime int8"], speed)
             + "\n\nThe convolutions left in float with traceable parts are those outside every part whose output "
             "reaches a batch-norm (the stems, registered on the model itself and called from its untraceable "
             "forward: no graph says that nothing else reads their output, so the batch-norm is not folded) and "

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 import lowbit
@@ -113,7 +114,9 @@ def test_units_are_blocks_or_layers_in_execution_order(setup):
     model, calib, _ = setup
     q = prepared(model, calib)
     blocks = find_units(q, calib, "block", torch.device("cpu"))
-    assert [u.name for u in blocks] == ["stem.0", "blocks.0", "blocks.1", "head"]
+    # the stem, traced as a part with one layer, is the one block of its graph (with its grids inside)
+    assert [u.name for u in blocks] == ["stem", "blocks.0", "blocks.1", "head"]
+    assert blocks[0].block is not None and blocks[0].layers == ("stem.0",) and blocks[0].input_at() == ("stem", "input")
     assert blocks[1].layers == ("blocks.0.conv1", "blocks.0.conv2")
     layers = find_units(q, calib, "layer", torch.device("cpu"))
     assert [u.name for u in layers] == ["stem.0", "blocks.0.conv1", "blocks.0.conv2", "blocks.1.conv1",
@@ -191,3 +194,31 @@ def test_brecq_tunes_the_activation_grids_inside_a_traced_part(setup):
     assert isinstance(q.blocks[0].conv1.rounding, SoftRounding)  # the unit kept what it learned
     after = dict(activation_quantizers(q.blocks[0]))
     assert len(before) >= 3 and all(not torch.equal(after[n].scale, s) for n, s in before.items())
+
+
+class Deep(nn.Module):
+    """Three residual blocks in one traceable stage (six layers: more than one unit), behind a size branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.stage = nn.Sequential(Residual(8), Residual(8), Residual(8))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < 8:  # a branch on the input's size defeats fx
+            x = F.interpolate(x, scale_factor=2)
+        return self.head(self.stage(torch.relu(self.stem(x))).mean(dim=(2, 3)))
+
+
+def test_a_part_larger_than_a_block_is_cut_into_its_graph_blocks(setup):
+    _, calib, test = setup
+    torch.manual_seed(0)
+    model = randomize_bn(Deep())
+    q = prepared(model, calib)
+    units = [u for u in find_units(q, calib, "block", torch.device("cpu")) if u.name == "stage"]
+    assert [u.layers for u in units] == [(f"stage.{i}.conv1", f"stage.{i}.conv2") for i in range(3)]
+    assert units[0].input_at() == ("stage", "input") and units[1].input_at()[1] == "output"
+    nearest = quantize(model, calib, bias_correction=False)
+    learned = quantize(model, calib, method="brecq", iters=3 * ITERS)
+    assert sqnr_db(model, learned, test) > sqnr_db(model, nearest, test) + 3.0

@@ -82,14 +82,14 @@ def _run_swapped(qmodel: nn.Module, batches: list[torch.Tensor], options: EptqOp
     inputs = torch.cat(batches)
     units = find_units(qmodel, inputs, Eptq.granularity, device)
     fp = float_copy(qmodel)
-    diagonals = module_output_hessian_diagonals(fp, [fp.get_submodule(u.name) for u in units], inputs,
+    diagonals = module_output_hessian_diagonals(fp, [fp.get_submodule(u.output_of()) for u in units], inputs,
                                                 options.hessian_probes, CHUNK, options.seed)
-    by_unit = dict(zip((u.name for u in units), diagonals))
+    by_unit = dict(zip((u.label for u in units), diagonals))
     del fp
     hessian_seconds = time.perf_counter() - start
 
     def weighting(unit: Unit, keys: list[CallKey], ndim: int) -> torch.Tensor:
-        return _normalized(torch.cat([by_unit[unit.name][c][k] for c, k in keys]), ndim)
+        return _normalized(torch.cat([by_unit[unit.label][c][k] for c, k in keys]), ndim)
 
     reconstruct_swapped(qmodel, batches, Eptq(options), progress, weighting=weighting, units=units)
     qmodel.lowbit_info.extra["hessian_seconds"] = round(hessian_seconds, 3)

@@ -79,14 +79,15 @@ def capture_unit(qmodel: nn.Module, fp: nn.Module, unit: Unit, inputs: torch.Ten
     unit a different number of times (control flow that quantization changed) cannot be paired and is left
     out, as are calls whose per-sample shapes differ from the first call's. None when nothing pairs.
     """
-    name = unit.name
-    q_module, fp_module = qmodel.get_submodule(name), fp.get_submodule(name)
+    name = unit.label
+    source, side = unit.input_at()
+    q_module, fp_module = qmodel.get_submodule(source), fp.get_submodule(unit.output_of())
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
     keys: list[CallKey] = []
     for c, start in enumerate(range(0, len(inputs), CHUNK)):
         x = inputs[start : start + CHUNK].to(device)
-        q_in = _calls(qmodel, q_module, x, "input", unit.single_call)
+        q_in = _calls(qmodel, q_module, x, side, unit.single_call)
         fp_out = _calls(fp, fp_module, x, "output", unit.single_call)
         if len(q_in) != len(fp_out):
             log.debug("%s: chunk %d calls it %d times quantized, %d times float; left out", name, c, len(q_in),
@@ -108,8 +109,14 @@ def capture_unit(qmodel: nn.Module, fp: nn.Module, unit: Unit, inputs: torch.Ten
 def _unit_quantizers(qmodel: nn.Module, unit: Unit) -> list[Quantizer]:
     """The static activation grids inside the unit (its swapped layers' input grids, every grid of a part traced
     as a graph): what BRECQ tunes and QDrop drops."""
-    return [q for _, q in activation_quantizers(qmodel.get_submodule(unit.name))
-            if q.needs_calibration and q.state == "quantize"]
+    if unit.block is None:
+        inside = [q for _, q in activation_quantizers(qmodel.get_submodule(unit.name))]
+    else:
+        part = qmodel.get_submodule(unit.name)
+        by_name = {n.name: n for n in part.graph.nodes}
+        targets = [by_name[n].target for n in unit.block.nodes if by_name[n].op == "call_module"]
+        inside = [m for t in targets if isinstance(m := part.get_submodule(t), Quantizer)]
+    return [q for q in inside if q.needs_calibration and q.state == "quantize"]
 
 
 def reconstruct_swapped(qmodel: nn.Module, batches: list[torch.Tensor], method: RoundingMethod,
@@ -134,15 +141,15 @@ def reconstruct_swapped(qmodel: nn.Module, batches: list[torch.Tensor], method: 
     bar = tqdm(units, desc=name, disable=not progress, leave=False)
     state = EngineState(device, torch.Generator().manual_seed(options.seed), bar)
     for unit in bar:
-        bar.set_description(f"{name} {unit.name}")
+        bar.set_description(f"{name} {unit.label}")
         captured = capture_unit(qmodel, fp, unit, inputs, device, cache)
         if captured is None:
             log.warning("%s: %s runs differently in the quantized and the float model; it keeps round-to-nearest",
-                        name, unit.name)
+                        name, unit.label)
             continue
         x_q, target, keys = captured
         weights = weighting(unit, keys, target.dim()) if weighting is not None else None
         weight_fn = (lambda idx, w=weights: w[idx].to(device)) if weights is not None else (lambda idx: None)
         layers = [qmodel.get_submodule(n) for n in unit.layers]
-        optimize_unit(qmodel.get_submodule(unit.name), layers, _unit_quantizers(qmodel, unit),
+        optimize_unit(unit.module(qmodel), layers, _unit_quantizers(qmodel, unit),
                       UnitData(x_q, None, target, weight_fn), method, state)
