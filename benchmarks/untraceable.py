@@ -4,9 +4,9 @@ Each model is given a top-level ``forward`` that torch.fx cannot trace (a branch
 never fires here), so lowbit keeps that ``forward`` and quantizes the traceable submodules as graphs. Against it
 in the same run: the same model traced whole (the branch removed: the best lowbit can do), and module swapping
 alone (every layer quantizes its own input, batch-norm unfolded, sums unquantized: what is left when no part is
-traced). W8A8 and W4A8 round-to-nearest, 1024 calibration images from the Fashion-MNIST training split, top-1
-on the full test split in lowbit's PyTorch model and in onnxruntime, and how many convolutions and matmuls
-onnxruntime runs on integer kernels; beside them onnxruntime's own ``quantize_static`` on the float ONNX file
+traced). W8A8 and W4A8 round-to-nearest and W4A4 BRECQ, 1024 calibration images from the Fashion-MNIST
+training split, top-1 on the full test split in lowbit's PyTorch model and in onnxruntime, and how many
+convolutions and matmuls onnxruntime runs on integer kernels (activations narrower than 8 bits have none); beside them onnxruntime's own ``quantize_static`` on the float ONNX file
 (which torch.export writes whether or not torch.fx traces the model). Then the speed of the three forms of
 torchvision ResNet-18 at 224x224 (random weights and images: only time is measured) in onnxruntime, beside its
 float model and onnxruntime's own int8 model.
@@ -38,7 +38,8 @@ from lowbit.deploy.bench import BLOCK, median_seconds
 from lowbit.deploy.runtime import OnnxClassifier
 
 PAGE = topic_page("untraceable")
-SETTINGS = {"W8A8": dict(weights_bits=8, activation_bits=8), "W4A8": dict(weights_bits=4, activation_bits=8)}
+SETTINGS = {"W8A8": dict(weights_bits=8, activation_bits=8), "W4A8": dict(weights_bits=4, activation_bits=8),
+            "W4A4 brecq, 300 steps per unit": dict(weights_bits=4, activation_bits=4, method="brecq", iters=300)}
 
 
 def behind_a_branch(model: nn.Module) -> nn.Module:

@@ -166,3 +166,15 @@ def test_a_module_registered_twice_is_replaced_under_both_names(images):
         q = prepare(Outer(), QuantConfig.from_bits(8, 8))
     assert isinstance(q.shared, fx.GraphModule) and q.again is q.shared
     assert isinstance(q.stages[1].conv, QuantLayer)
+
+
+def test_mixed_precision_and_fine_tuning_work_on_a_model_in_parts(images):
+    labels = torch.randint(0, 5, (32,), generator=torch.Generator().manual_seed(0))
+    q = quantized(images[:32], mixed=lowbit.Budget(weights_cr=6), sensitivity_images=32)
+    bits = {n: layer.weight_quant.spec.bits for n, layer in quant_layers(q)}
+    assert set(bits) == {"conv", "blocks.0.conv1", "blocks.0.conv2", "blocks.1.conv1", "blocks.1.conv2", "head"}
+    assert len(set(bits.values())) > 1 and q.lowbit_info.mode == "parts"
+    tuned = lowbit.finetune(q, (images[:32], labels), epochs=1, batch_size=16)
+    assert tuned.lowbit_info.mode == "parts" and isinstance(tuned.blocks, fx.GraphModule)
+    with torch.no_grad():
+        assert torch.isfinite(tuned(images[32:])).all()
