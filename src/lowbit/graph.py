@@ -33,9 +33,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from lowbit.attention import split_attention
 from lowbit.config import RESIDUAL_BRANCH, QuantConfig
 from lowbit.device import model_device
-from lowbit.errors import LowbitError, first_line
+from lowbit.errors import LowbitError
 from lowbit.fused_attention import write_out_fused_attention
-from lowbit.graph_parts import graph_layer_names, layer_order, traceable_parts
+from lowbit.graph_parts import fallback_message, graph_layer_names, layer_order, traceable_parts
 from lowbit.layers import QuantLayer, is_quantizable, quantized_type_names, to_quantized
 from lowbit.quantizer import Quantizer
 from lowbit.timm_layers import register_timm_layers
@@ -338,28 +338,13 @@ def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> 
         gm = trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure falls back, with the reason in the warning
         parts = traceable_parts(model)
-        warnings.warn(_fallback_message(model, exc, parts), stacklevel=2)
+        warnings.warn(fallback_message(model, exc, parts), stacklevel=2)
         return _swapped(model, config, arch, parts)
     resolved = _resolved(config, graph_layer_names(gm))
     roles = _prepare_fx(gm, resolved)
     _check_overrides_match(gm, resolved, roles)
     gm.lowbit_info = QuantInfo(resolved, "fx", arch)
     return gm
-
-
-def _fallback_message(model: nn.Module, exc: Exception, parts: dict[str, fx.GraphModule]) -> str:
-    layers = sum(is_quantizable(m) for m in model.modules())
-    traced = sum(len(graph_layer_names(gm)) for gm in parts.values())
-    if parts:
-        how = (f"its own forward() is kept, and {traced} of its {layers} quantizable layers, in {len(parts)} "
-               "submodule(s) that trace, are quantized as graphs; the other layers fall back to module swapping "
-               "(weights and inputs quantized, batch-norm not folded)")
-    else:
-        how = ("falling back to module swapping: weights and conv/linear inputs are quantized, batch-norm is not "
-               "folded")
-    return (f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {first_line(exc)}); {how}. To "
-            "get full graph quantization, move data-dependent Python control flow out of forward() or mark that "
-            "submodule as a leaf with torch.fx.wrap.")
 
 
 def _swapped(model: nn.Module, config: QuantConfig, arch: dict | None, parts: dict[str, fx.GraphModule]) -> nn.Module:

@@ -18,6 +18,7 @@ import inspect
 
 from torch import fx, nn
 
+from lowbit.errors import first_line
 from lowbit.layers import is_quantizable
 from lowbit.quantizer import Quantizer
 from lowbit.tracing import trace
@@ -89,3 +90,19 @@ def layer_order(model: nn.Module, parts: dict[str, fx.GraphModule]) -> list[str]
 
     visit(model, "")
     return list(dict.fromkeys(order))
+
+
+def fallback_message(model: nn.Module, exc: Exception, parts: dict[str, fx.GraphModule]) -> str:
+    """The warning for a model torch.fx could not trace whole: why, and what was done instead."""
+    layers = sum(is_quantizable(m) for m in model.modules())
+    traced = sum(len(graph_layer_names(gm)) for gm in parts.values())
+    if parts:
+        how = (f"its own forward() is kept, and {traced} of its {layers} quantizable layers, in {len(parts)} "
+               "submodule(s) that trace, are quantized as graphs; the other layers fall back to module swapping "
+               "(weights and inputs quantized, batch-norm not folded)")
+    else:
+        how = ("falling back to module swapping: weights and conv/linear inputs are quantized, batch-norm is not "
+               "folded")
+    return (f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {first_line(exc)}); {how}. To "
+            "get full graph quantization, move data-dependent Python control flow out of forward() or mark that "
+            "submodule as a leaf with torch.fx.wrap.")
