@@ -4,6 +4,7 @@ freeze, one call) and ``lowbit.load`` (a saved file into a zoo architecture or t
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -19,9 +20,11 @@ from lowbit.config import QuantConfig
 from lowbit.coverage import coverage
 from lowbit.data.calibration import calibration_batches
 from lowbit.data.scale_check import check_input_scale
+from lowbit.device import model_device
 from lowbit.dtypes import as_float32, keep_interface_dtype, parameter_dtype
 from lowbit.errors import LowbitError
 from lowbit.graph import activation_quantizers, prepare
+from lowbit.graph_parts import parts_difference
 from lowbit.io import lowbit_file
 from lowbit.mixed.allocate import Sensitivity, allocate
 from lowbit.mixed.budget import Budget
@@ -29,6 +32,10 @@ from lowbit.spec import Bits
 from lowbit.tasks import rebuild, task_of
 
 log = logging.getLogger(__name__)
+# a model in traced parts is checked against itself on this many calibration images before it is quantized; folding
+# batch-norm moves outputs by float rounding only, far below this share of the largest output
+PARTS_CHECK_IMAGES = 16
+PARTS_TOLERANCE = 1e-3
 
 
 def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = None, *,
@@ -89,6 +96,8 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
                               sensitivity_options=sensitivity_options, capture=task.capture)
         config = allocation.to_config(config)
     qmodel = prepare(model, config, task.capture)
+    if qmodel.lowbit_info.mode == "parts" and batches:
+        qmodel = _parts_checked(model, qmodel, config, batches[0])
     task.before_calibration(qmodel)
     if allocation is not None:
         qmodel.lowbit_info.extra["mixed"] = allocation.to_dict()
@@ -111,6 +120,17 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
         log.warning(share.describe())
     return keep_interface_dtype(qmodel, dtype)
 
+
+
+def _parts_checked(model: nn.Module, qmodel: nn.Module, config: QuantConfig, x: torch.Tensor) -> nn.Module:
+    """``qmodel`` if its traced parts compute what ``model`` computes on ``x``, else ``model`` swapped in place."""
+    difference = parts_difference(model, qmodel, x[:PARTS_CHECK_IMAGES].to(model_device(model)))
+    if difference <= PARTS_TOLERANCE:
+        return qmodel
+    warnings.warn(f"the submodules of {type(model).__name__} that torch.fx traced do not compute what its forward "
+                  f"computes with them (largest difference {difference:.2g} of the largest output): it is "
+                  "quantized by module swapping instead", stacklevel=3)
+    return prepare(model, config, "swap")
 
 
 def load(path: str, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:

@@ -31,6 +31,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from lowbit.attention import split_attention
+from lowbit.chained_batchnorm import chained_batchnorms
 from lowbit.config import RESIDUAL_BRANCH, QuantConfig
 from lowbit.device import model_device
 from lowbit.errors import LowbitError
@@ -120,6 +121,16 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
     gm.delete_all_unused_submodules()
     gm.recompile()
     return folded
+
+
+def fold_chained_batchnorms(model: nn.Module) -> int:
+    """Fold the batch-norm layers that ``model``'s own untraceable ``forward`` provably applies to a convolution's
+    output alone (:mod:`lowbit.chained_batchnorm`). Returns the count."""
+    pairs = chained_batchnorms(model)
+    for conv, bn in pairs:
+        set_module(model, conv, fuse_conv_bn_eval(model.get_submodule(conv).eval(), model.get_submodule(bn).eval()))
+        set_module(model, bn, nn.Identity())
+    return len(pairs)
 
 
 def set_module(root: nn.Module, qualname: str, module: nn.Module) -> None:
@@ -348,6 +359,8 @@ def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> 
 
 
 def _swapped(model: nn.Module, config: QuantConfig, arch: dict | None, parts: dict[str, fx.GraphModule]) -> nn.Module:
+    if parts:
+        fold_chained_batchnorms(model)
     resolved = _resolved(config, layer_order(model, parts))
     roles = _quantize_in_place(model, resolved, parts)
     _check_overrides_match(model, resolved, roles)

@@ -15,8 +15,11 @@ A traced part keeps only its ``forward``, as a model traced whole does.
 from __future__ import annotations
 
 import inspect
+import math
 
+import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_flatten
 
 from lowbit.errors import first_line
 from lowbit.layers import is_quantizable
@@ -106,3 +109,23 @@ def fallback_message(model: nn.Module, exc: Exception, parts: dict[str, fx.Graph
     return (f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {first_line(exc)}); {how}. To "
             "get full graph quantization, move data-dependent Python control flow out of forward() or mark that "
             "submodule as a leaf with torch.fx.wrap.")
+
+
+@torch.no_grad()
+def parts_difference(model: nn.Module, prepared: nn.Module, x: torch.Tensor) -> float:
+    """The largest difference between the outputs of ``model`` and of ``prepared`` (its traced parts in place,
+    every quantizer still off), as a share of the largest output; infinite when the outputs differ in form or the
+    prepared model fails (a forward that indexes a part or calls another of its methods).
+    A part traced with values its caller changes at run time (an attribute set by the untraceable ``forward``)
+    computes something else: this finds it before it is quantized."""
+    ours = tree_flatten(model(x))[0]
+    try:
+        theirs = tree_flatten(prepared(x))[0]
+    except Exception:  # noqa: BLE001 - forward reaches into a part for more than its forward (an index, a method)
+        return math.inf
+    if len(ours) != len(theirs) or not all(isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                                           and a.shape == b.shape for a, b in zip(ours, theirs)):
+        return math.inf
+    scale = max((a.abs().max().item() for a in ours if a.numel()), default=0.0) or 1.0
+    return max(((a.float() - b.float()).abs().max().item() for a, b in zip(ours, theirs) if a.numel()),
+               default=0.0) / scale

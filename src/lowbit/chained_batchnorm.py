@@ -1,0 +1,150 @@
+"""Batch-norm layers that an untraceable ``forward`` provably applies to a convolution's output, and nothing else.
+
+A model that torch.fx cannot trace whole gives no graph of its own ``forward``, so nothing says that the output of
+its stem convolution goes to the batch-norm after it and nowhere else: unfolded, that convolution runs in float
+in an integer runtime. Its source code can say so. The methods its ``forward`` reaches (through ``self.name(...)``
+and ``super().name(...)``) are read, and a (convolution, batch-norm) pair of its children is folded when every
+use of either is one of
+
+    y = self.bn(self.conv(...))                 # the batch-norm of the convolution, nested
+    x = self.conv(...)                          # or in two consecutive statements that
+    x = self.bn(x)                              # overwrite the convolution's output
+
+Anything else (another use of either, code that reaches its children by name or by iteration, a method whose
+source cannot be read) leaves the model as it is.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+
+from torch import nn
+
+# children reached through these cannot be followed (calls to torch's own methods, such as ``self.modules()``,
+# already stop the reading)
+DYNAMIC_ACCESS = {"_modules", "__dict__"}
+
+
+def _method_tree(cls: type, name: str) -> tuple[ast.FunctionDef, type] | None:
+    """The parsed method ``name`` as ``cls`` resolves it, with the class defining it (None: not readable or a
+    method of torch itself, whose code reaches children generically)."""
+    for owner in cls.__mro__:
+        if name in vars(owner):
+            if owner.__module__.startswith("torch.") or not inspect.isfunction(vars(owner)[name]):
+                return None
+            try:
+                tree = ast.parse(textwrap.dedent(inspect.getsource(vars(owner)[name])))
+            except (OSError, TypeError, SyntaxError):
+                return None
+            fn = tree.body[0]
+            return (fn, owner) if isinstance(fn, ast.FunctionDef) else None
+    return None
+
+
+def _reached_methods(cls: type) -> list[ast.FunctionDef] | None:
+    """``forward`` and every method it reaches on ``self`` or ``super()``; None when one cannot be read."""
+    seen: dict[tuple[type, str], ast.FunctionDef] = {}
+    todo: list[tuple[type, str]] = [(cls, "forward")]
+    while todo:
+        start, name = todo.pop()
+        found = _method_tree(start, name)
+        if found is None:
+            return None
+        fn, owner = found
+        if (owner, name) in seen:
+            continue
+        seen[owner, name] = fn
+        if _self_escapes(fn):
+            return None
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                target = node.func.value
+                if isinstance(target, ast.Name) and target.id == "self" and callable(getattr(cls, node.func.attr, None)) \
+                        and not isinstance(getattr(cls, node.func.attr, None), type):
+                    todo.append((cls, node.func.attr))
+                elif isinstance(target, ast.Call) and isinstance(target.func, ast.Name) and target.func.id == "super":
+                    parents = owner.__mro__[1:]
+                    if parents:
+                        todo.append((parents[0], node.func.attr))
+    return list(seen.values())
+
+
+def _self_escapes(fn: ast.FunctionDef) -> bool:
+    """Whether ``self`` is used other than as ``self.name`` or ``super()`` (passed to a function, aliased): then
+    code this reading does not follow may use the children."""
+    attribute_bases = {id(n.value) for n in ast.walk(fn) if isinstance(n, ast.Attribute)}
+    return any(isinstance(n, ast.Name) and n.id == "self" and id(n) not in attribute_bases for n in ast.walk(fn))
+
+
+def _self_attr(node: ast.AST) -> str | None:
+    """``name`` for ``self.name``."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return node.attr
+    return None
+
+
+def _called(node: ast.AST) -> str | None:
+    """``name`` for a call ``self.name(one positional argument)``."""
+    if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords:
+        return _self_attr(node.func)
+    return None
+
+
+def _pairs_in(fn: ast.FunctionDef, convs: set[str], norms: set[str]) -> tuple[list[tuple[str, str]], set[int]]:
+    """The (conv, bn) pairs ``fn`` chains, and the ids of the ``self.x`` nodes those chains account for."""
+    pairs: list[tuple[str, str]] = []
+    used: set[int] = set()
+    for node in ast.walk(fn):
+        if (bn := _called(node)) in norms and (conv := _called(node.args[0])) in convs:
+            pairs.append((conv, bn))
+            used |= {id(node.func), id(node.args[0].func)}
+        for body in (getattr(node, f, None) for f in ("body", "orelse", "finalbody")):
+            if not isinstance(body, list):
+                continue
+            for first, second in zip(body, body[1:]):
+                if not (isinstance(first, ast.Assign) and isinstance(second, ast.Assign)):
+                    continue
+                if len(first.targets) != 1 or len(second.targets) != 1 or not isinstance(first.targets[0], ast.Name):
+                    continue
+                var = first.targets[0].id
+                conv, bn = _called(first.value), _called(second.value)
+                same = isinstance(second.targets[0], ast.Name) and second.targets[0].id == var
+                if conv in convs and bn in norms and same and isinstance(second.value.args[0], ast.Name) \
+                        and second.value.args[0].id == var:
+                    pairs.append((conv, bn))
+                    used |= {id(first.value.func), id(second.value.func)}
+    return pairs, used
+
+
+def chained_batchnorms(module: nn.Module) -> list[tuple[str, str]]:
+    """The (convolution, batch-norm) children of ``module`` whose ``forward`` applies the batch-norm to the
+    convolution's output and uses neither in any other way."""
+    children = dict(module.named_children())
+    convs = {n for n, m in children.items() if type(m) is nn.Conv2d}
+    norms = {n for n, m in children.items() if type(m) is nn.BatchNorm2d and m.track_running_stats}
+    if not convs or not norms:
+        return []
+    methods = _reached_methods(type(module))
+    if methods is None:
+        return []
+    pairs: set[tuple[str, str]] = set()
+    accounted: set[int] = set()
+    for fn in methods:
+        for node in ast.walk(fn):
+            if _self_attr(node) in DYNAMIC_ACCESS or (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                                                      and node.func.id in ("getattr", "vars", "setattr")):
+                return []  # children reached by name or by iteration: their uses cannot be read
+        found, used = _pairs_in(fn, convs, norms)
+        pairs |= set(found)
+        accounted |= used
+    other_uses = {_self_attr(node) for fn in methods for node in ast.walk(fn)
+                  if _self_attr(node) is not None and id(node) not in accounted}
+    partners: dict[str, set[str]] = {}
+    for conv, bn in pairs:
+        partners.setdefault(conv, set()).add(bn)
+        partners.setdefault(bn, set()).add(conv)
+    return sorted((conv, bn) for conv, bn in pairs
+                  if conv not in other_uses and bn not in other_uses and len(partners[conv]) == len(partners[bn]) == 1
+                  and children[conv].out_channels == children[bn].num_features)
