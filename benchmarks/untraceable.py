@@ -49,9 +49,10 @@ def behind_a_branch(model: nn.Module) -> nn.Module:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] < 8:  # a branch on the input's size: symbolic tracing cannot decide it
             x = F.interpolate(x, scale_factor=2)
-        return base.forward(self, x)
+        return super(branchy, self).forward(x)
 
-    model.__class__ = type(f"Branchy{base.__name__}", (base,), {"forward": forward})
+    branchy = type(f"Branchy{base.__name__}", (base,), {"forward": forward})
+    model.__class__ = branchy
     return model
 
 

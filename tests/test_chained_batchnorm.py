@@ -1,5 +1,6 @@
 """Batch-norm layers folded into the convolution an untraceable forward provably feeds them from, and only there."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -69,9 +70,17 @@ class BranchyResNet(torchvision.models.ResNet):
         return super()._forward_impl(x)
 
 
-def test_a_resnet_stem_reached_through_super_is_folded_and_computes_the_same():
+class ExplicitSuper(torchvision.models.ResNet):
+    def forward(self, x):
+        if x.shape[-1] < 32:
+            x = F.interpolate(x, scale_factor=2)
+        return super(ExplicitSuper, self).forward(x)
+
+
+@pytest.mark.parametrize("cls", [BranchyResNet, ExplicitSuper])
+def test_a_resnet_stem_reached_through_super_is_folded_and_computes_the_same(cls):
     torch.manual_seed(0)
-    model = randomize_bn(BranchyResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=5))
+    model = randomize_bn(cls(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=5))
     assert chained_batchnorms(model) == [("conv1", "bn1")]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

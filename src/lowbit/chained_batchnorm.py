@@ -64,18 +64,23 @@ def _reached_methods(cls: type) -> list[ast.FunctionDef] | None:
                 if isinstance(target, ast.Name) and target.id == "self" and callable(getattr(cls, node.func.attr, None)) \
                         and not isinstance(getattr(cls, node.func.attr, None), type):
                     todo.append((cls, node.func.attr))
-                elif isinstance(target, ast.Call) and isinstance(target.func, ast.Name) and target.func.id == "super":
-                    parents = owner.__mro__[1:]
-                    if parents:
-                        todo.append((parents[0], node.func.attr))
+                elif _is_super(target):  # super() and super(owner, self) both resolve after the defining class
+                    if len(target.args) not in (0, 2) or len(owner.__mro__) < 2:
+                        return None
+                    todo.append((owner.__mro__[1], node.func.attr))
     return list(seen.values())
 
 
 def _self_escapes(fn: ast.FunctionDef) -> bool:
     """Whether ``self`` is used other than as ``self.name`` or ``super()`` (passed to a function, aliased): then
     code this reading does not follow may use the children."""
-    attribute_bases = {id(n.value) for n in ast.walk(fn) if isinstance(n, ast.Attribute)}
-    return any(isinstance(n, ast.Name) and n.id == "self" and id(n) not in attribute_bases for n in ast.walk(fn))
+    allowed = {id(n.value) for n in ast.walk(fn) if isinstance(n, ast.Attribute)}
+    allowed |= {id(a) for n in ast.walk(fn) if _is_super(n) for a in n.args}  # super(Class, self)
+    return any(isinstance(n, ast.Name) and n.id == "self" and id(n) not in allowed for n in ast.walk(fn))
+
+
+def _is_super(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super"
 
 
 def _self_attr(node: ast.AST) -> str | None:
