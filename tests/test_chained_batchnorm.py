@@ -87,3 +87,16 @@ def test_a_resnet_stem_reached_through_super_is_folded_and_computes_the_same(cls
         before = model(x)
         assert fold_chained_batchnorms(model) == 1 and isinstance(model.bn1, nn.Identity)
         assert torch.allclose(model(x), before, atol=1e-5)
+
+
+class ThroughAProperty(Stem):
+    @property
+    def stem(self):
+        return self.conv
+
+    def forward(self, x):
+        return self.stem(x) + self.bn(self.conv(x))  # the convolution's output is also read through the property
+
+
+def test_a_property_stops_the_reading():
+    assert chained_batchnorms(ThroughAProperty()) == []

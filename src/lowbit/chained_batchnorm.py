@@ -25,6 +25,9 @@ from torch import nn
 # children reached through these cannot be followed (calls to torch's own methods, such as ``self.modules()``,
 # already stop the reading)
 DYNAMIC_ACCESS = {"_modules", "__dict__"}
+# class attributes that hold data, not code
+PLAIN_VALUES = (int, float, str, bool, bytes, tuple, type(None))
+_MISSING = object()
 
 
 def _method_tree(cls: type, name: str) -> tuple[ast.FunctionDef, type] | None:
@@ -59,15 +62,17 @@ def _reached_methods(cls: type) -> list[ast.FunctionDef] | None:
         if _self_escapes(fn):
             return None
         for node in ast.walk(fn):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                target = node.func.value
-                if isinstance(target, ast.Name) and target.id == "self" and callable(getattr(cls, node.func.attr, None)) \
-                        and not isinstance(getattr(cls, node.func.attr, None), type):
-                    todo.append((cls, node.func.attr))
-                elif _is_super(target):  # super() and super(owner, self) both resolve after the defining class
-                    if len(target.args) not in (0, 2) or len(owner.__mro__) < 2:
-                        return None
-                    todo.append((owner.__mro__[1], node.func.attr))
+            if (attr := _self_attr(node)) is not None:
+                found_on_class = inspect.getattr_static(cls, attr, _MISSING)
+                if inspect.isfunction(found_on_class):
+                    todo.append((cls, attr))
+                elif not (found_on_class is _MISSING or isinstance(found_on_class, PLAIN_VALUES)):
+                    return None  # a property or other descriptor: code this reading does not follow
+            elif isinstance(node, ast.Attribute) and _is_super(node.value):
+                # super() and super(owner, self) both resolve after the class defining the method
+                if len(node.value.args) not in (0, 2) or len(owner.__mro__) < 2:
+                    return None
+                todo.append((owner.__mro__[1], node.attr))
     return list(seen.values())
 
 
