@@ -4,9 +4,9 @@ Each model is given a top-level ``forward`` that torch.fx cannot trace (a branch
 never fires here), so lowbit keeps that ``forward`` and quantizes the traceable submodules as graphs. Against it
 in the same run: the same model traced whole (the branch removed: the best lowbit can do), and module swapping
 alone (every layer quantizes its own input, batch-norm unfolded, sums unquantized: what is left when no part is
-traced). W8A8 and W4A8 round-to-nearest and W4A4 BRECQ, 1024 calibration images from the Fashion-MNIST
+traced). W8A8 and W4A8 round-to-nearest and W4A8 BRECQ, 1024 calibration images from the Fashion-MNIST
 training split, top-1 on the full test split in lowbit's PyTorch model and in onnxruntime, and how many
-convolutions and matmuls onnxruntime runs on integer kernels (activations narrower than 8 bits have none); beside them onnxruntime's own ``quantize_static`` on the float ONNX file
+convolutions and matmuls onnxruntime runs on integer kernels; beside them onnxruntime's own ``quantize_static`` on the float ONNX file
 (which torch.export writes whether or not torch.fx traces the model). Then the speed of the three forms of
 torchvision ResNet-18 at 224x224 (random weights and images: only time is measured) in onnxruntime, beside its
 float model and onnxruntime's own int8 model.
@@ -39,7 +39,7 @@ from lowbit.deploy.runtime import OnnxClassifier
 
 PAGE = topic_page("untraceable")
 SETTINGS = {"W8A8": dict(weights_bits=8, activation_bits=8), "W4A8": dict(weights_bits=4, activation_bits=8),
-            "W4A4 brecq, 300 steps per unit": dict(weights_bits=4, activation_bits=4, method="brecq", iters=300)}
+            "W4A8 brecq, 300 steps per unit": dict(weights_bits=4, activation_bits=8, method="brecq", iters=300)}
 
 
 def behind_a_branch(model: nn.Module) -> nn.Module:
@@ -139,10 +139,10 @@ def main() -> None:
             f"{args.threads} thread(s), medians of {args.repeats} runs taken in turns of {BLOCK}:\n\n"
             + md_table(["form", "batch", "integer / float convs and matmuls", "median ms", "speed vs fp32",
                         "speed vs onnxruntime int8"], speed)
-            + "\n\nThe convolutions left in float with traceable parts are those outside every part whose output "
-            "reaches a batch-norm (the stems, registered on the model itself and called from its untraceable "
-            "forward: no graph says that nothing else reads their output, so the batch-norm is not folded) and "
-            "the classifier, which quantizes only its input.")
+            + "\n\nWith traceable parts, the layers outside every part quantize only their inputs: a convolution "
+            "there runs on integers when its batch-norm is folded (the model's forward applies it to the "
+            "convolution's output alone, as ResNet stems do) and a ReLU at most comes before the next grid; the "
+            "classifier, whose output is not quantized, runs in float.")
     publish("untraceable", "Models torch.fx cannot trace whole: traceable parts against module swapping", body, PAGE,
             not args.no_write)
 

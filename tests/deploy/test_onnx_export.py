@@ -175,18 +175,6 @@ def test_narrow_activations_keep_their_exact_range(residual_net, images, tmp_pat
     assert (ours - theirs).abs().max() < 1e-3 * ours.abs().max()
 
 
-def test_4_bit_activations_after_relu6_load_and_match_in_onnxruntime(images, tmp_path):
-    """onnxruntime folds a Clip (ReLU6) into the QuantizeLinear after it, and cannot when that writes 4-bit codes."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 8, 3), nn.ReLU6(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
-    qmodel = lowbit.quantize(net, images, weights_bits=4, activation_bits=4)
-    report = export(qmodel, tmp_path / "r6.onnx", images[:2])
-    with torch.no_grad():
-        ours = qmodel(images)
-    assert (ours - run_onnx(report.path, images)).abs().max() < 1e-3 * ours.abs().max()
-
-
 def test_narrow_inputs_feeding_8_bit_outputs_keep_their_biases(residual_net, images, tmp_path):
     """2-bit inputs and weights with the residual branches requantized at 8 bits: the layers that read 2-bit
     codes and write 8-bit ones keep lowbit's float bias in the optimized onnxruntime graph."""
