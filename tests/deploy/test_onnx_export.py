@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import warnings
 
 import numpy as np
 import onnx
@@ -173,6 +174,33 @@ def test_narrow_activations_keep_their_exact_range(residual_net, images, tmp_pat
         ours = qmodel(images)
     theirs = run_onnx(report.path, images, level)
     assert (ours - theirs).abs().max() < 1e-3 * ours.abs().max()
+
+
+class SizeBranch(nn.Module):
+    """Quantized by module swapping: its linear layer's output is not quantized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < 4:
+            x = x * 2.0
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("activation_bits", [2, 3])
+def test_a_linear_layer_behind_a_narrow_grid_keeps_its_bias_in_onnxruntime(images, tmp_path, activation_bits):
+    """onnxruntime fuses such a layer, with a float output, into its integer QGemm, which would read an int32
+    bias as lying on the input-times-weight grid."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.fx could not trace")
+        qmodel = lowbit.quantize(SizeBranch().eval(), images, weights_bits=4, activation_bits=activation_bits)
+    report = export(qmodel, tmp_path / "s.onnx", images[:2])
+    with torch.no_grad():
+        ours = qmodel(images)
+    assert (ours - run_onnx(report.path, images)).abs().max() < 1e-3 * ours.abs().max()
 
 
 def test_narrow_inputs_feeding_8_bit_outputs_keep_their_biases(residual_net, images, tmp_path):
