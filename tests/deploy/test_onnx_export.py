@@ -189,7 +189,7 @@ class SizeBranch(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
 
-@pytest.mark.parametrize("activation_bits", [2, 3])
+@pytest.mark.parametrize("activation_bits", [2, 3, 4])
 def test_a_linear_layer_behind_a_narrow_grid_keeps_its_bias_in_onnxruntime(images, tmp_path, activation_bits):
     """onnxruntime fuses such a layer, with a float output, into its integer QGemm, which would read an int32
     bias as lying on the input-times-weight grid."""
@@ -198,6 +198,18 @@ def test_a_linear_layer_behind_a_narrow_grid_keeps_its_bias_in_onnxruntime(image
         warnings.filterwarnings("ignore", "torch.fx could not trace")
         qmodel = lowbit.quantize(SizeBranch().eval(), images, weights_bits=4, activation_bits=activation_bits)
     report = export(qmodel, tmp_path / "s.onnx", images[:2])
+    with torch.no_grad():
+        ours = qmodel(images)
+    assert (ours - run_onnx(report.path, images)).abs().max() < 1e-3 * ours.abs().max()
+
+
+def test_4_bit_activations_after_relu6_load_and_match_in_onnxruntime(images, tmp_path):
+    """onnxruntime folds a Clip (ReLU6) into the QuantizeLinear after it, and cannot when that writes 4-bit codes."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 8, 3), nn.ReLU6(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    qmodel = lowbit.quantize(net, images, weights_bits=4, activation_bits=4)
+    report = export(qmodel, tmp_path / "r6.onnx", images[:2])
     with torch.no_grad():
         ours = qmodel(images)
     assert (ours - run_onnx(report.path, images)).abs().max() < 1e-3 * ours.abs().max()

@@ -161,14 +161,13 @@ class DequantizedWeight(nn.Module):
         # (Behind a dynamic grid the float bias stays: the optimizer fuses it into the dynamic integer kernels.)
         # A bias that int32 codes on that grid cannot hold (behind an input grid with a tiny step) is added after
         # the layer: onnxruntime reads any int32 bias of a layer behind an 8-bit grid as lying on that grid.
-        # onnxruntime also fuses a Gemm behind a narrow grid stored in 8 bits (2, 3, 5-7 bits) whose output is
-        # not quantized into its integer QGemm, reading an int32 bias as lying on the input-times-weight grid:
+        # onnxruntime also fuses a Gemm behind a narrow grid (2-7 bits, stored in 8) whose output is not
+        # quantized into its integer QGemm, reading an int32 bias as lying on the input-times-weight grid:
         # such a bias is added after the layer too.
         bias_scale = bias_grid(layer, feeding)
         self.bias_after = bias_scale is None and bias is not None and (
             (_input_grid(feeding) is not None and isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)))
-            or (isinstance(layer, nn.Linear) and _static_grid(feeding) and feeding.qrange[1] - feeding.qrange[0] != 15
-                and feeding.qrange[1] - feeding.qrange[0] < 255))
+            or (isinstance(layer, nn.Linear) and _static_grid(feeding) and feeding.qrange[1] - feeding.qrange[0] < 255))
         if bias_scale is not None and _requantizes_exactly(bias, feeding, wq.scale, bias_scale):
             bias_scale = None
         elif bias_scale is None and bias is not None and bias.numel() == channels and _static_grid(feeding) \

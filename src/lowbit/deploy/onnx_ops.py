@@ -78,11 +78,11 @@ def _(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
 
 
 def _quantize_linear(x, scale, zp_float, qmin: int, qmax: int):
-    """QuantizeLinear in the grid's own integer type. A grid that is no ONNX type's full range (2, 3, 5-7
-    bits...) is stored in the next wider 8- or 16-bit type, and ``x`` is first clipped to the float values of
-    ``qmin`` and ``qmax``, which quantize to exactly those codes (onnxruntime clips no integer type below 8
-    bits)."""
-    native = NATIVE_TYPES.get((qmin, qmax))
+    """QuantizeLinear in the grid's own 8- or 16-bit integer type. A narrower grid (2-7 bits) is stored in the
+    next wider 8-bit type, and ``x`` is first clipped to the float values of ``qmin`` and ``qmax``, which quantize
+    to exactly those codes: onnxruntime clips no integer type below 8 bits, and its fusion of a Clip (ReLU6) into
+    the QuantizeLinear after it cannot read a 4-bit zero point (the session fails to load)."""
+    native = NATIVE_TYPES.get((qmin, qmax)) if qmax - qmin > 15 else None
     dtype = native or storage_type(qmin, qmax)
     if native is None:
         lo = op.Mul(op.Sub(op.Constant(value_float=float(qmin)), zp_float), scale)
