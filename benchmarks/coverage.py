@@ -125,8 +125,8 @@ def main() -> None:
         f"\n\nW8A8 round-to-nearest, {args.images} random calibration images at each model's input size (64x64, "
         "LeViT 224x224); integer kernels are onnxruntime's QLinearConv, QGemm, QLinearMatMul and "
         "MatMulIntegerToFloat, float ones its Conv/Gemm/MatMul forms (elementwise operators are not counted). What stays float in lowbit's "
-        "files: layers inside blocks torch.fx cannot trace (quantized weights and inputs, float outputs) and "
-        "a ViT's patch embedding (its bias written for OpenVINO). timm's fused attention calls are written "
+        "files: a ViT's patch embedding (its bias written for OpenVINO). Inside blocks torch.fx cannot trace "
+        "(MobileViT's), the parts that trace are quantized as graphs and the other layers quantize their inputs. timm's fused attention calls are written "
         "out so that their probabilities are quantized too, and torchvision's Swin attention is rebuilt with "
         "its projections as layers (it hands their weights to one function); Twins' windowed attention, "
         "inside a block torch.fx cannot trace, stays one call that torch.onnx cannot translate.")
