@@ -40,6 +40,18 @@ class ConvBNReLU(nn.Module):
         return self.fc(torch.flatten(self.pool(self.relu(self.bn(self.conv(x)))), 1))
 
 
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
 class ResidualNet(nn.Module):
     """Stem, two residual blocks (one with a 1x1 projection), a concatenation, and a linear head."""
 

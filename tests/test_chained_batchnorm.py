@@ -7,8 +7,7 @@ import torchvision
 from torch import nn
 
 from conftest import randomize_bn
-from lowbit.chained_batchnorm import chained_batchnorms
-from lowbit.graph import fold_chained_batchnorms
+from lowbit.chained_batchnorm import chained_batchnorms, fold_chained_batchnorms
 
 
 class Stem(nn.Module):

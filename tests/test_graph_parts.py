@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import lowbit
-from conftest import onnx_difference, randomize_bn
+from conftest import ResidualBlock, onnx_difference, randomize_bn
 from lowbit.config import Override, QuantConfig
 from lowbit.deploy import export
 from lowbit.deploy.runtime import optimized_op_counts
@@ -20,18 +20,6 @@ from lowbit.quantizer import Quantizer
 from lowbit.spec import activation_spec
 
 
-class Residual(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-
 class ShapeBranch(nn.Module):
     """A stem and a head around traceable residual blocks, behind a branch on the input's size."""
 
@@ -39,7 +27,7 @@ class ShapeBranch(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, channels, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(channels)
-        self.blocks = nn.Sequential(Residual(channels), Residual(channels))
+        self.blocks = nn.Sequential(ResidualBlock(channels), ResidualBlock(channels))
         self.head = nn.Linear(channels, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import inspect
 import textwrap
 
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # children reached through these cannot be followed (calls to torch's own methods, such as ``self.modules()``,
 # already stop the reading)
@@ -158,3 +159,13 @@ def chained_batchnorms(module: nn.Module) -> list[tuple[str, str]]:
     return sorted((conv, bn) for conv, bn in pairs
                   if conv not in other_uses and bn not in other_uses and len(partners[conv]) == len(partners[bn]) == 1
                   and children[conv].out_channels == children[bn].num_features)
+
+
+def fold_chained_batchnorms(model: nn.Module) -> int:
+    """Fold the batch-norm layers that ``model``'s own ``forward`` provably applies to a convolution's output
+    alone (see :func:`chained_batchnorms`) into that convolution. Returns the count."""
+    pairs = chained_batchnorms(model)
+    for conv, bn in pairs:
+        setattr(model, conv, fuse_conv_bn_eval(getattr(model, conv).eval(), getattr(model, bn).eval()))
+        setattr(model, bn, nn.Identity())
+    return len(pairs)

@@ -31,7 +31,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from lowbit.attention import split_attention
-from lowbit.chained_batchnorm import chained_batchnorms
+from lowbit.chained_batchnorm import fold_chained_batchnorms
 from lowbit.config import RESIDUAL_BRANCH, QuantConfig
 from lowbit.device import model_device
 from lowbit.errors import LowbitError
@@ -121,16 +121,6 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
     gm.delete_all_unused_submodules()
     gm.recompile()
     return folded
-
-
-def fold_chained_batchnorms(model: nn.Module) -> int:
-    """Fold the batch-norm layers that ``model``'s own untraceable ``forward`` provably applies to a convolution's
-    output alone (:mod:`lowbit.chained_batchnorm`). Returns the count."""
-    pairs = chained_batchnorms(model)
-    for conv, bn in pairs:
-        set_module(model, conv, fuse_conv_bn_eval(model.get_submodule(conv).eval(), model.get_submodule(bn).eval()))
-        set_module(model, bn, nn.Identity())
-    return len(pairs)
 
 
 def set_module(root: nn.Module, qualname: str, module: nn.Module) -> None:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import lowbit
-from conftest import randomize_bn
+from conftest import ResidualBlock, randomize_bn
 from lowbit.algorithms import brecq, eptq
 from lowbit.algorithms.activation_cache import ActivationCache
 from lowbit.algorithms.hessian import module_output_hessian_diagonals
@@ -26,18 +26,6 @@ from lowbit.layers import quant_layers
 ITERS = 100
 
 
-class Residual(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-
 class Branchy(nn.Module):
     """A stem, residual blocks run a data-dependent number of times, a block only some inputs reach, a head."""
 
@@ -45,8 +33,8 @@ class Branchy(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
                                   nn.ReLU())
-        self.blocks = nn.ModuleList([Residual(channels), Residual(channels)])
-        self.spare = Residual(channels)
+        self.blocks = nn.ModuleList([ResidualBlock(channels), ResidualBlock(channels)])
+        self.spare = ResidualBlock(channels)
         self.head = nn.Linear(channels, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +134,7 @@ class Looped(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.block = Residual(4)
+        self.block = ResidualBlock(4)
         self.head = nn.Linear(4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +190,7 @@ class Deep(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.stage = nn.Sequential(Residual(8), Residual(8), Residual(8))
+        self.stage = nn.Sequential(ResidualBlock(8), ResidualBlock(8), ResidualBlock(8))
         self.head = nn.Linear(8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
