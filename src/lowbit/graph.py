@@ -252,7 +252,8 @@ def _prepare_fx(gm: fx.GraphModule, config: QuantConfig, prefix: str = "") -> se
     modules = dict(gm.named_modules())
     for name in graph_layer_names(gm):
         if not config.keeps_float(prefix + name):
-            set_module(gm, name, to_quantized(modules[name], config.weight_spec_for(prefix + name), seed=config.seed))
+            spec = config.weight_spec_for(prefix + name)
+            set_module(gm, name, to_quantized(modules[name], spec, seed=config.seed))
     roles = _quantize_opaque_modules(gm, config, modules, prefix)
     if config.activations is not None or any(o.activations for o in config.overrides):
         roles |= _insert_activation_quantizers(gm, config, prefix)

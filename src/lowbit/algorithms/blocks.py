@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from torch import fx
 
 from lowbit.layers import QuantLayer
+from lowbit.quantizer import Quantizer
 
 
 @dataclass(frozen=True)
@@ -98,3 +99,10 @@ def block_module(gm: fx.GraphModule, block: Block) -> fx.GraphModule:
         env[node] = graph.node_copy(node, lookup)
     graph.output(env[by_name[block.output]])
     return fx.GraphModule(gm, graph, f"Block_{block.output}")
+
+
+def block_quantizers(gm: fx.GraphModule, block: Block) -> list[Quantizer]:
+    """The activation quantizers the block calls that need calibration (its static grids)."""
+    by_name = {n.name: n for n in gm.graph.nodes}
+    targets = [by_name[n].target for n in block.nodes if by_name[n].op == "call_module"]
+    return [m for t in targets if isinstance(m := gm.get_submodule(t), Quantizer) and m.needs_calibration]

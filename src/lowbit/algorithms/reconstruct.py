@@ -22,12 +22,11 @@ from torch.fx.passes.shape_prop import ShapeProp
 from tqdm import tqdm
 
 from lowbit.algorithms.activation_cache import ActivationCache
-from lowbit.algorithms.blocks import Block, block_module, find_blocks
+from lowbit.algorithms.blocks import Block, block_module, block_quantizers, find_blocks
 from lowbit.algorithms.method import RoundingMethod
 from lowbit.algorithms.swap_reconstruct import reconstruct_swapped
 from lowbit.algorithms.unit import EngineState, UnitData, float_copy, optimize_unit
 from lowbit.errors import LowbitError
-from lowbit.quantizer import Quantizer
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +55,6 @@ def _largest_activation_bytes(fp: fx.GraphModule, blocks: list[Block], inputs: t
     per_sample += [m.shape.numel() * m.dtype.itemsize for b in blocks
                    if hasattr(m := meta.get(b.output), "shape")]
     return max(per_sample) * len(inputs)
-
-
-def _block_quantizers(gm: fx.GraphModule, block: Block) -> list[Quantizer]:
-    by_name = {n.name: n for n in gm.graph.nodes}
-    targets = [by_name[n].target for n in block.nodes if by_name[n].op == "call_module"]
-    return [m for t in targets if isinstance(m := gm.get_submodule(t), Quantizer) and m.needs_calibration]
 
 
 def _capture(module: nn.Module, layer: nn.Module, x: torch.Tensor, device: torch.device,
@@ -116,7 +109,7 @@ def reconstruct(qmodel: nn.Module, batches: list[torch.Tensor], method: Rounding
         if method.granularity == "block":
             layers = [qmodel.get_submodule(n) for n in block.layers]
             weight_fn = (lambda idx, b=block: weighting(b, idx)) if weighting else (lambda idx: None)
-            optimize_unit(qb, layers, _block_quantizers(qmodel, block), UnitData(cur_q, cur_fp, target, weight_fn),
+            optimize_unit(qb, layers, block_quantizers(qmodel, block), UnitData(cur_q, cur_fp, target, weight_fn),
                           method, state)
         else:
             for layer_name in block.layers:

@@ -1,16 +1,17 @@
 """Learned rounding for models torch.fx could not trace whole (swapped in place, or in traced parts).
 
-There is no graph of the whole model to cut into blocks, so the units are modules (:mod:`lowbit.algorithms.swap_units`): single
-quantized layers for AdaRound, blocks found in the module tree for BRECQ, QDrop and EPTQ. Unit by unit, in
-execution order, forward hooks capture the unit's input in the quantized model (already-reconstructed units
-upstream) and its output in the float model, over the whole forward pass, since Python control flow decides
-which modules run. The unit is then optimized by the same engine as traced models
-(:func:`lowbit.algorithms.unit.optimize_unit`).
+There is no graph of the whole model to cut into blocks, so the units are modules
+(:mod:`lowbit.algorithms.swap_units`): single quantized layers for AdaRound, blocks found in the module tree (or
+in the graph of a traced part) for BRECQ, QDrop and EPTQ. Unit by unit, in execution order, forward hooks
+capture the unit's input in the quantized model (already-reconstructed units upstream) and its output in the
+float model, over the whole forward pass, since Python control flow decides which modules run. The unit is then
+optimized by the same engine as traced models (:func:`lowbit.algorithms.unit.optimize_unit`).
 
 A swapped layer quantizes its own input, and a part traced as a graph its input and what it computes, so the
-unit's activation grids are inside the unit: BRECQ learns their step sizes, and QDrop drops quantization there (each element keeps its unquantized value). Mixing in
-the float model's unit input as well, as traced blocks do, ended several dB worse on a small residual
-network (the unit's own quantizer then drops a second time), so no float inputs are cached.
+unit's activation grids are inside the unit: BRECQ learns their step sizes, and QDrop drops quantization there
+(each element keeps its unquantized value). Mixing in the float model's unit input as well, as traced blocks do,
+ended several dB worse on a small residual network (the unit's own quantizer then drops a second time), so no
+float inputs are cached.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lowbit.algorithms.activation_cache import ActivationCache
+from lowbit.algorithms.blocks import block_quantizers
 from lowbit.algorithms.method import RoundingMethod
 from lowbit.algorithms.unit import EngineState, UnitData, float_copy, optimize_unit
 from lowbit.algorithms.swap_units import CHUNK, Unit, find_units
@@ -112,10 +114,7 @@ def _unit_quantizers(qmodel: nn.Module, unit: Unit) -> list[Quantizer]:
     if unit.block is None:
         inside = [q for _, q in activation_quantizers(qmodel.get_submodule(unit.name))]
     else:
-        part = qmodel.get_submodule(unit.name)
-        by_name = {n.name: n for n in part.graph.nodes}
-        targets = [by_name[n].target for n in unit.block.nodes if by_name[n].op == "call_module"]
-        inside = [m for t in targets if isinstance(m := part.get_submodule(t), Quantizer)]
+        inside = block_quantizers(qmodel.get_submodule(unit.name), unit.block)
     return [q for q in inside if q.needs_calibration and q.state == "quantize"]
 
 

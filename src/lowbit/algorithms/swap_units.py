@@ -1,8 +1,9 @@
 """Reconstruction units of a model torch.fx could not trace whole (swapped in place, or in traced parts).
 
-Without a graph of the whole model, the units are modules, or blocks of the parts traced as graphs. The module tree is walked from the root: a quantized layer is a unit
-of its own; at block granularity, a module holding between 2 and ``MAX_BLOCK_LAYERS`` quantized layers is one
-unit (a residual or inverted-residual block, an MLP), provided every call to it takes one tensor and returns
+Without a graph of the whole model, the units are modules, or blocks of the parts traced as graphs. The module
+tree is walked from the root: a quantized layer is a unit of its own; at block granularity, a module holding
+between 2 and ``MAX_BLOCK_LAYERS`` quantized layers is one unit (a residual or inverted-residual block, an MLP),
+provided every call to it takes one tensor and returns
 one tensor with the same batch size, so that it can be run alone on cached inputs. A larger part traced as a
 graph is cut into the blocks of its graph, as a model traced whole is; other larger modules, containers and
 modules with other signatures are split into their children. The root is always split: it is where the

@@ -165,9 +165,10 @@ class DequantizedWeight(nn.Module):
         # quantized into its integer QGemm, reading an int32 bias as lying on the input-times-weight grid:
         # such a bias is added after the layer too.
         bias_scale = bias_grid(layer, feeding)
+        weighted = isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
+        narrow = _static_grid(feeding) and feeding.qrange[1] - feeding.qrange[0] < 255
         self.bias_after = bias_scale is None and bias is not None and (
-            (_input_grid(feeding) is not None and isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)))
-            or (isinstance(layer, nn.Linear) and _static_grid(feeding) and feeding.qrange[1] - feeding.qrange[0] < 255))
+            (_input_grid(feeding) is not None and weighted) or (isinstance(layer, nn.Linear) and narrow))
         if bias_scale is not None and _requantizes_exactly(bias, feeding, wq.scale, bias_scale):
             bias_scale = None
         elif bias_scale is None and bias is not None and bias.numel() == channels and _static_grid(feeding) \
