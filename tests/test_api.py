@@ -34,7 +34,8 @@ def test_keyword_form_quantizes_as_asked(residual_net, images, device):
     assert acts and all(aq.spec.bits == 8 and aq.state == "quantize" for _, aq in acts)
     for name in ("side", "head"):  # no batch-norm is folded into these: their steps follow from the model's weights
         w = model.get_submodule(name).weight.detach().flatten(1)
-        torch.testing.assert_close(layers[name].weight_quant.scale, w.abs().amax(1) / 7.5)
+        # to the nearest float16 number, as freezing leaves scales
+        torch.testing.assert_close(layers[name].weight_quant.scale, w.abs().amax(1) / 7.5, rtol=2**-11, atol=0)
     assert sqnr_db(model, q, x) > 24
     with torch.no_grad():
         assert (q(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.95

@@ -21,6 +21,10 @@ from lowbit.input_covariance import InputCovariance
 from lowbit.quantizer import Quantizer
 from lowbit.spec import QuantSpec
 
+# The widest weight grid whose scales freezing makes float16 numbers: moving a scale by up to 2**-12 of itself
+# moves the largest 8-bit code by 0.03 of a step, but the largest 12-bit one by half a step.
+FLOAT16_SCALE_BITS = 8
+
 
 class QuantLayer:
     """Behaviour shared by the quantized conv and linear layers (a mixin over the torch layer)."""
@@ -92,9 +96,27 @@ class QuantLayer:
                 self.weight.data = self.qweight.float()
             else:
                 self.qweight = self.integer_weight()
+                self._scales_to_float16()
                 scale, zp = self.weight_quant.grid(self.weight.dim())
                 self.weight.data = qmath.dequantize(self.qweight, scale, zp)
         self.rounding = None
+
+    def _scales_to_float16(self) -> None:
+        """Make the scales of a grid of at most 8 bits float16 numbers where they fit (see
+        :func:`lowbit.qmath.float16_scales`), keeping the codes: each weight moves by at most 2**-11 of its value, and an exported file stores two
+        bytes of scale per channel instead of four. At 4 bits that matters: a depthwise convolution's channel
+        holds 9 weights, 4.5 bytes of codes, next to its scale."""
+        wq, codes = self.weight_quant, self.qweight
+        if int(wq.spec.bits) > FLOAT16_SCALE_BITS:
+            return
+        scale, zp = wq.grid(codes.dim())
+        if scale.numel() == 1:
+            idle = (codes == zp).all().reshape(1)
+        else:
+            axis = wq.spec.channel_axis(codes.dim())
+            at_zero = (codes == zp).movedim(axis, 0)
+            idle = at_zero.reshape(at_zero.shape[0], -1).all(dim=1) if at_zero.shape[0] == scale.numel() else None
+        wq.set_qparams(qmath.float16_scales(wq.scale, idle), wq.zero_point)
 
     def unfreeze(self) -> None:
         """Make a frozen layer trainable again (quantization-aware fine-tuning).

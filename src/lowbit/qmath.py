@@ -11,6 +11,8 @@ import torch
 
 # Smallest scale we ever produce: a constant (zero-range) tensor must not yield 0, NaN or Inf scales.
 MIN_SCALE = 1e-8
+# float16's normal range: a value inside it rounds to float16 with a relative error of at most 2**-11
+FLOAT16_NORMAL = (2.0**-14, 65504.0)
 
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -39,6 +41,18 @@ def choose_qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: boo
     scale = ((hi - lo) / (qmax - qmin)).clamp_min(MIN_SCALE)
     zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax).to(torch.int32)
     return scale, zero_point
+
+
+def float16_scales(scale: torch.Tensor, idle: torch.Tensor | None = None) -> torch.Tensor:
+    """``scale`` rounded to the nearest float16 number wherever float16 holds it to full precision (its normal
+    range); elsewhere unchanged. ``idle`` marks channels whose codes are all at the zero point: their scale
+    scales nothing, so one below that range is raised to its bottom first. A file can then store the scales in
+    two bytes each, as the 4-bit formats runtimes read do."""
+    scale = scale.detach().float()
+    low, high = FLOAT16_NORMAL
+    if idle is not None:
+        scale = torch.where(idle.reshape(scale.shape) & (scale < low), torch.full_like(scale, low), scale)
+    return torch.where((scale >= low) & (scale <= high), scale.half().float(), scale)
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:

@@ -45,11 +45,21 @@ def initializers(path):
     return {i.name: i for i in onnx.load(str(path)).graph.initializer}
 
 
+def constants(graph) -> dict[str, np.ndarray]:
+    """Initializers by name, and the outputs of the Casts that read them (narrow types stored, wide ones read)."""
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Cast" and n.input[0] in values:
+            to = onnx.helper.tensor_dtype_to_np_dtype(n.attribute[0].i)
+            values[n.output[0]] = values[n.input[0]].astype(to)
+    return values
+
+
 def dequantized_weights(path):
-    """codes initializer name -> (codes, scale, zero point) of every DequantizeLinear reading an initializer
-    (a zero point left out is zeros of the codes' type, as ONNX defines it)."""
+    """codes name -> (codes, scale, zero point) of every DequantizeLinear reading constants (a zero point left
+    out is zeros of the codes' type, as ONNX defines it)."""
     graph = onnx.load(str(path)).graph
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    inits = constants(graph)
     out = {}
     for n in graph.node:
         if n.op_type == "DequantizeLinear" and n.input[0] in inits:
@@ -147,8 +157,12 @@ def test_w4_weights_are_stored_in_4_bit_types_and_still_run_on_integers(tmp_path
     float_size = lowbit.deploy.export_float(net, tmp_path / "f.onnx", x[:2]).stat().st_size
     inits = initializers(report.path)
     assert inits["body.0.w.codes.int4"].data_type == onnx.TensorProto.INT4
+    scales = [i for name, i in inits.items() if name.endswith(".w.scale.fp16")]  # float16 numbers since freezing
+    assert len(scales) == 4 and all(i.data_type == onnx.TensorProto.FLOAT16 for i in scales)
     assert report.bytes <= 0.16 * float_size
     graph = onnx.load(str(report.path)).graph  # no debugging records: runtimes infer shapes themselves
+    assert not any(node.name for node in graph.node)  # nor the exporter's names: values linking nodes get short ones
+    assert max(len(name) for node in graph.node for name in node.output if name != "output") <= 2
     assert not graph.value_info and not any(node.metadata_props for node in graph.node)
     assert not any(p.key.startswith("pkg.torch.") for p in graph.metadata_props)
     assert not repeated_defaults(graph)  # nor copies of each operator's default attributes

@@ -151,3 +151,21 @@ def test_float_weights_exact_in_float16_are_stored_in_half_the_bytes(residual_ne
     assert r.head.weight.dtype == torch.float32 and torch.equal(r.head.weight, q.head.weight)
     with torch.no_grad():
         assert torch.equal(r(images), q(images))
+
+
+def test_weight_scales_are_stored_in_float16_and_float32_ones_still_load(residual_net, images, tmp_path):
+    """Freezing makes weight scales float16 numbers, which the file stores in two bytes; a scale that is not
+    one (a file from before, or a grid set by hand) is stored and reloaded as float32."""
+    q = lowbit.quantize(residual_net, images, weights_bits=4, activation_bits=8)
+    path = lowbit.save(q, tmp_path / "m.lowbit")
+    with safe_open(str(path), "pt") as f:
+        scales = {f.get_slice(f"{name}.scale").get_dtype() for name, _ in lowbit.layers.quant_layers(q)}
+    assert scales == {"F16"}
+    name, layer = next(iter(lowbit.layers.quant_layers(q)))
+    wq = layer.weight_quant
+    wq.set_qparams(wq.scale * (1 + 2.0**-20), wq.zero_point)
+    path = lowbit.save(q, tmp_path / "f32.lowbit")
+    with safe_open(str(path), "pt") as f:
+        assert f.get_slice(f"{name}.scale").get_dtype() == "F32"
+    r = lowbit.load(path, model=ResidualNet())
+    assert torch.equal(dict(r.named_modules())[name].weight_quant.scale, wq.scale)

@@ -46,16 +46,22 @@ TORCH_EXPORT_RECORDS = "pkg.torch."  # graph properties torch.export writes abou
 FOUR_BIT = {np.dtype(np.int8): ml_dtypes.int4, np.dtype(np.uint8): ml_dtypes.uint4}
 
 
-def _narrow_storage(model: nn.Module) -> tuple[set[str], list[np.ndarray]]:
-    """Names (as the exporter writes initializers) of the weight codes that fit in 4 bits, and the values of the
-    float16 weights (the exporter folds their cast to float32, so they are found again by value)."""
-    names, halves = set(), []
+def _narrow_storage(model: nn.Module) -> tuple[set[str], list[np.ndarray], set[str]]:
+    """Names (as the exporter writes initializers) of the weight codes that fit in 4 bits, the values of the
+    float16 weights (the exporter folds their cast to float32, so they are found again by value), and the names
+    of the weight scales that are float16 numbers (see :meth:`lowbit.layers.QuantLayer.freeze`)."""
+    names, halves, half_scales = set(), [], set()
     for name, m in model.named_modules():
-        if isinstance(m, DequantizedWeight) and m.float16:
+        if not isinstance(m, DequantizedWeight):
+            continue
+        if m.float16:
             halves.append(m.codes.numpy())
-        elif isinstance(m, DequantizedWeight) and m.bits[1] - m.bits[0] <= 15:
+            continue
+        if m.bits[1] - m.bits[0] <= 15:
             names.add(f"{name}.codes")
-    return names, halves
+        if m.scale.numel() > 1 and torch.equal(m.scale.half().float(), m.scale):
+            half_scales.add(f"{name}.scale")
+    return names, halves, half_scales
 
 
 def _store_narrow(graph: onnx.GraphProto, init: onnx.TensorProto, narrow: np.ndarray, suffix: str) -> None:
@@ -66,9 +72,11 @@ def _store_narrow(graph: onnx.GraphProto, init: onnx.TensorProto, narrow: np.nda
     graph.node.insert(0, helper.make_node("Cast", [f"{wide}.{suffix}"], [wide], name=f"{wide}.cast", to=wide_type))
 
 
-def store_narrow(proto: onnx.ModelProto, four_bit: set[str], halves: list[np.ndarray]) -> int:
-    """Store the named 8-bit codes as INT4/UINT4 (two codes a byte) and the float32 initializers equal to a
-    float16 weight as float16. Returns how many initializers were narrowed."""
+def store_narrow(proto: onnx.ModelProto, four_bit: set[str], halves: list[np.ndarray],
+                 half_scales: set[str] = frozenset()) -> int:
+    """Store the named 8-bit codes as INT4/UINT4 (two codes a byte), the named float32 scales as float16 (they
+    hold float16 numbers) and the float32 initializers equal to a float16 weight as float16. Returns how many
+    initializers were narrowed."""
     graph = proto.graph
     done = 0
     for init in list(graph.initializer):
@@ -76,6 +84,11 @@ def store_narrow(proto: onnx.ModelProto, four_bit: set[str], halves: list[np.nda
             values = numpy_helper.to_array(init)
             _store_narrow(graph, init, values.astype(FOUR_BIT[values.dtype]), "int4")
             done += 1
+        elif init.name in half_scales and init.data_type == onnx.TensorProto.FLOAT:
+            values = numpy_helper.to_array(init)
+            if np.array_equal(values.astype(np.float16).astype(np.float32), values):
+                _store_narrow(graph, init, values.astype(np.float16), "fp16")
+                done += 1
         elif init.data_type == onnx.TensorProto.FLOAT and halves:
             dims = tuple(init.dims)
             values = None
@@ -100,6 +113,30 @@ def _drop_debug_records(proto: onnx.ModelProto) -> None:
     kept = [p for p in proto.graph.metadata_props if not p.key.startswith(TORCH_EXPORT_RECORDS)]
     del proto.graph.metadata_props[:]
     proto.graph.metadata_props.extend(kept)
+
+
+def shorten_names(graph: onnx.GraphProto) -> None:
+    """Name the values that only link two nodes by a short counter, and leave node names out (ONNX makes them
+    optional): the exporter's names (``quantize_dequantize_8``, ``node_QuantizeLinear_27``) say nothing a
+    reader of the graph needs, and each is written once per use, which in a small 4-bit model weighs several
+    percent of the file. Initializers (the weights' and grids' names) and the graph's inputs and outputs keep
+    theirs."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return  # a subgraph reads its outer graph's values by name
+    kept = {init.name for init in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
+    short: dict[str, str] = {}
+    counter = 0
+    for node in graph.node:
+        for name in node.output:
+            if name and name not in kept and name not in short:
+                while (candidate := np.base_repr(counter, 36).lower()) in kept:
+                    counter += 1
+                short[name] = candidate
+                counter += 1
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [short.get(name, name) for name in node.input]
+        node.output[:] = [short.get(name, name) for name in node.output]
 
 
 def _is_default(attribute: onnx.AttributeProto, schema: onnx.defs.OpSchema) -> bool:
@@ -194,6 +231,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     reduce_tokens_in_4d(proto)
     for line in float_output_notes(proto):
         notes.add(line)
+    shorten_names(proto.graph)
     onnx.helper.set_model_props(proto, {"producer": "lowbit", **(metadata or {})})
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)

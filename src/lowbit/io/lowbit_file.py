@@ -4,7 +4,8 @@ with the quantization metadata as JSON in the safetensors header. It contains no
 Tensors, per quantized weight layer ``L``:
 - ``L.qweight``: codes minus ``qmin`` bit-packed into uint8 for 2-8 bits (8 codes in 3 bytes at 3 bits),
   int16 codes for 9-16 bits, or the float16 weight in fp16 mode;
-- ``L.scale`` (float32, one per channel) and, for affine grids, ``L.zero_point`` packed like the codes.
+- ``L.scale`` (one per channel; float16 where every scale is a float16 number, as freezing makes them) and,
+  for affine grids, ``L.zero_point`` packed like the codes.
 Activation quantizers store ``act.scale`` / ``act.zero_point``; everything else in the state dict (biases,
 unfolded norms, embeddings, layers kept float) is stored as it is, float32 tensors as float16 when every value is
 exact in float16 (weights read from float16 files). Loading rebuilds the architecture, prepares it with the saved
@@ -57,7 +58,7 @@ def _weight_tensors(name: str, layer: QuantLayer) -> dict[str, torch.Tensor]:
         return {f"{name}.qweight": layer.qweight.contiguous()}
     bits = int(spec.bits)
     qmin, _ = layer.weight_quant.qrange
-    out = {f"{name}.scale": layer.weight_quant.scale.float().contiguous()}
+    out = {f"{name}.scale": payload.narrowed(layer.weight_quant.scale.float().contiguous())}
     if bits <= 8:
         out[f"{name}.qweight"] = pack_bits((layer.qweight.int() - qmin).to(torch.uint8), bits)
         if not spec.symmetric:
@@ -189,7 +190,7 @@ def _load_layer(name: str, layer: QuantLayer, tensors: dict[str, torch.Tensor]) 
         return
     bits = int(wq.spec.bits)
     qmin, qmax = wq.qrange
-    scale = tensors.pop(f"{name}.scale")
+    scale = tensors.pop(f"{name}.scale").float()
     payload.check_scales(f"{name}.scale", scale)
     channels = scale.numel()
     packed = tensors.pop(f"{name}.qweight")

@@ -21,7 +21,7 @@ from torch import nn
 from lowbit.errors import LowbitError
 from lowbit.graph import activation_quantizers
 from lowbit.io.pack import packed_nbytes
-from lowbit.layers import QuantLayer, quant_layers
+from lowbit.layers import FLOAT16_SCALE_BITS, QuantLayer, quant_layers
 from lowbit.quantizer import Quantizer
 from lowbit.spec import QuantSpec
 
@@ -33,6 +33,9 @@ DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
 Layout = dict[str, tuple[str, tuple[int, ...]]]
 # the expected dtype of a plain float32 state entry: stored as F16 when every value is exact in it
 FLOAT_STATE = "F32/F16"
+# the scales of a weight grid of at most 8 bits: float16 numbers once frozen (see lowbit.layers.QuantLayer.freeze),
+# so stored as F16; F32 where a scale lies outside float16's normal range (sizes budgeted from the layout count F16)
+WEIGHT_SCALE = "F16/F32"
 
 
 class PayloadError(LowbitError):
@@ -54,7 +57,7 @@ def weight_tensors(name: str, spec: QuantSpec, shape: tuple[int, ...], channels:
     if spec.is_fp16:
         return {f"{name}.qweight": ("F16", shape)}
     bits = int(spec.bits)
-    out: Layout = {f"{name}.scale": ("F32", (channels,))}
+    out: Layout = {f"{name}.scale": (WEIGHT_SCALE if bits <= FLOAT16_SCALE_BITS else FLOAT_STATE, (channels,))}
     if bits <= 8:
         out[f"{name}.qweight"] = ("U8", (packed_nbytes(math.prod(shape), bits),))
         if not spec.symmetric:
@@ -67,7 +70,7 @@ def weight_tensors(name: str, spec: QuantSpec, shape: tuple[int, ...], channels:
 
 
 def layout_nbytes(layout: Layout) -> int:
-    """Bytes the tensors of ``layout`` take in the file (at most, where a dtype may be narrowed)."""
+    """Bytes the tensors of ``layout`` take in the file, counting the first of the dtypes an entry may have."""
     return sum(ITEM_BYTES[dtype.split("/")[0]] * math.prod(shape) for dtype, shape in layout.values())
 
 
