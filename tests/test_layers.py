@@ -34,7 +34,7 @@ def test_freeze_stores_codes_and_exact_dequantized_weight(device):
     torch.testing.assert_close(q.weight.detach(), fq, rtol=2**-11, atol=1e-6)  # scales became float16 numbers
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [2, 4])
 def test_freeze_makes_weight_scales_float16_numbers_and_keeps_the_codes(bits):
     """Scales move to the nearest float16 number (two bytes a channel in a file), the codes stay; a channel
     whose weights are all zero gets the smallest normal float16 scale, and a live scale below float16's normal
@@ -56,9 +56,11 @@ def test_freeze_makes_weight_scales_float16_numbers_and_keeps_the_codes(bits):
     assert torch.equal(q.weight.detach(), qmath.dequantize(codes, after.view(-1, 1), zp.view(-1, 1)))
 
 
-def test_scales_of_grids_wider_than_8_bits_stay_float32():
-    """At 12 bits, moving a scale to float16 would move the largest codes by half a step."""
-    q = to_quantized(nn.Linear(16, 8), weight_spec(12))
+@pytest.mark.parametrize("bits", [8, 12])
+def test_scales_of_grids_wider_than_4_bits_stay_float32(bits):
+    """8-bit grids keep float32 scales, as int8 formats do; at 12 bits a float16 scale would move the largest
+    codes by half a step."""
+    q = to_quantized(nn.Linear(16, 8), weight_spec(bits))
     q.calibrate_weights()
     before = q.weight_quant.scale.clone()
     q.freeze()

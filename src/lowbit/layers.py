@@ -21,9 +21,10 @@ from lowbit.input_covariance import InputCovariance
 from lowbit.quantizer import Quantizer
 from lowbit.spec import QuantSpec
 
-# The widest weight grid whose scales freezing makes float16 numbers: moving a scale by up to 2**-12 of itself
-# moves the largest 8-bit code by 0.03 of a step, but the largest 12-bit one by half a step.
-FLOAT16_SCALE_BITS = 8
+# The widest weight grid whose scales freezing makes float16 numbers, as the 4-bit formats runtimes read store
+# them (GPTQ, AWQ, GGUF): there a channel's scale is a sizeable share of its bytes. 8-bit grids keep float32
+# scales, as onnxruntime's and TensorRT's int8 files do (and a 12-bit code would move by half a step).
+FLOAT16_SCALE_BITS = 4
 
 
 class QuantLayer:
@@ -102,7 +103,7 @@ class QuantLayer:
         self.rounding = None
 
     def _scales_to_float16(self) -> None:
-        """Make the scales of a grid of at most 8 bits float16 numbers where they fit (see
+        """Make the scales of a grid of at most 4 bits float16 numbers where they fit (see
         :func:`lowbit.qmath.float16_scales`), keeping the codes: each weight moves by at most 2**-11 of its value, and an exported file stores two
         bytes of scale per channel instead of four. At 4 bits that matters: a depthwise convolution's channel
         holds 9 weights, 4.5 bytes of codes, next to its scale."""

@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from lowbit.codec.task import is_codec
+from lowbit.deploy.attention_onnx import ATTENTION_TRANSLATIONS
 from lowbit.deploy.concat_bias import split_concat_biases
 from lowbit.deploy.export_errors import explain_export_failure
 from lowbit.deploy.export_report import ExportReport, float_output_notes
@@ -185,7 +186,8 @@ def _torch_export(model: nn.Module, example: torch.Tensor, spatial_multiple: int
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), torch.no_grad():
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
                                         output_names=[OUTPUT_NAME], dynamic_shapes=(_dynamic_dims(spatial_multiple),),
-                                        verbose=False, custom_translation_table=TRANSLATIONS)
+                                        verbose=False,
+                                        custom_translation_table={**TRANSLATIONS, **ATTENTION_TRANSLATIONS})
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the user needs the first line
         raise LowbitError(f"the ONNX exporter could not export this model: {explain_export_failure(exc)}") from None
     proto = program.model_proto

@@ -33,7 +33,7 @@ DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
 Layout = dict[str, tuple[str, tuple[int, ...]]]
 # the expected dtype of a plain float32 state entry: stored as F16 when every value is exact in it
 FLOAT_STATE = "F32/F16"
-# the scales of a weight grid of at most 8 bits: float16 numbers once frozen (see lowbit.layers.QuantLayer.freeze),
+# the scales of a weight grid of at most 4 bits: float16 numbers once frozen (see lowbit.layers.QuantLayer.freeze),
 # so stored as F16; F32 where a scale lies outside float16's normal range (sizes budgeted from the layout count F16)
 WEIGHT_SCALE = "F16/F32"
 
