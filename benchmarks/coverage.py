@@ -129,7 +129,8 @@ def main() -> None:
         "(MobileViT's), the parts that trace are quantized as graphs and the other layers quantize their inputs. timm's fused attention calls are written "
         "out so that their probabilities are quantized too, and torchvision's Swin attention is rebuilt with "
         "its projections as layers (it hands their weights to one function); Twins' windowed attention, "
-        "inside a block torch.fx cannot trace, stays one call that torch.onnx cannot translate.")
+        "inside a block torch.fx cannot trace, stays one fused call on 5-d tensors, which lowbit's export writes "
+        "out (torch.onnx translates 4-d ones only) and whose two matmuls run in float.")
     publish("coverage", "Architecture coverage: torchvision and timm models, W8A8", body, PAGE, not args.no_write)
 
 
