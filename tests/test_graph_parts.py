@@ -108,10 +108,12 @@ def test_8bit_model_stays_close_to_float_and_reloads_exactly(images, tmp_path):
 
 
 def test_the_blocks_run_on_integer_kernels_in_onnxruntime(images, tmp_path):
+    """The blocks, the stem (its batch-norm folded) and the swapped head, whose output no grid follows."""
     q = quantized(images[:32])
     report = export(q, tmp_path / "p.onnx", images[:2])
     counts = optimized_op_counts(report.path)
     assert counts["QLinearConv"] == 5 and counts["Conv"] + counts["FusedConv"] == 0, counts
+    assert counts["QGemm"] == 1 and counts["Gemm"] == 0, counts
     assert onnx_difference(q, report.path, images[32:]) < 2e-2
 
 

@@ -163,13 +163,15 @@ class DequantizedWeight(nn.Module):
         # the layer: onnxruntime reads any int32 bias of a layer behind an 8-bit grid as lying on that grid.
         # onnxruntime also fuses a Gemm behind a narrow grid (2-7 bits, stored in 8) whose output is not
         # quantized into its integer QGemm, reading an int32 bias as lying on the input-times-weight grid:
-        # such a bias is added after the layer too.
+        # such a bias is added after the layer too. Behind an 8-bit grid it fuses such a Gemm (a swapped linear
+        # layer's) only with int32 bias codes, which are stored there.
         bias_scale = bias_grid(layer, feeding)
+        float_output = isinstance(layer, nn.Linear) and getattr(layer, "input_quant", None) is not None
         weighted = isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
         narrow = _static_grid(feeding) and feeding.qrange[1] - feeding.qrange[0] < 255
         self.bias_after = bias_scale is None and bias is not None and (
             (_input_grid(feeding) is not None and weighted) or (isinstance(layer, nn.Linear) and narrow))
-        if bias_scale is not None and _requantizes_exactly(bias, feeding, wq.scale, bias_scale):
+        if bias_scale is not None and not float_output and _requantizes_exactly(bias, feeding, wq.scale, bias_scale):
             bias_scale = None
         elif bias_scale is None and bias is not None and bias.numel() == channels and _static_grid(feeding) \
                 and not self.bias_after:
