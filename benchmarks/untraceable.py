@@ -141,8 +141,8 @@ def main() -> None:
                         "speed vs onnxruntime int8"], speed)
             + "\n\nWith traceable parts, the layers outside every part quantize only their inputs: a convolution "
             "there runs on integers when its batch-norm is folded (the model's forward applies it to the "
-            "convolution's output alone, as ResNet stems do) and a ReLU at most comes before the next grid; the "
-            "classifier, whose output is not quantized, runs in float.")
+            "convolution's output alone, as ResNet stems do) and a ReLU at most comes before the next grid; a "
+            "linear layer runs on integers with a float output (onnxruntime's QGemm), the classifier included.")
     publish("untraceable", "Models torch.fx cannot trace whole: traceable parts against module swapping", body, PAGE,
             not args.no_write)
 
