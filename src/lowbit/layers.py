@@ -104,9 +104,9 @@ class QuantLayer:
 
     def _scales_to_float16(self) -> None:
         """Make the scales of a grid of at most 4 bits float16 numbers where they fit (see
-        :func:`lowbit.qmath.float16_scales`), keeping the codes: each weight moves by at most 2**-11 of its value, and an exported file stores two
-        bytes of scale per channel instead of four. At 4 bits that matters: a depthwise convolution's channel
-        holds 9 weights, 4.5 bytes of codes, next to its scale."""
+        :func:`lowbit.qmath.float16_scales`), keeping the codes: each weight moves by at most 2**-11 of its
+        value, and a file stores two bytes of scale per channel instead of four, which at 4 bits matters (a
+        depthwise convolution's channel holds 9 weights, 4.5 bytes of codes, next to its scale)."""
         wq, codes = self.weight_quant, self.qweight
         if int(wq.spec.bits) > FLOAT16_SCALE_BITS:
             return

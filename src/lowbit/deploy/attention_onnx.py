@@ -27,12 +27,9 @@ def scaled_dot_product_attention_onnx(query, key, value, attn_mask=None, dropout
                                       is_causal: bool = False, scale: float | None = None,
                                       enable_gqa: bool = False):
     rank = _rank(query)
-    if rank is None or rank == 4 or is_causal or dropout_p or enable_gqa or _rank(key) != rank \
-            or _rank(value) != rank:
-        return aten_scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
-                                                 enable_gqa)
-    width = query.shape[-1]
-    if scale is None and not isinstance(width, int):
+    width = query.shape[-1] if rank else None
+    plain = not (is_causal or dropout_p or enable_gqa) and (scale is not None or isinstance(width, int))
+    if rank in (None, 4) or _rank(key) != rank or _rank(value) != rank or not plain:
         return aten_scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
                                                  enable_gqa)
     factor = 1.0 / math.sqrt(width) if scale is None else scale

@@ -50,8 +50,9 @@ FOUR_BIT = {np.dtype(np.int8): ml_dtypes.int4, np.dtype(np.uint8): ml_dtypes.uin
 def _narrow_storage(model: nn.Module) -> tuple[set[str], list[np.ndarray], set[str]]:
     """Names (as the exporter writes initializers) of the weight codes that fit in 4 bits, the values of the
     float16 weights (the exporter folds their cast to float32, so they are found again by value), and the names
-    of the weight scales that are float16 numbers (see :meth:`lowbit.layers.QuantLayer.freeze`)."""
-    names, halves, half_scales = set(), [], set()
+    of the per-channel weight scales (float16 numbers where freezing made them so, see
+    :meth:`lowbit.layers.QuantLayer.freeze`)."""
+    names, halves, scales = set(), [], set()
     for name, m in model.named_modules():
         if not isinstance(m, DequantizedWeight):
             continue
@@ -60,9 +61,9 @@ def _narrow_storage(model: nn.Module) -> tuple[set[str], list[np.ndarray], set[s
             continue
         if m.bits[1] - m.bits[0] <= 15:
             names.add(f"{name}.codes")
-        if m.scale.numel() > 1 and torch.equal(m.scale.half().float(), m.scale):
-            half_scales.add(f"{name}.scale")
-    return names, halves, half_scales
+        if m.scale.numel() > 1:
+            scales.add(f"{name}.scale")
+    return names, halves, scales
 
 
 def _store_narrow(graph: onnx.GraphProto, init: onnx.TensorProto, narrow: np.ndarray, suffix: str) -> None:
@@ -74,10 +75,10 @@ def _store_narrow(graph: onnx.GraphProto, init: onnx.TensorProto, narrow: np.nda
 
 
 def store_narrow(proto: onnx.ModelProto, four_bit: set[str], halves: list[np.ndarray],
-                 half_scales: set[str] = frozenset()) -> int:
-    """Store the named 8-bit codes as INT4/UINT4 (two codes a byte), the named float32 scales as float16 (they
-    hold float16 numbers) and the float32 initializers equal to a float16 weight as float16. Returns how many
-    initializers were narrowed."""
+                 scales: set[str] = frozenset()) -> int:
+    """Store the named 8-bit codes as INT4/UINT4 (two codes a byte), the named float32 scales as float16 where
+    every value is a float16 number, and the float32 initializers equal to a float16 weight as float16. Returns
+    how many initializers were narrowed."""
     graph = proto.graph
     done = 0
     for init in list(graph.initializer):
@@ -85,7 +86,7 @@ def store_narrow(proto: onnx.ModelProto, four_bit: set[str], halves: list[np.nda
             values = numpy_helper.to_array(init)
             _store_narrow(graph, init, values.astype(FOUR_BIT[values.dtype]), "int4")
             done += 1
-        elif init.name in half_scales and init.data_type == onnx.TensorProto.FLOAT:
+        elif init.name in scales and init.data_type == onnx.TensorProto.FLOAT:
             values = numpy_helper.to_array(init)
             if np.array_equal(values.astype(np.float16).astype(np.float32), values):
                 _store_narrow(graph, init, values.astype(np.float16), "fp16")
