@@ -395,3 +395,4 @@ def test_layers_read_by_forward_keep_weight_attributes(tmp_path):
     with torch.no_grad():
         ours = qmodel(x)
     assert (ours - run_onnx(path, x)).abs().max() < 0.05 * ours.abs().max()
+

@@ -1,11 +1,14 @@
 """``lowbit.deploy``: a frozen quantized model to an ONNX file in QDQ form.
 
 The graph comes from PyTorch's own exporter (torch.export, then onnxscript's translation and optimizer), with
-lowbit's quantizers translated by :mod:`lowbit.deploy.onnx_ops`. Changes made to the exporter's output: its
-debugging records and repeated default attributes are left out; weight codes of 4 bits and below are stored as
+lowbit's quantizers translated by :mod:`lowbit.deploy.onnx_ops` and attention on inputs of any rank by
+:mod:`lowbit.deploy.attention_onnx`. Changes made to the exporter's output: its debugging records, repeated
+default attributes and generated names are left out (:mod:`lowbit.deploy.compact_graph`); weight codes of 4 bits
+and below are stored as
 ONNX ``INT4``/``UINT4`` initializers (torch has no 4-bit tensors), each read through a ``Cast`` to 8 bits, which
 onnxruntime folds when the session starts so that its integer convolution and matmul kernels take these layers
-too; float16 weights, whose cast the exporter folds into float32, are stored as float16 again the same way;
+too; weight scales that are float16 numbers (4-bit grids') and float16 weights, whose cast the exporter folds
+into float32, are stored as float16 the same way;
 a few convolutions' biases are written as an Add for OpenVINO (:mod:`lowbit.deploy.concat_bias`); and the
 pixel shuffles of transposed convolutions exported in sub-pixel form move behind the quantizer that follows
 them (:mod:`lowbit.deploy.subpixel`); activations that reach a layer through data-movement operators are
@@ -23,13 +26,13 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import onnx
-import onnx.defs
 import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
 from lowbit.codec.task import is_codec
 from lowbit.deploy.attention_onnx import ATTENTION_TRANSLATIONS
+from lowbit.deploy.compact_graph import drop_debug_records, drop_default_attributes, shorten_names
 from lowbit.deploy.concat_bias import split_concat_biases
 from lowbit.deploy.export_errors import explain_export_failure
 from lowbit.deploy.export_report import ExportReport, float_output_notes
@@ -43,7 +46,6 @@ from lowbit.io.atomic import atomic_path
 
 OPSET = 21  # the first opset with 4-bit integer types and 16-bit QuantizeLinear
 INPUT_NAME, OUTPUT_NAME = "input", "output"
-TORCH_EXPORT_RECORDS = "pkg.torch."  # graph properties torch.export writes about the program it traced
 FOUR_BIT = {np.dtype(np.int8): ml_dtypes.int4, np.dtype(np.uint8): ml_dtypes.uint4}
 
 
@@ -104,72 +106,6 @@ def store_narrow(proto: onnx.ModelProto, four_bit: set[str], halves: list[np.nda
     return done
 
 
-def _drop_debug_records(proto: onnx.ModelProto) -> None:
-    """Remove the exporter's debugging records: per-node Python stack traces and module paths, the inferred
-    shape of every intermediate tensor and torch.export's description of the traced program (its buffer names
-    and shape constraints, kept in the graph's properties). In a small model they weigh more than the 4-bit
-    weights; runtimes infer shapes again when they load a model, and none reads the other two."""
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-    del proto.graph.value_info[:]
-    kept = [p for p in proto.graph.metadata_props if not p.key.startswith(TORCH_EXPORT_RECORDS)]
-    del proto.graph.metadata_props[:]
-    proto.graph.metadata_props.extend(kept)
-
-
-def shorten_names(graph: onnx.GraphProto) -> None:
-    """Name the values that only link two nodes by a short counter, and leave node names out (ONNX makes them
-    optional): the exporter's names (``quantize_dequantize_8``, ``node_QuantizeLinear_27``) say nothing a
-    reader of the graph needs, and each is written once per use, which in a small 4-bit model weighs several
-    percent of the file. Initializers (the weights' and grids' names) and the graph's inputs and outputs keep
-    theirs."""
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        return  # a subgraph reads its outer graph's values by name
-    kept = {init.name for init in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
-    short: dict[str, str] = {}
-    counter = 0
-    for node in graph.node:
-        for name in node.output:
-            if name and name not in kept and name not in short:
-                while (candidate := np.base_repr(counter, 36).lower()) in kept:
-                    counter += 1
-                short[name] = candidate
-                counter += 1
-    for node in graph.node:
-        node.name = ""
-        node.input[:] = [short.get(name, name) for name in node.input]
-        node.output[:] = [short.get(name, name) for name in node.output]
-
-
-def _is_default(attribute: onnx.AttributeProto, schema: onnx.defs.OpSchema) -> bool:
-    known = schema.attributes.get(attribute.name)
-    default = known.default_value if known is not None else None
-    if default is None or default.type == onnx.AttributeProto.UNDEFINED:
-        return False
-    return helper.get_attribute_value(default) == helper.get_attribute_value(attribute)
-
-
-def drop_default_attributes(proto: onnx.ModelProto) -> int:
-    """Remove every node attribute that repeats its operator's default (the exporter writes them all out:
-    ``block_size=0`` and ``saturate=1`` on each Q/DQ node, ``group=1`` on each convolution). Every reader
-    fills defaults in from the operator's schema; in a small 4-bit model these copies weigh several percent
-    of the file. onnx ships the opposite pass only (onnx_ir's AddDefaultAttributesPass). Returns how many
-    were removed."""
-    opset = {entry.domain: entry.version for entry in proto.opset_import}
-    removed = 0
-    for node in proto.graph.node:
-        domain = "" if node.domain == "ai.onnx" else node.domain
-        try:
-            schema = onnx.defs.get_schema(node.op_type, opset.get(domain, OPSET), domain)
-        except onnx.defs.SchemaError:  # a custom or function op: its attributes are left as written
-            continue
-        kept = [a for a in node.attribute if not _is_default(a, schema)]
-        removed += len(node.attribute) - len(kept)
-        del node.attribute[:]
-        node.attribute.extend(kept)
-    return removed
-
-
 def _dynamic_dims(spatial_multiple: int | None) -> dict[int, Any]:
     """The input dimensions left free in the file: the batch, and with ``spatial_multiple`` the height and width
     (any multiple of it: an image codec's transforms take images of any size, padded to their stride)."""
@@ -192,7 +128,7 @@ def _torch_export(model: nn.Module, example: torch.Tensor, spatial_multiple: int
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the user needs the first line
         raise LowbitError(f"the ONNX exporter could not export this model: {explain_export_failure(exc)}") from None
     proto = program.model_proto
-    _drop_debug_records(proto)
+    drop_debug_records(proto)
     drop_default_attributes(proto)
     return proto
 
