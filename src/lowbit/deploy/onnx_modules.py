@@ -166,7 +166,7 @@ class DequantizedWeight(nn.Module):
         # such a bias is added after the layer too. Behind an 8-bit grid it fuses such a Gemm (a swapped linear
         # layer's) only with int32 bias codes, which are stored there.
         bias_scale = bias_grid(layer, feeding)
-        float_output = isinstance(layer, nn.Linear) and getattr(layer, "input_quant", None) is not None
+        float_output = isinstance(layer, nn.Linear) and layer.input_quant is not None
         weighted = isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
         narrow = _static_grid(feeding) and feeding.qrange[1] - feeding.qrange[0] < 255
         self.bias_after = bias_scale is None and bias is not None and (
