@@ -128,9 +128,9 @@ def main() -> None:
         "files: a ViT's patch embedding (its bias written for OpenVINO). Inside blocks torch.fx cannot trace "
         "(MobileViT's), the parts that trace are quantized as graphs and the other layers quantize their inputs. timm's fused attention calls are written "
         "out so that their probabilities are quantized too, and torchvision's Swin attention is rebuilt with "
-        "its projections as layers (it hands their weights to one function); Twins' windowed attention, "
-        "inside a block torch.fx cannot trace, stays one fused call on 5-d tensors, which lowbit's export writes "
-        "out (torch.onnx translates 4-d ones only) and whose two matmuls run in float.")
+        "its projections as layers (it hands their weights to one function); and the fused calls that a "
+        "forward torch.fx cannot trace makes (Twins' windowed attention, on 5-d tensors) are routed to the same "
+        "steps with their own quantizers while that forward runs.")
     publish("coverage", "Architecture coverage: torchvision and timm models, W8A8", body, PAGE, not args.no_write)
 
 

@@ -47,7 +47,7 @@ def _method_tree(cls: type, name: str) -> tuple[ast.FunctionDef, type] | None:
     return None
 
 
-def _reached_methods(cls: type) -> list[ast.FunctionDef] | None:
+def reached_methods(cls: type) -> list[ast.FunctionDef] | None:
     """``forward`` and every method it reaches on ``self`` or ``super()``; None when one cannot be read."""
     seen: dict[tuple[type, str], ast.FunctionDef] = {}
     todo: list[tuple[type, str]] = [(cls, "forward")]
@@ -137,7 +137,7 @@ def chained_batchnorms(module: nn.Module) -> list[tuple[str, str]]:
     norms = {n for n, m in children.items() if type(m) is nn.BatchNorm2d and m.track_running_stats}
     if not convs or not norms:
         return []
-    methods = _reached_methods(type(module))
+    methods = reached_methods(type(module))
     if methods is None:
         return []
     pairs: set[tuple[str, str]] = set()

@@ -41,6 +41,7 @@ from lowbit.layers import QuantLayer, is_quantizable, quantized_type_names, to_q
 from lowbit.quantizer import Quantizer
 from lowbit.timm_layers import register_timm_layers
 from lowbit.tracing import trace
+from lowbit.untraced_attention import route_untraced_attention
 from lowbit.weight_standardization import fold_weight_standardization
 from lowbit.window_attention import rebuild_window_attention
 
@@ -294,6 +295,7 @@ def _quantize_in_place(module: nn.Module, config: QuantConfig, parts: dict[str, 
     activations play."""
     outside = [n for n, m in module.named_modules()
                if is_quantizable(m) and not any(n.startswith(f"{p}.") for p in parts)]
+    route_untraced_attention(module, config, prefix, tuple(parts), model_device(module))
     roles: set[str] = set()
     for path, gm in parts.items():
         roles |= _prepare_fx(gm, config, f"{prefix}{path}.")
