@@ -10,16 +10,8 @@ from lowbit import LowbitError
 from lowbit.calibrate import calibrate, calibrate_weights, freeze
 from lowbit.config import QuantConfig
 from lowbit.coverage import coverage
-from lowbit.graph import activation_quantizers, fold_batchnorm, layer_input_quantizers, prepare, trace
+from lowbit.graph import activation_quantizers, layer_input_quantizers, prepare
 from lowbit.layers import QConv2d, QLinear, quant_layers
-
-
-def test_fold_batchnorm_preserves_outputs(residual_net, images):
-    gm = trace(residual_net)
-    assert fold_batchnorm(gm) == 6
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in gm.modules())
-    with torch.no_grad():
-        torch.testing.assert_close(gm(images), residual_net(images), rtol=1e-4, atol=1e-5)
 
 
 def test_prepare_leaves_original_model_untouched(residual_net):
