@@ -131,3 +131,36 @@ def test_the_routing_ends_when_forward_raises():
     with pytest.raises(ValueError):
         module(torch.randn(1, 2, 3, 4))
     assert torch._C._len_torch_function_stack() == 0
+
+
+class GroupedHeads(nn.Module):
+    """Grouped-query attention (4 query heads, 2 key and value heads), which the routed steps leave fused."""
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        kv = q[:, :2]
+        return F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True)
+
+
+class Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = GroupedHeads()
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, q, q) + self.inner(q)
+
+
+class Doubled(nn.Module):
+    """Stands for a quantizer that visibly changes its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+
+def test_a_routed_module_inside_another_keeps_its_own_calls():
+    model = Outer()
+    q = torch.randn(1, 4, 3, 8)
+    expected = F.scaled_dot_product_attention(2 * q, q, q) + model.inner(q)
+    attach_route(model, {"query": Doubled()})  # the outer call's queries doubled, the inner call's not
+    attach_route(model.inner, {})
+    torch.testing.assert_close(model(q), expected, rtol=1e-5, atol=1e-6)

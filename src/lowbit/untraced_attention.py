@@ -60,16 +60,24 @@ class QuantizedAttention(nn.Module):
 
 
 class _Route(TorchFunctionMode):
-    """Hands each fused attention call to ``target``; every other function runs as it is."""
+    """Hands each fused attention call to ``target``; every other function runs as it is, and so does the fused
+    call a :class:`QuantizedAttention` makes itself (one of a routed module inside another routed module's
+    ``forward`` would otherwise reach the outer module's child)."""
+
+    inside = False  # whether a routed call is running, set on the class: routes nest
 
     def __init__(self, target: QuantizedAttention) -> None:
         super().__init__()
         self.target = target
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
+        if func is not F.scaled_dot_product_attention or _Route.inside:
+            return func(*args, **(kwargs or {}))
+        _Route.inside = True
+        try:
             return self.target(*args, **(kwargs or {}))
-        return func(*args, **(kwargs or {}))
+        finally:
+            _Route.inside = False
 
 
 def _enter(module: nn.Module, args: tuple) -> None:
