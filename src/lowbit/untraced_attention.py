@@ -18,6 +18,7 @@ Calls with dropout or grouped-query heads run fused on their quantized inputs.
 from __future__ import annotations
 
 import ast
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -64,20 +65,20 @@ class _Route(TorchFunctionMode):
     call a :class:`QuantizedAttention` makes itself (one of a routed module inside another routed module's
     ``forward`` would otherwise reach the outer module's child)."""
 
-    inside = False  # whether a routed call is running, set on the class: routes nest
+    state = threading.local()  # whether a routed call is running in this thread (routes nest, modes are per thread)
 
     def __init__(self, target: QuantizedAttention) -> None:
         super().__init__()
         self.target = target
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is not F.scaled_dot_product_attention or _Route.inside:
+        if func is not F.scaled_dot_product_attention or getattr(_Route.state, "inside", False):
             return func(*args, **(kwargs or {}))
-        _Route.inside = True
+        _Route.state.inside = True
         try:
             return self.target(*args, **(kwargs or {}))
         finally:
-            _Route.inside = False
+            _Route.state.inside = False
 
 
 def _enter(module: nn.Module, args: tuple) -> None:
@@ -117,11 +118,10 @@ def attach_route(module: nn.Module, quantizers: dict[str, Quantizer | None]) -> 
 
 
 def route_untraced_attention(module: nn.Module, config: QuantConfig, prefix: str, skip: tuple[str, ...],
-                             device: torch.device) -> int:
+                             device: torch.device) -> None:
     """Route the fused attention calls of every module of ``module`` (at path ``prefix`` in the model) that
     calls them in a ``forward`` of its own, except the modules under the paths in ``skip`` (traced parts,
-    whose graphs write their calls out); returns how many modules were routed."""
-    routed = 0
+    whose graphs write their calls out)."""
     for path, sub in list(module.named_modules()):
         if any(path == p or path.startswith(f"{p}.") for p in skip) or hasattr(sub, CHILD) \
                 or not calls_fused_attention(sub):
@@ -133,5 +133,3 @@ def route_untraced_attention(module: nn.Module, config: QuantConfig, prefix: str
             quantizers[name] = None if spec is None else Quantizer(spec, config.seed, device)
         if any(q is not None for q in quantizers.values()):
             attach_route(sub, quantizers)
-            routed += 1
-    return routed
