@@ -41,7 +41,7 @@ def bias_grid(layer: QuantLayer, feeding: Quantizer | None) -> torch.Tensor | No
     weights not on an integer grid, an input that is not on a static per-tensor uint8 grid, a bias whose
     channels are not the weight grid's (a transposed convolution with groups shares grids across groups), or a
     bias too large for int32 codes on that grid (behind an input grid with a tiny step; the export then adds it
-    after the layer, see :mod:`lowbit.deploy.onnx_modules`)."""
+    after the layer, see :mod:`lowbit.deploy.exported_weight`)."""
     bias, wq = getattr(layer, "bias", None), layer.weight_quant
     if bias is None or not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         return None

@@ -201,7 +201,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _has_8_bit_weights(qmodel: torch.nn.Module) -> bool:
     """Whether some weight codes are the 8-bit signed ones that ``--unsigned-weights`` would store as uint8."""
-    from lowbit.deploy.onnx_modules import store_unsigned
+    from lowbit.deploy.exported_weight import store_unsigned
     from lowbit.layers import quant_layers
 
     return any(not layer.weight_quant.spec.is_fp16 and store_unsigned(*layer.weight_quant.qrange, False)

@@ -36,7 +36,8 @@ from lowbit.deploy.compact_graph import drop_debug_records, drop_default_attribu
 from lowbit.deploy.concat_bias import split_concat_biases
 from lowbit.deploy.export_errors import explain_export_failure
 from lowbit.deploy.export_report import ExportReport, float_output_notes
-from lowbit.deploy.onnx_modules import DequantizedWeight, exportable
+from lowbit.deploy.exported_weight import DequantizedWeight
+from lowbit.deploy.onnx_modules import exportable
 from lowbit.deploy.onnx_ops import TRANSLATIONS
 from lowbit.deploy.requantize import requantize_before_layers
 from lowbit.deploy.subpixel import shuffle_after_quantizers
@@ -144,7 +145,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     TensorRT requires, OpenVINO needs to run the layers on integers, and onnxruntime's fastest kernels take;
     ``signed_weights=False`` stores 8-bit codes as uint8 (offset by 128, the same values), which onnxruntime
     computes exactly on x86 CPUs without VNNI, where its int8-weight kernel can saturate (see
-    :func:`lowbit.deploy.onnx_modules.store_unsigned`). ``metadata`` is written into the file's metadata
+    :func:`lowbit.deploy.exported_weight.store_unsigned`). ``metadata`` is written into the file's metadata
     properties.
     """
     if not isinstance(example_input, torch.Tensor) or not example_input.is_floating_point():
