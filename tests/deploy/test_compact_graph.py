@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from lowbit.deploy.compact_graph import shorten_names
+from lowbit.deploy.compact_graph import drop_unused_initializers, shorten_names
 
 
 def test_short_names_skip_initializer_names_and_keep_the_graph_interface():
@@ -29,3 +29,15 @@ def test_short_names_skip_initializer_names_and_keep_the_graph_interface():
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     out = session.run(None, {"x": np.array([-1.0, 0.5, 2.0], np.float32)})[0]
     np.testing.assert_array_equal(out, np.array([2.0, 3.0, 6.0], np.float32))
+
+
+def test_initializers_no_node_reads_are_dropped():
+    helper = onnx.helper
+    inits = [numpy_helper.from_array(np.array([2.0], np.float32), name) for name in ("two", "stale", "out")]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1])], inits)
+    assert drop_unused_initializers(graph) == 1
+    assert [init.name for init in graph.initializer] == ["two", "out"]  # a graph output may be an initializer

@@ -289,6 +289,30 @@ def test_transformer_exports_with_integer_matmuls(tiny_vit, tmp_path):
     assert (ours - theirs).abs().max() < 0.05 * ours.abs().max()
 
 
+class PooledTokens(nn.Module):
+    """Patch tokens, a residual token mixer, and the mean over the quantized tokens before the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.mix, self.head = nn.Conv2d(1, 8, 4, stride=4), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = tokens + self.mix(tokens)
+        return self.head(tokens.mean(1))
+
+
+def test_the_file_holds_no_constant_that_no_node_reads(tmp_path):
+    """The mean over quantized tokens is rewritten in 4-d form for OpenVINO; the constant axes of the mean it
+    replaces leave the file with it (onnxruntime would warn about an unused initializer at every load)."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    qmodel = lowbit.quantize(PooledTokens().eval(), x, weights_bits=8, activation_bits=8)
+    graph = onnx.load(str(export(qmodel, tmp_path / "pooled.onnx", x[:2]).path)).graph
+    assert {"Unsqueeze", "ReduceMean"} <= {node.op_type for node in graph.node}  # the 4-d form was written
+    read = {name for node in graph.node for name in node.input}
+    assert [init.name for init in graph.initializer if init.name not in read] == []
+
 
 class Scale(nn.Module):
     """A per-channel scale: a layer type lowbit can be taught to quantize but has no ONNX stand-in for."""

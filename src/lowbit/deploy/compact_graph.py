@@ -52,6 +52,22 @@ def shorten_names(graph: onnx.GraphProto) -> None:
         node.output[:] = [short.get(name, name) for name in node.output]
 
 
+def drop_unused_initializers(graph: onnx.GraphProto) -> int:
+    """Remove the initializers no node reads (a rewritten node's constants, such as a reduction's axes): each
+    costs the file its bytes, and onnxruntime warns about it every time a session loads the model. Returns how
+    many were removed. (onnx_ir's RemoveUnusedNodesPass does this on its own graph type; the file is a
+    ModelProto here, and a round trip through onnx_ir for this alone would rewrite everything else too.)"""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0  # a subgraph reads its outer graph's values by name
+    read = {name for node in graph.node for name in node.input} | {v.name for v in graph.output}
+    kept = [init for init in graph.initializer if init.name in read]
+    removed = len(graph.initializer) - len(kept)
+    if removed:
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return removed
+
+
 def _is_default(attribute: onnx.AttributeProto, schema: onnx.defs.OpSchema) -> bool:
     known = schema.attributes.get(attribute.name)
     default = known.default_value if known is not None else None

@@ -3,7 +3,7 @@
 The graph comes from PyTorch's own exporter (torch.export, then onnxscript's translation and optimizer), with
 lowbit's quantizers translated by :mod:`lowbit.deploy.onnx_ops` and attention on inputs of any rank by
 :mod:`lowbit.deploy.attention_onnx`. Changes made to the exporter's output: its debugging records, repeated
-default attributes and generated names are left out (:mod:`lowbit.deploy.compact_graph`); weight codes of 4 bits
+default attributes, generated names and constants no node reads are left out (:mod:`lowbit.deploy.compact_graph`); weight codes of 4 bits
 and below are stored as
 ONNX ``INT4``/``UINT4`` initializers (torch has no 4-bit tensors), each read through a ``Cast`` to 8 bits, which
 onnxruntime folds when the session starts so that its integer convolution and matmul kernels take these layers
@@ -32,7 +32,8 @@ from torch import nn
 
 from lowbit.codec.task import is_codec
 from lowbit.deploy.attention_onnx import ATTENTION_TRANSLATIONS
-from lowbit.deploy.compact_graph import drop_debug_records, drop_default_attributes, shorten_names
+from lowbit.deploy.compact_graph import (drop_debug_records, drop_default_attributes, drop_unused_initializers,
+                                         shorten_names)
 from lowbit.deploy.concat_bias import split_concat_biases
 from lowbit.deploy.export_errors import explain_export_failure
 from lowbit.deploy.export_report import ExportReport, float_output_notes
@@ -169,6 +170,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     shuffle_after_quantizers(proto)
     requantize_before_layers(proto)
     reduce_tokens_in_4d(proto)
+    drop_unused_initializers(proto.graph)
     for line in float_output_notes(proto):
         notes.add(line)
     shorten_names(proto.graph)
