@@ -20,6 +20,20 @@ def test_models_in_other_float_dtypes_are_quantized_and_keep_their_interface(ima
         assert sqnr_db(reference(images), out.float()) > 25
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_model_quantized_in_another_dtype_reloads_into_that_architecture(images, dtype, tmp_path):
+    """The file holds the float32 copy that was quantized; loading it into the caller's architecture (in its own
+    dtype, as it was quantized) gives the same model, with the same interface."""
+    torch.manual_seed(0)
+    model = randomize_bn(ResidualNet()).to(dtype)
+    q = lowbit.quantize(model, images.to(dtype), weights_bits=4, activation_bits=8)
+    lowbit.save(q, tmp_path / "m.lowbit")
+    loaded = lowbit.load(tmp_path / "m.lowbit", model=ResidualNet().to(dtype))
+    with torch.no_grad():
+        expected, out = q(images.to(dtype)), loaded(images.to(dtype))
+    assert out.dtype == dtype and torch.equal(out, expected)
+
+
 def test_mixed_parameter_dtypes_are_refused(images):
     model = ResidualNet()
     model.head.half()

@@ -140,8 +140,13 @@ def load(path: str, model: nn.Module | None = None, device: str | torch.device =
     ``model`` (its weights are ignored: only its structure is used). The file is validated before anything is
     allocated.
     """
+    dtype = torch.float32
     if model is not None:
         task_of(model).setup()
+        # quantized as a float32 copy (see lowbit.dtypes): the file holds that copy, and the loaded model keeps
+        # the interface of the model passed, as quantize's result did
+        dtype = parameter_dtype(model)
+        model = as_float32(model)
     qmodel = lowbit_file.load(path, model if model is not None else rebuild, device)
     task_of(qmodel).check_loaded(qmodel)
-    return qmodel
+    return keep_interface_dtype(qmodel, dtype)
