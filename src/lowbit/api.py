@@ -62,7 +62,7 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     if config is None:
         config_keys = {"bias_correction", "gain_correction", "equalize", "weights_observer", "activation_observer",
                        "symmetric_weights", "per_channel", "dynamic_activations", "first_last_bits", "residual_bits",
-                       "overrides"}
+                       "overrides", "float_residual_stream"}
         config_kwargs = {k: options.pop(k) for k in list(options) if k in config_keys}
         config = QuantConfig.from_bits(weights_bits, activation_bits, method=method, method_options=options,
                                        calib_images=calib_images, batch_size=batch_size, seed=seed, **config_kwargs)

@@ -73,6 +73,8 @@ class QuantConfig:
     chose); both apply to round-to-nearest (learned rounding already minimizes the output error).
     ``equalize`` rescales channels through ReLU and GDN so that static activation grids fit every channel
     (:mod:`lowbit.algorithms.equalization`); ``None`` lets the task decide (on for codecs).
+    ``float_residual_stream`` leaves unquantized the adds whose sums reach only norms and further adds (a
+    transformer's residual stream, which every layer reads through a norm's quantized output); traced models.
     """
 
     weights: QuantSpec = field(default_factory=lambda: weight_spec(8))
@@ -86,6 +88,7 @@ class QuantConfig:
     bias_correction: bool = True
     gain_correction: bool = True
     equalize: bool | None = None
+    float_residual_stream: bool = False
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -198,7 +201,8 @@ class QuantConfig:
                 "overrides": [o.to_dict() for o in self.overrides], "method": self.method,
                 "method_options": dict(self.method_options), "calib_images": self.calib_images,
                 "batch_size": self.batch_size, "seed": self.seed, "bias_correction": self.bias_correction,
-                "gain_correction": self.gain_correction, "equalize": self.equalize}
+                "gain_correction": self.gain_correction, "equalize": self.equalize,
+                "float_residual_stream": self.float_residual_stream}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
@@ -211,6 +215,7 @@ class QuantConfig:
                        seed=d.get("seed", 0), bias_correction=d.get("bias_correction", True),
                        gain_correction=d.get("gain_correction", False),  # recipes written before it had none
                        equalize=d.get("equalize", False),
+                       float_residual_stream=d.get("float_residual_stream", False),
                        version=d.get("version", CONFIG_VERSION))
         except (KeyError, TypeError) as exc:
             raise LowbitError(f"malformed quantization config ({exc}); regenerate it with lowbit") from None

@@ -6,7 +6,8 @@ Activation quantizers go where an integer runtime would requantize:
   (runtimes fuse conv+ReLU); an output read only by a residual add plays the role ``RESIDUAL_BRANCH``,
   which ``residual_bits`` overrides;
 - the outputs of residual adds, concatenations, tensor products and attention matmuls (again after a
-  directly following ReLU);
+  directly following ReLU); with ``float_residual_stream``, not those of adds whose sums reach only norms and
+  further adds (a transformer's residual stream: every layer reads a norm's quantized output instead);
 - any other value that feeds a weight layer or a matmul (a GELU, LayerNorm, softmax or average-pool output),
   so that every multiply-accumulate sees quantized inputs.
 Shape-only operations (flatten, reshape, permute, max-pool, dropout, indexing) keep their input's grid and
@@ -64,6 +65,8 @@ PRODUCER_METHODS = {"add", "add_", "matmul", "bmm", "mul"}
 MATMUL_FUNCTIONS = {torch.matmul, operator.matmul, torch.bmm, F.scaled_dot_product_attention}
 MATMUL_METHODS = {"matmul", "bmm"}
 ADD_TARGETS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.rms_norm}
 # per node kind: the ReLU-like, shape-only, producing and matmul targets
 TARGET_KINDS = {"call_function": (RELU_FUNCTIONS, PASSTHROUGH_FUNCTIONS, PRODUCER_FUNCTIONS, MATMUL_FUNCTIONS),
                 "call_method": (RELU_METHODS, PASSTHROUGH_METHODS, PRODUCER_METHODS, MATMUL_METHODS)}
@@ -129,15 +132,42 @@ def _tensor_args(node: fx.Node) -> int:
     return sum(not _is_shape_value(a) for a in node.all_input_nodes)
 
 
-def _requant_points(gm: fx.GraphModule, kinds: dict[fx.Node, str]) -> list[fx.Node]:
-    """The nodes whose outputs get an activation quantizer, in graph order (``kinds``: each node's kind)."""
+def _is_norm(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], NORM_MODULES)
+    return node.op == "call_function" and node.target in NORM_FUNCTIONS
+
+
+def _reaches_only_norms_and_adds(node: fx.Node, kinds: dict[fx.Node, str], modules: dict[str, nn.Module]) -> bool:
+    """True when every reader of ``node``'s value, through shape-only operations, is a normalization layer or an
+    add: a transformer's residual stream, which no multiply-accumulate reads before a norm re-scales it."""
+    if not node.users:
+        return False
+    for user in node.users:
+        if _is_shape_value(user):  # x.shape: reads no value
+            continue
+        if kinds[user] == "pass":
+            if not _reaches_only_norms_and_adds(user, kinds, modules):
+                return False
+        elif not (_is_norm(user, modules) or (user.op in TARGET_KINDS and user.target in ADD_TARGETS)):
+            return False
+    return True
+
+
+def _requant_points(gm: fx.GraphModule, kinds: dict[fx.Node, str], float_residual_stream: bool = False) -> list[fx.Node]:
+    """The nodes whose outputs get an activation quantizer, in graph order (``kinds``: each node's kind). With
+    ``float_residual_stream``, adds whose sums reach only norms and further adds get none."""
     points: set[fx.Node] = set()
+    modules = dict(gm.named_modules())
 
     def after_relu(n: fx.Node) -> fx.Node:
         users = list(n.users)
         return users[0] if len(users) == 1 and kinds[users[0]] == "relu" else n
 
     for n in gm.graph.nodes:
+        if float_residual_stream and kinds[n] == "producer" and n.target in ADD_TARGETS \
+                and _reaches_only_norms_and_adds(n, kinds, modules):
+            continue
         if (n.op == "placeholder" and not n.args) or kinds[n] in ("weight", "producer", "matmul"):  # args: a default
             points.add(after_relu(n))
     for n in gm.graph.nodes:  # every multiply-accumulate must read quantized inputs
@@ -179,7 +209,7 @@ def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig, prefi
     store = nn.ModuleDict()
     gm.add_submodule(ACT_QUANT, store)
     roles: set[str] = set()
-    for node in _requant_points(gm, kinds):
+    for node in _requant_points(gm, kinds, config.float_residual_stream):
         consumers = [prefix + c for c in _weight_consumers(node, modules)]
         producer = prefix + node.target if node.op == "call_module" else ""
         role = RESIDUAL_BRANCH if _feeds_residual_add(node, kinds) else ""

@@ -30,6 +30,15 @@ def test_reload_vit_and_dynamic_activations(tiny_vit, tmp_path):
         assert torch.equal(q(x), r(x))
 
 
+def test_a_float_residual_stream_reloads_as_saved(tiny_vit, tmp_path):
+    """The header keeps the placement choice, so the file's activation grids meet the same quantizers again."""
+    x = torch.randn(8, 1, 16, 16)
+    q, r, _ = _roundtrip(tiny_vit, x, tmp_path, weights_bits=4, activation_bits=4, float_residual_stream=True)
+    assert r.lowbit_info.config.float_residual_stream
+    with torch.no_grad():
+        assert torch.equal(q(x), r(x))
+
+
 class BiasFree(torch.nn.Module):
     """Layers without biases and no batch-norm to fold into them: bias correction gives them biases."""
 

@@ -68,6 +68,10 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--first-last-bits", help="keep the first and last weight layers (and their inputs) at these bits")
     g.add_argument("--residual-bits", help="requantize the outputs of layers that feed a residual add (a block's "
                    "last convolution, its downsample shortcut) at these bits instead of the activation bits")
+    g.add_argument("--float-residual-stream", action="store_true",
+                   help="leave float the residual adds whose sums only reach normalization layers and further adds "
+                        "(a transformer's residual stream): every layer still reads quantized inputs, and at 4-bit "
+                        "activations the transformer keeps far more accuracy")
     g.add_argument("--override", action="append", default=[], metavar="GLOB=W[:A]",
                    help="per-layer bits by module-name glob, e.g. 'layer1.*=8' or 'fc=8:8', or 'g_s.*=float' to "
                         "keep layers float (repeatable)")
@@ -127,7 +131,8 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         residual_bits=parse_bits(args.residual_bits, "--residual-bits"),
         method=args.method, method_options=method_options, calib_images=args.calib_images,
         batch_size=args.batch_size, seed=args.seed, bias_correction=not args.no_bias_correction,
-        gain_correction=not args.no_gain_correction, equalize=args.equalize)
+        gain_correction=not args.no_gain_correction, equalize=args.equalize,
+        float_residual_stream=args.float_residual_stream)
     overrides = tuple(parse_override(o, config) for o in args.override)
     return replace(config, overrides=overrides + config.overrides) if overrides else config
 

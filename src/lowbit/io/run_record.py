@@ -161,7 +161,7 @@ def _spec(d: Any, where: str) -> dict[str, Any]:
 
 def _config(d: Any) -> QuantConfig:
     where = "header.config"
-    d = s.obj(d, where, CONFIG_KEYS, ("gain_correction", "equalize"))
+    d = s.obj(d, where, CONFIG_KEYS, ("gain_correction", "equalize", "float_residual_stream"))
     s.integer(d["version"], f"{where}.version", 1, 2**31)
     _spec(d["weights"], f"{where}.weights")
     s.optional(d["activations"], _spec, f"{where}.activations")
@@ -179,6 +179,7 @@ def _config(d: Any) -> QuantConfig:
     s.boolean(d["bias_correction"], f"{where}.bias_correction")
     s.boolean(d.get("gain_correction", False), f"{where}.gain_correction")
     s.optional(d.get("equalize"), s.boolean, f"{where}.equalize")
+    s.boolean(d.get("float_residual_stream", False), f"{where}.float_residual_stream")
     return QuantConfig.from_dict(d)
 
 
