@@ -6,7 +6,7 @@ from torch import fx, nn
 
 import lowbit
 from conftest import ResidualNet, TinyViT, randomize_bn
-from lowbit import LowbitError
+from lowbit import LowbitError, Override
 from lowbit.calibrate import calibrate, calibrate_weights, freeze
 from lowbit.config import QuantConfig
 from lowbit.coverage import coverage
@@ -68,6 +68,20 @@ def test_a_float_residual_stream_leaves_only_the_transformer_sums_unquantized(ti
     assert layers - {"embed"} <= layer_input_quantizers(stream).keys()
     cnn = prepare(residual_net, QuantConfig.from_bits(8, 8, float_residual_stream=True))
     assert _quantized_values(cnn) == _quantized_values(prepare(residual_net, QuantConfig.from_bits(8, 8)))
+
+
+def test_an_override_keeps_one_activation_float_by_its_quantizer_path(residual_net):
+    """The documented name of an activation quantizer ("act_quant.head", or "head.input_quant" when layers are
+    swapped) is a name an override may keep float, though that quantizer is then never made."""
+    keep = QuantConfig.from_bits(8, 8, overrides=(Override("act_quant.head", keep_float=True),))
+    names = {n for n, _ in activation_quantizers(prepare(residual_net, keep))}
+    assert "act_quant.mean" in names and "act_quant.head" not in names
+    assert names == {n for n, _ in activation_quantizers(prepare(residual_net, QuantConfig.from_bits(8, 8)))} - {
+        "act_quant.head"}
+    swapped = prepare(residual_net, QuantConfig.from_bits(8, 8, overrides=(
+        Override("head.input_quant", keep_float=True),)), mode="swap")
+    assert swapped.head.input_quant is None and swapped.b1[0].input_quant is not None
+    assert isinstance(swapped.head, QLinear)  # its weights are still quantized
 
 
 @pytest.mark.parametrize("make", [lambda: randomize_bn(ResidualNet()), lambda: TinyViT().eval()])

@@ -154,7 +154,8 @@ def _reaches_only_norms_and_adds(node: fx.Node, kinds: dict[fx.Node, str], modul
     return True
 
 
-def _requant_points(gm: fx.GraphModule, kinds: dict[fx.Node, str], float_residual_stream: bool = False) -> list[fx.Node]:
+def _requant_points(gm: fx.GraphModule, kinds: dict[fx.Node, str],
+                    float_residual_stream: bool = False) -> list[fx.Node]:
     """The nodes whose outputs get an activation quantizer, in graph order (``kinds``: each node's kind). With
     ``float_residual_stream``, adds whose sums reach only norms and further adds get none."""
     points: set[fx.Node] = set()
@@ -201,7 +202,8 @@ def _feeds_residual_add(node: fx.Node, kinds: dict[fx.Node, str]) -> bool:
 
 
 def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig, prefix: str) -> set[str]:
-    """Place the quantizers; returns the roles (``RESIDUAL_BRANCH``) that some activation of the graph plays.
+    """Place the quantizers; returns the names overrides may match besides modules and graph nodes: the roles
+    (``RESIDUAL_BRANCH``) that some activation plays, and the paths of the quantizers an override kept out.
     ``prefix`` is the graph's path in the model, which the config's names include."""
     modules = dict(gm.named_modules())
     kinds = {n: _kind(n, modules) for n in gm.graph.nodes}
@@ -218,6 +220,7 @@ def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig, prefi
         key = f"{node.name}_value" if hasattr(nn.ModuleDict, node.name) else node.name
         spec = config.activation_spec_for(f"{prefix}{ACT_QUANT}.{key}", producer, prefix + node.name, *consumers, role)
         if spec is None:
+            roles.add(f"{prefix}{ACT_QUANT}.{key}")
             continue
         store[key] = Quantizer(spec, config.seed, device)
         with gm.graph.inserting_after(node):
@@ -232,7 +235,7 @@ def _resolved(config: QuantConfig, layer_names: list[str]) -> QuantConfig:
 
 def _prepare_fx(gm: fx.GraphModule, config: QuantConfig, prefix: str = "") -> set[str]:
     """Fold, swap and place quantizers in a traced graph at path ``prefix`` of the model (``config`` resolved);
-    returns the roles its activations play."""
+    returns the names overrides may match beyond its modules and nodes (roles, quantizer paths left out)."""
     write_out_fused_attention(gm)
     fold_batchnorm(gm)
     modules = dict(gm.named_modules())
@@ -252,7 +255,8 @@ def _quantize_opaque_modules(gm: fx.GraphModule, config: QuantConfig, modules: d
                              prefix: str) -> set[str]:
     """Quantize the layers inside the modules the traced graph calls as opaque wholes (timm's untraceable blocks
     such as MobileViT's, torch.nn modules with layers inside), which would otherwise stay float: their
-    traceable parts as graphs, the other layers by swapping. Returns the roles the parts' activations play."""
+    traceable parts as graphs, the other layers by swapping. Returns the names overrides may match beyond modules
+    and nodes."""
     roles: set[str] = set()
     done: set[int] = set()
     for node in gm.graph.nodes:
@@ -276,8 +280,8 @@ def _swap_with_input_quantizer(root: nn.Module, name: str, layer: nn.Module, con
 def _quantize_in_place(module: nn.Module, config: QuantConfig, parts: dict[str, fx.GraphModule],
                        prefix: str = "") -> set[str]:
     """Quantize each traced part of ``module`` as a graph and put it in place; swap every other layer. Names in
-    ``config`` are paths in the model, ``prefix`` + the path in ``module``. Returns the roles the parts'
-    activations play."""
+    ``config`` are paths in the model, ``prefix`` + the path in ``module``. Returns the names overrides may
+    match beyond modules and nodes (roles, quantizer paths left out)."""
     outside = [n for n, m in module.named_modules()
                if is_quantizable(m) and not any(n.startswith(f"{p}.") for p in parts)]
     route_untraced_attention(module, config, prefix, tuple(parts), model_device(module))
@@ -290,6 +294,8 @@ def _quantize_in_place(module: nn.Module, config: QuantConfig, parts: dict[str, 
         if not config.keeps_float(prefix + name) and not isinstance(layer, QuantLayer):  # an alias swapped it
             _swap_with_input_quantizer(module, name, layer, config, prefix)
             _replace_everywhere(module, layer, module.get_submodule(name))
+            if module.get_submodule(name).input_quant is None:
+                roles.add(f"{prefix}{name}.input_quant")
     return roles
 
 
