@@ -67,12 +67,15 @@ def test_residual_bits_flag_reaches_the_saved_model(tmp_path):
     assert bits["act_quant.layer1_0_conv2"] == 8 and bits["act_quant.layer1_0_relu1"] == 4
 
 
-def test_float_residual_stream_flag_reaches_the_saved_model(tmp_path):
+def test_float_residual_stream_flag_reaches_the_saved_model(tmp_path, capsys):
     out = tmp_path / "v.lowbit"
     assert main(["quantize", "--model", "vit_small", "--weights-bits", "4", "--activation-bits", "4",
                  "--float-residual-stream", "--calib-images", "32", "--no-eval", "--out", str(out), "--quiet"]) == 0
     names = {n for n, _ in activation_quantizers(lowbit.load(out))}
     assert "act_quant.blocks_0_norm1" in names and not any(n.startswith("act_quant.add") for n in names)
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "residual stream float" in capsys.readouterr().out
 
 
 def test_output_corrections_can_be_switched_off(tmp_path):

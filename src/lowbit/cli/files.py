@@ -136,7 +136,8 @@ def run_info(args: argparse.Namespace) -> int:
         ("method", cfg.get("method")),
         ("weights", f"{cfg['weights']['bits']} bits, {cfg['weights']['granularity']}, observer {cfg['weights']['observer']}"),
         ("activations", "float" if not acts else
-         f"{acts['bits']} bits, {'dynamic' if acts['dynamic'] else 'static'}, observer {acts['observer']}"),
+         f"{acts['bits']} bits, {'dynamic' if acts['dynamic'] else 'static'}, observer {acts['observer']}"
+         + (", residual stream float" if cfg.get("float_residual_stream") else "")),
         ("layers by bits", ", ".join(f"{n} x {b}" for b, n in sorted(bits.items()))),
         ("overrides", ", ".join(o["pattern"] for o in cfg.get("overrides", [])) or "none"),
         ("float parameters", Coverage(**meta["coverage"]).describe() if meta.get("coverage") else "not recorded"),
