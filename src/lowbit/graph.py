@@ -154,12 +154,11 @@ def _reaches_only_norms_and_adds(node: fx.Node, kinds: dict[fx.Node, str], modul
     return True
 
 
-def _requant_points(gm: fx.GraphModule, kinds: dict[fx.Node, str],
+def _requant_points(gm: fx.GraphModule, kinds: dict[fx.Node, str], modules: dict[str, nn.Module],
                     float_residual_stream: bool = False) -> list[fx.Node]:
     """The nodes whose outputs get an activation quantizer, in graph order (``kinds``: each node's kind). With
     ``float_residual_stream``, adds whose sums reach only norms and further adds get none."""
     points: set[fx.Node] = set()
-    modules = dict(gm.named_modules())
 
     def after_relu(n: fx.Node) -> fx.Node:
         users = list(n.users)
@@ -210,23 +209,23 @@ def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig, prefi
     device = model_device(gm)  # activations flow on the model's device, so their grids live there too
     store = nn.ModuleDict()
     gm.add_submodule(ACT_QUANT, store)
-    roles: set[str] = set()
-    for node in _requant_points(gm, kinds, config.float_residual_stream):
+    matchable: set[str] = set()
+    for node in _requant_points(gm, kinds, modules, config.float_residual_stream):
         consumers = [prefix + c for c in _weight_consumers(node, modules)]
         producer = prefix + node.target if node.op == "call_module" else ""
         role = RESIDUAL_BRANCH if _feeds_residual_add(node, kinds) else ""
-        roles.add(role)
+        matchable.add(role)
         # a value named like a method of the store (x.to(...) gives "to", x.float() "float") is keyed apart
         key = f"{node.name}_value" if hasattr(nn.ModuleDict, node.name) else node.name
         spec = config.activation_spec_for(f"{prefix}{ACT_QUANT}.{key}", producer, prefix + node.name, *consumers, role)
         if spec is None:
-            roles.add(f"{prefix}{ACT_QUANT}.{key}")
+            matchable.add(f"{prefix}{ACT_QUANT}.{key}")
             continue
         store[key] = Quantizer(spec, config.seed, device)
         with gm.graph.inserting_after(node):
             q = gm.graph.call_module(f"{ACT_QUANT}.{key}", (node,))
         node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
-    return roles - {""}
+    return matchable - {""}
 
 
 def _resolved(config: QuantConfig, layer_names: list[str]) -> QuantConfig:
@@ -243,12 +242,12 @@ def _prepare_fx(gm: fx.GraphModule, config: QuantConfig, prefix: str = "") -> se
         if not config.keeps_float(prefix + name):
             spec = config.weight_spec_for(prefix + name)
             set_module(gm, name, to_quantized(modules[name], spec, seed=config.seed))
-    roles = _quantize_opaque_modules(gm, config, modules, prefix)
+    matchable = _quantize_opaque_modules(gm, config, modules, prefix)
     if config.activations is not None or any(o.activations for o in config.overrides):
-        roles |= _insert_activation_quantizers(gm, config, prefix)
+        matchable |= _insert_activation_quantizers(gm, config, prefix)
     gm.graph.lint()
     gm.recompile()
-    return roles
+    return matchable
 
 
 def _quantize_opaque_modules(gm: fx.GraphModule, config: QuantConfig, modules: dict[str, nn.Module],
@@ -257,15 +256,15 @@ def _quantize_opaque_modules(gm: fx.GraphModule, config: QuantConfig, modules: d
     such as MobileViT's, torch.nn modules with layers inside), which would otherwise stay float: their
     traceable parts as graphs, the other layers by swapping. Returns the names overrides may match beyond modules
     and nodes."""
-    roles: set[str] = set()
+    matchable: set[str] = set()
     done: set[int] = set()
     for node in gm.graph.nodes:
         module = modules.get(node.target) if node.op == "call_module" else None
         if module is None or id(module) in done or isinstance(module, (QuantLayer, Quantizer)) or is_quantizable(module):
             continue
         done.add(id(module))
-        roles |= _quantize_in_place(module, config, traceable_parts(module), f"{prefix}{node.target}.")
-    return roles
+        matchable |= _quantize_in_place(module, config, traceable_parts(module), f"{prefix}{node.target}.")
+    return matchable
 
 
 def _swap_with_input_quantizer(root: nn.Module, name: str, layer: nn.Module, config: QuantConfig,
@@ -285,9 +284,9 @@ def _quantize_in_place(module: nn.Module, config: QuantConfig, parts: dict[str, 
     outside = [n for n, m in module.named_modules()
                if is_quantizable(m) and not any(n.startswith(f"{p}.") for p in parts)]
     route_untraced_attention(module, config, prefix, tuple(parts), model_device(module))
-    roles: set[str] = set()
+    matchable: set[str] = set()
     for path, gm in parts.items():
-        roles |= _prepare_fx(gm, config, f"{prefix}{path}.")
+        matchable |= _prepare_fx(gm, config, f"{prefix}{path}.")
         _replace_everywhere(module, module.get_submodule(path), gm)
     for name in outside:
         layer = module.get_submodule(name)
@@ -295,8 +294,8 @@ def _quantize_in_place(module: nn.Module, config: QuantConfig, parts: dict[str, 
             _swap_with_input_quantizer(module, name, layer, config, prefix)
             _replace_everywhere(module, layer, module.get_submodule(name))
             if module.get_submodule(name).input_quant is None:
-                roles.add(f"{prefix}{name}.input_quant")
-    return roles
+                matchable.add(f"{prefix}{name}.input_quant")
+    return matchable
 
 
 def _replace_everywhere(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
@@ -336,8 +335,8 @@ def prepare(model: nn.Module, config: QuantConfig, mode: Mode | None = None) -> 
         warnings.warn(fallback_message(model, exc, parts), stacklevel=2)
         return _swapped(model, config, arch, parts)
     resolved = _resolved(config, graph_layer_names(gm))
-    roles = _prepare_fx(gm, resolved)
-    _check_overrides_match(gm, resolved, roles)
+    matchable = _prepare_fx(gm, resolved)
+    _check_overrides_match(gm, resolved, matchable)
     gm.lowbit_info = QuantInfo(resolved, "fx", arch)
     return gm
 
@@ -346,15 +345,15 @@ def _swapped(model: nn.Module, config: QuantConfig, arch: dict | None, parts: di
     if parts:
         fold_chained_batchnorms(model)
     resolved = _resolved(config, layer_order(model, parts))
-    roles = _quantize_in_place(model, resolved, parts)
-    _check_overrides_match(model, resolved, roles)
+    matchable = _quantize_in_place(model, resolved, parts)
+    _check_overrides_match(model, resolved, matchable)
     model.lowbit_info = QuantInfo(resolved, "parts" if parts else "swap", arch)
     return model
 
 
-def _check_overrides_match(prepared: nn.Module, config: QuantConfig, roles: set[str] = frozenset()) -> None:
+def _check_overrides_match(prepared: nn.Module, config: QuantConfig, matchable: set[str] = frozenset()) -> None:
     """An override that matches nothing is almost always a typo: refuse it rather than quietly ignore it."""
-    names = {n for n, _ in prepared.named_modules()} | roles
+    names = {n for n, _ in prepared.named_modules()} | matchable
     for path, gm in prepared.named_modules():
         if isinstance(gm, fx.GraphModule):
             names |= {f"{path}.{node.name}" if path else node.name for node in gm.graph.nodes}
