@@ -51,25 +51,6 @@ def test_vit_attention_matmuls_and_norm_outputs_are_quantized(tiny_vit):
     assert any("softmax" in s for s in sources)
 
 
-def _quantized_values(qmodel) -> set[str]:
-    """The graph names of the values the activation quantizers read."""
-    return {node.args[0].name for node in qmodel.graph.nodes
-            if node.op == "call_module" and str(node.target).startswith("act_quant.")}
-
-
-def test_a_float_residual_stream_leaves_only_the_transformer_sums_unquantized(tiny_vit, residual_net):
-    """The sums that reach only norms and further adds lose their grids; every linear layer still reads a quantized
-    input, and a CNN's adds, which convolutions read (after a ReLU), keep theirs."""
-    default = _quantized_values(prepare(tiny_vit, QuantConfig.from_bits(8, 8)))
-    stream = prepare(tiny_vit, QuantConfig.from_bits(8, 8, float_residual_stream=True))
-    sums = {"add", "add_1", "add_2", "add_3", "add_4"}  # position embedding, then two per block
-    assert sums <= default and default - _quantized_values(stream) == sums
-    layers = {name for name, _ in quant_layers(stream)}
-    assert layers - {"embed"} <= layer_input_quantizers(stream).keys()
-    cnn = prepare(residual_net, QuantConfig.from_bits(8, 8, float_residual_stream=True))
-    assert _quantized_values(cnn) == _quantized_values(prepare(residual_net, QuantConfig.from_bits(8, 8)))
-
-
 def test_an_override_keeps_one_activation_float_by_its_quantizer_path(residual_net):
     """The documented name of an activation quantizer ("act_quant.head", or "head.input_quant" when layers are
     swapped) is a name an override may keep float, though that quantizer is then never made."""
