@@ -1,12 +1,13 @@
 """A transformer's residual stream quantized (the default) or left float (``--float-residual-stream``).
 
 The bundled vit_small at W8A8, W4A8 and W4A4, round-to-nearest and BRECQ, on the same 1024 calibration images of
-the Fashion-MNIST training split; top-1 on the full test split. With the stream float, the adds whose sums reach
+the Fashion-MNIST training split; top-1 on the full test split. With ``--mct``, MCT's default PTQ (which quantizes
+the sums) beside the round-to-nearest rows, same images. With the stream float, the adds whose sums reach
 only LayerNorms and further adds keep no grid; every linear layer and attention matmul still reads quantized
 inputs. At W8A8 both forms are also exported to ONNX and run in onnxruntime: agreement with lowbit's PyTorch
 model, integer kernels, file size and the median latency at batch 64 (the float adds against onnxruntime's
 integer ones).
-Run: python3 residual_stream.py
+Run: python3 residual_stream.py --mct (MCT installed)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import peers
 import torch
 from coverage import kernels
 from deploy import agreement, outputs, top1
@@ -31,9 +33,9 @@ SETTINGS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4)}
 METHODS = ("nearest", "brecq")
 NOTE = ('The stream is what each block adds its attention and MLP outputs to; every block reads it through a '
         'LayerNorm, whose output keeps its grid either way, so leaving the sums float takes no integer kernel'
-        ' away (onnxruntime runs the layer norms in float in both files) and the latency is a tie; the 4-bit '
-        'grids on those sums are what cost accuracy at 4-bit activations. Latency measured beside other '
-        'benchmark jobs on the same two cores: compare the two rows only.')
+        ' away (onnxruntime runs the layer norms in float in both files); the 4-bit grids on those sums are '
+        'what cost accuracy at 4-bit activations. Latency: one thread, medians of the two files timed in '
+        'turns.')
 
 
 def main() -> None:
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--calib-images", type=int, default=1024)
     parser.add_argument("--iters", type=int, default=300, help="BRECQ steps per block")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--mct", action="store_true", help="MCT's default PTQ beside the round-to-nearest rows")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -62,7 +65,10 @@ def main() -> None:
                 accuracy[stream] = top1(logits, labels)
                 if setting == "W8A8" and method == "nearest":
                     deployed[stream] = (qmodel, logits)
-            rows.append([setting, method, accuracy[False], accuracy[True], f"{accuracy[True] - accuracy[False]:+.2f}"])
+            mct = top1(outputs(peers.mct_ptq(model, calib, wbits, abits), test), labels) \
+                if args.mct and method == "nearest" else None
+            gain = f"{accuracy[True] - accuracy[False]:+.2f}"
+            rows.append([setting, method, accuracy[False], accuracy[True], gain, mct])
             print(rows[-1], flush=True)
     runtime_rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +86,8 @@ def main() -> None:
         for row, stream in zip(runtime_rows, sessions):
             row.append(f"{1000 * times[stream]:.1f}")
     body = (f"Float top-1: {float_top1:.2f}%. BRECQ: {args.iters} steps per block, batch 32.\n\n"
-            + md_table(["setting", "method", "stream quantized (default) %", "stream float %", "difference"], rows)
+            + md_table(["setting", "method", "stream quantized (default) %", "stream float %", "difference",
+                        f"MCT {peers.mct_version()} PTQ defaults %" if args.mct else "MCT (not run)"], rows)
             + "\n\nW8A8 round-to-nearest in onnxruntime (CPU provider, batch 64 for latency):\n\n"
             + md_table(["residual stream", "same top-1 as PyTorch %", "max output diff",
                         "integer / float convs and matmuls", "ONNX file", "median ms"], runtime_rows)
