@@ -28,13 +28,18 @@ def drop_debug_records(proto: onnx.ModelProto) -> None:
     proto.graph.metadata_props.extend(kept)
 
 
+def _has_subgraphs(graph: onnx.GraphProto) -> bool:
+    """Whether a node holds a subgraph, which reads its outer graph's values by name."""
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute)
+
+
 def shorten_names(graph: onnx.GraphProto) -> None:
     """Name the values that only link two nodes by a short counter, and leave node names out (ONNX makes them
     optional): the exporter's names (``quantize_dequantize_8``, ``node_QuantizeLinear_27``) say nothing a
     reader of the graph needs, and each is written once per use, which in a small 4-bit model weighs several
     percent of the file. Initializers (the weights' and grids' names) and the graph's inputs and outputs keep
     theirs."""
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+    if _has_subgraphs(graph):
         return  # a subgraph reads its outer graph's values by name
     kept = {init.name for init in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
     short: dict[str, str] = {}
@@ -57,7 +62,7 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> int:
     costs the file its bytes, and onnxruntime warns about it every time a session loads the model. Returns how
     many were removed. (onnx_ir's RemoveUnusedNodesPass does this on its own graph type; the file is a
     ModelProto here, and a round trip through onnx_ir for this alone would rewrite everything else too.)"""
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+    if _has_subgraphs(graph):
         return 0  # a subgraph reads its outer graph's values by name
     read = {name for node in graph.node for name in node.input} | {v.name for v in graph.output}
     kept = [init for init in graph.initializer if init.name in read]

@@ -58,8 +58,6 @@ def integer_input_grid(q: Quantizer | None) -> tuple[torch.Tensor, int, int] | N
     return q.scale, *q.qrange
 
 
-
-
 class DequantizedWeight(nn.Module):
     """Integer weight codes with their per-channel grid, and the bias: float where onnxruntime turns it into the
     int32 bias its integer kernels add (on the input-times-weight scale, as lowbit does), int32 codes on an
