@@ -26,10 +26,12 @@ from lowbit.errors import LowbitError
 from lowbit.graph import activation_quantizers, prepare
 from lowbit.graph_parts import parts_difference
 from lowbit.io import lowbit_file
-from lowbit.mixed.allocate import Sensitivity, allocate
+from lowbit.mixed.allocate import Allocation, Sensitivity, analyze, solve_budget
 from lowbit.mixed.budget import Budget
+from lowbit.mixed.drop_search import smallest_within_drop, split_holdout
 from lowbit.spec import Bits
-from lowbit.tasks import rebuild, task_of
+from lowbit.tasks import DEFAULT as DEFAULT_TASK
+from lowbit.tasks import Task, rebuild, task_of
 
 log = logging.getLogger(__name__)
 # a model in traced parts is checked against itself on this many calibration images before it is quantized; folding
@@ -57,7 +59,10 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     ``hessian`` for classifiers, ``rate-distortion`` for codecs) within the budget; layers fixed by
     overrides (e.g. ``first_last_bits``) keep theirs; ``sensitivity_options`` are the metric's own keywords
     (``{"beta": 10}`` for orthogonality). The chosen allocation is kept in
-    ``qmodel.lowbit_info.extra["mixed"]`` and saved with the model.
+    ``qmodel.lowbit_info.extra["mixed"]`` and saved with the model. A budget with ``max_drop`` (classifiers)
+    returns the smallest allocation found whose top-1 classes differ from the float model's on at most that
+    percentage of ``mixed.holdout_images`` further images of ``data``, set aside from calibration
+    (:mod:`lowbit.mixed.drop_search`); the probes it quantized are recorded under ``"search"``.
     """
     if config is None:
         config_keys = {"bias_correction", "gain_correction", "equalize", "weights_observer", "activation_observer",
@@ -73,7 +78,6 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     config = task.configure(model, config)
     if config.equalize is None:
         config = replace(config, equalize=task.equalizes)
-    algorithm = get_algorithm(config.method)
     method_options = make_options(config.method, config.method_options, config.seed)
     config = replace(config, method_options=asdict(method_options))  # record every option in the saved metadata
     torch.manual_seed(config.seed)
@@ -84,24 +88,50 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     if data is None and (mixed is not None or config.method != "nearest"):
         raise LowbitError("calibration data is required for mixed precision and learned rounding; pass data "
                           "(a tensor, a DataLoader or a dataset name)")
-    batches = calibration_batches(data, config.calib_images, config.batch_size, config.seed) if data is not None else []
+    searching = mixed is not None and mixed.max_drop is not None
+    if searching and task.name != DEFAULT_TASK:
+        raise LowbitError(f"an accuracy target (max_drop) needs a classifier, and this model is a {task.name} model; "
+                          "give a size budget instead")
+    holdout_images = mixed.holdout_images if searching else 0
+    batches = calibration_batches(data, config.calib_images + holdout_images, config.batch_size,
+                                  config.seed) if data is not None else []
+    if searching:
+        batches, holdout = split_holdout(batches, config.calib_images, holdout_images, config.batch_size)
     if batches:
         check_input_scale(model, batches[0])
     if config.equalize:
         model = equalize_ranges(model, batches, config, task.unequalized(model))
-    allocation = None
-    if mixed is not None:
-        sensitivity = task.sensitivity(sensitivity)
-        allocation = allocate(model, torch.cat(batches)[:sensitivity_images], config, mixed, sensitivity,
-                              sensitivity_options=sensitivity_options, capture=task.capture)
-        config = allocation.to_config(config)
+
+    def quantize_with(allocation: Allocation | None) -> nn.Module:
+        chosen = config if allocation is None else allocation.to_config(config)
+        return _calibrated(model, batches, chosen, task, allocation, data is not None, progress)
+
+    if mixed is None:
+        qmodel = quantize_with(None)
+    else:
+        images = torch.cat(batches)[:sensitivity_images]
+        analysis = analyze(model, images, config, mixed.bits, mixed.activation_bits, task.sensitivity(sensitivity),
+                           sensitivity_options=sensitivity_options, capture=task.capture)
+        if searching:
+            qmodel = smallest_within_drop(model, analysis, mixed, holdout, quantize_with)
+        else:
+            qmodel = quantize_with(solve_budget(analysis, mixed))
+    share = coverage(qmodel)
+    if share.unquantized:
+        log.warning(share.describe())
+    return keep_interface_dtype(qmodel, dtype)
+
+
+def _calibrated(model: nn.Module, batches: list[torch.Tensor], config: QuantConfig, task: Task,
+                allocation: Allocation | None, has_data: bool, progress: bool) -> nn.Module:
+    """``model`` prepared under ``config``, calibrated on ``batches``, rounded by its method and frozen."""
     qmodel = prepare(model, config, task.capture)
     if qmodel.lowbit_info.mode == "parts" and batches:
         qmodel = _parts_checked(model, qmodel, config, batches[0])
     task.before_calibration(qmodel)
     if allocation is not None:
         qmodel.lowbit_info.extra["mixed"] = allocation.to_dict()
-    if data is None and any(q.needs_calibration for _, q in activation_quantizers(qmodel)):
+    if not has_data and any(q.needs_calibration for _, q in activation_quantizers(qmodel)):
         raise LowbitError("calibration data is required for static activation quantization; pass data (a tensor, "
                           "a DataLoader or a dataset name), or activation_bits=None")
     covariances = calibrate_weights(qmodel, batches, config.seed)
@@ -112,13 +142,11 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
         task.correct_nearest(qmodel, batches)
     if config.bias_correction and config.method == "nearest" and batches:
         correct_biases(qmodel, batches)
-    algorithm.run(qmodel, batches, method_options, progress)
+    method_options = make_options(config.method, config.method_options, config.seed)
+    get_algorithm(config.method).run(qmodel, batches, method_options, progress)
     freeze(qmodel)
     task.finish(qmodel)
-    share = coverage(qmodel)
-    if share.unquantized:
-        log.warning(share.describe())
-    return keep_interface_dtype(qmodel, dtype)
+    return qmodel
 
 
 

@@ -73,3 +73,24 @@ def test_total_memory_budget_from_the_cli(tmp_path, capsys):
     assert main(["mixed", "--total-cr", "40", "--calib-images", "64", "--sensitivity-images", "32", "--no-eval",
                  "--out", str(tmp_path / "x.lowbit"), "--quiet"]) == 2
     assert "infeasible" in capsys.readouterr().err
+
+
+def test_max_drop_finds_a_model_and_prints_the_candidates_it_tried(tmp_path, capsys):
+    out = tmp_path / "d.lowbit"
+    assert main(["mixed", "--max-drop", "1", "--holdout-images", "128", "--calib-images", "64",
+                 "--sensitivity-images", "64", "--no-eval", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "held-out classes changed %" in text and "<- kept" in text and "128 training images set aside" in text
+    mixed = read_metadata(out)["mixed"]
+    assert mixed["budget"]["max_drop"] == 1 and mixed["search"]["changed_pct"] <= 1
+    assert len(mixed["search"]["probes"]) >= 2
+
+
+def test_max_drop_with_a_size_target_exits_2(tmp_path, capsys):
+    out = tmp_path / "d.lowbit"
+    assert main(["mixed", "--max-drop", "1", "--weights-cr", "8", "--out", str(out), "--no-eval", "--quiet"]) == 2
+    assert "max_drop chooses the size itself; drop weights_cr" in capsys.readouterr().err
+    assert main(["mixed", "--max-drop", "1", "--holdout-images", "99999", "--calib-images", "64", "--out", str(out),
+                 "--no-eval", "--quiet"]) == 2
+    assert "held-out images beyond the 64 calibration images" in capsys.readouterr().err
+    assert not out.exists()

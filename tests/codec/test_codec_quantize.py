@@ -145,6 +145,8 @@ def test_mixed_precision_allocates_codec_layers_by_rate_distortion_within_the_bu
     with pytest.raises(LowbitError, match="cannot score"):
         lowbit.quantize(codec, photos(4, 64), weights_bits=8, activation_bits=None, mixed=Budget(weights_cr=6, bits=(4, 8)),
                         sensitivity="hessian")
+    with pytest.raises(LowbitError, match="accuracy target .* needs a classifier"):
+        lowbit.quantize(codec, photos(4, 64), weights_bits=8, activation_bits=None, mixed=Budget(max_drop=1))
 
 
 def test_rate_distortion_scores_grow_as_layers_get_narrower():

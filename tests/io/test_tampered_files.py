@@ -157,6 +157,10 @@ def _set(path, value):
     (("format_version",), 1, "older lowbit"),
     (("config", "weights", "symmetric"), "no", "symmetric"),
     (("provenance", "deep"), [[[[[[[[[[[]]]]]]]]]]], "nested deeper"),
+    (("mixed",), {"budget": 3, "sensitivity": "hessian", "compression": 8.0}, r"header\.mixed\.budget"),
+    (("mixed",), {"budget": {}, "sensitivity": "hessian", "compression": "8x"}, r"header\.mixed\.compression"),
+    (("mixed",), {"budget": {"max_drop": 1}, "sensitivity": "hessian", "compression": 8.0,
+                  "search": {"changed_pct": "x", "holdout_images": 5}}, r"header\.mixed\.search\.changed_pct"),
 ])
 def test_edited_header_fields_are_named_in_the_error(saved, tmp_path, path, value, message):
     edited = rewrite(saved[0], tmp_path / "m.lowbit", edit_header=_set(path, value))

@@ -91,11 +91,14 @@ def _provenance_lines(meta: dict) -> list[tuple[str, str]]:
     lines = []
     mixed = meta.get("mixed")
     if mixed:
-        budget = {k: v for k, v in mixed["budget"].items() if k in TARGETS and v is not None}
+        budget = {k: v for k, v in mixed["budget"].items() if k in (*TARGETS, "max_drop") and v is not None}
+        search = mixed.get("search")
+        checked = (f" ({search['changed_pct']:.2f}% of {search['holdout_images']} held-out classes changed)"
+                   if search else "")
         lines.append(("mixed precision", f"{mixed['sensitivity']} sensitivity, budget "
-                      f"{', '.join(f'{k}={v:g}' for k, v in budget.items())}; weights {mixed['compression']:.2f}x "
-                      f"smaller" + (f", total memory {mixed['total_compression']:.2f}x"
-                                    if mixed.get("total_compression") else "")))
+                      f"{', '.join(f'{k}={v:g}' for k, v in budget.items())}{checked}; weights "
+                      f"{mixed['compression']:.2f}x smaller" + (f", total memory {mixed['total_compression']:.2f}x"
+                                                                if mixed.get("total_compression") else "")))
     extra = meta.get("provenance") or {}
     tuned = extra.get("finetune")
     if isinstance(tuned, dict) and tuned.get("objective") == "rate_distortion":  # a codec's run

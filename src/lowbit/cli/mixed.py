@@ -10,6 +10,7 @@ from lowbit.errors import LowbitError
 from lowbit.mixed import METRICS, Allocation, Budget
 from lowbit.mixed.allocation_files import ALLOCATION_HEADERS, allocation_rows
 from lowbit.mixed.budget import SIZE_MEASURES
+from lowbit.mixed.drop_search import probes_of
 from lowbit.report import human_bytes, table
 
 
@@ -25,6 +26,11 @@ def add_mixed_args(p: argparse.ArgumentParser, flag: bool) -> None:
                    "compression against float32, EPTQ's target, e.g. 8; mixes activations too (see "
                    "--activation-candidates)")
     g.add_argument("--activation-cr", type=float, help="compression of the largest activation tensor alone")
+    g.add_argument("--max-drop", type=float, metavar="PCT",
+                   help="instead of a size: the smallest weights that change the top-1 class of at most PCT%% of "
+                        "held-out training images against the float model (no labels used), e.g. 0.5")
+    g.add_argument("--holdout-images", type=int, default=512,
+                   help="with --max-drop: images set aside from calibration to check it on (default: %(default)s)")
     g.add_argument("--size-measure", choices=SIZE_MEASURES, default="file",
                    help="what --weights-cr/--model-size count: the file's codes, scales and zero points, or weight "
                         "codes only as MCT and OMPQ tables do (default: %(default)s)")
@@ -66,7 +72,7 @@ def budget_from_args(args: argparse.Namespace) -> Budget | None:
     """The budget asked for on the command line, or None when mixed precision is off."""
     if not hasattr(args, "sensitivity"):  # a command without mixed-precision options
         return None
-    targets = (args.weights_cr, args.model_size, args.gbops, args.total_cr, args.activation_cr)
+    targets = (args.weights_cr, args.model_size, args.gbops, args.total_cr, args.activation_cr, args.max_drop)
     if not getattr(args, "mixed_precision", True):
         if any(v is not None for v in targets):
             raise LowbitError("a budget was given without --mixed-precision; add it (or use `lowbit mixed`)")
@@ -74,12 +80,12 @@ def budget_from_args(args: argparse.Namespace) -> Budget | None:
     if args.sensitivity_images < 2:
         raise LowbitError(f"--sensitivity-images must be at least 2, got {args.sensitivity_images}")
     if all(v is None for v in targets):
-        raise LowbitError("mixed precision needs a budget: --weights-cr, --model-size, --gbops, --total-cr or "
-                          "--activation-cr")
+        raise LowbitError("mixed precision needs a budget: --weights-cr, --model-size, --gbops, --total-cr, "
+                          "--activation-cr or --max-drop")
     bits = _bit_list(args.bits, "--bits")
     acts = _bit_list(args.activation_candidates, "--activation-candidates") if args.activation_candidates else None
     return Budget(args.weights_cr, args.model_size, args.gbops, bits, acts, args.size_measure, args.total_cr,
-                  args.activation_cr)
+                  args.activation_cr, args.max_drop, args.holdout_images)
 
 
 def print_allocation(allocation: Allocation) -> None:
@@ -95,3 +101,14 @@ def print_allocation(allocation: Allocation) -> None:
               f"{human_bytes(allocation.float_activation_bytes)} float32; total memory "
               f"{allocation.total_compression:.2f}x smaller")
     print(f"bit_cfg: {allocation.bit_cfg}")
+
+
+def print_search(mixed: dict) -> None:
+    """The candidates an accuracy target (``--max-drop``) tried, smallest first, and which one was kept."""
+    search = mixed["search"]
+    rows = [[f"{p.compression:.2f}x", f"{p.changed_pct:.2f}", "yes" if p.passes(search["max_drop"]) else "no",
+             "<- kept" if p.changed_pct == search["changed_pct"] and p.compression == mixed["compression"] else ""]
+            for p in sorted(probes_of(mixed), key=lambda p: -p.compression)]
+    print(table(("weights smaller", "held-out classes changed %", f"within {search['max_drop']:g}%", ""), rows))
+    print(f"checked on {search['holdout_images']} training images set aside from calibration, against the float "
+          "model's classes; a changed class is the only way top-1 can drop")

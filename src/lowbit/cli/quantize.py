@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lowbit.cli.common import (add_data_args, add_model_args, add_quant_args, config_from_args, float_checkpoint,
                                load_data, load_float_model, resolve_dataset, resolve_device)
-from lowbit.cli.mixed import add_mixed_args, budget_from_args, mixed_keywords, print_allocation
+from lowbit.cli.mixed import add_mixed_args, budget_from_args, mixed_keywords, print_allocation, print_search
 from lowbit.cli.outputs import check_outputs, cli_inputs
 from lowbit.cli.synth import add_calib_args, calibration_data
 from lowbit.config import QuantConfig
@@ -56,7 +56,8 @@ def default_out(model: str, config: QuantConfig, budget: Budget | None = None) -
     a = config.activations.bits if config.activations else "f"
     if budget is not None:
         target = "_".join(f"{k}{v:g}" for k, v in (("cr", budget.weights_cr), ("mib", budget.model_size_mb),
-                                                     ("gbops", budget.gbops)) if v)
+                                                     ("gbops", budget.gbops), ("drop", budget.max_drop))
+                          if v is not None)
         return Path(f"{model}_mixed_{target}.lowbit")
     return Path(f"{model}_w{config.weights.bits}a{a}.lowbit")
 
@@ -135,6 +136,9 @@ def run_quantize(args: argparse.Namespace) -> int:
     if "mixed" in result:
         print()
         print_allocation(Allocation.from_dict(result["mixed"]))
+        if "search" in result["mixed"]:
+            print()
+            print_search(result["mixed"])
         print(f"allocation written to {' and '.join(result['allocation_files'])}")
     if args.json:
         write_json(args.json, result)

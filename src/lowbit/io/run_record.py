@@ -15,6 +15,7 @@ from lowbit.config import QuantConfig
 from lowbit.coverage import Coverage
 from lowbit.graph import QuantInfo
 from lowbit.io import schema as s
+from lowbit.mixed.budget import TARGETS as BUDGET_TARGETS
 from lowbit.spec import MAX_BITS, MIN_BITS, OBSERVERS, Bits
 from lowbit.version import __version__
 
@@ -137,7 +138,7 @@ class RunRecord:
                    dataset=s.optional(d["dataset"], _dataset, "header.dataset"),
                    float_metrics=s.optional(d["float_metrics"], _metrics, "header.float_metrics"),
                    quant_metrics=s.optional(d["quant_metrics"], _metrics, "header.quant_metrics"),
-                   mixed=s.optional(d["mixed"], s.plain_json, "header.mixed"),
+                   mixed=s.optional(d["mixed"], _mixed, "header.mixed"),
                    coverage=s.optional(d["coverage"], _coverage, "header.coverage"),
                    provenance=s.mapping(s.plain_json(d["provenance"], "header.provenance"), "header.provenance"),
                    lowbit_version=s.text(d["lowbit_version"], "header.lowbit_version", max_len=40))
@@ -181,6 +182,22 @@ def _config(d: Any) -> QuantConfig:
     s.optional(d.get("equalize"), s.boolean, f"{where}.equalize")
     s.boolean(d.get("float_residual_stream", False), f"{where}.float_residual_stream")
     return QuantConfig.from_dict(d)
+
+
+def _mixed(d: Any, where: str) -> dict[str, Any]:
+    """The mixed-precision record: any plain JSON, with the figures ``lowbit info`` shows typed and in range."""
+    d = s.mapping(s.plain_json(d, where), where)
+    budget = s.mapping(d.get("budget"), f"{where}.budget")
+    for key in (*BUDGET_TARGETS, "max_drop"):
+        s.optional(budget.get(key), s.number, f"{where}.budget.{key}", 0.0, 1e12)
+    s.text(d.get("sensitivity"), f"{where}.sensitivity", max_len=100)
+    s.number(d.get("compression"), f"{where}.compression", 1e-12, 1e12)
+    s.optional(d.get("total_compression"), s.number, f"{where}.total_compression", 0.0, 1e12)
+    if "search" in d:
+        search = s.mapping(d["search"], f"{where}.search")
+        s.number(search.get("changed_pct"), f"{where}.search.changed_pct", 0.0, 100.0)
+        s.integer(search.get("holdout_images"), f"{where}.search.holdout_images", 1, 2**40)
+    return d
 
 
 def _dataset(d: Any, where: str) -> dict[str, Any]:

@@ -192,7 +192,7 @@ def solve_budget(analysis: Analysis, budget: Budget) -> Allocation:
         raise LowbitError(f"budget bit options {budget.bits}/{budget.activation_bits} differ from the analysed "
                           f"{analysis.bits}/{analysis.activation_bits}; analyse with the budget's options")
     start = time.perf_counter()
-    problem = _sized_problem(analysis, budget.size_measure)
+    problem = sized_problem(analysis, budget.size_measure)
     float_total = analysis.float_bytes + analysis.float_activation_bytes
     solution = solve(problem, budget.max_weight_bytes(analysis.float_bytes), budget.max_bops(),
                      max_activation_bytes=budget.max_activation_bytes(analysis.float_activation_bytes),
@@ -210,7 +210,7 @@ def solve_budget(analysis: Analysis, budget: Budget) -> Allocation:
                       analysis.float_activation_bytes)
 
 
-def _sized_problem(analysis: Analysis, size_measure: str) -> Problem:
+def sized_problem(analysis: Analysis, size_measure: str) -> Problem:
     """The analysis's problem with sizes in the budget's measure (file bytes as analysed, or codes only)."""
     if size_measure == "file":
         return analysis.problem

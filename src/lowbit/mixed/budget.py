@@ -11,11 +11,12 @@ from lowbit.errors import LowbitError
 MIB = 2**20
 SIZE_MEASURES = ("file", "codes")
 TARGETS = ("weights_cr", "model_size_mb", "gbops", "total_cr", "activation_cr")
+MIN_HOLDOUT_IMAGES = 10
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Targets for :func:`lowbit.mixed.allocate` (give at least one of the first five).
+    """Targets for :func:`lowbit.mixed.allocate` (give at least one of the first five, or ``max_drop``).
 
     - ``weights_cr``: compression of the quantized layers' weights against float32 (8 means on average a
       little under 4 bits once scales are counted);
@@ -32,6 +33,11 @@ class Budget:
     ``bits`` are the weight options; ``activation_bits`` makes the input activations of weight layers mixed
     too (None keeps the config's activation width everywhere, except under ``total_cr`` or ``activation_cr``,
     which then choose activation widths from ``bits``).
+
+    ``max_drop`` asks instead for the smallest weights whose model changes the top-1 class of at most that
+    percentage of ``holdout_images`` images set aside from the calibration data, against the float model
+    (:mod:`lowbit.mixed.drop_search`). No labels are needed, and the share of changed classes bounds the loss
+    of top-1 on those images from above.
     """
 
     weights_cr: float | None = None
@@ -42,11 +48,15 @@ class Budget:
     size_measure: str = "file"
     total_cr: float | None = None
     activation_cr: float | None = None
+    max_drop: float | None = None
+    holdout_images: int = 512
 
     def __post_init__(self) -> None:
-        if all(getattr(self, name) is None for name in TARGETS):
+        if all(getattr(self, name) is None for name in TARGETS) and self.max_drop is None:
             raise LowbitError("a mixed-precision budget needs a target: weights_cr, model_size_mb, gbops, "
-                              "total_cr or activation_cr")
+                              "total_cr, activation_cr or max_drop")
+        if self.max_drop is not None:
+            self._check_accuracy_target()
         for name in TARGETS:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
@@ -59,6 +69,19 @@ class Budget:
             object.__setattr__(self, "activation_bits", self.bits)
         if self.activation_bits is not None:
             object.__setattr__(self, "activation_bits", _options(self.activation_bits, "activation_bits"))
+
+    def _check_accuracy_target(self) -> None:
+        if not (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop < 100):
+            raise LowbitError(f"budget max_drop is a percentage of held-out images, from 0 to below 100; got "
+                              f"{self.max_drop}")
+        others = [name for name in TARGETS if getattr(self, name) is not None]
+        if others or self.activation_bits is not None:
+            raise LowbitError(f"max_drop chooses the size itself; drop {', '.join(others) or 'activation_bits'} "
+                              "from the budget")
+        if isinstance(self.holdout_images, bool) or not isinstance(self.holdout_images, int) or \
+                self.holdout_images < MIN_HOLDOUT_IMAGES:
+            raise LowbitError(f"budget holdout_images must be an integer of at least {MIN_HOLDOUT_IMAGES}, got "
+                              f"{self.holdout_images!r}")
 
     def max_weight_bytes(self, float_bytes: int) -> float | None:
         """The tighter of the compression-ratio and size targets, in bytes (None if neither is set)."""
@@ -86,7 +109,7 @@ class Budget:
         acts = d.get("activation_bits")
         return cls(d.get("weights_cr"), d.get("model_size_mb"), d.get("gbops"), tuple(d.get("bits", (2, 4, 8))),
                    tuple(acts) if acts is not None else None, d.get("size_measure", "file"), d.get("total_cr"),
-                   d.get("activation_cr"))
+                   d.get("activation_cr"), d.get("max_drop"), d.get("holdout_images", 512))
 
 
 def _options(values: Any, what: str) -> tuple[int, ...]:
