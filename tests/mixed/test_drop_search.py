@@ -73,7 +73,7 @@ def test_calibration_images_are_those_of_a_plain_run_and_the_holdout_follows(dat
 
 
 def test_a_target_no_width_meets_is_refused(net, data):
-    with pytest.raises(LowbitError, match="with every layer at 2 bits .* more than max_drop 0"):
+    with pytest.raises(LowbitError, match="with every layer.s weights at 2 bits .* more than max_drop 0"):
         _search(net, data, max_drop=0.0, bits=(2,))
 
 

@@ -102,9 +102,10 @@ def smallest_within_drop(float_model: nn.Module, analysis: Analysis, budget: Bud
 
     if not passes(smallest):
         if not passes(widest):
-            raise LowbitError(f"with every layer at {max(budget.bits)} bits the model changes the class of "
-                              f"{probes[-1].changed_pct:.2f}% of the {len(holdout)} held-out images, more than "
-                              f"max_drop {budget.max_drop}; allow wider bits (add 16) or a larger max_drop")
+            raise LowbitError(f"with every layer's weights at {max(budget.bits)} bits the model changes the class "
+                              f"of {probes[-1].changed_pct:.2f}% of the {len(holdout)} held-out images, more than "
+                              f"max_drop {budget.max_drop}; allow wider weights (add 16 to the bits) or activations "
+                              "(their width is the config's), or a larger max_drop")
         low, high = math.log(widest), math.log(smallest)  # log-compressions known to pass / to fail
         for _ in range(SEARCH_STEPS):
             middle = (low + high) / 2
