@@ -89,7 +89,9 @@ def test_max_drop_finds_a_model_and_prints_the_candidates_it_tried(tmp_path, cap
 def test_max_drop_with_a_size_target_exits_2(tmp_path, capsys):
     out = tmp_path / "d.lowbit"
     assert main(["mixed", "--max-drop", "1", "--weights-cr", "8", "--out", str(out), "--no-eval", "--quiet"]) == 2
-    assert "max_drop chooses the size itself; drop weights_cr" in capsys.readouterr().err
+    assert "--max-drop chooses the size itself; drop --weights-cr" in capsys.readouterr().err
+    assert main(["mixed", "--max-drop", "1", "--activation-candidates", "4,8", "--out", str(out), "--no-eval"]) == 2
+    assert "drop --activation-candidates" in capsys.readouterr().err
     assert main(["mixed", "--max-drop", "1", "--holdout-images", "99999", "--calib-images", "64", "--out", str(out),
                  "--no-eval", "--quiet"]) == 2
     assert "held-out images beyond the 64 calibration images" in capsys.readouterr().err

@@ -82,6 +82,11 @@ def budget_from_args(args: argparse.Namespace) -> Budget | None:
     if all(v is None for v in targets):
         raise LowbitError("mixed precision needs a budget: --weights-cr, --model-size, --gbops, --total-cr, "
                           "--activation-cr or --max-drop")
+    if args.max_drop is not None:
+        flags = ("--weights-cr", "--model-size", "--gbops", "--total-cr", "--activation-cr", "--activation-candidates")
+        given = [f for f, v in zip(flags, (*targets[:-1], args.activation_candidates)) if v is not None]
+        if given:
+            raise LowbitError(f"--max-drop chooses the size itself; drop {', '.join(given)}")
     bits = _bit_list(args.bits, "--bits")
     acts = _bit_list(args.activation_candidates, "--activation-candidates") if args.activation_candidates else None
     return Budget(args.weights_cr, args.model_size, args.gbops, bits, acts, args.size_measure, args.total_cr,
