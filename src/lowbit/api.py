@@ -16,7 +16,7 @@ from lowbit.algorithms.bias_correction import correct_biases
 from lowbit.algorithms.equalization import equalize_ranges
 from lowbit.algorithms.gain_correction import correct_gains
 from lowbit.calibrate import calibrate_activations, calibrate_weights, freeze
-from lowbit.config import QuantConfig
+from lowbit.config import Override, QuantConfig
 from lowbit.coverage import coverage
 from lowbit.data.calibration import calibration_batches
 from lowbit.data.scale_check import check_input_scale
@@ -102,8 +102,9 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
     if config.equalize:
         model = equalize_ranges(model, batches, config, task.unequalized(model))
 
-    def quantize_with(allocation: Allocation | None) -> nn.Module:
+    def quantize_with(allocation: Allocation | None, overrides: tuple[Override, ...] = ()) -> nn.Module:
         chosen = config if allocation is None else allocation.to_config(config)
+        chosen = replace(chosen, overrides=overrides + tuple(chosen.overrides))
         return _calibrated(model, batches, chosen, task, allocation, data is not None, progress)
 
     if mixed is None:
@@ -113,7 +114,7 @@ def quantize(model: nn.Module, data: Any = None, config: QuantConfig | None = No
         analysis = analyze(model, images, config, mixed.bits, mixed.activation_bits, task.sensitivity(sensitivity),
                            sensitivity_options=sensitivity_options, capture=task.capture)
         if searching:
-            qmodel = smallest_within_drop(model, analysis, mixed, holdout, quantize_with)
+            qmodel = smallest_within_drop(model, analysis, mixed, holdout, images, quantize_with)
         else:
             qmodel = quantize_with(solve_budget(analysis, mixed))
     share = coverage(qmodel)

@@ -84,6 +84,8 @@ def test_max_drop_finds_a_model_and_prints_the_candidates_it_tried(tmp_path, cap
     mixed = read_metadata(out)["mixed"]
     assert mixed["budget"]["max_drop"] == 1 and mixed["search"]["changed_pct"] <= 1
     assert len(mixed["search"]["probes"]) >= 2
+    assert main(["info", str(out)]) == 0
+    assert f"max_drop=1 ({mixed['search']['changed_pct']:.2f}% of 128 held-out classes changed" in capsys.readouterr().out
 
 
 def test_max_drop_with_a_size_target_exits_2(tmp_path, capsys):

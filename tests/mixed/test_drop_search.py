@@ -7,7 +7,8 @@ import lowbit
 from conftest import ResidualNet, randomize_bn
 from lowbit import LowbitError
 from lowbit.mixed import Budget
-from lowbit.mixed.drop_search import changed_share, split_holdout, top1_classes
+from lowbit.graph import activation_quantizers
+from lowbit.mixed.drop_search import activation_ranking, changed_share, split_holdout, top1_classes
 
 CALIB, HOLDOUT = 64, 256
 MAX_DROP = 3.0
@@ -73,7 +74,7 @@ def test_calibration_images_are_those_of_a_plain_run_and_the_holdout_follows(dat
 
 
 def test_a_target_no_width_meets_is_refused(net, data):
-    with pytest.raises(LowbitError, match="with every layer.s weights at 2 bits .* more than max_drop 0"):
+    with pytest.raises(LowbitError, match="even with 2-bit weights and float activations .* more than max_drop 0"):
         _search(net, data, max_drop=0.0, bits=(2,))
 
 
@@ -95,3 +96,28 @@ def test_saved_and_reloaded_with_its_search(found, net, data, tmp_path):
 def test_bad_accuracy_targets_are_refused(kwargs, message):
     with pytest.raises(LowbitError, match=message):
         Budget(**kwargs)
+
+
+def test_a_target_the_widest_weights_miss_leaves_the_fewest_activation_grids_float(net, data):
+    widest = lowbit.quantize(net, data[:CALIB], weights_bits=8, activation_bits=8)
+    holdout = data[CALIB : CALIB + HOLDOUT]
+    reference = top1_classes(net, holdout)
+    target = changed_share(widest, holdout, reference) / 2  # 8-bit weights and activations everywhere miss it
+    found = _search(net, data, max_drop=target)
+    search = found.lowbit_info.extra["mixed"]["search"]
+    kept = search["float_activations"]
+    assert changed_share(found, holdout, reference) <= target and search["changed_pct"] <= target
+    assert 1 <= kept < len(activation_quantizers(widest))  # some grids, not all of them
+    assert len(activation_quantizers(found)) == len(activation_quantizers(widest)) - kept
+    assert all(p["float_activations"] == 0 or p["compression"] == min(q["compression"] for q in search["probes"])
+               for p in search["probes"])  # grids are left out only at the widest weights
+
+
+def test_activation_ranking_puts_the_grid_that_moves_the_outputs_most_first(net, data):
+    qmodel = lowbit.quantize(net, data[:CALIB], weights_bits=8, activation_bits=8)
+    names = [name for name, _ in activation_quantizers(qmodel)]
+    coarse = dict(activation_quantizers(qmodel))[names[3]]
+    coarse.scale.mul_(50)  # a grid 50 times too coarse: its layer's input is mostly clipped and rounded away
+    order = activation_ranking(qmodel, net, data[:CALIB])
+    assert order[0] == names[3] and sorted(order) == sorted(names)
+    assert all(q.state == "quantize" for _, q in activation_quantizers(qmodel))  # each switched back on

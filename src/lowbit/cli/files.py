@@ -93,8 +93,9 @@ def _provenance_lines(meta: dict) -> list[tuple[str, str]]:
     if mixed:
         budget = {k: v for k, v in mixed["budget"].items() if k in (*TARGETS, "max_drop") and v is not None}
         search = mixed.get("search")
-        checked = (f" ({search['changed_pct']:.2f}% of {search['holdout_images']} held-out classes changed)"
-                   if search else "")
+        checked = (f" ({search['changed_pct']:.2f}% of {search['holdout_images']} held-out classes changed"
+                   + (f", {search['float_activations']} activation grids left out"
+                      if search.get("float_activations") else "") + ")" if search else "")
         lines.append(("mixed precision", f"{mixed['sensitivity']} sensitivity, budget "
                       f"{', '.join(f'{k}={v:g}' for k, v in budget.items())}{checked}; weights "
                       f"{mixed['compression']:.2f}x smaller" + (f", total memory {mixed['total_compression']:.2f}x"

@@ -111,9 +111,12 @@ def print_allocation(allocation: Allocation) -> None:
 def print_search(mixed: dict) -> None:
     """The candidates an accuracy target (``--max-drop``) tried, smallest first, and which one was kept."""
     search = mixed["search"]
-    rows = [[f"{p.compression:.2f}x", f"{p.changed_pct:.2f}", "yes" if p.passes(search["max_drop"]) else "no",
-             "<- kept" if p.changed_pct == search["changed_pct"] and p.compression == mixed["compression"] else ""]
-            for p in sorted(probes_of(mixed), key=lambda p: -p.compression)]
-    print(table(("weights smaller", "held-out classes changed %", f"within {search['max_drop']:g}%", ""), rows))
+    kept = (mixed["compression"], search["changed_pct"], search.get("float_activations", 0))
+    rows = [[f"{p.compression:.2f}x", p.float_activations, f"{p.changed_pct:.2f}",
+             "yes" if p.passes(search["max_drop"]) else "no",
+             "<- kept" if (p.compression, p.changed_pct, p.float_activations) == kept else ""]
+            for p in sorted(probes_of(mixed), key=lambda p: (-p.compression, p.float_activations))]
+    print(table(("weights smaller", "activation grids left out", "held-out classes changed %",
+                 f"within {search['max_drop']:g}%", ""), rows))
     print(f"checked on {search['holdout_images']} training images set aside from calibration, against the float "
           "model's classes; a changed class is the only way top-1 can drop")

@@ -197,6 +197,7 @@ def _mixed(d: Any, where: str) -> dict[str, Any]:
         search = s.mapping(d["search"], f"{where}.search")
         s.number(search.get("changed_pct"), f"{where}.search.changed_pct", 0.0, 100.0)
         s.integer(search.get("holdout_images"), f"{where}.search.holdout_images", 1, 2**40)
+        s.integer(search.get("float_activations", 0), f"{where}.search.float_activations", 0, 2**40)
     return d
 
 
