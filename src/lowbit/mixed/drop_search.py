@@ -22,8 +22,9 @@ their number. Those layers then read float inputs, which costs speed in a runtim
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -67,16 +68,28 @@ def split_holdout(images: list[torch.Tensor], calib_images: int, holdout_images:
     return list(pool[:calib_images].split(batch_size)), pool[calib_images : calib_images + holdout_images]
 
 
+@contextmanager
+def evaluating(*models: nn.Module) -> Iterator[None]:
+    """``models`` in eval mode (batch-norm statistics and dropout fixed) for the block, as they were after it."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @torch.no_grad()
 def top1_classes(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The predicted class of each image (the model's device, in chunks)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        out = [model(x.to(device)).argmax(dim=1).cpu() for x in images.split(PREDICTION_CHUNK)]
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        out = [model(x.to(_device(model))).argmax(dim=1).cpu() for x in images.split(PREDICTION_CHUNK)]
     return torch.cat(out)
 
 
@@ -169,20 +182,20 @@ class _Search:
 def activation_ranking(qmodel: nn.Module, float_model: nn.Module, images: torch.Tensor) -> list[str]:
     """``qmodel``'s activation quantizers, the one whose grid moves the outputs furthest from the float model's
     first: each is switched off alone and the mean squared distance of the outputs measured again."""
-    device = next((p.device for p in qmodel.parameters()), torch.device("cpu"))
-    images = images.to(device)
-    target = float_model(images)
+    images = images.to(_device(qmodel))
 
     def distance() -> float:
         return (qmodel(images) - target).pow(2).mean().item()
 
-    base, gains = distance(), {}
-    for name, quantizer in activation_quantizers(qmodel):
-        if quantizer.state != "quantize":
-            continue
-        quantizer.state = "off"
-        gains[name] = base - distance()
-        quantizer.state = "quantize"
+    with evaluating(qmodel, float_model):
+        target = float_model(images)
+        base, gains = distance(), {}
+        for name, quantizer in activation_quantizers(qmodel):
+            if quantizer.state != "quantize":
+                continue
+            quantizer.state = "off"
+            gains[name] = base - distance()
+            quantizer.state = "quantize"
     return sorted(gains, key=lambda name: -gains[name])
 
 
