@@ -63,8 +63,9 @@ def split_holdout(images: list[torch.Tensor], calib_images: int, holdout_images:
     pool = torch.cat(images)
     if len(pool) < calib_images + holdout_images:
         raise LowbitError(f"an accuracy target needs {holdout_images} held-out images beyond the {calib_images} "
-                          f"calibration images, and the data holds {len(pool)}; pass more images, or lower "
-                          "calib_images or the budget's holdout_images")
+                          f"calibration images, and the data holds {len(pool)}; pass more images (--n-images for "
+                          "synthesized ones), or lower calib_images (--calib-images) or the budget's holdout_images "
+                          "(--holdout-images)")
     return list(pool[:calib_images].split(batch_size)), pool[calib_images : calib_images + holdout_images]
 
 
