@@ -89,6 +89,7 @@ def test_saved_and_reloaded_with_its_search(found, net, data, tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     ({"max_drop": -1}, "from 0 to below 100"),
     ({"max_drop": float("nan")}, "from 0 to below 100"),
+    ({"max_drop": True}, "from 0 to below 100"),
     ({"max_drop": 1, "weights_cr": 8}, "drop weights_cr"),
     ({"max_drop": 1, "activation_bits": (4, 8)}, "drop activation_bits"),
     ({"max_drop": 1, "holdout_images": 3}, "at least 10"),

@@ -71,7 +71,8 @@ class Budget:
             object.__setattr__(self, "activation_bits", _options(self.activation_bits, "activation_bits"))
 
     def _check_accuracy_target(self) -> None:
-        if not (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop < 100):
+        number = isinstance(self.max_drop, (int, float)) and not isinstance(self.max_drop, bool)
+        if not (number and 0 <= self.max_drop < 100):
             raise LowbitError(f"budget max_drop is a percentage of held-out images, from 0 to below 100; got "
                               f"{self.max_drop}")
         others = [name for name in TARGETS if getattr(self, name) is not None]
