@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from lowbit.config import Override
+from lowbit.device import model_device
 from lowbit.errors import LowbitError
 from lowbit.graph import activation_quantizers
 from lowbit.mixed.allocate import Allocation, Analysis, sized_problem, solve_budget
@@ -82,15 +83,12 @@ def evaluating(*models: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
 @torch.no_grad()
 def top1_classes(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The predicted class of each image (the model's device, in chunks)."""
+    device = model_device(model)
     with evaluating(model):
-        out = [model(x.to(_device(model))).argmax(dim=1).cpu() for x in images.split(PREDICTION_CHUNK)]
+        out = [model(x.to(device)).argmax(dim=1).cpu() for x in images.split(PREDICTION_CHUNK)]
     return torch.cat(out)
 
 
@@ -183,7 +181,7 @@ class _Search:
 def activation_ranking(qmodel: nn.Module, float_model: nn.Module, images: torch.Tensor) -> list[str]:
     """``qmodel``'s activation quantizers, the one whose grid moves the outputs furthest from the float model's
     first: each is switched off alone and the mean squared distance of the outputs measured again."""
-    images = images.to(_device(qmodel))
+    images = images.to(model_device(qmodel))
 
     def distance() -> float:
         return (qmodel(images) - target).pow(2).mean().item()
