@@ -33,6 +33,7 @@ from lowbit.data import calibration_batches
 from lowbit import LowbitError
 from lowbit.deploy import export, export_float
 from lowbit.mixed import Budget
+from lowbit.mixed.drop_search import top1_classes
 from lowbit.run import float_file_size
 from report import bundled_model, fashion_mnist_splits, md_table, publish, topic_page
 
@@ -48,11 +49,6 @@ def onnx_classes(path_or_proto, images: torch.Tensor) -> torch.Tensor:
     name = session.get_inputs()[0].name
     out = [session.run(None, {name: x.numpy()})[0].argmax(1) for x in images.split(500)]
     return torch.from_numpy(np.concatenate(out))
-
-
-@torch.no_grad()
-def top1_of(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(x).argmax(1) for x in images.split(256)])
 
 
 def scored(path: Path, test_x: torch.Tensor, labels: torch.Tensor, float_test: torch.Tensor, float_bytes: int) -> list:
@@ -122,7 +118,7 @@ def model_table(name: str, targets: list[float], with_nncf: bool, tmp: Path) -> 
             q = lowbit.quantize(model, pool, activation_bits=8, calib_images=CALIB, **kwargs)
         except LowbitError:  # even the widest weights with float activations miss it: the share they change
             widest = lowbit.quantize(model, calib, weights_bits=max(bits), activation_bits=None)
-            changed = 100 * (top1_of(widest, holdout) != reference).float().mean().item()
+            changed = 100 * (top1_classes(widest, holdout) != reference).float().mean().item()
             rows.append([label, target, f"none within it ({max(bits)}-bit weights with float activations: "
                          f"{changed:.2f})", "-", "-", "-", "-", time.perf_counter() - start])
             return False
