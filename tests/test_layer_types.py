@@ -7,6 +7,7 @@ from torch import nn
 
 import lowbit
 from lowbit.coverage import coverage
+from lowbit.deploy.runtime import session_options
 from lowbit.layers import QConv1d, QConvTranspose2d, quant_layers
 
 
@@ -68,7 +69,7 @@ def test_onnx_export_runs_the_same_model(decoder, images, tmp_path):
     q = lowbit.quantize(decoder, images, weights_bits=8, activation_bits=8)
     report = lowbit.export(q, tmp_path / "d.onnx", images[:2])
     assert any("ConvTranspose2d" in line for line in report.float_compute)
-    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(report.path), session_options(), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"input": images[:8].numpy()})[0])
     with torch.no_grad():
         want = q(images[:8])

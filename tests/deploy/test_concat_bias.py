@@ -8,6 +8,8 @@ from lowbit.deploy import export
 from lowbit.deploy.openvino_check import compile_openvino
 from lowbit.deploy.runtime import OnnxClassifier
 
+from conftest import openvino_exact_weight_bits
+
 
 class PatchTokens(nn.Module):
     """A vision transformer's first steps: patch embedding, tokens, a class token prepended."""
@@ -29,7 +31,8 @@ def test_openvino_adds_a_patch_embedding_bias_per_channel(images, tmp_path):
     """A convolution's bias reaching a Concat through a reshape and a transpose is written so that OpenVINO
     adds each channel's own bias (and onnxruntime still computes what lowbit does)."""
     torch.manual_seed(0)
-    qmodel = lowbit.quantize(PatchTokens().eval(), images, weights_bits=8, activation_bits=8)
+    qmodel = lowbit.quantize(PatchTokens().eval(), images, weights_bits=openvino_exact_weight_bits(),
+                             activation_bits=8)
     report = export(qmodel, tmp_path / "m.onnx", images[:2])
     assert any("reaches a Concat" in line for line in report.float_compute), report.float_compute
     path = report.path

@@ -10,8 +10,10 @@ from lowbit.deploy import export
 from lowbit.errors import LowbitError
 from lowbit.deploy.openvino_check import INTEGER_PRECISIONS, compile_openvino
 
+from conftest import openvino_exact_weight_bits
 
-@pytest.mark.parametrize("weights_bits", [8, 4])
+
+@pytest.mark.parametrize("weights_bits", [openvino_exact_weight_bits(), 4])
 def test_openvino_runs_signed_weight_files_on_integers(residual_net, images, tmp_path, weights_bits):
     qmodel = lowbit.quantize(residual_net, images, weights_bits=weights_bits, activation_bits=8)
     path = export(qmodel, tmp_path / "m.onnx", images[:2], signed_weights=True).path
@@ -38,7 +40,7 @@ def test_openvino_reads_copying_padding_modes(mode, tmp_path):
                                 torch.nn.Conv2d(8, 4, 3, padding=(1, 2), padding_mode=mode), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 8 * 10, 5)).eval()
     x = torch.rand(32, 3, 8, 8)
-    qmodel = lowbit.quantize(model, x, weights_bits=8, activation_bits=8)
+    qmodel = lowbit.quantize(model, x, weights_bits=openvino_exact_weight_bits(), activation_bits=8)
     compiled, precisions = compile_openvino(export(qmodel, tmp_path / "m.onnx", x[:2]).path)
     assert precisions and set(precisions) <= INTEGER_PRECISIONS, precisions
     with torch.no_grad():

@@ -34,7 +34,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                  "codec, OUT.g_a.onnx, OUT.g_s.onnx (and OUT.h_a.onnx) are written")
     e.add_argument("--unsigned-weights", action="store_true",
                    help="onnx-qdq: store 8-bit weight codes as uint8 instead of int8: exact in onnxruntime on x86 "
-                        "CPUs without VNNI (where its int8-weight kernel can saturate), slower on CPUs with it; "
+                        "CPUs without VNNI even in sessions without the option session.x64quantprecision=1 "
+                        "(without it the int8-weight kernel can saturate there), slower on CPUs with VNNI; "
                         "TensorRT and OpenVINO need the int8 default")
     e.add_argument("--input-shape", help="C,H,W of one input (default: the shape recorded at quantization)")
     e.add_argument("--check-images", type=int, default=1000,
@@ -169,13 +170,15 @@ def _print_onnx_summary(args: argparse.Namespace, meta: dict, qmodel: torch.nn.M
     for line in report.float_compute:
         print(f"  in float: {line}")
     if not args.unsigned_weights and x86_without_vnni() and _has_8_bit_weights(qmodel):
-        print("note: this CPU has no VNNI; onnxruntime's kernel for int8 weights can saturate here, so outputs "
-              "may differ slightly; --unsigned-weights is exact on it (and slower on CPUs with VNNI)")
+        print("note: this CPU has no VNNI; onnxruntime's kernel for int8 weights can saturate here unless the "
+              "session sets the option session.x64quantprecision=1, as lowbit's checks do (or export with "
+              "--unsigned-weights); OpenVINO's can too, for 8-bit weights")
     print(_check_outputs(args, meta, qmodel, out))
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from lowbit.deploy.bench import BLOCK, FORMS, SETTLE_S, bench_model
+    from lowbit.deploy.runtime import x86_without_vnni
 
     check_outputs({"file": args.file}, {"--json": args.json})
     meta = read_metadata(args.file)
@@ -194,6 +197,9 @@ def run_bench(args: argparse.Namespace) -> int:
                                                          "its times including the copies to and from the GPU)")
     print(f"{args.threads} thread(s), {where}, median of {args.repeats} runs taken in turns of {BLOCK}, each turn "
           f"after at least {args.warmup} untimed runs and {SETTLE_S} s")
+    if args.provider == "cpu" and x86_without_vnni() and _has_8_bit_weights(qmodel):
+        print("this CPU has no VNNI: onnxruntime int8 multiplies 8-bit weights with its exact uint8 kernels "
+              "(session.x64quantprecision=1), slower here than its int8 kernels, which can saturate")
     if args.json:
         write_json(args.json, {"file": args.file, "timings": [t.to_dict() for t in timings]})
     return 0

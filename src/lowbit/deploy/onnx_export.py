@@ -13,7 +13,8 @@ a few convolutions' biases are written as an Add for OpenVINO (:mod:`lowbit.depl
 pixel shuffles of transposed convolutions exported in sub-pixel form move behind the quantizer that follows
 them (:mod:`lowbit.deploy.subpixel`); activations that reach a layer through data-movement operators are
 quantized again in front of it (:mod:`lowbit.deploy.requantize`); means over the tokens of a quantized sequence
-are written in a 4-d form for OpenVINO (:mod:`lowbit.deploy.token_mean`)."""
+are written in a 4-d form for OpenVINO (:mod:`lowbit.deploy.token_mean`); and each weight reads zero points
+of its own (:mod:`lowbit.deploy.unshared_grids`)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from lowbit.deploy.onnx_ops import TRANSLATIONS
 from lowbit.deploy.requantize import requantize_before_layers
 from lowbit.deploy.subpixel import shuffle_after_quantizers
 from lowbit.deploy.token_mean import reduce_tokens_in_4d
+from lowbit.deploy.unshared_grids import unshare_weight_grids
 from lowbit.errors import LowbitError, first_line
 from lowbit.io.atomic import atomic_path
 
@@ -171,6 +173,7 @@ def export(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     requantize_before_layers(proto)
     reduce_tokens_in_4d(proto)
     drop_unused_initializers(proto.graph)
+    unshare_weight_grids(proto.graph)
     for line in float_output_notes(proto):
         notes.add(line)
     shorten_names(proto.graph)

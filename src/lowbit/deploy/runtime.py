@@ -43,16 +43,28 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
 
 def x86_without_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether this is an x86 CPU without VNNI, where onnxruntime's uint8 x int8 kernel can saturate on
-    8-bit weights (then ``--unsigned-weights`` is exact). False where it cannot tell (not Linux, not x86)."""
+    8-bit weights in sessions that do not set :data:`EXACT_INTEGER_PRODUCTS`. False where it cannot tell (not
+    Linux, not x86)."""
     flags = cpu_flags(cpuinfo)
     return flags is not None and "sse2" in flags and not VNNI_FLAGS & flags
 
 
+# On x86 CPUs without VNNI, onnxruntime's integer kernels multiply uint8 activations by int8 weights with an
+# instruction that adds pairs of products in saturating 16-bit sums, which 8-bit weight codes can exceed; this
+# session option makes it convert such weights to uint8 when the session starts (exact uint8 x uint8 kernels,
+# slower). It changes nothing on other CPUs. Every session lowbit opens sets it, so that what lowbit reports for
+# a file is what lowbit's own model computes.
+EXACT_INTEGER_PRODUCTS = ("session.x64quantprecision", "1")
+
+
 def session_options(threads: int | None = None,
                     level: ort.GraphOptimizationLevel = ALL_OPTIMIZATIONS) -> ort.SessionOptions:
+    """lowbit's onnxruntime session settings: ``level`` of graph optimization, quiet logs, exact integer
+    products on every CPU (see :data:`EXACT_INTEGER_PRODUCTS`), and ``threads`` intra-op threads if given."""
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.log_severity_level = 3  # errors only: the optimizer's notes are not the user's concern
+    options.add_session_config_entry(*EXACT_INTEGER_PRODUCTS)
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
