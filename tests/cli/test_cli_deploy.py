@@ -1,13 +1,18 @@
 """``lowbit export``, ``lowbit eval FILE.onnx`` and ``lowbit bench`` on the bundled ResNet-20."""
 
+import contextlib
+import io
 import json
 import re
 
+import onnx
 import pytest
+from onnx import helper
 
 import lowbit
 import lowbit.cli.demo
 import lowbit.cli.quantize
+import lowbit.deploy.bench
 import lowbit.deploy.runtime
 from lowbit.cli import main
 from lowbit.deploy import export
@@ -23,10 +28,20 @@ def r20(tmp_path_factory):
     return path
 
 
-def test_export_eval_and_bench(r20, capsys, tmp_path):
-    onnx_path = tmp_path / "r20.onnx"
-    assert main(["export", str(r20), "--out", str(onnx_path), "--check-images", "500"]) == 0
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def r20_export(r20, tmp_path_factory):
+    """``lowbit export`` of that model, run as on an x86 CPU without VNNI (the file is the same on every CPU;
+    only a printed note differs): the ONNX file and what the command printed."""
+    path = tmp_path_factory.mktemp("onnx") / "r20.onnx"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(lowbit.deploy.runtime, "x86_without_vnni", lambda: True)
+        assert main(["export", str(r20), "--out", str(path), "--check-images", "500"]) == 0
+    return path, printed.getvalue()
+
+
+def test_export_eval_and_bench(r20, r20_export, capsys, tmp_path, monkeypatch):
+    onnx_path, out = r20_export
     assert "QLinearConv x21" in out and "0 float convolutions" in out, out
     agreement = float(re.search(r"same top-1 class for ([\d.]+)%", out).group(1))
     assert agreement >= 99.0, out
@@ -36,17 +51,29 @@ def test_export_eval_and_bench(r20, capsys, tmp_path):
     lowbit_top1 = json.loads((tmp_path / "lowbit.json").read_text())["metrics"]["top1"]
     assert abs(onnx_top1 - lowbit_top1) <= 0.002
     capsys.readouterr()
-    assert main(["bench", str(r20), "--batch-size", "1", "4", "--repeats", "1", "--warmup", "0", "--threads", "1",
-                 "--json", str(tmp_path / "bench.json")]) == 0
+    exports = []
+    monkeypatch.setattr(lowbit.deploy.bench, "export", lambda *args, **kwargs: exports.append(args))
+    assert main(["bench", str(r20), "--onnx", str(onnx_path), "--batch-size", "1", "4", "--repeats", "1",
+                 "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "bench.json")]) == 0
+    assert not exports  # the exported file is timed, not a new export
     timings = json.loads((tmp_path / "bench.json").read_text())["timings"]
     assert sorted({t["form"] for t in timings}) == sorted(lowbit.deploy.bench.FORMS)
     assert sorted({t["batch_size"] for t in timings}) == [1, 4]
 
 
-def test_export_warns_of_saturation_on_cpus_without_vnni(r20, capsys, tmp_path, monkeypatch):
+def test_bench_refuses_an_onnx_file_for_other_inputs(r20, capsys, tmp_path):
+    graph = helper.make_graph([helper.make_node("Flatten", ["input"], ["output"])], "rgb",
+                              [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["n", 192])])
+    rgb = tmp_path / "rgb.onnx"
+    onnx.save(helper.make_model(graph), str(rgb))
+    code, err = run(capsys, "bench", str(r20), "--onnx", str(rgb))
+    assert code == 2 and len(err.splitlines()) == 1 and "takes inputs of shape" in err, err
+
+
+def test_export_warns_of_saturation_on_cpus_without_vnni(r20, r20_export, capsys, tmp_path, monkeypatch):
+    assert "session.x64quantprecision=1" in r20_export[1]
     monkeypatch.setattr(lowbit.deploy.runtime, "x86_without_vnni", lambda: True)
-    assert main(["export", str(r20), "--out", str(tmp_path / "s.onnx"), "--check-images", "0"]) == 0
-    assert "session.x64quantprecision=1" in capsys.readouterr().out
     assert main(["export", str(r20), "--out", str(tmp_path / "u.onnx"), "--check-images", "0",
                  "--unsigned-weights"]) == 0
     assert "VNNI" not in capsys.readouterr().out
@@ -76,11 +103,9 @@ def test_eval_of_a_model_for_other_images(capsys, tmp_path, residual_net, images
     assert code == 2 and len(err.splitlines()) == 1 and "takes inputs of shape" in err
 
 
-def test_gpu_provider_missing_is_one_line(r20, capsys, tmp_path, monkeypatch):
+def test_gpu_provider_missing_is_one_line(r20, r20_export, capsys, monkeypatch):
     monkeypatch.setattr(lowbit.deploy.runtime.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    onnx_path = tmp_path / "r20.onnx"
-    assert main(["export", str(r20), "--out", str(onnx_path), "--check-images", "0"]) == 0
-    capsys.readouterr()
+    onnx_path = r20_export[0]
     for argv in (["eval", str(onnx_path), "--provider", "cuda"], ["bench", str(r20), "--provider", "tensorrt"]):
         code, err = run(capsys, *argv)
         assert code == 2 and len(err.splitlines()) == 1 and "onnxruntime-gpu" in err, err

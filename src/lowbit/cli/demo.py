@@ -34,7 +34,7 @@ def model_paths(out: str | None) -> dict[tuple[int, int], Path]:
 def deployment_commands(model: Path, onnx_file: Path) -> list[list[str]]:
     """The two commands that deploy ``model``: export with a check on the whole test split, then timing."""
     return [["export", str(model), "--out", str(onnx_file), "--check-images", "10000"],
-            ["bench", str(model), *TIMING]]
+            ["bench", str(model), "--onnx", str(onnx_file), *TIMING]]
 
 
 def run_demo(args: argparse.Namespace) -> int:

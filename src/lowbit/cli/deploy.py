@@ -53,6 +53,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--provider", default="cpu", choices=list(PROVIDERS),
                    help="onnxruntime's execution provider; cuda and tensorrt (from onnxruntime-gpu) also run the "
                         "PyTorch forms on the GPU (default: %(default)s)")
+    b.add_argument("--onnx", help="time this exported file of the model as onnxruntime int8 (the one you will "
+                                  "deploy, with the options it was exported with) instead of exporting it again")
     b.add_argument("--json", help="write the timings to this JSON file")
     b.set_defaults(func=run_bench)
 
@@ -180,14 +182,14 @@ def run_bench(args: argparse.Namespace) -> int:
     from lowbit.deploy.bench import BLOCK, FORMS, SETTLE_S, bench_model
     from lowbit.deploy.runtime import x86_without_vnni
 
-    check_outputs({"file": args.file}, {"--json": args.json})
+    check_outputs({"file": args.file, "--onnx": args.onnx}, {"--json": args.json})
     meta = read_metadata(args.file)
     refuse_codec_file(meta.get("arch"), args.file, "bench")
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1:
         raise LowbitError("--threads, --repeats and --batch-size must be at least 1 and --warmup at least 0")
     qmodel = load(args.file)
     timings = bench_model(qmodel, input_shape(args, meta), args.batch_size, args.threads, args.warmup, args.repeats,
-                          provider=args.provider)
+                          provider=args.provider, int8_file=args.onnx)
     rows = []
     for t in timings:
         base = next(b for b in timings if b.batch_size == t.batch_size and b.form == FORMS[0])
@@ -197,7 +199,7 @@ def run_bench(args: argparse.Namespace) -> int:
                                                          "its times including the copies to and from the GPU)")
     print(f"{args.threads} thread(s), {where}, median of {args.repeats} runs taken in turns of {BLOCK}, each turn "
           f"after at least {args.warmup} untimed runs and {SETTLE_S} s")
-    if args.provider == "cpu" and x86_without_vnni() and _has_8_bit_weights(qmodel):
+    if args.provider == "cpu" and x86_without_vnni() and _has_8_bit_weights(qmodel) and not args.onnx:
         print("this CPU has no VNNI: onnxruntime int8 multiplies 8-bit weights with its exact uint8 kernels "
               "(session.x64quantprecision=1), slower here than its int8 kernels, which can saturate")
     if args.json:

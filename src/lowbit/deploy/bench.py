@@ -90,15 +90,27 @@ def timed_run(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     return lambda: (model(x), torch.cuda.synchronize(x.device))
 
 
+def given_file(path: str | Path, input_shape: tuple[int, ...], threads: int, provider: str) -> OnnxClassifier:
+    """The exported file to time, refused in one line unless it takes inputs of ``input_shape``."""
+    runner = OnnxClassifier(path, threads, provider)
+    taken = runner.input_shape[1:]
+    if len(taken) != len(input_shape) or any(isinstance(t, int) and t != s for t, s in zip(taken, input_shape)):
+        raise LowbitError(f"{path} takes inputs of shape {taken}, not the model's {list(input_shape)}; pass the "
+                          "file `lowbit export` wrote for this model")
+    return runner
+
+
 def bench_model(qmodel: nn.Module, input_shape: tuple[int, ...], batch_sizes: list[int], threads: int,
                 warmup: int = 3, repeats: int = 10, forms: tuple[str, ...] = FORMS,
-                work_dir: str | Path | None = None, provider: str = "cpu") -> list[Timing]:
+                work_dir: str | Path | None = None, provider: str = "cpu",
+                int8_file: str | Path | None = None) -> list[Timing]:
     """Time each of ``forms`` at each batch size on random inputs (timing does not depend on the values).
 
     PyTorch and onnxruntime both run with ``threads`` intra-op threads; onnxruntime with ``provider`` (a key of
     :data:`lowbit.deploy.providers.PROVIDERS`), PyTorch on the GPU when that provider is a GPU one. onnxruntime's
     times include copying each batch to the device and the outputs back, as a plain ``session.run`` does. The
-    ONNX files are written to ``work_dir`` (a temporary folder by default).
+    ONNX files are written to ``work_dir`` (a temporary folder by default); ``int8_file``, an exported file of
+    the model (the one to be deployed, with the options it was written with), is timed instead of a new export.
     """
     check_provider(provider)
     device = pytorch_device(provider)
@@ -107,12 +119,14 @@ def bench_model(qmodel: nn.Module, input_shape: tuple[int, ...], batch_sizes: li
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(work_dir or tmp)
         runners: dict[str, nn.Module] = {}
+        if "onnxruntime int8" in forms and int8_file:  # checked before anything is exported
+            runners["onnxruntime int8"] = given_file(int8_file, input_shape, threads, provider)
         if "float PyTorch" in forms or "onnxruntime fp32" in forms:
             runners["float PyTorch"] = float_view(qmodel)
         if "onnxruntime fp32" in forms:
             runners["onnxruntime fp32"] = OnnxClassifier(
                 export_float(runners["float PyTorch"], folder / "float.onnx", example), threads, provider)
-        if "onnxruntime int8" in forms:
+        if "onnxruntime int8" in forms and not int8_file:
             runners["onnxruntime int8"] = OnnxClassifier(export(qmodel, folder / "int8.onnx", example).path, threads,
                                                          provider)
         if "lowbit simulated" in forms:
