@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from lowbit.device import model_device
 from lowbit.errors import LowbitError
+from lowbit.model_mode import evaluating
 
 
 @dataclass(frozen=True)
@@ -73,27 +74,22 @@ def accumulate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Ten
                progress: bool = False) -> Metrics:
     """Run ``model`` over ``(x, y)`` batches and compute :class:`Metrics` (the model's mode is restored)."""
     device = torch.device(device) if device is not None else model_device(model)
-    was_training = model.training
-    model.eval()
     confusion: torch.Tensor | None = None
     top5 = 0
-    try:
-        with torch.inference_mode():
-            for x, y in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
-                logits = model(x.to(device)).float().cpu()
-                if not bool(torch.isfinite(logits).all()):
-                    raise LowbitError("the model produced NaN or infinite outputs, so no metric would mean anything; "
-                                      "check the model file and the input data (scale, dtype)")
-                y = y.cpu().long()
-                k = num_classes or logits.shape[1]
-                if confusion is None:
-                    confusion = torch.zeros(k, k, dtype=torch.int64)
-                pred = logits.argmax(1)
-                confusion += torch.bincount(y * k + pred, minlength=k * k).reshape(k, k)
-                topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
-                top5 += int((topk == y[:, None]).any(1).sum())
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.inference_mode():
+        for x, y in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
+            logits = model(x.to(device)).float().cpu()
+            if not bool(torch.isfinite(logits).all()):
+                raise LowbitError("the model produced NaN or infinite outputs, so no metric would mean anything; "
+                                  "check the model file and the input data (scale, dtype)")
+            y = y.cpu().long()
+            k = num_classes or logits.shape[1]
+            if confusion is None:
+                confusion = torch.zeros(k, k, dtype=torch.int64)
+            pred = logits.argmax(1)
+            confusion += torch.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+            topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            top5 += int((topk == y[:, None]).any(1).sum())
     if confusion is None:
         confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.int64)
     return metrics_from_confusion(confusion, top5, class_names)

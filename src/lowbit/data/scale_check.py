@@ -14,6 +14,7 @@ from torch import nn
 
 from lowbit.data.bn_statistics import batchnorm_layers
 from lowbit.errors import LowbitError
+from lowbit.model_mode import evaluating
 
 # Variance ratio (about 30x in standard deviation) beyond which images cannot come from the training pipeline;
 # the spread of real batches around the running statistics is within a few times.
@@ -37,16 +38,13 @@ def check_input_scale(model: nn.Module, batch: torch.Tensor) -> None:
         raise _Captured
 
     handle = bn.register_forward_pre_hook(capture)
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(batch.to(bn.running_var.device))
     except _Captured:
         pass
     finally:
         handle.remove()
-        model.train(was_training)
     if not seen:
         return
     ratio = float((seen[0] / (bn.running_var.float() + bn.eps)).median())

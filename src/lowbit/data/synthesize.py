@@ -26,6 +26,7 @@ from lowbit.data.image_pipeline import ImagePipeline
 from lowbit.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from lowbit.device import model_device
 from lowbit.errors import LowbitError
+from lowbit.model_mode import evaluating
 
 log = logging.getLogger(__name__)
 
@@ -110,45 +111,44 @@ def synthesize(model: nn.Module, n_images: int = 1024, input_shape: Sequence[int
     pipeline = ImagePipeline((h, w), extra, low, high, options.flip, smoothing, options.smoothing_sigma)
     device = model_device(model)
     gen = torch.Generator().manual_seed(options.seed)
-    was_training = model.training
-    model.eval()
-    grad_flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    sizes = [min(options.batch_size, n_images - i) for i in range(0, n_images, options.batch_size)]
-    init_size = (c, *pipeline.input_size)
-    batches = [pipeline.clip(torch.randn((n, *init_size), generator=gen)).to(device).requires_grad_(True)
-               for n in sizes]
-    targets = [torch.arange(start, start + n, device=device) for start, n in zip(range(0, n_images, options.batch_size), sizes)]
-    optimizer = torch.optim.Adam(batches, lr=options.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
-    stats = SetStatistics(model, len(batches), options.layer_weighting)
-    start = time.perf_counter()
-    try:
-        bar = tqdm(range(options.iters), desc="synthesizing", disable=not progress, leave=False)
-        for _ in bar:
-            summed = torch.zeros((), device=device)  # kept where it is computed: one sync per pass, not per step
-            for b in torch.randperm(len(batches), generator=gen).tolist():
-                optimizer.zero_grad(set_to_none=True)
-                logits = model(pipeline.augment(batches[b], gen))
-                loss = stats.loss(b)
-                if options.output_loss_factor > 0:
-                    classes = torch.remainder(targets[b], logits.reshape(len(logits), -1).shape[1])
-                    loss = loss + options.output_loss_factor * output_loss(logits, classes)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    batches[b].copy_(pipeline.clip(batches[b]))
-                summed += loss.detach() / len(batches)
-            pass_loss = float(summed)
-            scheduler.step(pass_loss)
-            log.debug("pass loss %.5f, lr %.3g", pass_loss, optimizer.param_groups[0]["lr"])
-            bar.set_postfix(loss=f"{pass_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
-    finally:
-        stats.remove()
-        for p, flag in zip(model.parameters(), grad_flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with evaluating(model):
+        grad_flags = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        sizes = [min(options.batch_size, n_images - i) for i in range(0, n_images, options.batch_size)]
+        init_size = (c, *pipeline.input_size)
+        batches = [pipeline.clip(torch.randn((n, *init_size), generator=gen)).to(device).requires_grad_(True)
+                   for n in sizes]
+        targets = [torch.arange(start, start + n, device=device)
+                   for start, n in zip(range(0, n_images, options.batch_size), sizes)]
+        optimizer = torch.optim.Adam(batches, lr=options.lr)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
+        stats = SetStatistics(model, len(batches), options.layer_weighting)
+        start = time.perf_counter()
+        try:
+            bar = tqdm(range(options.iters), desc="synthesizing", disable=not progress, leave=False)
+            for _ in bar:
+                summed = torch.zeros((), device=device)  # kept where it is computed: one sync per pass, not per step
+                for b in torch.randperm(len(batches), generator=gen).tolist():
+                    optimizer.zero_grad(set_to_none=True)
+                    logits = model(pipeline.augment(batches[b], gen))
+                    loss = stats.loss(b)
+                    if options.output_loss_factor > 0:
+                        classes = torch.remainder(targets[b], logits.reshape(len(logits), -1).shape[1])
+                        loss = loss + options.output_loss_factor * output_loss(logits, classes)
+                    loss.backward()
+                    optimizer.step()
+                    with torch.no_grad():
+                        batches[b].copy_(pipeline.clip(batches[b]))
+                    summed += loss.detach() / len(batches)
+                pass_loss = float(summed)
+                scheduler.step(pass_loss)
+                log.debug("pass loss %.5f, lr %.3g", pass_loss, optimizer.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{pass_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+        finally:
+            stats.remove()
+            for p, flag in zip(model.parameters(), grad_flags):
+                p.requires_grad_(flag)
     log.info("synthesized %d images in %.1f s", n_images, time.perf_counter() - start)
     with torch.no_grad():
         return torch.cat([pipeline.finalize(b.detach()) for b in batches]).cpu()

@@ -22,9 +22,8 @@ their number. Those layers then read float inputs, which costs speed in a runtim
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
@@ -35,6 +34,7 @@ from lowbit.errors import LowbitError
 from lowbit.graph import activation_quantizers
 from lowbit.mixed.allocate import Allocation, Analysis, sized_problem, solve_budget
 from lowbit.mixed.budget import Budget
+from lowbit.model_mode import evaluating
 
 # bisection steps between the smallest and the widest allocation: 2^5 = 32 intervals of log-compression
 SEARCH_STEPS = 5
@@ -68,19 +68,6 @@ def split_holdout(images: list[torch.Tensor], calib_images: int, holdout_images:
                           "synthesized ones), or lower calib_images (--calib-images) or the budget's holdout_images "
                           "(--holdout-images)")
     return list(pool[:calib_images].split(batch_size)), pool[calib_images : calib_images + holdout_images]
-
-
-@contextmanager
-def evaluating(*models: nn.Module) -> Iterator[None]:
-    """``models`` in eval mode (batch-norm statistics and dropout fixed) for the block, as they were after it."""
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
 
 
 @torch.no_grad()
