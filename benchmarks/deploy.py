@@ -136,11 +136,17 @@ def accuracy_table(name: str, calib_images: int, iters: int, tmp: Path, provider
     return table
 
 
-def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path, provider: str) -> str:
+def timing_resnet18() -> tuple[torch.nn.Module, list[torch.Tensor], torch.Generator]:
+    """torchvision's ResNet-18 with seeded random weights, four batches of 8 random 224x224 images to calibrate
+    on, and the generator that made them (for the timing inputs): only time is measured on it."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
     gen = torch.Generator().manual_seed(0)
-    batches = [torch.randn(8, 3, 224, 224, generator=gen) for _ in range(4)]
+    return model, [torch.randn(8, 3, 224, 224, generator=gen) for _ in range(4)], gen
+
+
+def speed_table(threads: int, batch_sizes: list[int], repeats: int, tmp: Path, provider: str) -> str:
+    model, batches, gen = timing_resnet18()
     example = batches[0][:2]
     qmodel = lowbit.quantize(model, batches, weights_bits=8, activation_bits=8)
     w4 = export(lowbit.quantize(model, batches, weights_bits=4, activation_bits=8), tmp / "r18_w4a8.onnx", example)

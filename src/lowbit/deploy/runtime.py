@@ -57,14 +57,16 @@ def x86_without_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 EXACT_INTEGER_PRODUCTS = ("session.x64quantprecision", "1")
 
 
-def session_options(threads: int | None = None,
-                    level: ort.GraphOptimizationLevel = ALL_OPTIMIZATIONS) -> ort.SessionOptions:
+def session_options(threads: int | None = None, level: ort.GraphOptimizationLevel = ALL_OPTIMIZATIONS,
+                    exact_products: bool = True) -> ort.SessionOptions:
     """lowbit's onnxruntime session settings: ``level`` of graph optimization, quiet logs, exact integer
-    products on every CPU (see :data:`EXACT_INTEGER_PRODUCTS`), and ``threads`` intra-op threads if given."""
+    products on every CPU (see :data:`EXACT_INTEGER_PRODUCTS`; ``exact_products=False`` leaves onnxruntime's
+    default, which benchmarks compare), and ``threads`` intra-op threads if given."""
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.log_severity_level = 3  # errors only: the optimizer's notes are not the user's concern
-    options.add_session_config_entry(*EXACT_INTEGER_PRODUCTS)
+    if exact_products:
+        options.add_session_config_entry(*EXACT_INTEGER_PRODUCTS)
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -90,7 +92,8 @@ def check_provider(provider: str) -> str:
     return name
 
 
-def open_session(path: str | os.PathLike, threads: int | None = None, provider: str = "cpu") -> ort.InferenceSession:
+def open_session(path: str | os.PathLike, threads: int | None = None, provider: str = "cpu",
+                 exact_products: bool = True) -> ort.InferenceSession:
     """An onnxruntime session on ``path`` with ``provider`` (nodes it cannot run fall back to the CPU), with one
     clear error for a file that is not a usable model or a provider that does not start: onnxruntime itself
     would quietly run everything on the CPU instead."""
@@ -100,7 +103,8 @@ def open_session(path: str | os.PathLike, threads: int | None = None, provider: 
         raise LowbitError(f"file not found: {path}; check the path")
     providers = [name] if name == PROVIDERS["cpu"] else [name, PROVIDERS["cpu"]]
     try:
-        session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        session = ort.InferenceSession(str(path), session_options(threads, exact_products=exact_products),
+                                       providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
         raise LowbitError(f"{path} is not an ONNX model onnxruntime can run ({first_line(exc)[:200]}); "
                           "pass a file written by `lowbit export`") from None
@@ -114,10 +118,11 @@ def open_session(path: str | os.PathLike, threads: int | None = None, provider: 
 class OnnxClassifier(nn.Module):
     """An onnxruntime session behind ``nn.Module``'s call, so lowbit's evaluation runs it unchanged."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, provider: str = "cpu") -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, provider: str = "cpu",
+                 exact_products: bool = True) -> None:
         super().__init__()
         self.path = Path(path)
-        self.session = open_session(path, threads, provider)
+        self.session = open_session(path, threads, provider, exact_products)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) not in (2, 4):
             raise LowbitError(f"{path} is not an image classifier (it takes {len(inputs)} inputs and gives "
