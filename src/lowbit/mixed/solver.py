@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import lil_matrix
 
 from lowbit.errors import LowbitError
 
@@ -118,6 +116,11 @@ def solve(problem: Problem, max_weight_bytes: float | None = None, max_bops: flo
         coeffs = {i: float(problem.weight_bytes[l][w]) for (l, w, a), i in col.items()}
         coeffs[peak] = 1.0
         rows.append((coeffs, -np.inf, max_total_bytes))
+
+    # imported here: scipy.optimize is slow to import, and every command that reads a .lowbit file imports this
+    # module (the file's mixed-precision record) without solving anything
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import lil_matrix
 
     matrix = lil_matrix((len(rows), n))
     for r, (coeffs, _, _) in enumerate(rows):
