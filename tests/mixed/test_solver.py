@@ -2,6 +2,7 @@ import itertools
 
 import numpy as np
 import pytest
+import scipy.optimize
 
 from lowbit import LowbitError
 from lowbit.mixed import Problem, solve
@@ -94,8 +95,6 @@ def test_resnet50_sized_problem_is_one_exact_program_of_linear_size(monkeypatch)
     """A ResNet-50-sized problem (54 layers, 54 mixed activations, 3 widths each) is one integer program with a
     variable per (layer, weight bits, input bits) and per (activation, bits), solved to proven optimality:
     no enumeration of joint choices, no per-layer sub-problems, no stop at the time limit."""
-    from lowbit.mixed import solver
-
     calls = []
 
     def counted_milp(cost, **kwargs):
@@ -103,8 +102,8 @@ def test_resnet50_sized_problem_is_one_exact_program_of_linear_size(monkeypatch)
         calls.append((len(cost), kwargs["constraints"].A.shape[0], result))
         return result
 
-    real_milp = solver.milp
-    monkeypatch.setattr(solver, "milp", counted_milp)
+    real_milp = scipy.optimize.milp
+    monkeypatch.setattr(scipy.optimize, "milp", counted_milp)  # the solver imports it when it solves
     rng = np.random.default_rng(0)
     p = _random_problem(rng, n_layers=54, n_acts=54, act_bits=(2, 4, 8))
     full = sum(max(s.values()) for s in p.weight_bytes.values())
@@ -124,17 +123,17 @@ def test_resnet50_sized_problem_is_one_exact_program_of_linear_size(monkeypatch)
 
 
 def test_a_search_stopped_by_its_time_limit_is_not_reported_as_the_best(monkeypatch):
-    import scipy.optimize
-
     p = _random_problem(np.random.default_rng(0), n_layers=4, n_acts=1)
     full = sum(max(s.values()) for s in p.weight_bytes.values())
 
+    real_milp = scipy.optimize.milp
+
     def stopped_early(c, **kwargs):
-        result = scipy.optimize.milp(c, **kwargs)
+        result = real_milp(c, **kwargs)
         result.status, result.message = 1, "Time limit reached"  # what HiGHS returns with a feasible incumbent
         return result
 
-    monkeypatch.setattr("lowbit.mixed.solver.milp", stopped_early)
+    monkeypatch.setattr(scipy.optimize, "milp", stopped_early)
     with pytest.raises(LowbitError, match="stopped before finding the best allocation"):
         solve(p, full, None)
 
