@@ -6,7 +6,9 @@ lowbit opens) converts such weights to uint8 when the session starts. For each b
 test split, 1024 calibration images): lowbit's W8A8 file with and without the option, its ``--unsigned-weights``
 form without it, and onnxruntime's own ``quantize_static`` W8A8 file (QDQ, per-channel, MinMax) with and without
 it, each compared with what the file means (lowbit's PyTorch model; for onnxruntime's file, the same file run
-without graph optimizations, which dequantizes and computes in float). Then the time of each on torchvision's
+without graph optimizations, which dequantizes and computes in float); lowbit's W7A8 file (7-bit weights cannot
+saturate, and onnxruntime converts no weight inside [-64, 63]); and both lowbit files in OpenVINO, whose int8
+kernels saturate on such CPUs too, where it is installed. Then the time of each on torchvision's
 ResNet-18 at 224x224 (random weights and images) at batch 1 and 8. Refuses to run on a CPU with VNNI, where
 the option changes nothing.
 Run: python3 benchmarks/no_vnni.py
@@ -30,7 +32,8 @@ from lowbit.data import calibration_batches, load_dataset
 from lowbit.deploy import export, export_float
 from lowbit.deploy.bench import BLOCK, median_seconds, timed_run
 from lowbit.deploy.runtime import OnnxClassifier, session_options, x86_without_vnni
-from deploy import agreement, ort_static, outputs, timing_resnet18, top1
+from deploy import agreement, openvino_outputs, ort_static, outputs, timing_resnet18, top1
+from lowbit.deploy.openvino_check import openvino_version
 from report import bundled_model, md_table, publish, topic_page
 
 PAGE = topic_page("deploy")
@@ -43,8 +46,8 @@ class Unoptimized(torch.nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        self.session = ort.InferenceSession(str(path), session_options(level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
-                                            providers=["CPUExecutionProvider"])
+        options = session_options(level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"input": x.numpy()})[0])
@@ -57,20 +60,29 @@ def accuracy_rows(name: str, tmp: Path) -> list[list]:
     batches = calibration_batches(train, 1024, 64, seed=0)
     model, example = bundled_model(name), batches[0][:2]
     qmodel = lowbit.quantize(model, batches, weights_bits=8, activation_bits=8)
+    w7 = lowbit.quantize(model, batches, weights_bits=7, activation_bits=8)
     signed = export(qmodel, tmp / f"{name}_s8.onnx", example).path
     unsigned = export(qmodel, tmp / f"{name}_u8.onnx", example, signed_weights=False).path
+    seven = export(w7, tmp / f"{name}_w7.onnx", example).path
     theirs = ort_static(export_float(model, tmp / f"{name}_float.onnx", example), tmp / f"{name}_ort.onnx",
                         batches, CalibrationMethod.MinMax)
-    ours, their_meaning = outputs(qmodel, test), outputs(Unoptimized(theirs), test)
+    ours, ours_w7, their_meaning = outputs(qmodel, test), outputs(w7, test), outputs(Unoptimized(theirs), test)
     rows = []
     for label, path, exact, reference in (
             (f"lowbit W8A8, {OPTION}=1 (lowbit's sessions)", signed, True, ours),
             ("lowbit W8A8, onnxruntime's default (option off)", signed, False, ours),
             ("lowbit W8A8 --unsigned-weights, option off", unsigned, False, ours),
+            ("lowbit W7A8, option off", seven, False, ours_w7),
             (f"onnxruntime quantize_static W8A8, {OPTION}=1", theirs, True, their_meaning),
             ("onnxruntime quantize_static W8A8, option off", theirs, False, their_meaning)):
         got = outputs(OnnxClassifier(path, exact_products=exact), test)
         rows.append([name, label, top1(got, labels), *agreement(reference, got)])
+    for label, path, reference in (("lowbit W8A8 in OpenVINO", signed, ours),
+                                   ("lowbit W7A8 in OpenVINO", seven, ours_w7)):
+        in_openvino = openvino_outputs(path, test, torch.get_num_threads())
+        if in_openvino is not None:
+            rows.append([name, f"{label} {openvino_version()} ({in_openvino[1]} integer convs/matmuls)",
+                         top1(in_openvino[0], labels), *agreement(reference, in_openvino[0])])
     return rows
 
 
@@ -81,11 +93,14 @@ def speed_rows(threads: int, repeats: int, tmp: Path) -> list[list]:
     float_onnx = export_float(model, tmp / "r18_float.onnx", example)
     signed = export(qmodel, tmp / "r18_s8.onnx", example).path
     unsigned = export(qmodel, tmp / "r18_u8.onnx", example, signed_weights=False).path
+    w7 = lowbit.quantize(model, batches, weights_bits=7, activation_bits=8)
+    seven = export(w7, tmp / "r18_w7.onnx", example).path
     theirs = ort_static(float_onnx, tmp / "r18_ort.onnx", batches, CalibrationMethod.MinMax)
     runners = {"onnxruntime fp32": OnnxClassifier(float_onnx, threads),
                f"lowbit W8A8, {OPTION}=1": OnnxClassifier(signed, threads),
                "lowbit W8A8, option off": OnnxClassifier(signed, threads, exact_products=False),
                "lowbit W8A8 --unsigned-weights, option off": OnnxClassifier(unsigned, threads, exact_products=False),
+               f"lowbit W7A8, {OPTION}=1": OnnxClassifier(seven, threads),
                f"onnxruntime quantize_static W8A8, {OPTION}=1": OnnxClassifier(theirs, threads),
                "onnxruntime quantize_static W8A8, option off": OnnxClassifier(theirs, threads, exact_products=False)}
     rows = []

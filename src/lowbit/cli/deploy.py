@@ -173,8 +173,9 @@ def _print_onnx_summary(args: argparse.Namespace, meta: dict, qmodel: torch.nn.M
         print(f"  in float: {line}")
     if not args.unsigned_weights and x86_without_vnni() and _has_8_bit_weights(qmodel):
         print("note: this CPU has no VNNI; onnxruntime's kernel for int8 weights can saturate here unless the "
-              "session sets the option session.x64quantprecision=1, as lowbit's checks do (or export with "
-              "--unsigned-weights); OpenVINO's can too, for 8-bit weights")
+              "session sets the option session.x64quantprecision=1, as lowbit's checks do (exact, slower kernels; "
+              "or export with --unsigned-weights); OpenVINO's can too. 7-bit weights (--weights-bits 7) cannot "
+              "saturate and keep the fast kernels")
     print(_check_outputs(args, meta, qmodel, out))
 
 
@@ -201,7 +202,8 @@ def run_bench(args: argparse.Namespace) -> int:
           f"after at least {args.warmup} untimed runs and {SETTLE_S} s")
     if args.provider == "cpu" and x86_without_vnni() and _has_8_bit_weights(qmodel) and not args.onnx:
         print("this CPU has no VNNI: onnxruntime int8 multiplies 8-bit weights with its exact uint8 kernels "
-              "(session.x64quantprecision=1), slower here than its int8 kernels, which can saturate")
+              "(session.x64quantprecision=1), slower here than its int8 kernels, which can saturate; 7-bit weights "
+              "(--weights-bits 7) cannot saturate and run on the fast kernels")
     if args.json:
         write_json(args.json, {"file": args.file, "timings": [t.to_dict() for t in timings]})
     return 0
