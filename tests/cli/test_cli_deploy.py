@@ -56,7 +56,9 @@ def test_export_eval_and_bench(r20, r20_export, capsys, tmp_path, monkeypatch):
     assert main(["bench", str(r20), "--onnx", str(onnx_path), "--batch-size", "1", "4", "--repeats", "1",
                  "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "bench.json")]) == 0
     assert not exports  # the exported file is timed, not a new export
-    timings = json.loads((tmp_path / "bench.json").read_text())["timings"]
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert record["onnx"] == str(onnx_path)
+    timings = record["timings"]
     assert sorted({t["form"] for t in timings}) == sorted(lowbit.deploy.bench.FORMS)
     assert sorted({t["batch_size"] for t in timings}) == [1, 4]
 

@@ -205,7 +205,7 @@ def run_bench(args: argparse.Namespace) -> int:
               "(session.x64quantprecision=1), slower here than its int8 kernels, which can saturate; 7-bit weights "
               "(--weights-bits 7) cannot saturate and run on the fast kernels")
     if args.json:
-        write_json(args.json, {"file": args.file, "timings": [t.to_dict() for t in timings]})
+        write_json(args.json, {"file": args.file, "onnx": args.onnx, "timings": [t.to_dict() for t in timings]})
     return 0
 
 
