@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import onnx
 
+from lowbit.deploy.onnx_graph import producers
+
 SIGNED_8_BIT = onnx.TensorProto.INT8
 CODES, ZERO_POINT = 0, 2  # DequantizeLinear's inputs that the conversion rewrites
 
@@ -34,7 +36,7 @@ def unshare_weight_grids(graph: onnx.GraphProto) -> int:
     an earlier one reads too. Returns how many copies were added."""
     initializers = {init.name: init for init in graph.initializer}
     constants = _constant_names(graph)
-    taken = constants | {name for node in graph.node for name in node.output}
+    taken = constants | set(producers(graph))
     read: set[str] = set()
     copies = 0
     for node in graph.node:
