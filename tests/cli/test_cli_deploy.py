@@ -44,7 +44,7 @@ def test_export_eval_and_bench(r20, r20_export, capsys, tmp_path, monkeypatch):
     onnx_path, out = r20_export
     assert "QLinearConv x21" in out and "0 float convolutions" in out, out
     agreement = float(re.search(r"same top-1 class for ([\d.]+)%", out).group(1))
-    assert agreement >= 99.0, out
+    assert agreement >= 99.5, out  # exact integer products on every CPU: only float rounding differs
     assert main(["eval", str(onnx_path), "--quiet", "--json", str(tmp_path / "onnx.json")]) == 0
     assert main(["eval", str(r20), "--quiet", "--json", str(tmp_path / "lowbit.json")]) == 0
     onnx_top1 = json.loads((tmp_path / "onnx.json").read_text())["metrics"]["top1"]
@@ -123,7 +123,7 @@ def test_demo_deploys_its_w8a8_model(capsys, tmp_path, monkeypatch):
     assert onnx_file.is_file() and f"$ lowbit export {tmp_path / 'd.w8a8.lowbit'}" in out, out
     assert "QLinearConv x21" in out, out
     agreement = float(re.search(r"same top-1 class for ([\d.]+)%", out).group(1))
-    assert agreement >= 99.0, out
+    assert agreement >= 99.5, out  # exact integer products on every CPU: only float rounding differs
     assert sum(line.startswith("onnxruntime int8") for line in out.splitlines()) == 2, out  # both batch sizes
 
 
